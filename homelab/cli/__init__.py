@@ -1,0 +1,109 @@
+"""The command line: thin commands over the library. Heavy modules load only when a command runs."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from datetime import UTC
+from typing import Any
+
+import click
+
+from homelab import __version__
+
+# name -> (module, attribute, one-line help). Listing help does not import the modules.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "validate": ("homelab.cli.labfile", "validate", "Check the lab file; one line per problem."),
+    "schema": ("homelab.cli.labfile", "schema", "Print the lab file's JSON Schema (for editors)."),
+    "demo": ("homelab.cli.demo", "demo", "Run homelab against the built-in fake Proxmox."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use, so `homelab --help` stays instant."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module = importlib.import_module(spec[0])
+        command: click.Command = getattr(module, spec[1])
+        return command
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        return run_guarded(lambda: super(LazyGroup, self).main(*args, **kwargs))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="homelab")
+@click.option(
+    "--lab",
+    "lab_path",
+    metavar="PATH",
+    envvar="HOMELAB_LAB",
+    help="The lab file (default: $HOMELAB_LAB, else ./lab.yml).",
+)
+@click.pass_context
+def cli(ctx: click.Context, lab_path: str | None) -> None:
+    """homelab: one YAML file in, a working Proxmox homelab out."""
+    ctx.ensure_object(dict)
+    ctx.obj["lab_path"] = lab_path
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the `homelab` command."""
+    return cli.main(args=argv, prog_name="homelab")
+
+
+def run_guarded(invoke: Any) -> Any:
+    """Run a command, mapping homelab's errors to messages and exit codes; never show a traceback."""
+    from homelab.errors import HomelabError
+
+    try:
+        return invoke()
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except HomelabError as exc:
+        for line in exc.lines():
+            click.echo(line, err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # the CLI edge: anything unexpected goes to the debug log
+        path = _write_debug_log()
+        click.echo(f"homelab: unexpected error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"The full traceback is in {path}; please include it in a bug report.", err=True)
+        sys.exit(1)
+
+
+def _write_debug_log() -> str:
+    from datetime import datetime, timezone
+
+    from homelab.paths import debug_log
+
+    path = debug_log()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as out:
+            out.write(f"--- {datetime.now(UTC).isoformat()} homelab {' '.join(sys.argv[1:])}\n")
+            out.write(traceback.format_exc())
+        return str(path)
+    except OSError:
+        return "(debug log could not be written)"

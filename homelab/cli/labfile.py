@@ -1,0 +1,25 @@
+"""`homelab validate` and `homelab schema`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from homelab.lab import find_lab_path, load_lab
+from homelab.lab.schema import lab_schema
+
+
+@click.command()
+@click.pass_context
+def validate(ctx: click.Context) -> None:
+    """Check the lab file. Exit 0 when valid; otherwise one line per problem and exit 2."""
+    path = find_lab_path(ctx.obj.get("lab_path"))
+    lab = load_lab(path)
+    click.echo(f"{path}: valid: lab {lab.name!r}, {len(lab.vms)} VM(s), {len(lab.templates)} template(s)")
+
+
+@click.command()
+def schema() -> None:
+    """Print the lab file's JSON Schema, for yaml-language-server and other editors."""
+    click.echo(json.dumps(lab_schema(), indent=2, sort_keys=True))

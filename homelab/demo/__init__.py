@@ -1,0 +1,1 @@
+"""The built-in fake Proxmox: fakepve (a test and demo dependency) run as a separate process."""

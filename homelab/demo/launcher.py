@@ -1,0 +1,187 @@
+"""Start and drive the built-in fake Proxmox (homelab.demo.serve) as a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TOKEN_ID = "root@pam!homelab"
+
+
+def default_guests() -> list[dict[str, Any]]:
+    """A baked template version, as `homelab template build` leaves one."""
+    return [
+        {
+            "vmid": 9000,
+            "name": "debian-docker-202611010930",
+            "template": True,
+            "config": {
+                "name": "debian-docker-202611010930",
+                "cores": 2,
+                "memory": 2048,
+                "scsihw": "virtio-scsi-single",
+                "scsi0": "local-lvm:base-9000-disk-0,size=8G",
+                "ide2": "local-lvm:vm-9000-cloudinit,media=cdrom",
+                "net0": "virtio=BC:24:11:00:90:00,bridge=vmbr0",
+                "agent": "1",
+                "serial0": "socket",
+                "ostype": "l26",
+                "tags": "homelab-template",
+                "description": "homelab template debian-docker version 202611010930",
+            },
+        }
+    ]
+
+
+def free_loopback(port: int = 8006) -> str:
+    """A 127.x.y.z address whose port is free, so parallel fakes never collide."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        host = f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return host
+    raise RuntimeError("no free loopback address found")
+
+
+@dataclass
+class FakeProxmox:
+    """A running fake Proxmox: where it is, how to log in, and its control socket."""
+
+    url: str
+    host: str
+    port: int
+    cafile: str
+    token_id: str
+    token_secret: str = field(repr=False)
+    user: str
+    password: str = field(repr=False)
+    control: str
+    process: subprocess.Popen[str]
+    log: Path
+
+    def call(self, op: str, **params: Any) -> Any:
+        """Send one control request (fault injection, inspection) and return its result."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(self.control)
+            sock.sendall((json.dumps({"op": op, **params}) + "\n").encode())
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        answer = json.loads(data)
+        if not answer["ok"]:
+            raise RuntimeError(f"fake proxmox control {op}: {answer['error']}")
+        return answer["result"]
+
+    def requests(self, clear: bool = False) -> list[tuple[str, str]]:
+        """(method, path) of every API request served so far."""
+        return [tuple(r) for r in self.call("requests", clear=clear)]
+
+    def vms(self) -> list[dict[str, Any]]:
+        """Every VM on the fake, with its config."""
+        result: list[dict[str, Any]] = self.call("vms")
+        return result
+
+    def stop(self) -> None:
+        """Stop the server; safe to call twice."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def start_fake_proxmox(
+    workdir: Path,
+    *,
+    guests: list[dict[str, Any]] | None = None,
+    nodes: list[str] | None = None,
+    storages: dict[str, Any] | None = None,
+    time_scale: float = 0.0,
+    agent_delay: float = 5.0,
+    address_map: dict[str, str] | None = None,
+    token_id: str = DEFAULT_TOKEN_ID,
+    host: str | None = None,
+    timeout: float = 30.0,
+) -> FakeProxmox:
+    """Start the fake in its own process on a free loopback address, over HTTPS with a fresh certificate."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    host = host or free_loopback()
+    from fakepve.certs import make_cert  # the demo extra
+
+    cafile, keyfile, _ = make_cert(str(workdir), hosts=(host,))
+    token_secret = secrets.token_hex(16)
+    password = secrets.token_hex(12)
+    config = {
+        "host": host,
+        "port": 8006,
+        "cert": cafile,
+        "key": keyfile,
+        "password": password,
+        "tokens": {token_id: token_secret},
+        "guests": default_guests() if guests is None else guests,
+        "nodes": nodes or [],
+        "storages": storages or {},
+        "time_scale": time_scale,
+        "agent_delay": agent_delay,
+        "address_map": address_map or {},
+        "control": str(workdir / "control.sock"),
+        "state_dir": str(workdir),
+    }
+    config_path = workdir / "fakepve.json"
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(config, out)
+    log = workdir / "fakepve.log"
+    with log.open("w", encoding="utf-8") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "homelab.demo.serve", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith("READY "):
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"the fake Proxmox did not start: {line.strip()} {log.read_text()[-2000:]}")
+    fake = FakeProxmox(
+        url=line.split()[1],
+        host=host,
+        port=8006,
+        cafile=cafile,
+        token_id=token_id,
+        token_secret=token_secret,
+        user="root@pam",
+        password=password,
+        control=config["control"],
+        process=process,
+        log=log,
+    )
+    while time.monotonic() < deadline:
+        try:
+            fake.call("ping")
+            return fake
+        except OSError:
+            time.sleep(0.05)
+    fake.stop()
+    raise RuntimeError("the fake Proxmox's control socket did not answer")

@@ -1,0 +1,228 @@
+"""Serve a fake Proxmox VE for the demo and the tests: ``python -m homelab.demo.serve CONFIG.json``.
+
+Runs fakepve (the ``demo`` extra; AGPL, used only as a separate process) with:
+- the guests, storages and nodes named in the JSON config,
+- API tokens registered in-process (fakepve only knows tokens set that way),
+- a guest agent that comes up a little after a VM starts and reports the address from its
+  cloud-init ipconfig0 (or a DHCP-style address), so clients see realistic addresses,
+- a control socket (JSON lines over a Unix socket) for fault injection and inspection.
+
+It prints one line ``READY <url>`` when it accepts connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+
+def _agent_enabled(config: dict[str, Any]) -> bool:
+    value = str(config.get("agent", "0"))
+    return value.startswith("1") or "enabled=1" in value
+
+
+def _interfaces(vm: Any, dhcp_net: ipaddress.IPv4Network, addr_map: dict[str, str]) -> list[dict[str, Any]]:
+    ipconfig = str(vm.config.get("ipconfig0", ""))
+    match = re.search(r"ip=([0-9.]+)/(\d+)", ipconfig)
+    if match:
+        address, prefix = match.group(1), int(match.group(2))
+    else:
+        hosts = list(dhcp_net.hosts())
+        address, prefix = str(hosts[(vm.vmid * 7) % len(hosts)]), dhcp_net.prefixlen
+    address = addr_map.get(address, address)
+    return [
+        {
+            "name": "lo",
+            "hardware-address": "00:00:00:00:00:00",
+            "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}],
+        },
+        {
+            "name": "eth0",
+            "hardware-address": f"bc:24:11:{vm.vmid >> 16 & 255:02x}:{vm.vmid >> 8 & 255:02x}:{vm.vmid & 255:02x}",
+            "ip-addresses": [
+                {"ip-address": address, "ip-address-type": "ipv4", "prefix": prefix},
+                {"ip-address": "fe80::be24:11ff:fe00:1", "ip-address-type": "ipv6", "prefix": 64},
+            ],
+        },
+    ]
+
+
+class Server:
+    """A FakePve plus the agent simulation and the control socket."""
+
+    def __init__(self, config: dict[str, Any]):
+        from fakepve import FakePve
+
+        self.config = config
+        self.pve = FakePve(
+            user=config.get("user", "root@pam"),
+            password=config.get("password", "secret"),
+            host=config["host"],
+            port=config.get("port", 8006),
+        )
+        self.pve.time_scale = float(config.get("time_scale", 0))
+        # PVE seconds between a VM's start and its agent answering.
+        self.agent_delay = float(config.get("agent_delay", 5))
+        self.dhcp_net = ipaddress.IPv4Network(config.get("dhcp_subnet", "10.99.0.0/24"))
+        # Address as configured -> address the agent reports (tests map lab IPs onto test hosts).
+        self.addr_map: dict[str, str] = dict(config.get("address_map", {}))
+        self.no_agent: set[int] = set()
+        for token, secret in config.get("tokens", {}).items():
+            self.pve.apitokens[token] = secret
+        for name, store in config.get("storages", {}).items():
+            store.setdefault("files", set())
+            store["files"] = set(store["files"])
+            self.pve.storages[name] = store
+        for node in config.get("nodes", []):
+            self.pve.add_node(node)
+        for guest in config.get("guests", []):
+            vm = self.pve.add_vm(
+                guest["vmid"],
+                guest["name"],
+                node=guest.get("node", "pve1"),
+                status=guest.get("status", "stopped"),
+                config=guest.get("config", {}),
+                template=guest.get("template", False),
+            )
+            for key in ("start_secs", "shutdown_secs", "stop_secs"):
+                if key in guest:
+                    setattr(vm, key, guest[key])
+
+    async def run(self) -> None:
+        from fakepve.certs import make_cert
+
+        certfile, keyfile = self.config.get("cert"), self.config.get("key")
+        if not certfile:
+            directory = self.config["state_dir"]
+            certfile, keyfile, _ = make_cert(directory, hosts=(self.config["host"],))
+        await self.pve.start(certfile, keyfile)
+        control = self.config.get("control")
+        if control:
+            if os.path.exists(control):
+                os.unlink(control)
+            await asyncio.start_unix_server(self._client, path=control)
+        asyncio.get_running_loop().create_task(self._agents())
+        print(f"READY {self.pve.url}", flush=True)
+        await asyncio.Event().wait()
+
+    async def _agents(self) -> None:
+        """Bring each started VM's agent up after agent_delay; take it down when the VM stops."""
+        while True:
+            now = time.time()
+            delay = self.agent_delay * self.pve.time_scale
+            for vm in list(self.pve.vms):
+                if vm.template or vm.vmid in self.no_agent:
+                    continue
+                if vm.status == "running" and _agent_enabled(vm.config):
+                    if vm.agent is None and now - (vm.started_at or now) >= delay:
+                        vm.agent = {"interfaces": _interfaces(vm, self.dhcp_net, self.addr_map)}
+                elif vm.status != "running" and vm.agent is not None:
+                    vm.agent = None
+            await asyncio.sleep(0.02)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            try:
+                answer = {"ok": True, "result": await self._handle(json.loads(line))}
+            except Exception as exc:  # reported to the caller, the server goes on
+                answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            writer.write((json.dumps(answer, default=_jsonable) + "\n").encode())
+            await writer.drain()
+        writer.close()
+
+    async def _handle(self, msg: dict[str, Any]) -> Any:
+        op = msg.pop("op")
+        pve = self.pve
+        if op == "ping":
+            return "pong"
+        if op == "fail":
+            pve.fail(**msg)
+            return None
+        if op == "clear_failures":
+            pve.failures.clear()
+            return None
+        if op == "flaky_network":
+            pve.flaky_network(**msg)
+            return None
+        if op == "slow_network":
+            pve.slow_network(**msg)
+            return None
+        if op == "hold_config_lock":
+            await pve.hold_config_lock(msg["vmid"], msg["secs"])
+            return None
+        if op == "set":
+            for key, value in msg.items():
+                if key in ("agent_delay",):
+                    setattr(self, key, value)
+                elif key == "address_map":
+                    self.addr_map.update(value)
+                else:
+                    setattr(pve, key, value)
+            return None
+        if op == "vm_set":
+            vm = pve.vm(msg.pop("vmid"))
+            if msg.pop("no_agent", False):
+                self.no_agent.add(vm.vmid)
+            for key, value in msg.items():
+                setattr(vm, key, value)
+            return None
+        if op == "add_vm":
+            guest = msg
+            pve.add_vm(
+                guest["vmid"],
+                guest["name"],
+                node=guest.get("node", "pve1"),
+                status=guest.get("status", "stopped"),
+                config=guest.get("config", {}),
+                template=guest.get("template", False),
+            )
+            return None
+        if op == "requests":
+            seen = [[m, p] for m, p, _ in pve.requests]
+            if msg.get("clear"):
+                pve.requests.clear()
+            return seen
+        if op == "vms":
+            return [
+                {
+                    "vmid": vm.vmid,
+                    "name": vm.name,
+                    "node": vm.node,
+                    "status": vm.status,
+                    "template": bool(vm.template),
+                    "config": vm.config,
+                    "pending": vm.pending,
+                    "lock": vm.lock,
+                    "agent": vm.agent is not None,
+                }
+                for vm in pve.vms
+            ]
+        if op == "storages":
+            return pve.storages
+        raise ValueError(f"unknown op {op!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, set):
+        return sorted(value)
+    return repr(value)
+
+
+def main() -> None:
+    """Read the JSON config named on the command line and serve until killed."""
+    with open(sys.argv[1], encoding="utf-8") as fh:
+        config = json.load(fh)
+    try:
+        asyncio.run(Server(config).run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""One error tree. The CLI edge maps each kind to a message and an exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class HomelabError(Exception):
+    """Base of every error homelab reports to a user. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def lines(self) -> list[str]:
+        """The message as the lines the CLI prints."""
+        return [str(self)]
+
+
+class InputError(HomelabError):
+    """Bad input from the user: a flag, an answers file, a missing file. Exit code 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a lab file, pinned to a line and a key path."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class LabFileError(InputError):
+    """The lab file is not valid; carries one Problem per thing that is wrong."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
+
+
+class SecretError(InputError):
+    """A secret is missing, or stored where anyone could read it."""
+
+
+class OperationError(HomelabError):
+    """An operation against an outside system failed (Proxmox, SSH, git, packer). Exit code 1."""
+
+
+class ProxmoxError(OperationError):
+    """The Proxmox API refused or failed a request; the message is PVE's own."""
+
+    def __init__(self, message: str, status: int | None = None, transient: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+class TaskFailed(ProxmoxError):
+    """A Proxmox worker task ended with something other than OK."""
+
+
+class OperationTimeout(OperationError):
+    """Waiting for something took longer than the lab allows."""
+
+
+class Aborted(HomelabError):
+    """The user said no at a confirmation prompt."""
+
+    exit_code = 1

@@ -1,0 +1,310 @@
+"""Load lab.yml: safe YAML, line numbers for every key, validation into models, cross-field checks.
+
+Every problem becomes one line ``lab.yml:12: vms[1].memory: <what is wrong and what is expected>``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from homelab.errors import InputError, LabFileError, Problem
+from homelab.lab.checks import cross_check
+from homelab.lab.models import Lab
+
+Loc = tuple[str | int, ...]
+SECRET_KEYS = {"password", "token", "secret", "token_secret", "api_token", "token_value", "private_key"}
+
+
+def find_lab_path(option: str | os.PathLike[str] | None) -> Path:
+    """The lab file: --lab, else $HOMELAB_LAB, else ./lab.yml."""
+    if option:
+        return Path(option)
+    env = os.environ.get("HOMELAB_LAB")
+    if env:
+        return Path(env)
+    return Path("lab.yml")
+
+
+def load_lab(path: Path) -> Lab:
+    """Read, parse and validate a lab file; raises LabFileError with every problem found."""
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file (run `homelab init` to write one, or pass --lab PATH)") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a folder, not a lab file") from None
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise LabFileError([Problem(name, line, "", "not UTF-8 text")]) from None
+    return parse_lab(text, name)
+
+
+def parse_lab(text: str, name: str = "lab.yml") -> Lab:
+    """Validate lab text; ``name`` is the file name used in messages."""
+    root = _compose(text, name)
+    problems = _duplicate_keys(root, name)
+    if problems:
+        raise LabFileError(problems)
+    data = yaml.safe_load(text)
+    try:
+        lab = Lab.model_validate(data)
+    except ValidationError as exc:
+        raise LabFileError(_sorted(_from_pydantic(exc, root, name))) from None
+    found = [Problem(name, locate(root, loc), format_loc(loc), message) for loc, message in cross_check(lab)]
+    if found:
+        raise LabFileError(_sorted(found))
+    return lab
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.line or 0, p.path))
+
+
+def _compose(text: str, name: str) -> yaml.MappingNode:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = exc.problem or exc.context or "cannot be parsed"
+        raise LabFileError([Problem(name, line, "", f"not valid YAML: {what}")]) from None
+    except yaml.YAMLError as exc:
+        raise LabFileError([Problem(name, None, "", f"not valid YAML: {exc}")]) from None
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.value == "" and root.tag.endswith("null")):
+        raise LabFileError(
+            [Problem(name, 1, "", "the file is empty: a lab needs name, proxmox, network and templates")]
+        )
+    if not isinstance(root, yaml.MappingNode):
+        raise LabFileError(
+            [
+                Problem(
+                    name,
+                    root.start_mark.line + 1,
+                    "",
+                    f"the file must be a mapping of keys (name, proxmox, network, ...), found {_node_kind(root)}",
+                )
+            ]
+        )
+    return root
+
+
+def _node_kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return f"the text {node.value!r}"
+
+
+def _duplicate_keys(node: yaml.Node, name: str, loc: Loc = ()) -> list[Problem]:
+    """PyYAML keeps the last of two equal keys silently; a lab file with one is a mistake."""
+    problems: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            kloc = (*loc, key.value)
+            if isinstance(key, yaml.ScalarNode):
+                line = key.start_mark.line + 1
+                if key.value in seen:
+                    problems.append(
+                        Problem(name, line, format_loc(kloc), f"duplicate key (first at line {seen[key.value]})")
+                    )
+                else:
+                    seen[key.value] = line
+            problems += _duplicate_keys(value, name, kloc)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += _duplicate_keys(item, name, (*loc, index))
+    return problems
+
+
+def locate(root: yaml.Node, loc: Loc) -> int:
+    """The line of the deepest node along loc (a missing key points at its parent)."""
+    node: yaml.Node = root
+    line = root.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    line = key.start_mark.line + 1
+                    node = value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def format_loc(loc: Loc) -> str:
+    """('vms', 1, 'memory') -> vms[1].memory"""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Loc:
+    """Drop pydantic's internal loc parts (validator names, '[key]')."""
+    return tuple(p for p in loc if isinstance(p, int) or not any(c in p for c in "[](),"))
+
+
+def _found(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return repr(value)
+
+
+def _unwrap(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside list[M], dict[K, M], M | None, Annotated[M, ...]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _unwrap(arg)
+        if found:
+            return found
+    return None
+
+
+def _resolve(loc: Loc) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """The model that owns the last key of loc, and that key's FieldInfo."""
+    model: type[BaseModel] | None = Lab
+    info: FieldInfo | None = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None:
+            return None, None
+        info = model.model_fields.get(part)
+        if info is None:
+            # A dict key (stack name): the value model is the dict's value type.
+            return model, None
+        inner = _unwrap(info.annotation)
+        if inner is None or part == loc[-1]:
+            if part == loc[-1]:
+                return model, info
+            return None, info
+        model = inner
+    return model, info
+
+
+def _owner(loc: Loc) -> type[BaseModel] | None:
+    """The model class at loc (loc names a mapping)."""
+    model: type[BaseModel] | None = Lab
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            # dict[str, Model] keyed by user names (stacks): keep the dict's value model
+            continue
+        model = _unwrap(info.annotation)
+    return model
+
+
+def _expected(info: FieldInfo | None) -> str:
+    if info is None:
+        return ""
+    if info.description:
+        return info.description
+    for meta in info.metadata:
+        desc = getattr(meta, "description", None)
+        if desc:
+            return str(desc)
+    inner = typing.get_args(info.annotation)
+    for arg in inner:
+        for meta in getattr(arg, "__metadata__", ()):
+            desc = getattr(meta, "description", None)
+            if desc:
+                return str(desc)
+    return ""
+
+
+def _message(err: Any, loc: Loc) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    _, info = _resolve(loc)
+    expected = _expected(info)
+    hint = f" ({expected})" if expected else ""
+    if kind == "missing":
+        return f"required key is missing{hint}"
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        owner = _owner(loc[:-1])
+        known = list(owner.model_fields) if owner else []
+        if key.lower() in SECRET_KEYS:
+            return (
+                "secrets never go in the lab file: set HOMELAB_PROXMOX_TOKEN (or HOMELAB_PROXMOX_PASSWORD) "
+                "or put it in the secrets file ~/.config/homelab/secrets.yml (mode 0600)"
+            )
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        suggestion = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+        return f"unknown key{suggestion}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"must be a mapping of keys, found {_found(value)}"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be a list, found {_found(value)}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer, found {_found(value)}{hint}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, found {_found(value)}"
+    if kind in ("string_type",):
+        return f"must be text, found {_found(value)}{hint}"
+    if kind == "string_pattern_mismatch":
+        return f"{value!r} is not valid: expected {expected or ctx.get('pattern')}"
+    if kind in ("greater_than_equal", "greater_than"):
+        return f"{value!r} is too small: must be at least {ctx.get('ge', ctx.get('gt'))}{hint}"
+    if kind in ("less_than_equal", "less_than"):
+        return f"{value!r} is too large: must be at most {ctx.get('le', ctx.get('lt'))}{hint}"
+    if kind == "literal_error":
+        return f"{value!r} is not one of {ctx.get('expected')}"
+    if kind in ("too_short", "too_long"):
+        return (
+            f"must have {'at least' if kind == 'too_short' else 'at most'} "
+            f"{ctx.get('min_length', ctx.get('max_length'))} item(s){hint}"
+        )
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    msg = str(err["msg"]).replace("Input should be", "must be").replace("Value error, ", "")
+    return f"{msg}{hint}"
+
+
+def _from_pydantic(exc: ValidationError, root: yaml.Node, name: str) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for err in exc.errors():
+        loc = _clean_loc(err["loc"])
+        message = _message(err, loc)
+        problem = Problem(name, locate(root, loc), format_loc(loc), message)
+        if str(problem) not in seen:
+            seen.add(str(problem))
+            problems.append(problem)
+    return problems

@@ -1,0 +1,204 @@
+"""The lab file as frozen models that forbid unknown keys.
+
+Field descriptions double as the "what is expected" half of error messages and as the JSON Schema
+that editors use to complete lab.yml.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from homelab.lab.types import IPv4, Size, Subnet, VmAddress
+
+DnsName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+    Field(description="lower-case letters, digits and '-' (a DNS label), e.g. docker-01"),
+]
+LabName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,30}$"),
+    Field(description="lower-case letters, digits and '-', starting with a letter, at most 31 characters"),
+]
+Tag = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9_][a-z0-9_.+-]*$"),
+    Field(description="a Proxmox tag: lower-case letters, digits, '_', '.', '+' and '-'"),
+]
+VmId = Annotated[int, Field(ge=100, le=999_999_999, description="a Proxmox VM id, 100 to 999999999")]
+Cores = Annotated[int, Field(ge=1, le=128, description="an integer number of CPU cores, 1 to 128")]
+Memory = Annotated[int, Field(ge=256, le=4_194_304, description="an integer number of MiB, 256 or more, e.g. 4096")]
+
+
+class Strict(BaseModel):
+    """Base of every lab model: frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
+
+
+class Proxmox(Strict):
+    """How to reach the Proxmox API. The secret (token or password) never lives here."""
+
+    url: Annotated[
+        str,
+        StringConstraints(pattern=r"^https://[^\s/]+(:\d+)?/?$"),
+        Field(description="the API address, https://host:8006"),
+    ]
+    node: DnsName = Field(description="the node VMs are created on unless a VM names another")
+    storage: str = Field("local-lvm", min_length=1, description="storage for VM disks, e.g. local-lvm")
+    bridge: str = Field("vmbr0", pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$", description="network bridge, e.g. vmbr0")
+    token_id: str | None = Field(
+        None,
+        pattern=r"^[^\s!@]+@[^\s!@]+![A-Za-z][A-Za-z0-9._-]*$",
+        description="API token id user@realm!name; its secret comes from HOMELAB_PROXMOX_TOKEN or the secrets file",
+    )
+    user: str | None = Field(
+        None,
+        pattern=r"^[^\s!@]+@[^\s!@]+$",
+        description="user@realm for password login (prefer token_id); the password comes from "
+        "HOMELAB_PROXMOX_PASSWORD or the secrets file",
+    )
+    verify_tls: bool = Field(True, description="verify the server certificate (leave on; use ca_bundle instead)")
+    ca_bundle: str | None = Field(None, description="path of a PEM CA bundle that signed the Proxmox certificate")
+
+
+class CloudImage(Strict):
+    """A distribution cloud image, downloaded by Proxmox itself."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$"), Field(description="the image's address")]
+    checksum: Annotated[
+        str,
+        StringConstraints(pattern=r"^(sha256|sha512):[0-9a-f]{64,128}$"),
+        Field(description="algorithm:hex, e.g. sha256:<64 hex digits>"),
+    ]
+
+
+class PackerSource(Strict):
+    """How Packer starts the build: an installer ISO or a clone of an existing template."""
+
+    source: Literal["iso", "clone"] = Field("clone", description="iso (proxmox-iso) or clone (proxmox-clone)")
+    iso_file: str | None = Field(None, description="an ISO already on storage, e.g. local:iso/debian-12.iso")
+    clone_vm: str | None = Field(None, description="name of the template to clone from")
+
+
+class Template(Strict):
+    """A versioned VM template. Versions are named <name>-<YYYYMMDDHHMM>."""
+
+    name: DnsName
+    builder: Literal["cloud-image", "packer"] = Field(
+        "cloud-image", description="cloud-image (through the API, no Packer) or packer"
+    )
+    os: Literal["debian-12", "debian-13", "ubuntu-24.04"] = Field("debian-12", description="the guest OS")
+    vmid_range: tuple[VmId, VmId] = Field((9000, 9099), description="[first, last] vmid for template versions")
+    version: Annotated[
+        str | None,
+        StringConstraints(pattern=r"^\d{12}$"),
+        Field(description="pin a version (YYYYMMDDHHMM); default: the newest"),
+    ] = None
+    image: CloudImage | None = Field(None, description="the cloud image (builder: cloud-image); default per os")
+    packer: PackerSource | None = Field(None, description="Packer settings (builder: packer)")
+    cores: Cores = 2
+    memory: Memory = 2048
+    disk: Size = Field(8 * 1024**3, description="disk size of the template, e.g. 8G")
+
+
+class Network(Strict):
+    """The network the VMs live on."""
+
+    subnet: Subnet = Field(description="the VM network in CIDR form, e.g. 192.168.1.0/24")
+    gateway: IPv4 = Field(description="the default gateway, inside subnet")
+    dns: list[IPv4] = Field(default_factory=list, description="DNS servers")
+    domain: str | None = Field(
+        None,
+        pattern=r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        description="search domain, e.g. home.arpa",
+    )
+
+
+class Access(Strict):
+    """Who can log in to the VMs (cloud-init)."""
+
+    user: DnsName = Field("homelab", description="the login user cloud-init creates")
+    ssh_keys: list[
+        Annotated[str, StringConstraints(pattern=r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+")]
+    ] = Field(default_factory=list, description="public SSH keys (one OpenSSH line each)")
+
+
+class Timeouts(Strict):
+    """Seconds to wait for each kind of operation."""
+
+    task: int = Field(600, ge=1, description="any Proxmox task (seconds)")
+    clone: int = Field(1800, ge=1, description="a clone; full clones on slow disks take minutes (seconds)")
+    start: int = Field(300, ge=1, description="a VM start (seconds)")
+    agent: int = Field(600, ge=1, description="the guest agent reporting an address after start (seconds)")
+
+
+class Settings(Strict):
+    """How homelab works against this lab."""
+
+    concurrency: int = Field(4, ge=1, le=64, description="VMs worked on at once")
+    full_clone: bool = Field(False, description="full clones instead of linked clones, lab-wide")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+
+class Vm(Strict):
+    """One VM of the lab."""
+
+    name: DnsName
+    template: DnsName | None = Field(None, description="template name; default: the lab's only/first template")
+    cores: Cores = 2
+    memory: Memory = 2048
+    disk: Size = Field(32 * 1024**3, description="disk size, e.g. 32G; disks only ever grow")
+    ip: VmAddress = "dhcp"
+    vmid: VmId | None = None
+    node: DnsName | None = Field(None, description="node; default proxmox.node")
+    tags: list[Tag] = Field(default_factory=list)
+    stacks: list[DnsName] = Field(default_factory=list, description="service stacks this VM runs")
+    full: bool | None = Field(None, description="full clone for this VM; default settings.full_clone")
+
+
+class Repo(Strict):
+    """The private config repo the VMs check out into /home/homelab/config."""
+
+    url: Annotated[
+        str,
+        StringConstraints(pattern=r"^(ssh://[^\s]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+)$"),
+        Field(description="an SSH clone URL, e.g. git@github.com:me/homelab-config.git"),
+    ]
+    branch: str = Field("main", pattern=r"^[A-Za-z0-9._/-]+$")
+
+
+class StackSettings(Strict):
+    """Per-stack settings (non-secret)."""
+
+    subdomain: DnsName | None = Field(None, description="host name under network.domain for the stack's UI")
+    version: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", description="image tag to pin")
+    env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")], str] = Field(
+        default_factory=dict, description="extra non-secret environment for the stack"
+    )
+
+
+class Lab(Strict):
+    """A whole lab: one file, validated."""
+
+    name: LabName = Field(description="the lab's name; VMs it manages are tagged homelab-<name>")
+    proxmox: Proxmox
+    network: Network
+    templates: list[Template] = Field(min_length=1, description="the VM templates (at least one)")
+    access: Access = Field(default_factory=Access)
+    settings: Settings = Field(default_factory=Settings)
+    vms: list[Vm] = Field(default_factory=list)
+    repo: Repo | None = None
+    stacks: dict[DnsName, StackSettings] = Field(default_factory=dict, description="settings per stack")
+
+    def template_for(self, vm: Vm) -> Template:
+        """The template a VM is cloned from."""
+        name = vm.template or self.templates[0].name
+        return next(t for t in self.templates if t.name == name)
+
+    @property
+    def tag(self) -> str:
+        """The tag that marks a VM as managed by this lab."""
+        return f"homelab-{self.name}"

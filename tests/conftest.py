@@ -1,0 +1,27 @@
+"""Shared fixtures: isolated config/state folders, the fake Proxmox, SSH test hosts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.fixtures_hosts import ssh_host, ssh_hosts  # noqa: F401
+from tests.harness.fixtures_pve import fake_pve, pve_api  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_homelab_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own state and config folders and no lab or secret from the environment."""
+    for name in list(os.environ):
+        if name.startswith("HOMELAB_"):
+            monkeypatch.delenv(name)
+    state = tmp_path / "state"
+    config = tmp_path / "config"
+    monkeypatch.setenv("HOMELAB_STATE_DIR", str(state))
+    monkeypatch.setenv("HOMELAB_CONFIG_DIR", str(config))
+    yield tmp_path
