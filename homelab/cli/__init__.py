@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback
-from datetime import UTC
 from typing import Any
 
 import click
@@ -94,7 +93,7 @@ def run_guarded(invoke: Any) -> Any:
 
 
 def _write_debug_log() -> str:
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from homelab.paths import debug_log
 

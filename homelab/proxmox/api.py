@@ -1,0 +1,120 @@
+"""The Proxmox API as homelab uses it: a Protocol, retries, task waiting. Only client.py imports proxmoxer."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from homelab.errors import OperationTimeout, ProxmoxError, TaskFailed
+from homelab.lab.models import Lab
+
+# PVE answers these with a 5xx when a retry a little later will likely succeed.
+TRANSIENT = re.compile(
+    r"can't lock file|got timeout|QEMU guest agent is not running|temporarily unavailable|"
+    r"connection (reset|refused|aborted)|no quorum|timed out|VM is locked",
+    re.IGNORECASE,
+)
+
+
+class Transport(Protocol):
+    """The one call an SDK adapter provides: method, path, params -> data, or ProxmoxError."""
+
+    def request(self, method: str, path: str, params: dict[str, Any]) -> Any: ...
+
+
+@dataclass
+class RetryPolicy:
+    """How often and how patiently transient failures are retried."""
+
+    attempts: int = 6
+    first_delay: float = 0.2
+    max_delay: float = 5.0
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass
+class PveApi:
+    """Proxmox calls with retries of transient failures, call counting and task waiting."""
+
+    transport: Transport
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    calls: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def request(self, method: str, path: str, **params: Any) -> Any:
+        """One API call; transient failures (network, 5xx locks, agent not yet up) are retried with backoff."""
+        delay = self.retry.first_delay
+        for attempt in range(1, self.retry.attempts + 1):
+            with self._lock:
+                self.calls[method] += 1
+            try:
+                return self.transport.request(method, path, {k: v for k, v in params.items() if v is not None})
+            except ProxmoxError as exc:
+                if not exc.transient or attempt == self.retry.attempts:
+                    raise
+            self.retry.sleep(delay)
+            delay = min(delay * 2, self.retry.max_delay)
+        raise AssertionError("unreachable")
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, **params)
+
+    def post(self, path: str, **params: Any) -> Any:
+        return self.request("POST", path, **params)
+
+    def put(self, path: str, **params: Any) -> Any:
+        return self.request("PUT", path, **params)
+
+    def delete(self, path: str, **params: Any) -> Any:
+        return self.request("DELETE", path, **params)
+
+    @property
+    def writes(self) -> int:
+        """Calls that can change something (POST, PUT, DELETE)."""
+        return self.calls["POST"] + self.calls["PUT"] + self.calls["DELETE"]
+
+    def wait_task(
+        self,
+        node: str,
+        upid: str,
+        timeout: float,
+        what: str = "task",
+        poll: float = 0.05,
+        max_poll: float = 2.0,
+    ) -> None:
+        """Poll a worker task until it stops; raise TaskFailed with PVE's message, or OperationTimeout."""
+        deadline = time.monotonic() + timeout
+        delay = poll
+        while True:
+            status = self.get(f"/nodes/{node}/tasks/{upid}/status")
+            if status.get("status") == "stopped":
+                exit_status = str(status.get("exitstatus", ""))
+                if exit_status == "OK" or exit_status.startswith("WARNINGS"):
+                    return
+                raise TaskFailed(f"{what} failed on Proxmox: {exit_status or 'unknown error'}")
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(
+                    f"{what} did not finish within {timeout:g}s (task {upid} is still running on {node})"
+                )
+            self.retry.sleep(delay)
+            delay = min(delay * 1.5, max_poll)
+
+    def run_task(self, method: str, path: str, node: str, timeout: float, what: str, **params: Any) -> None:
+        """Start a worker task (the call answers with a UPID) and wait for it."""
+        upid = self.request(method, path, **params)
+        if isinstance(upid, str) and upid.startswith("UPID:"):
+            self.wait_task(node, upid, timeout, what)
+
+
+def connect(lab: Lab, retry: RetryPolicy | None = None) -> PveApi:
+    """A PveApi for the lab's Proxmox, authenticated from the environment or the secrets file."""
+    from homelab.proxmox.client import ProxmoxerTransport
+    from homelab.secrets import proxmox_auth
+
+    transport = ProxmoxerTransport.from_lab(lab, proxmox_auth(lab))
+    return PveApi(transport, retry or RetryPolicy())

@@ -1,0 +1,87 @@
+"""The proxmoxer adapter: the only module that imports proxmoxer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+from proxmoxer import ProxmoxAPI
+from proxmoxer.core import AuthenticationError, ResourceException
+
+from homelab.errors import ProxmoxError
+from homelab.lab.models import Lab
+from homelab.proxmox.api import TRANSIENT
+from homelab.secrets import ProxmoxAuth
+
+log = logging.getLogger(__name__)
+
+
+class ProxmoxerTransport:
+    """Sends API calls through proxmoxer over HTTPS; maps its failures to ProxmoxError."""
+
+    def __init__(self, api: Any, where: str):
+        self._api = api
+        self._where = where
+
+    @classmethod
+    def from_lab(cls, lab: Lab, auth: ProxmoxAuth, timeout: float = 30.0) -> ProxmoxerTransport:
+        px = lab.proxmox
+        url = urlparse(px.url)
+        verify: bool | str = True
+        if px.ca_bundle:
+            verify = os.path.expanduser(px.ca_bundle)
+        if not px.verify_tls:
+            warnings.warn(
+                f"TLS verification is off for {px.url}: anyone on the path can read the API token",
+                stacklevel=2,
+            )
+            verify = False
+        kwargs: dict[str, Any] = dict(host=url.hostname, port=url.port or 8006, verify_ssl=verify, timeout=timeout)
+        if auth.token_id:
+            user, token = auth.token_id.split("!", 1)
+            kwargs.update(user=user, token_name=token, token_value=auth.token_secret)
+        else:
+            kwargs.update(user=auth.user, password=auth.password)
+        try:
+            api = ProxmoxAPI(**kwargs)
+        except AuthenticationError as exc:
+            raise ProxmoxError(f"{px.url}: login refused: {exc}", status=401) from None
+        except requests.exceptions.SSLError as exc:
+            raise ProxmoxError(
+                f"{px.url}: TLS certificate not trusted ({_short(exc)}); set proxmox.ca_bundle"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise ProxmoxError(f"{px.url}: cannot connect: {_short(exc)}", transient=True) from None
+        return cls(api, px.url)
+
+    def request(self, method: str, path: str, params: dict[str, Any]) -> Any:
+        resource = self._api(path.lstrip("/"))
+        call = getattr(resource, method.lower())
+        log.debug("%s %s %s", method, path, sorted(params))  # parameter names only: values may be secrets
+        try:
+            return call(**params)
+        except ResourceException as exc:
+            message = str(exc.content or exc.status_message)
+            if exc.errors:
+                message += " - " + "; ".join(f"{k}: {v}" for k, v in dict(exc.errors).items())
+            transient = (exc.status_code >= 500 and exc.status_code != 501) or bool(TRANSIENT.search(message))
+            if exc.status_code in (400, 401, 403, 404):
+                transient = False
+            raise ProxmoxError(
+                f"{method} {path}: {exc.status_code} {message}", status=exc.status_code, transient=transient
+            ) from None
+        except requests.exceptions.SSLError as exc:
+            raise ProxmoxError(f"{self._where}: TLS certificate not trusted ({_short(exc)})") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise ProxmoxError(f"{method} {path}: connection failed: {_short(exc)}", transient=True) from None
+        except AuthenticationError as exc:
+            raise ProxmoxError(f"{self._where}: login refused: {exc}", status=401) from None
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "..."
