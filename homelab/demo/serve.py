@@ -53,14 +53,60 @@ def _interfaces(vm: Any, dhcp_net: ipaddress.IPv4Network, addr_map: dict[str, st
     ]
 
 
+_SIZE = re.compile(r"^(\+)?(\d+(?:\.\d+)?)([KMGT]?)$")
+_UNIT = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _bytes(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(text)
+    return int(float(match.group(2)) * _UNIT[match.group(3)])
+
+
+def _size_text(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size % _UNIT[unit] == 0:
+            return f"{size // _UNIT[unit]}{unit}"
+    return str(size)
+
+
+def fake_class() -> type:
+    """FakePve plus disk resize: fakepve 0.5.0 answers it from the schema without storing the new size."""
+    from fakepve import FakePve, PveError
+
+    class HomelabFakePve(FakePve):
+        def _routes_homelab(self) -> list[tuple[str, str, Any]]:
+            return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
+
+        async def _homelab_resize(self, v: dict[str, Any], user: str) -> Any:
+            vm = self.find(v["node"], int(v["vmid"]))
+            disk = v["disk"]
+            drive = str(vm.config.get(disk, ""))
+            match = re.search(r"(?:^|,)size=([^,]+)", drive)
+            if not match:
+                raise PveError(500, f"disk '{disk}' does not exist")
+            old = _bytes(match.group(1))
+            wanted = str(v["size"])
+            new = old + _bytes(wanted[1:]) if wanted.startswith("+") else _bytes(wanted)
+            if new < old:
+                raise PveError(500, "shrinking disks is not supported")
+            self._check_lock(vm)
+
+            async def body() -> None:
+                vm.config[disk] = re.sub(r"size=[^,]+", f"size={_size_text(new)}", drive)
+
+            return await self.task(v["node"], "resize", vm.vmid, user, body, vm=vm)
+
+    return HomelabFakePve
+
+
 class Server:
     """A FakePve plus the agent simulation and the control socket."""
 
     def __init__(self, config: dict[str, Any]):
-        from fakepve import FakePve
-
         self.config = config
-        self.pve = FakePve(
+        self.pve = fake_class()(
             user=config.get("user", "root@pam"),
             password=config.get("password", "secret"),
             host=config["host"],

@@ -46,16 +46,20 @@ class PveApi:
     calls: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def request(self, method: str, path: str, **params: Any) -> Any:
-        """One API call; transient failures (network, 5xx locks, agent not yet up) are retried with backoff."""
+    def request(self, method: str, path: str, _retry: bool = True, **params: Any) -> Any:
+        """One API call; transient failures (network, 5xx locks, agent not yet up) are retried with backoff.
+
+        ``_retry=False`` makes one attempt (for callers that poll on their own).
+        """
         delay = self.retry.first_delay
-        for attempt in range(1, self.retry.attempts + 1):
+        attempts = self.retry.attempts if _retry else 1
+        for attempt in range(1, attempts + 1):
             with self._lock:
                 self.calls[method] += 1
             try:
                 return self.transport.request(method, path, {k: v for k, v in params.items() if v is not None})
             except ProxmoxError as exc:
-                if not exc.transient or attempt == self.retry.attempts:
+                if not exc.transient or attempt == attempts:
                     raise
             self.retry.sleep(delay)
             delay = min(delay * 2, self.retry.max_delay)
@@ -63,6 +67,10 @@ class PveApi:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, **params)
+
+    def get_once(self, path: str, **params: Any) -> Any:
+        """A GET without retries, for callers that poll on their own."""
+        return self.request("GET", path, False, **params)
 
     def post(self, path: str, **params: Any) -> Any:
         return self.request("POST", path, **params)

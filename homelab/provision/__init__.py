@@ -1,0 +1,1 @@
+"""Provisioning: the lab's VMs on Proxmox. facts (read) -> plan (pure) -> executor (write)."""

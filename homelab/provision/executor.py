@@ -1,0 +1,401 @@
+"""Carry out a Plan against Proxmox: one chain of actions per VM, chains in parallel, bounded."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from homelab.errors import HomelabError, OperationError, OperationTimeout, ProxmoxError
+from homelab.lab.models import Lab
+from homelab.lab.types import format_size
+from homelab.provision.facts import DISK_KEYS
+from homelab.provision.meta import describe, parse_meta
+from homelab.provision.plan import (
+    Action,
+    CreateVM,
+    GrowDisk,
+    Plan,
+    RemoveVM,
+    ReplaceVM,
+    StartVM,
+    Unchanged,
+    UpdateVM,
+    encode_config,
+)
+from homelab.proxmox.api import PveApi
+
+
+class Reporter(Protocol):
+    """Where progress goes (a live display, log lines, or nothing)."""
+
+    def step(self, vm: str, message: str) -> None: ...
+
+    def finished(self, vm: str, ok: bool, message: str) -> None: ...
+
+
+class SilentReporter:
+    """Progress nobody watches (library use, benchmarks)."""
+
+    def step(self, vm: str, message: str) -> None:
+        pass
+
+    def finished(self, vm: str, ok: bool, message: str) -> None:
+        pass
+
+
+@dataclass
+class VmOutcome:
+    """What happened to one VM's chain."""
+
+    vm: str
+    ok: bool = True
+    vmid: int | None = None
+    node: str | None = None
+    address: str | None = None
+    host_key: str | None = None
+    error: str | None = None
+    done: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ApplyResult:
+    """Every VM's outcome, and the API calls it took."""
+
+    outcomes: list[VmOutcome]
+    calls: dict[str, int]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+
+class Cancelled(HomelabError):
+    """The user interrupted; chains stop at their next step."""
+
+    exit_code = 130
+
+
+class VmidAllocator:
+    """Hands out vmids to parallel clones without collisions.
+
+    /cluster/nextid is asked once; later ids count up locally past every id known to be used. Another
+    client can still take an id between our choice and our clone (PVE's nextid race): the clone then
+    fails with "already exists", the id is marked used and the next one tried.
+    """
+
+    def __init__(self, api: PveApi, used: frozenset[int]):
+        self._api = api
+        self._used = set(used)
+        self._next: int | None = None
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            if self._next is None:
+                self._next = int(self._api.get("/cluster/nextid"))
+            while self._next in self._used:
+                self._next += 1
+            vmid = self._next
+            self._used.add(vmid)
+            self._next += 1
+            return vmid
+
+    def mark_used(self, vmid: int) -> None:
+        with self._lock:
+            self._used.add(vmid)
+
+
+def first_address(interfaces: list[dict[str, Any]], prefer: str | None = None) -> str | None:
+    """The VM's IPv4 address from the agent's answer: not loopback, not link-local; the static IP if present."""
+    found: list[str] = []
+    for iface in interfaces:
+        if iface.get("name") == "lo":
+            continue
+        for entry in iface.get("ip-addresses") or []:
+            if entry.get("ip-address-type") != "ipv4":
+                continue
+            addr = ipaddress.IPv4Address(entry["ip-address"])
+            if addr.is_loopback or addr.is_link_local:
+                continue
+            found.append(str(addr))
+    if prefer and prefer in found:
+        return prefer
+    return found[0] if found else None
+
+
+class Executor:
+    """Runs plan chains against one Proxmox."""
+
+    def __init__(self, api: PveApi, lab: Lab, allocator: VmidAllocator, reporter: Reporter, cancel: threading.Event):
+        self.api = api
+        self.lab = lab
+        self.alloc = allocator
+        self.report = reporter
+        self.cancel = cancel
+        self.timeouts = lab.settings.timeouts
+
+    # ---------------------------------------------------------------- chains
+
+    def run_chain(self, vm: str, actions: list[Action]) -> VmOutcome:
+        outcome = VmOutcome(vm)
+        try:
+            for action in actions:
+                self._check_cancel()
+                self._run(action, outcome)
+                outcome.done.append(action.describe())
+            if (
+                outcome.vmid is not None
+                and outcome.address is None
+                and any(isinstance(a, (Unchanged, UpdateVM, GrowDisk)) for a in actions)
+            ):
+                outcome.address = self._wait_address(vm, outcome.node or "", outcome.vmid, quick=True)
+            self.report.finished(vm, True, self._summary(outcome))
+        except HomelabError as exc:
+            outcome.ok = False
+            outcome.error = str(exc)
+            self.report.finished(vm, False, str(exc))
+        return outcome
+
+    def _summary(self, outcome: VmOutcome) -> str:
+        if outcome.vmid is None:
+            return "done"
+        return f"vmid {outcome.vmid}" + (f", {outcome.address}" if outcome.address else "")
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("interrupted")
+
+    def _run(self, action: Action, outcome: VmOutcome) -> None:
+        if isinstance(action, CreateVM):
+            outcome.vmid, outcome.node = self._create(action, start=True)
+            outcome.address = self._wait_address(action.vm, action.node, outcome.vmid)
+        elif isinstance(action, ReplaceVM):
+            outcome.vmid, outcome.node, outcome.address = self._replace(action)
+        elif isinstance(action, UpdateVM):
+            outcome.vmid, outcome.node = action.vmid, action.node
+            self._update(action)
+        elif isinstance(action, GrowDisk):
+            outcome.vmid, outcome.node = action.vmid, action.node
+            self.report.step(action.vm, f"growing {action.disk_key} to {format_size(action.new)}")
+            self._resize(action.node, action.vmid, action.disk_key, action.new)
+        elif isinstance(action, StartVM):
+            outcome.vmid, outcome.node = action.vmid, action.node
+            self._start(action.vm, action.node, action.vmid)
+            outcome.address = self._wait_address(action.vm, action.node, action.vmid)
+        elif isinstance(action, RemoveVM):
+            self._remove(action.vm, action.node, action.vmid)
+        elif isinstance(action, Unchanged):
+            outcome.vmid, outcome.node = action.vmid, action.node
+        # Orphan and Blocked change nothing.
+
+    # ----------------------------------------------------------------- steps
+
+    def _create(self, action: CreateVM, start: bool) -> tuple[int, str]:
+        tpl = action.template
+        creating = describe(self.lab.name, action.vm, tpl.template, tpl.version, "creating")
+        vmid = None
+        for _ in range(20):
+            vmid = action.vmid or self.alloc.take()
+            self.report.step(action.vm, f"cloning {tpl.name} -> {vmid}")
+            params: dict[str, Any] = dict(newid=vmid, name=action.vm, description=creating, full=int(action.full))
+            if action.full:
+                params["storage"] = self.lab.proxmox.storage
+            if action.node != tpl.node:
+                params["target"] = action.node
+            try:
+                upid = self.api.post(f"/nodes/{tpl.node}/qemu/{tpl.vmid}/clone", **params)
+            except ProxmoxError as exc:
+                if "already exists" not in str(exc):
+                    raise
+                if self._is_ours_in_creation(tpl.node, vmid, action.vm):
+                    # Our own clone whose answer was lost (a retried request): adopt it.
+                    break
+                if action.vmid:
+                    raise
+                self.alloc.mark_used(vmid)
+                continue
+            self.api.wait_task(tpl.node, upid, self.timeouts.clone, f"clone of {action.vm}")
+            break
+        else:
+            raise OperationError(f"{action.vm}: no free vmid after 20 tries")
+        assert vmid is not None
+        node = action.node
+        self._check_cancel()
+        self.report.step(action.vm, "configuring cloud-init, cores, memory, tags")
+        self.api.put(f"/nodes/{node}/qemu/{vmid}/config", **encode_config(action.config))
+        config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
+        disk_key = next((k for k in DISK_KEYS if k in config and "media=cdrom" not in str(config[k])), None)
+        if disk_key is None:
+            raise OperationError(f"{action.vm}: the clone of {tpl.name} has no boot disk")
+        self.report.step(action.vm, f"growing {disk_key} to {format_size(action.disk)}")
+        self._resize(node, vmid, disk_key, action.disk, only_if_larger=str(config[disk_key]))
+        if start:
+            self._check_cancel()
+            self._start(action.vm, node, vmid)
+        return vmid, node
+
+    def _is_ours_in_creation(self, node: str, vmid: int, vm: str) -> bool:
+        try:
+            config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
+        except ProxmoxError:
+            return False
+        meta = parse_meta(config.get("description")) or {}
+        return meta.get("lab") == self.lab.name and meta.get("vm") == vm and meta.get("state") == "creating"
+
+    def _resize(self, node: str, vmid: int, disk_key: str, size: int, only_if_larger: str | None = None) -> None:
+        if only_if_larger is not None:
+            from homelab.provision.facts import LiveVm
+
+            current = LiveVm(vmid, "", node, "", (), config={disk_key: only_if_larger}).disk_size
+            if current is not None and current >= size:
+                return
+        upid = self.api.put(f"/nodes/{node}/qemu/{vmid}/resize", disk=disk_key, size=format_size(size))
+        if isinstance(upid, str) and upid.startswith("UPID:"):
+            self.api.wait_task(node, upid, self.timeouts.task, f"disk resize of {vmid}")
+
+    def _start(self, vm: str, node: str, vmid: int) -> None:
+        self.report.step(vm, "starting")
+        self.api.run_task(
+            "POST", f"/nodes/{node}/qemu/{vmid}/status/start", node, self.timeouts.start, f"start of {vm}"
+        )
+
+    def _stop(self, vm: str, node: str, vmid: int) -> None:
+        self.report.step(vm, f"stopping {vmid}")
+        self.api.run_task("POST", f"/nodes/{node}/qemu/{vmid}/status/stop", node, self.timeouts.task, f"stop of {vmid}")
+
+    def _update(self, action: UpdateVM) -> None:
+        self.report.step(action.vm, "updating " + ", ".join(c.key for c in action.changes))
+        config = encode_config({c.key: c.new for c in action.changes})
+        if "description" in config:
+            tpl_meta = self._current_meta(action.node, action.vmid)
+            config["description"] = describe(
+                self.lab.name, action.vm, str(tpl_meta.get("template")), str(tpl_meta.get("version")), "ready"
+            )
+        self.api.put(f"/nodes/{action.node}/qemu/{action.vmid}/config", **config)
+        if action.reboot:
+            self.report.step(action.vm, "rebooting to apply changes")
+            self.api.run_task(
+                "POST",
+                f"/nodes/{action.node}/qemu/{action.vmid}/status/reboot",
+                action.node,
+                self.timeouts.start,
+                f"reboot of {action.vm}",
+            )
+
+    def _current_meta(self, node: str, vmid: int) -> dict[str, Any]:
+        config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
+        return parse_meta(config.get("description")) or {}
+
+    def _wait_address(self, vm: str, node: str, vmid: int, quick: bool = False) -> str | None:
+        """Poll the guest agent until it reports an address (skipping lo and link-local)."""
+        self.report.step(vm, "waiting for the guest agent")
+        want = next((v.ip for v in self.lab.vms if v.name == vm and v.ip != "dhcp"), None)
+        deadline = time.monotonic() + (5 if quick else self.timeouts.agent)
+        delay = 0.05
+        while True:
+            self._check_cancel()
+            try:
+                answer = self.api.get_once(f"/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces")
+                address = first_address(answer.get("result", []), want)
+                if address:
+                    return address
+            except ProxmoxError as exc:
+                if not exc.transient:
+                    raise
+            if time.monotonic() >= deadline:
+                if quick:
+                    return None
+                raise OperationTimeout(
+                    f"{vm}: the guest agent reported no address within {self.timeouts.agent}s "
+                    "(is qemu-guest-agent installed in the template?)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 3.0)
+
+    def _remove(self, vm: str, node: str, vmid: int) -> None:
+        # Re-check the mark right before deleting: never delete a VM this lab does not manage.
+        config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
+        meta = parse_meta(config.get("description")) or {}
+        tags = str(config.get("tags", "")).replace(",", ";").split(";")
+        if self.lab.tag not in tags and meta.get("lab") != self.lab.name:
+            raise OperationError(f"refusing to remove VM {vmid}: it is not marked as lab {self.lab.name}'s")
+        status = self.api.get(f"/nodes/{node}/qemu/{vmid}/status/current")
+        if status.get("status") == "running":
+            self._stop(vm, node, vmid)
+        self.report.step(vm, f"deleting {vmid}")
+        self.api.run_task(
+            "DELETE",
+            f"/nodes/{node}/qemu/{vmid}",
+            node,
+            self.timeouts.task,
+            f"delete of {vmid}",
+            purge=1,
+            **{"destroy-unreferenced-disks": 1},
+        )
+
+    def _replace(self, action: ReplaceVM) -> tuple[int, str, str | None]:
+        """Blue/green: the new VM is built beside the old; the old is removed only once the new is up.
+
+        With a static IP both cannot run at once: the new VM is fully built but stopped, the old one is
+        stopped, the new one started; if it does not come up, the old one is started again.
+        """
+        create = action.create
+        vmid, node = self._create(create, start=not action.static_ip)
+        if action.static_ip:
+            self._stop(action.vm, action.old_node, action.old_vmid)
+            try:
+                self._start(action.vm, node, vmid)
+                address = self._wait_address(action.vm, node, vmid)
+            except HomelabError:
+                self.report.step(action.vm, f"new VM {vmid} did not come up; starting the old one again")
+                self._start(action.vm, action.old_node, action.old_vmid)
+                raise
+        else:
+            address = self._wait_address(action.vm, node, vmid)
+        self._remove(action.vm, action.old_node, action.old_vmid)
+        return vmid, node, address
+
+
+def apply_plan(
+    api: PveApi,
+    lab: Lab,
+    plan: Plan,
+    used_vmids: frozenset[int],
+    reporter: Reporter | None = None,
+    concurrency: int | None = None,
+) -> ApplyResult:
+    """Run every VM's chain, at most ``concurrency`` at once. Ctrl-C stops chains at their next step."""
+    if plan.blocked:
+        raise OperationError("; ".join(b.describe() for b in plan.blocked))
+    started = time.monotonic()
+    reporter = reporter or SilentReporter()
+    cancel = threading.Event()
+    executor = Executor(api, lab, VmidAllocator(api, used_vmids), reporter, cancel)
+    chains = list(plan.by_vm().items())
+    workers = max(1, min(concurrency or lab.settings.concurrency, len(chains) or 1))
+    outcomes: dict[str, VmOutcome] = {}
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="homelab-vm")
+    futures: dict[Future[VmOutcome], str] = {pool.submit(executor.run_chain, vm, acts): vm for vm, acts in chains}
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for fut in done:
+                outcomes[futures[fut]] = fut.result()
+    except KeyboardInterrupt:
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    ordered = [outcomes[vm] for vm, _ in chains if vm in outcomes]
+    return ApplyResult(ordered, dict(api.calls), time.monotonic() - started)
+
+
+Progress = Callable[[str, str], None]

@@ -1,0 +1,125 @@
+"""The provisioning use cases the CLI calls: plan, apply, destroy, status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from homelab.hosts import Host, load_hosts, save_hosts
+from homelab.lab.models import Lab
+from homelab.provision.executor import ApplyResult, Reporter, apply_plan
+from homelab.provision.facts import Facts, gather
+from homelab.provision.plan import Plan, PlanOptions, RemoveVM, desired_config, plan, resolve_version
+from homelab.proxmox.api import PveApi, connect
+
+
+@dataclass
+class Planned:
+    """A plan with the facts it was made from and the connection to carry it out."""
+
+    lab: Lab
+    api: PveApi
+    facts: Facts
+    plan: Plan
+
+
+def make_plan(lab: Lab, options: PlanOptions | None = None, api: PveApi | None = None) -> Planned:
+    """Gather live facts (read-only) and plan."""
+    api = api or connect(lab)
+    facts = gather(api, lab)
+    return Planned(lab, api, facts, plan(lab, facts, options))
+
+
+def carry_out(planned: Planned, reporter: Reporter | None = None, concurrency: int | None = None) -> ApplyResult:
+    """Apply a plan, then record the VMs' addresses for the later stages."""
+    result = apply_plan(planned.api, planned.lab, planned.plan, planned.facts.used_vmids, reporter, concurrency)
+    _record_hosts(planned.lab, result)
+    return result
+
+
+def _record_hosts(lab: Lab, result: ApplyResult) -> None:
+    known = {h.name: h for h in load_hosts(lab)}
+    for outcome in result.outcomes:
+        if outcome.ok and outcome.address:
+            old = known.get(outcome.vm)
+            same = old is not None and old.address == outcome.address
+            known[outcome.vm] = Host(
+                name=outcome.vm,
+                address=outcome.address,
+                user=lab.access.user,
+                host_key=old.host_key if same and old else None,
+                key_file=old.key_file if old else None,
+            )
+    names = [vm.name for vm in lab.vms]
+    save_hosts(lab, [known[n] for n in names if n in known])
+
+
+def plan_destroy(lab: Lab, facts: Facts) -> Plan:
+    """Remove every VM marked as this lab's; unmarked VMs, even with a matching name, are never touched."""
+    return Plan(
+        tuple(RemoveVM((vm.meta or {}).get("vm") or vm.name, vm.vmid, vm.node, "destroy") for vm in facts.managed)
+    )
+
+
+def make_destroy_plan(lab: Lab, api: PveApi | None = None) -> Planned:
+    """Facts, then the destroy plan."""
+    api = api or connect(lab)
+    facts = gather(api, lab)
+    return Planned(lab, api, facts, plan_destroy(lab, facts))
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    """One row of `homelab status`."""
+
+    name: str
+    vmid: int | None
+    node: str | None
+    state: str
+    address: str | None
+    version: str | None
+    matches: bool
+    note: str
+
+
+def status(lab: Lab, api: PveApi | None = None) -> list[VmStatus]:
+    """Each lab VM: state on Proxmox, address, template version, whether it matches the file."""
+    planned = make_plan(lab, PlanOptions(), api)
+    hosts = {h.name: h for h in load_hosts(lab)}
+    groups = planned.plan.by_vm()
+    rows = []
+    live_by_name = {(v.meta or {}).get("vm") or v.name: v for v in planned.facts.managed}
+    for vm in lab.vms:
+        live = live_by_name.get(vm.name)
+        actions = groups.get(vm.name, [])
+        pending = [a.describe() for a in actions if a.changes_something]
+        version = resolve_version(lab, vm, planned.facts)
+        rows.append(
+            VmStatus(
+                name=vm.name,
+                vmid=live.vmid if live else None,
+                node=live.node if live else None,
+                state=live.status if live else "absent",
+                address=hosts[vm.name].address if vm.name in hosts else None,
+                version=str((live.meta or {}).get("version")) if live and live.meta else None,
+                matches=not pending and not any(a.kind == "blocked" for a in actions),
+                note="; ".join(pending) if pending else ("" if not isinstance(version, str) else version),
+            )
+        )
+    for action in planned.plan.actions:
+        if action.kind == "orphan":
+            rows.append(
+                VmStatus(
+                    action.vm,
+                    getattr(action, "vmid", None),
+                    getattr(action, "node", None),
+                    "orphan",
+                    None,
+                    None,
+                    False,
+                    action.describe(),
+                )
+            )
+    return rows
+
+
+__all__ = ["Planned", "carry_out", "desired_config", "make_destroy_plan", "make_plan", "status"]

@@ -1,0 +1,133 @@
+"""Everything homelab prints: plans, progress, results, as human text or JSON. One place, one style."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+from homelab.errors import InputError
+
+SYMBOLS = {
+    "create": "+",
+    "update": "~",
+    "grow-disk": "~",
+    "replace": "±",
+    "start": ">",
+    "remove": "-",
+    "unchanged": "=",
+    "orphan": "?",
+    "blocked": "!",
+}
+COLORS = {"+": "green", "~": "yellow", "±": "magenta", ">": "cyan", "-": "red", "=": "bright_black", "?": "yellow"}
+
+
+def echo_json(data: Any) -> None:
+    """Machine-readable output on stdout."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def render_plan(plan: Any) -> None:
+    """One line per action, then a count per kind."""
+    counts: dict[str, int] = {}
+    for action in plan.actions:
+        symbol = SYMBOLS.get(action.kind, "*")
+        click.secho(f"  {symbol} {action.describe()}", fg=COLORS.get(symbol, "red"))
+        counts[action.kind] = counts.get(action.kind, 0) + 1
+    if not plan.actions:
+        click.echo("  (the lab has no VMs and Proxmox has none of its VMs)")
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    click.echo(f"Plan: {summary or 'nothing to do'}.")
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask once; --yes answers for the user. Without a terminal and without --yes, refuse instead of hanging."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError(f"{question} Not on a terminal: pass --yes to confirm.")
+    if not click.confirm(question, default=False):
+        from homelab.errors import Aborted
+
+        raise Aborted("Nothing was changed.")
+
+
+class LineReporter:
+    """Progress as one timestamped line per step: works in logs, CI and terminals alike."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._lock = threading.Lock()
+
+    def step(self, vm: str, message: str) -> None:
+        with self._lock:
+            click.echo(f"[{time.monotonic() - self._start:6.1f}s] {vm}: {message}", err=True)
+
+    def finished(self, vm: str, ok: bool, message: str) -> None:
+        with self._lock:
+            mark = click.style("ok", fg="green") if ok else click.style("FAILED", fg="red")
+            click.echo(f"[{time.monotonic() - self._start:6.1f}s] {vm}: {mark} {message}", err=True)
+
+
+class LiveReporter:
+    """A live table, one row per VM, on a terminal."""
+
+    def __init__(self, names: list[str]) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._rows: dict[str, tuple[str, str]] = {n: ("waiting", "") for n in names}
+        self._start = time.monotonic()
+        self._lock = threading.Lock()
+        self._live = Live(self._table(), console=Console(stderr=True), refresh_per_second=8, transient=False)
+
+    def __enter__(self) -> LiveReporter:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._live.update(self._table())
+        self._live.__exit__(*exc)
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"homelab apply ({time.monotonic() - self._start:.0f}s)", expand=False)
+        table.add_column("VM")
+        table.add_column("state")
+        table.add_column("detail")
+        for name, (state, detail) in self._rows.items():
+            style = {"ok": "green", "FAILED": "red"}.get(state, "")
+            table.add_row(name, f"[{style}]{state}[/]" if style else state, detail)
+        return table
+
+    def step(self, vm: str, message: str) -> None:
+        with self._lock:
+            self._rows[vm] = (message, "")
+            self._live.update(self._table())
+
+    def finished(self, vm: str, ok: bool, message: str) -> None:
+        with self._lock:
+            self._rows[vm] = ("ok" if ok else "FAILED", message)
+            self._live.update(self._table())
+
+
+def render_apply(result: Any) -> None:
+    """The summary at the end of apply."""
+    failed = [o for o in result.outcomes if not o.ok]
+    for outcome in result.outcomes:
+        if outcome.ok:
+            where = f" vmid {outcome.vmid}" if outcome.vmid else ""
+            addr = f" at {outcome.address}" if outcome.address else ""
+            click.echo(f"  ok      {outcome.vm}{where}{addr}")
+        else:
+            click.secho(f"  FAILED  {outcome.vm}: {outcome.error}", fg="red")
+    calls = sum(result.calls.values())
+    click.echo(
+        f"Applied in {result.seconds:.1f}s with {calls} API calls: "
+        f"{len(result.outcomes) - len(failed)} ok, {len(failed)} failed."
+    )
