@@ -10,7 +10,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from homelab.errors import HomelabError, OperationError, OperationTimeout, ProxmoxError
+from homelab.errors import HomelabError, OperationError, OperationTimeout, ProxmoxError, TaskFailed
 from homelab.lab.models import Lab
 from homelab.lab.types import format_size
 from homelab.provision.facts import DISK_KEYS
@@ -261,9 +261,13 @@ class Executor:
 
     def _start(self, vm: str, node: str, vmid: int) -> None:
         self.report.step(vm, "starting")
-        self.api.run_task(
-            "POST", f"/nodes/{node}/qemu/{vmid}/status/start", node, self.timeouts.start, f"start of {vm}"
-        )
+        path = f"/nodes/{node}/qemu/{vmid}/status/start"
+        try:
+            self.api.run_task("POST", path, node, self.timeouts.start, f"start of {vm}")
+        except TaskFailed as exc:
+            # A start whose answer was lost and that was sent again finds the VM running: that is success.
+            if "already running" not in str(exc):
+                raise
 
     def _stop(self, vm: str, node: str, vmid: int) -> None:
         self.report.step(vm, f"stopping {vmid}")

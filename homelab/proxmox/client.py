@@ -68,9 +68,11 @@ class ProxmoxerTransport:
             message = str(exc.content or exc.status_message)
             if exc.errors:
                 message += " - " + "; ".join(f"{k}: {v}" for k, v in dict(exc.errors).items())
-            transient = (exc.status_code >= 500 and exc.status_code != 501) or bool(TRANSIENT.search(message))
-            if exc.status_code in (400, 401, 403, 404):
-                transient = False
+            # Retry what a later attempt can fix: locks, agents still booting, proxies and gateways.
+            # A plain 500 ("already exists", "clone failed") is PVE's final answer.
+            transient = exc.status_code in (502, 503, 504, 595, 596) or (
+                exc.status_code >= 500 and bool(TRANSIENT.search(message))
+            )
             raise ProxmoxError(
                 f"{method} {path}: {exc.status_code} {message}", status=exc.status_code, transient=transient
             ) from None

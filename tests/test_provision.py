@@ -1,0 +1,297 @@
+"""Provisioning against the fake Proxmox over HTTPS: plan, apply, destroy, status, under real faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from homelab.cli import cli
+from homelab.demo.launcher import FakeProxmox
+from homelab.lab import load_lab
+from homelab.provision.service import carry_out, make_plan
+from tests.harness.labs import SSH_KEY, lab_data, write_lab
+
+pytestmark = pytest.mark.integration
+
+WRITES = ("POST", "PUT", "DELETE")
+VMS = [
+    {"name": "web", "cores": 2, "memory": 2048, "disk": "20G", "ip": "10.10.0.10", "tags": ["docker"]},
+    {"name": "db", "memory": 4096, "ip": "10.10.0.11"},
+    {"name": "cache", "ip": "dhcp"},
+]
+
+
+@pytest.fixture
+def lab_file(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    return write_lab(tmp_path / "lab.yml", lab_data(fake_pve, VMS))
+
+
+def homelab(lab: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--lab", str(lab), *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def managed(fake: FakeProxmox, lab: str = "test") -> dict[str, dict[str, Any]]:
+    """name -> VM, for VMs tagged as the lab's (fails on duplicates)."""
+    found: dict[str, dict[str, Any]] = {}
+    for vm in fake.vms():
+        if f"homelab-{lab}" in str(vm["config"].get("tags", "")).split(";"):
+            assert vm["name"] not in found, f"duplicate VM {vm['name']}"
+            found[vm["name"]] = vm
+    return found
+
+
+def writes(fake: FakeProxmox) -> list[tuple[str, str]]:
+    return [r for r in fake.requests() if r[0] in WRITES]
+
+
+def test_create_from_empty_then_noop(lab_file: Path, fake_pve: FakeProxmox, tmp_path: Path) -> None:
+    code, out, _ = homelab(lab_file, "plan")
+    assert code == 3 and out.count("+ create") == 3
+    code, out, err = homelab(lab_file, "apply", "--yes")
+    assert code == 0, err
+    vms = managed(fake_pve)
+    assert sorted(vms) == ["cache", "db", "web"]
+    web = vms["web"]
+    assert web["status"] == "running" and web["agent"]
+    cfg = web["config"]
+    assert (cfg["cores"], cfg["memory"]) in (("2", "2048"), (2, 2048))
+    assert set(cfg["tags"].split(";")) == {"homelab-test", "docker"}
+    assert cfg["ipconfig0"] == "ip=10.10.0.10/24,gw=10.10.0.1"
+    assert urllib.parse.unquote(cfg["sshkeys"]) == SSH_KEY
+    assert cfg["ciuser"] == "homelab" and cfg["searchdomain"] == "home.arpa"
+    assert "size=20G" in cfg["scsi0"]
+    assert '"state":"ready"' in cfg["description"]
+    assert str(vms["db"]["config"]["memory"]) == "4096"
+    assert "ip=dhcp" in vms["cache"]["config"]["ipconfig0"]
+    hosts = json.loads((tmp_path / "state" / "test" / "hosts.json").read_text())["hosts"]
+    assert {h["name"]: h["address"] for h in hosts}["web"] == "10.10.0.10"
+    assert len(hosts) == 3 and all(h["address"] for h in hosts)
+
+    # A second run changes nothing: no write call at all.
+    fake_pve.requests(clear=True)
+    code, out, _ = homelab(lab_file, "plan")
+    assert code == 0 and out.count("= ") == 3
+    code, out, _ = homelab(lab_file, "apply", "--yes")
+    assert code == 0 and "Nothing to change." in out
+    assert writes(fake_pve) == []
+
+    code, out, _ = homelab(lab_file, "status", "--json")
+    rows = json.loads(out)
+    assert [(r["name"], r["state"], r["matches"]) for r in rows] == [
+        ("web", "running", True),
+        ("db", "running", True),
+        ("cache", "running", True),
+    ]
+
+
+def test_plan_json_and_exit_codes(lab_file: Path) -> None:
+    code, out, _ = homelab(lab_file, "plan", "--json")
+    assert code == 3
+    data = json.loads(out)
+    assert data["changes"] == 3 and {a["action"] for a in data["actions"]} == {"create"}
+
+
+def test_update_in_place_and_grow_disk(lab_file: Path, fake_pve: FakeProxmox) -> None:
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    before = managed(fake_pve)
+    data = lab_data(fake_pve, [dict(VMS[0], memory=4096, disk="40G", tags=["docker", "web"]), *VMS[1:]])
+    write_lab(lab_file, data)
+    code, out, _ = homelab(lab_file, "plan")
+    assert code == 3
+    assert "~ update web" in out and "memory: 2048 -> 4096" in out and out.count("(reboot)") == 1
+    assert "~ grow web" in out and "20G -> 40G" in out
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    after = managed(fake_pve)
+    assert after["web"]["vmid"] == before["web"]["vmid"]
+    assert str(after["web"]["config"]["memory"]) == "4096" and "size=40G" in after["web"]["config"]["scsi0"]
+    assert homelab(lab_file, "plan")[0] == 0
+
+
+def test_replace_on_new_template_version(lab_file: Path, fake_pve: FakeProxmox, tmp_path: Path) -> None:
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    old = {n: v["vmid"] for n, v in managed(fake_pve).items()}
+    fake_pve.call(
+        "add_vm",
+        vmid=9001,
+        name="debian-docker-202611201200",
+        template=True,
+        config={"scsi0": "local-lvm:base-9001-disk-0,size=8G", "agent": "1", "ostype": "l26"},
+    )
+    code, out, _ = homelab(lab_file, "plan", "--no-replace")
+    assert code == 3 and out.count("! cannot apply") == 3
+    code, _, err = homelab(lab_file, "apply", "--yes", "--no-replace")
+    assert code == 1 and "nothing was changed" in err
+    code, out, _ = homelab(lab_file, "plan")
+    assert out.count("± replace") == 3 and "202611010930 -> 202611201200" in out
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    new = managed(fake_pve)
+    assert sorted(new) == sorted(old)
+    for name, vm in new.items():
+        assert vm["vmid"] != old[name] and vm["status"] == "running"
+        assert '"version":"202611201200"' in vm["config"]["description"]
+    remaining = {vm["vmid"] for vm in fake_pve.vms()}
+    assert not remaining & set(old.values())
+    hosts = json.loads((tmp_path / "state" / "test" / "hosts.json").read_text())["hosts"]
+    assert {h["name"]: h["address"] for h in hosts}["web"] == "10.10.0.10"
+    assert homelab(lab_file, "plan")[0] == 0
+
+
+def test_destroy_never_touches_an_unmanaged_namesake(lab_file: Path, fake_pve: FakeProxmox) -> None:
+    fake_pve.call("add_vm", vmid=555, name="web", status="running", config={"memory": 1024})
+    code, out, _ = homelab(lab_file, "plan")
+    assert "+ create web" in out  # the namesake is not adopted
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert len(managed(fake_pve)) == 3
+    code, _, err = homelab(lab_file, "destroy")
+    assert code == 2 and "pass --yes" in err and len(managed(fake_pve)) == 3  # nothing happened
+    code, out, _ = homelab(lab_file, "destroy", "--yes")
+    assert code == 0
+    assert managed(fake_pve) == {}
+    left = {vm["vmid"]: vm for vm in fake_pve.vms()}
+    assert left[555]["status"] == "running" and left[555]["name"] == "web"
+    assert 9000 in left  # the template too
+
+
+def test_prune_removes_what_the_file_dropped(lab_file: Path, fake_pve: FakeProxmox) -> None:
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    write_lab(lab_file, lab_data(fake_pve, VMS[:2]))
+    code, out, _ = homelab(lab_file, "plan")
+    assert code == 0 and "? cache" in out  # reported, not a change
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert "cache" in managed(fake_pve)
+    code, out, _ = homelab(lab_file, "apply", "--yes", "--prune")
+    assert code == 0 and "- remove cache" in out
+    assert sorted(managed(fake_pve)) == ["db", "web"]
+
+
+def test_nextid_race_between_two_labs(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two applies at once both ask /cluster/nextid and get the same ids; clones collide and choose again."""
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    labs = []
+    for name in ("alpha", "beta"):
+        vms = [{"name": f"{name}-{i}", "ip": "dhcp"} for i in range(4)]
+        labs.append(load_lab(write_lab(tmp_path / f"{name}.yml", lab_data(fake_pve, vms, name=name))))
+    planned = [make_plan(lab) for lab in labs]
+    results: list[Any] = []
+    barrier = threading.Barrier(2)
+
+    def run(p: Any) -> None:
+        barrier.wait()
+        results.append(carry_out(p))
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in planned]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r.ok for r in results), [o.error for r in results for o in r.outcomes]
+    vmids = [vm["vmid"] for vm in fake_pve.vms() if not vm["template"]]
+    assert len(vmids) == 8 == len(set(vmids))
+    assert len(managed(fake_pve, "alpha")) == 4 and len(managed(fake_pve, "beta")) == 4
+    clones = [r for r in fake_pve.requests() if r[0] == "POST" and r[1].endswith("/clone")]
+    assert len(clones) > 8, "the race did not happen: every clone got a free id at once"
+
+
+def test_task_error_shows_pve_message(lab_file: Path, fake_pve: FakeProxmox) -> None:
+    fake_pve.call("fail", method="POST", suffix="/nodes/{node}/qemu/{vmid}/status/start", error="qemu_exited_code")
+    code, out, _ = homelab(lab_file, "apply", "--yes")
+    assert code == 1
+    assert "start of web failed on Proxmox: QEMU exited with code 1" in out
+    fake_pve.call("clear_failures")
+    # The re-run finishes the job: the VMs exist, only the start is left.
+    code, out, _ = homelab(lab_file, "plan")
+    assert out.count("> start") == 3 and "+ create" not in out
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert all(vm["status"] == "running" for vm in managed(fake_pve).values())
+
+
+@pytest.mark.fake_pve(time_scale=0.01)
+def test_waits_out_a_config_lock(lab_file: Path, fake_pve: FakeProxmox) -> None:
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    web = managed(fake_pve)["web"]["vmid"]
+    fake_pve.call("hold_config_lock", vmid=web, secs=150)  # 1.5 s real; PVE's lock wait is 10 s (0.1 s)
+    write_lab(lab_file, lab_data(fake_pve, [dict(VMS[0], tags=["docker", "locked"]), *VMS[1:]]))
+    start = time.monotonic()
+    code, out, err = homelab(lab_file, "apply", "--yes")
+    assert code == 0, out + err
+    assert time.monotonic() - start > 1.0
+    assert "locked" in managed(fake_pve)["web"]["config"]["tags"]
+    puts = [r for r in fake_pve.requests() if r == ("PUT", f"/api2/json/nodes/pve1/qemu/{web}/config")]
+    assert len(puts) >= 2, "the lock was never hit: the update went through at once"
+
+
+def test_flaky_network(lab_file: Path, fake_pve: FakeProxmox) -> None:
+    fake_pve.call("flaky_network", drop_rate=0.15, seed=7)
+    code, out, err = homelab(lab_file, "apply", "--yes")
+    fake_pve.call("flaky_network", drop_rate=0.0)
+    assert code == 0, out + err
+    vms = managed(fake_pve)
+    assert sorted(vms) == ["cache", "db", "web"]
+    assert all(vm["status"] == "running" for vm in vms.values())
+    assert homelab(lab_file, "plan")[0] == 0
+
+
+@pytest.mark.fake_pve(time_scale=0.001, agent_delay=100_000)
+def test_agent_timeout_is_clear(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    data = lab_data(fake_pve, VMS[:1], settings={"timeouts": {"agent": 1}})
+    code, out, _ = homelab(write_lab(tmp_path / "lab.yml", data), "apply", "--yes")
+    assert code == 1
+    assert "web: the guest agent reported no address within 1s" in out
+
+
+@pytest.mark.fake_pve(time_scale=0.05)
+def test_ctrl_c_then_rerun_finishes_without_duplicates(
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT in the middle of apply; the next apply completes the lab and never clones twice."""
+    vms = [{"name": f"vm{i}", "ip": f"10.10.0.{20 + i}"} for i in range(6)]
+    lab = write_lab(tmp_path / "lab.yml", lab_data(fake_pve, vms, settings={"concurrency": 3}))
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    env = dict(os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "homelab", "--lab", str(lab), "apply", "--yes"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "configuring" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    half = managed(fake_pve)
+    assert 0 < len(half) <= 6
+    code, out, err = homelab(lab, "apply", "--yes")
+    assert code == 0, out + err
+    done = managed(fake_pve)
+    assert sorted(done) == [f"vm{i}" for i in range(6)]
+    assert all(vm["status"] == "running" and '"state":"ready"' in vm["config"]["description"] for vm in done.values())
+    assert homelab(lab, "plan")[0] == 0
+
+
+def test_secret_missing_is_clear(tmp_path: Path, fake_pve: FakeProxmox) -> None:
+    code, _, err = homelab(write_lab(tmp_path / "lab.yml", lab_data(fake_pve, VMS)), "plan")
+    assert code == 2 and "HOMELAB_PROXMOX_TOKEN" in err and "Traceback" not in err
+
+
+def test_wrong_token_fails_cleanly(lab_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", "not-the-secret")
+    code, _, err = homelab(lab_file, "plan")
+    assert code == 1 and "401" in err and "not-the-secret" not in err
