@@ -113,12 +113,17 @@ class Server:
             port=config.get("port", 8006),
         )
         self.pve.time_scale = float(config.get("time_scale", 0))
+        if config.get("latency"):
+            self.pve.slow_network(float(config["latency"]))
         # PVE seconds between a VM's start and its agent answering.
         self.agent_delay = float(config.get("agent_delay", 5))
         self.dhcp_net = ipaddress.IPv4Network(config.get("dhcp_subnet", "10.99.0.0/24"))
         # Address as configured -> address the agent reports (tests map lab IPs onto test hosts).
         self.addr_map: dict[str, str] = dict(config.get("address_map", {}))
         self.no_agent: set[int] = set()
+        # PVE seconds a new (cloned) VM takes to start, like a real boot.
+        self.start_secs = float(config.get("start_secs", 0))
+        self._seen: set[int] = set()
         for token, secret in config.get("tokens", {}).items():
             self.pve.apitokens[token] = secret
         for name, store in config.get("storages", {}).items():
@@ -163,6 +168,10 @@ class Server:
             now = time.time()
             delay = self.agent_delay * self.pve.time_scale
             for vm in list(self.pve.vms):
+                if vm.vmid not in self._seen:
+                    self._seen.add(vm.vmid)
+                    if not vm.template and not vm.start_secs:
+                        vm.start_secs = self.start_secs
                 if vm.template or vm.vmid in self.no_agent:
                     continue
                 if vm.status == "running" and _agent_enabled(vm.config):
