@@ -295,3 +295,35 @@ def test_wrong_token_fails_cleanly(lab_file: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", "not-the-secret")
     code, _, err = homelab(lab_file, "plan")
     assert code == 1 and "401" in err and "not-the-secret" not in err
+
+
+def test_tls_is_verified_by_default(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    data = lab_data(fake_pve, VMS)
+    del data["proxmox"]["ca_bundle"]
+    code, _, err = homelab(write_lab(tmp_path / "lab.yml", data), "plan")
+    assert code == 1 and "TLS certificate not trusted" in err and "set proxmox.ca_bundle" in err
+
+
+def test_password_login(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMELAB_PROXMOX_PASSWORD", fake_pve.password)
+    data = lab_data(fake_pve, VMS[:1])
+    del data["proxmox"]["token_id"]
+    data["proxmox"]["user"] = fake_pve.user
+    lab = write_lab(tmp_path / "lab.yml", data)
+    assert homelab(lab, "apply", "--yes")[0] == 0
+    assert sorted(managed(fake_pve)) == ["web"]
+
+
+def test_secrets_file_must_be_private(
+    lab_file: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("HOMELAB_PROXMOX_TOKEN")
+    secrets = tmp_path / "config" / "secrets.yml"
+    secrets.parent.mkdir(parents=True)
+    secrets.write_text(f"test: {{proxmox_token: {fake_pve.token_secret}}}\n")
+    secrets.chmod(0o644)
+    code, _, err = homelab(lab_file, "plan")
+    assert code == 2 and "readable by other users (mode 0644)" in err and fake_pve.token_secret not in err
+    secrets.chmod(0o600)
+    assert homelab(lab_file, "plan")[0] == 3
