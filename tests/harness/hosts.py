@@ -19,7 +19,10 @@ key and a generated client key, or directly through ``nsenter``
 The generated ``sshd_config`` sets ``AuthorizedKeysFile`` to an absolute path,
 so the one generated ``authorized_keys`` file applies to *every* user on the
 host: the harness client key can log in as root and as any user that a test
-adds with ``useradd``. That is intended.
+adds with ``useradd``. That is intended. ``make_host(..., per_user_keys=True)``
+instead gives every user but root its own file, ``/etc/ssh/authorized_keys/<user>``
+inside the host (in the ``/etc`` overlay), for hosts that play a server whose
+users must accept only their own keys (a git server); root keeps the harness key.
 
 Requires root, iproute2 (``ip``), util-linux (``unshare``, ``nsenter``),
 OpenSSH (``/usr/sbin/sshd``, ``ssh``, ``ssh-keygen``) and overlayfs; see
@@ -62,6 +65,9 @@ SUBNET_PREFIX = "10.77"
 
 START_TIMEOUT = 10.0
 """Seconds to wait for a host's sshd to accept TCP connections."""
+
+PER_USER_KEYS = "/etc/ssh/authorized_keys/%u"
+"""``AuthorizedKeysFile`` of users other than root on a ``per_user_keys`` host (a path inside the host)."""
 
 _LOCK_FILE = Path("/run/lock/homelab-test-hosts.lock")
 _TOOLS = ("ip", "unshare", "nsenter", "ssh", "ssh-keygen", "mount")
@@ -183,6 +189,7 @@ class SshHost:
         self.host_key_pub = ""
         self.known_hosts_line = ""
         self.process: subprocess.Popen[bytes] | None = None
+        self.per_user_keys = False
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -412,8 +419,8 @@ def _sshd_config(host: SshHost) -> str:
             f"Port {host.port}",
             f"HostKey {host.host_key}",
             f"PidFile {host.pid_file}",
-            # Absolute path: read for every user (root and any useradd'ed user).
-            f"AuthorizedKeysFile {host.authorized_keys}",
+            # Absolute path: read for every user (root and any useradd'ed user), unless per_user_keys.
+            f"AuthorizedKeysFile {PER_USER_KEYS if host.per_user_keys else host.authorized_keys}",
             "PermitRootLogin prohibit-password",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
@@ -423,6 +430,8 @@ def _sshd_config(host: SshHost) -> str:
             "UseDNS no",
             "PrintMotd no",
             "Subsystem sftp internal-sftp",
+            # Match blocks must come last: everything after one belongs to it.
+            *(["Match User root", f"    AuthorizedKeysFile {host.authorized_keys}"] if host.per_user_keys else []),
             "",
         ]
     )
@@ -464,7 +473,7 @@ def _wait_for_sshd(host: SshHost, timeout: float = START_TIMEOUT) -> None:
         time.sleep(0.02)
 
 
-def make_host(name: str, workdir: Path, index: int) -> SshHost:
+def make_host(name: str, workdir: Path, index: int, *, per_user_keys: bool = False) -> SshHost:
     """Create and start one test host; call :meth:`SshHost.stop` when done.
 
     ``name`` names ``<workdir>/<name>`` (must not exist yet) and goes into the
@@ -473,6 +482,9 @@ def make_host(name: str, workdir: Path, index: int) -> SshHost:
     (e.g. by a parallel test), the next free one is taken, so ``host.address``
     is authoritative. On any failure the partial host is torn down and the
     error re-raised (``RuntimeError`` with sshd's log if sshd did not come up).
+
+    With ``per_user_keys`` users other than root log in with the keys in
+    ``/etc/ssh/authorized_keys/<user>`` inside the host (see the module doc).
     """
     if not 0 <= index <= 255:
         raise ValueError(f"index must be 0..255, not {index}")
@@ -486,6 +498,7 @@ def make_host(name: str, workdir: Path, index: int) -> SshHost:
         veth=f"hlv{index}{tag}",  # at most 3 + 3 + 6 = 12 chars (limit 15)
         octet=index,
     )
+    host.per_user_keys = per_user_keys
     try:
         for d in (host.home_dir, host.etc_upper, host.etc_work, host.varlog_upper, host.varlog_work):
             d.mkdir()

@@ -1,0 +1,160 @@
+"""`homelab keys`: the config repo's deploy key: generate, show, verify, rotate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import click
+
+from homelab.errors import InputError, OperationError
+from homelab.lab import Lab, find_lab_path, load_lab
+
+if TYPE_CHECKING:
+    from homelab.deploykeys.core import KeyReport
+    from homelab.deploykeys.hostkeys import FirstContact
+
+POLL_INTERVAL = 2.0  # seconds between checks while waiting for the user to add or remove a key
+
+
+def _lab(ctx: click.Context) -> Lab:
+    return load_lab(find_lab_path(ctx.obj.get("lab_path")))
+
+
+def _interactive() -> bool:
+    return click.get_text_stream("stdin").isatty()
+
+
+def _render_key(report: KeyReport, *, heading: str) -> None:
+    click.echo(heading)
+    click.echo(f"  {report.key.public_line}")
+    click.echo(f"  fingerprint: {report.key.fingerprint}")
+    click.echo(f"  private key: {report.key.private_path} (never leaves this machine except to your VMs)")
+    click.echo(f"Next: {report.page.hint}")
+
+
+@click.group()
+def keys() -> None:
+    """Deploy keys for the config repo: generate, show, verify, rotate."""
+
+
+@keys.command()
+@click.option("--force", is_flag=True, help="Replace an existing key (prefer `homelab keys rotate`).")
+@click.pass_context
+def generate(ctx: click.Context, force: bool) -> None:
+    """Create the lab's deploy key (ed25519) and say where to add it."""
+    from homelab.deploykeys import core
+
+    report = core.generate(_lab(ctx), force=force)
+    _render_key(report, heading="Created a deploy key. Public key:")
+    click.echo("Then run: homelab keys verify")
+
+
+@keys.command()
+@click.pass_context
+def show(ctx: click.Context) -> None:
+    """Print the deploy key's public key and fingerprint again."""
+    from homelab.deploykeys import core
+
+    _render_key(core.show(_lab(ctx)), heading="Deploy key. Public key:")
+
+
+def _confirm_host_key(yes: bool) -> Callable[[FirstContact], bool]:
+    def confirm(contact: FirstContact) -> bool:
+        click.echo(
+            f"First contact with {contact.repo.known_hosts_target}: "
+            f"its {contact.key.key_type} host key is {contact.key.fingerprint}"
+        )
+        if yes:
+            click.echo("Pinning it (--yes).")
+            return True
+        if not _interactive():
+            raise InputError(
+                f"the host key {contact.key.fingerprint} of {contact.repo.known_hosts_target} must be confirmed "
+                "before it is pinned: compare it with the one your git host shows, then run again with --yes"
+            )
+        return click.confirm("Is this the git host's key? Pin it", default=False)
+
+    return confirm
+
+
+@keys.command()
+@click.option("--yes", is_flag=True, help="Pin the git host's key on first contact without asking.")
+@click.pass_context
+def verify(ctx: click.Context, yes: bool) -> None:
+    """Check that the deploy key can read the repo (only that key, only the pinned host key)."""
+    from homelab.deploykeys import core
+
+    result = core.verify(_lab(ctx), _confirm_host_key(yes))
+    if result.pin.pinned_now == "published":
+        click.echo(f"Pinned {result.repo.host}'s host key {result.pin.key.fingerprint} (matches the published one).")
+    elif result.pin.pinned_now == "confirmed":
+        click.echo(f"Pinned {result.repo.known_hosts_target}'s host key {result.pin.key.fingerprint}.")
+    click.echo(
+        f"OK: deploy key {result.key.fingerprint} reads {result.repo.url} ({result.branch} is at {result.commit[:12]})"
+    )
+
+
+@keys.command()
+@click.option("--yes", is_flag=True, help="Do not ask: poll until the new key works (see --wait-timeout).")
+@click.option(
+    "--wait-timeout",
+    type=click.IntRange(min=1),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --yes: how long to wait for the new key to be added (and the old one removed).",
+)
+@click.option("--check-old-revoked", is_flag=True, help="After the switch, wait until the old key no longer works.")
+@click.pass_context
+def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: bool) -> None:
+    """Replace the deploy key on the git host and every VM; no VM ever loses the ability to pull."""
+    from homelab.deploykeys import core
+    from homelab.hosts import load_hosts
+
+    lab = _lab(ctx)
+    if not yes and not _interactive():
+        raise InputError("rotate asks you to add the new key; without a terminal run it with --yes [--wait-timeout N]")
+    hosts = load_hosts(lab)
+    if not hosts:
+        click.echo("No VMs recorded yet (homelab apply has not run): only the key itself is rotated.")
+
+    def await_added(report: core.KeyReport) -> None:
+        heading = "Taking up the new key of an unfinished rotation:" if not report.created else "New deploy key:"
+        _render_key(report, heading=heading)
+        if yes:
+            click.echo(f"Waiting up to {wait_timeout} s until the new key can read the repo ...")
+            core.wait_for(lambda: core.can_read(lab, report.key), wait_timeout, POLL_INTERVAL, "the new key works")
+            return
+        while not (click.confirm("Added it?", default=True, abort=True) and core.can_read(lab, report.key)):
+            click.echo("The new key cannot read the repo yet.")
+
+    def progress(host: str, step: str, detail: str) -> None:
+        click.echo(f"  {host + ': ' if host else ''}{step}: {detail}")
+
+    result = core.rotate(lab, hosts, await_added=await_added, progress=progress)
+    for outcome in result.hosts:
+        state = "new key" if outcome.ok else ("OLD key" if outcome.rolled_back else "UNKNOWN")
+        click.echo(f"{outcome.host}: {state}: {outcome.detail}")
+    if not result.complete:
+        names = ", ".join(o.host for o in result.failed)
+        click.echo(
+            f"{len(result.failed)} VM(s) still use the old key {result.old.fingerprint}: {names}. Keep the old key "
+            "on the git host. Fix them and run `homelab keys rotate` again: it takes up the same new key.",
+            err=True,
+        )
+        ctx.exit(1)
+    click.echo(f"All {len(result.hosts)} VM(s) use the new key {result.new.fingerprint}.")
+    where = f" at {result.page.url}" if result.page.url else " on the git host"
+    click.echo(f"You can now remove the old key {result.old.fingerprint} ({result.old.comment}){where}.")
+    if check_old_revoked:
+        retired = result.retired
+        assert retired is not None
+        if yes:
+            click.echo(f"Waiting up to {wait_timeout} s until the old key no longer works ...")
+            core.wait_for(lambda: core.is_revoked(lab, retired), wait_timeout, POLL_INTERVAL, "the old key is refused")
+        else:
+            click.confirm("Removed it?", default=True, abort=True)
+            if not core.is_revoked(lab, retired):
+                raise OperationError(f"the old key {retired.fingerprint} still reads the repo; remove it{where}")
+        click.echo(f"Checked: the old key {retired.fingerprint} no longer works.")

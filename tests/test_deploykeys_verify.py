@@ -1,0 +1,116 @@
+"""`homelab keys verify` against a real git-over-SSH server (a test host): only the key, only the pinned host key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from homelab.cli import cli
+from homelab.deploykeys import core
+from homelab.deploykeys.hostkeys import FirstContact, HostKeyMismatch
+from homelab.deploykeys.keys import KeyStore, fingerprint
+from homelab.errors import Aborted, OperationError
+from homelab.lab import Lab, load_lab
+from tests.harness.gitserver import GitServer, git_server_fixture, write_lab  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+def _lab(tmp_path: Path, server: GitServer) -> tuple[Lab, Path]:
+    path = write_lab(tmp_path, server.url)
+    return load_lab(path), path
+
+
+def _trust_server(server: GitServer):  # type: ignore[no-untyped-def]
+    expected = fingerprint(server.host.host_key_pub)
+    seen: list[FirstContact] = []
+
+    def confirm(contact: FirstContact) -> bool:
+        seen.append(contact)
+        return contact.key.fingerprint == expected
+
+    confirm.seen = seen  # type: ignore[attr-defined]
+    return confirm
+
+
+def test_verify_reads_the_repo_with_the_key_and_pins_the_host_key(git_server: GitServer, tmp_path: Path) -> None:
+    lab, _ = _lab(tmp_path, git_server)
+    key = core.generate(lab).key
+    git_server.add_key(key.public_line)
+    confirm = _trust_server(git_server)
+
+    result = core.verify(lab, confirm)
+
+    assert result.commit == git_server.head()
+    assert result.pin.pinned_now == "confirmed"
+    assert len(confirm.seen) == 1  # asked once, with the scanned key
+    pinned = KeyStore(lab).known_hosts.read_text().split()
+    assert pinned == git_server.known_hosts_line.split()
+    # Second run: already pinned, no question.
+    again = core.verify(lab, lambda c: pytest.fail("asked again although the key is pinned"))
+    assert again.pin.pinned_now is None
+    assert again.commit == result.commit
+
+
+def test_verify_fails_with_another_key(git_server: GitServer, tmp_path: Path) -> None:
+    lab, _ = _lab(tmp_path, git_server)
+    key = core.generate(lab).key
+    other = KeyStore(lab).create("other_ed25519")
+    git_server.add_key(other.public_line)
+
+    with pytest.raises(OperationError, match="refused deploy key") as info:
+        core.verify(lab, _trust_server(git_server))
+
+    assert key.fingerprint in str(info.value)
+    # The other key itself works: the failure is about the key, not the server.
+    assert core.can_read(lab, other)
+
+
+def test_verify_fails_when_the_pinned_host_key_does_not_match(git_server: GitServer, tmp_path: Path) -> None:
+    lab, _ = _lab(tmp_path, git_server)
+    key = core.generate(lab).key
+    git_server.add_key(key.public_line)
+    impostor = KeyStore(lab).create("impostor_host_key")  # any ed25519 key that is not the server's
+    known_hosts = KeyStore(lab).known_hosts
+    wrong = f"{git_server.address} {' '.join(impostor.public_line.split()[:2])}\n"
+    known_hosts.write_text(wrong)
+
+    with pytest.raises(HostKeyMismatch, match="does not match the pinned one") as info:
+        core.verify(lab, lambda c: True)
+
+    message = str(info.value)
+    assert impostor.fingerprint in message  # what was pinned
+    assert fingerprint(git_server.host.host_key_pub) in message  # what the server shows now
+    assert known_hosts.read_text() == wrong  # never silently re-pinned
+
+
+def test_first_contact_declined_pins_nothing(git_server: GitServer, tmp_path: Path) -> None:
+    lab, _ = _lab(tmp_path, git_server)
+    git_server.add_key(core.generate(lab).key.public_line)
+
+    with pytest.raises(Aborted):
+        core.verify(lab, lambda c: False)
+
+    assert not KeyStore(lab).known_hosts.exists()
+
+
+def test_cli_verify_needs_yes_without_a_terminal_then_pins(git_server: GitServer, tmp_path: Path) -> None:
+    _, path = _lab(tmp_path, git_server)
+    runner = CliRunner()
+    generated = runner.invoke(cli, ["--lab", str(path), "keys", "generate"], catch_exceptions=False)
+    assert generated.exit_code == 0, generated.output
+    git_server.add_key(next(line.strip() for line in generated.output.splitlines() if "ssh-ed25519" in line))
+    server_fp = fingerprint(git_server.host.host_key_pub)
+
+    refused = runner.invoke(cli, ["--lab", str(path), "keys", "verify"], catch_exceptions=False)
+    assert refused.exit_code == 2
+    assert server_fp in refused.output
+    assert "--yes" in refused.output
+    assert not (tmp_path / "state" / "example" / "deploy-keys" / "known_hosts").exists()
+
+    ok = runner.invoke(cli, ["--lab", str(path), "keys", "verify", "--yes"], catch_exceptions=False)
+    assert ok.exit_code == 0, ok.output
+    assert f"Pinned {git_server.address}'s host key {server_fp}" in ok.output
+    assert f"main is at {git_server.head()[:12]}" in ok.output
