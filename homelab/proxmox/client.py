@@ -52,7 +52,7 @@ class ProxmoxerTransport:
             raise ProxmoxError(f"{px.url}: login refused: {exc}", status=401) from None
         except requests.exceptions.SSLError as exc:
             raise ProxmoxError(
-                f"{px.url}: TLS certificate not trusted ({_short(exc)}); set proxmox.ca_bundle"
+                f"{px.url}: TLS certificate not trusted ({_tls_reason(exc)}); set proxmox.ca_bundle"
             ) from None
         except requests.exceptions.RequestException as exc:
             raise ProxmoxError(f"{px.url}: cannot connect: {_short(exc)}", transient=True) from None
@@ -77,7 +77,10 @@ class ProxmoxerTransport:
                 f"{method} {path}: {exc.status_code} {message}", status=exc.status_code, transient=transient
             ) from None
         except requests.exceptions.SSLError as exc:
-            raise ProxmoxError(f"{self._where}: TLS certificate not trusted ({_short(exc)})") from None
+            raise ProxmoxError(
+                f"{self._where}: TLS certificate not trusted ({_tls_reason(exc)}); set proxmox.ca_bundle to the CA "
+                "that signed it (on Proxmox: /etc/pve/pve-root-ca.pem)"
+            ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise ProxmoxError(f"{method} {path}: connection failed: {_short(exc)}", transient=True) from None
         except AuthenticationError as exc:
@@ -87,3 +90,16 @@ class ProxmoxerTransport:
 def _short(exc: Exception) -> str:
     text = str(exc)
     return text if len(text) < 200 else text[:200] + "..."
+
+
+def _tls_reason(exc: Exception) -> str:
+    text = str(exc)
+    for reason in (
+        "certificate verify failed: self-signed certificate",
+        "certificate verify failed",
+        "hostname mismatch",
+        "certificate has expired",
+    ):
+        if reason in text:
+            return reason
+    return _short(exc)
