@@ -1,0 +1,158 @@
+"""`homelab template build|list|prune|render`: thin commands over homelab.templates."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _lab(ctx: click.Context) -> Any:
+    from homelab.lab import find_lab_path, load_lab
+
+    return load_lab(find_lab_path((ctx.obj or {}).get("lab_path")))
+
+
+def _api(lab: Any) -> Any:
+    from homelab.proxmox.api import connect
+
+    return connect(lab)
+
+
+def _progress() -> Any:
+    started = time.monotonic()
+
+    def show(line: str) -> None:
+        click.echo(f"[{time.monotonic() - started:6.1f}s] {line}")
+
+    return show
+
+
+@click.group()
+def template() -> None:
+    """Build, list, prune and render versioned VM templates."""
+
+
+@template.command()
+@click.argument("names", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
+@click.option("--packer", "packer_path", default="packer", show_default=True, help="The packer program.")
+@click.pass_context
+def build(ctx: click.Context, names: tuple[str, ...], dry_run: bool, packer_path: str) -> None:
+    """Build a new version of each template the lab names (or of NAMES).
+
+    Shows the plan first. builder: cloud-image works through the Proxmox API alone; builder: packer renders
+    the Packer configuration and runs `packer build`, its output in the lab's log folder.
+    """
+    from homelab.templates.build import plan_build, run_build
+    from homelab.templates.packer import PackerSettings
+
+    lab = _lab(ctx)
+    api = _api(lab)
+    for name in names or [t.name for t in lab.templates]:
+        plan, facts = plan_build(api, lab, name)
+        for line in plan.describe():
+            click.echo(line)
+        if dry_run:
+            continue
+        result = run_build(api, lab, plan, facts, _progress(), PackerSettings(packer=packer_path))
+        click.echo(result.summary())
+        if result.log_path:
+            click.echo(f"packer's output: {result.log_path}")
+
+
+@template.command(name="list")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def list_(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
+    """Show each template's versions on Proxmox and the VMs that use each."""
+    from homelab.templates.inventory import list_templates
+
+    lab = _lab(ctx)
+    listings = list_templates(_api(lab), lab, names)
+    if as_json:
+        click.echo(json.dumps([item.as_dict() for item in listings], indent=2))
+        return
+    for item in listings:
+        click.echo(f"template {item.template}" + (f": {item.problem}" if item.problem else ""))
+        if not item.versions:
+            continue
+        click.echo(f"  {'VERSION':<13} {'VMID':>6}  {'NODE':<10} {'BUILT':<20} USED BY")
+        for detail in reversed(item.versions):
+            v = detail.version
+            mark = "*" if item.selected and item.selected.vmid == v.vmid else " "
+            users = ", ".join(f"{u.name} ({u.vmid})" for u in detail.used_by) or "-"
+            built = str(detail.record.get("built", "?"))
+            click.echo(f"{mark} {v.version:<13} {v.vmid:>6}  {v.node:<10} {built:<20} {users}")
+        click.echo("  (* new VMs are cloned from this version)")
+
+
+@template.command(name="prune")
+@click.argument("names", nargs=-1)
+@click.option("--keep", type=click.IntRange(min=1), default=2, show_default=True, help="Newest versions to keep.")
+@click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
+@click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
+@click.pass_context
+def prune_(ctx: click.Context, names: tuple[str, ...], keep: int, yes: bool, dry_run: bool) -> None:
+    """Delete old template versions that no VM uses (never one a VM was cloned from)."""
+    from homelab.errors import Aborted, InputError
+    from homelab.templates.inventory import gather_prune, prune
+
+    lab = _lab(ctx)
+    api = _api(lab)
+    plans = gather_prune(api, lab, names, keep)
+    for plan in plans:
+        for line in plan.describe():
+            click.echo(line)
+    count = sum(len(p.delete) for p in plans)
+    if count == 0:
+        click.echo("Nothing to delete.")
+        return
+    if dry_run:
+        return
+    if not yes:
+        if not click.get_text_stream("stdin").isatty():
+            raise InputError(f"prune would delete {count} template version(s): confirm with --yes")
+        if not click.confirm(f"Delete {count} template version(s)?", default=False):
+            raise Aborted("nothing was deleted")
+    deleted = prune(api, lab, plans, _progress())
+    click.echo(f"Deleted {len(deleted)} template version(s).")
+
+
+@template.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--template", "name", help="The template to render (default: the lab's first packer template).")
+@click.option("--version", "version", help="The version to name the build (default: now, YYYYMMDDHHMM UTC).")
+@click.option("--vmid", type=int, default=0, help="vmid of the new template (default 0: Proxmox picks).")
+@click.pass_context
+def render(ctx: click.Context, directory: Path, name: str | None, version: str | None, vmid: int) -> None:
+    """Write the Packer configuration into DIRECTORY, for running Packer yourself (no Proxmox needed)."""
+    from homelab.errors import InputError
+    from homelab.templates.facts import lab_template
+    from homelab.templates.naming import describe_template, new_version
+    from homelab.templates.packer import make_build_key, render_files, write_files
+
+    lab = _lab(ctx)
+    if name is None:
+        name = next((t.name for t in lab.templates if t.builder == "packer"), None)
+        if name is None:
+            raise InputError("the lab has no template with builder: packer; name one with --template")
+    model = lab_template(lab, name)
+    if model.builder != "packer":
+        raise InputError(f"template {model.name!r} uses builder: {model.builder}, not packer")
+    now = datetime.now(UTC)
+    version = version or new_version(now)
+    record = {"lab": lab.name, "template": model.name, "version": version, "builder": "packer", "os": model.os}
+    iso = model.packer is not None and model.packer.source == "iso"
+    private, public = make_build_key() if iso else (None, None)
+    files = render_files(
+        lab, model, version=version, vm_id=vmid, description=describe_template(record), build_key=public
+    )
+    for path in write_files(directory, files, private):
+        click.echo(f"wrote {path}")
+    click.echo(f"see {directory / 'README.md'} for how to run Packer")

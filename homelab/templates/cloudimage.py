@@ -1,0 +1,148 @@
+"""The cloud-image builder: carries out a plan through the Proxmox API, no Packer needed.
+
+Download (Proxmox verifies the checksum), create a VM whose disk is imported from the image, grow the disk,
+convert to a template. If anything fails once the VM exists, the VM and its disks are removed again, so a
+failed build never leaves a half-made VM behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+from homelab.errors import HomelabError, OperationError, ProxmoxError
+from homelab.lab.models import Lab
+from homelab.lab.types import parse_size
+from homelab.proxmox.api import PveApi
+from homelab.templates.plan import BuildPlan, ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+class BuildFailed(OperationError):
+    """A build failed; says what was cleaned up (or what is left to clean by hand)."""
+
+
+def _download(api: PveApi, lab: Lab, action: DownloadImage) -> None:
+    api.run_task(
+        "POST",
+        f"/nodes/{action.node}/storage/{action.storage}/download-url",
+        action.node,
+        # a cloud image is a few hundred MiB: give it the clone timeout, the longest the lab sets
+        max(lab.settings.timeouts.task, lab.settings.timeouts.clone),
+        f"download of {action.url}",
+        url=action.url,
+        content="import",
+        filename=action.filename,
+        checksum=action.checksum,
+        **{"checksum-algorithm": action.algorithm},
+    )
+
+
+def _create(api: PveApi, lab: Lab, action: CreateVm) -> None:
+    api.run_task(
+        "POST",
+        f"/nodes/{action.node}/qemu",
+        action.node,
+        lab.settings.timeouts.task,
+        f"creating VM {action.vmid}",
+        **dict(action.params),
+    )
+
+
+def _disk_size(value: str) -> int:
+    match = re.search(r"(?:^|,)size=(\d+(?:\.\d+)?[KMGT]?)(?:,|$)", value)
+    if not match:
+        return 0
+    text = match.group(1)
+    return parse_size(text) if text[-1] in "KMGT" else int(text)
+
+
+def _grow(api: PveApi, lab: Lab, action: GrowDisk) -> None:
+    config = api.get(f"/nodes/{action.node}/qemu/{action.vmid}/config") or {}
+    if _disk_size(str(config.get(action.disk, ""))) >= parse_size(action.size):
+        return  # the image is already this large; Proxmox never shrinks a disk
+    api.run_task(
+        "PUT",
+        f"/nodes/{action.node}/qemu/{action.vmid}/resize",
+        action.node,
+        lab.settings.timeouts.task,
+        f"growing {action.disk} of VM {action.vmid}",
+        disk=action.disk,
+        size=action.size,
+    )
+
+
+def _convert(api: PveApi, lab: Lab, action: ConvertToTemplate) -> None:
+    api.run_task(
+        "POST",
+        f"/nodes/{action.node}/qemu/{action.vmid}/template",
+        action.node,
+        lab.settings.timeouts.task,
+        f"converting VM {action.vmid} to a template",
+    )
+
+
+def remove_vm(api: PveApi, lab: Lab, node: str, vmid: int) -> bool:
+    """Destroy a VM and every disk it owns; False if there was no such VM."""
+    try:
+        api.get(f"/nodes/{node}/qemu/{vmid}/status/current")
+    except ProxmoxError as exc:
+        if "does not exist" in str(exc) or exc.status == 404:
+            return False
+        raise
+    api.run_task(
+        "DELETE",
+        f"/nodes/{node}/qemu/{vmid}",
+        node,
+        lab.settings.timeouts.task,
+        f"removing VM {vmid}",
+        purge=1,
+        **{"destroy-unreferenced-disks": 1},
+    )
+    return True
+
+
+def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress) -> bool:
+    """Carry out a cloud-image plan. Returns True if it downloaded the image (False: reused it).
+
+    On any failure after the VM was asked for, the VM is removed and BuildFailed says so.
+    """
+    downloaded = False
+    created: CreateVm | None = None
+    try:
+        for action in plan.actions:
+            progress(action.describe())
+            if isinstance(action, DownloadImage):
+                _download(api, lab, action)
+                downloaded = True
+            elif isinstance(action, ReuseImage):
+                pass
+            elif isinstance(action, CreateVm):
+                created = action
+                _create(api, lab, action)
+            elif isinstance(action, GrowDisk):
+                _grow(api, lab, action)
+            elif isinstance(action, ConvertToTemplate):
+                _convert(api, lab, action)
+            else:  # pragma: no cover - a plan from plan_cloud_image holds nothing else
+                raise TypeError(f"not a cloud-image action: {action!r}")
+    except BaseException as exc:
+        if created is None:
+            raise
+        reason = str(exc) if isinstance(exc, HomelabError) else f"{type(exc).__name__}: {exc}"
+        progress(f"build failed ({reason}); removing VM {created.vmid}")
+        try:
+            removed = remove_vm(api, lab, created.node, created.vmid)
+        except HomelabError as cleanup:
+            raise BuildFailed(
+                f"building {created.name} failed: {reason}; removing VM {created.vmid} failed too ({cleanup}): "
+                f"remove it by hand (qm destroy {created.vmid} --purge)"
+            ) from exc
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt and the like: cleaned up, now let it through
+        what = f"VM {created.vmid} was removed" if removed else "no VM was left behind"
+        raise BuildFailed(f"building {created.name} failed: {reason}; {what}") from exc
+    return downloaded

@@ -1,0 +1,217 @@
+"""Read-only facts about template versions, gathered once before planning.
+
+Everything here is a GET: the guests of the cluster (/cluster/resources), the versions of a template found
+among them by name, the VMs that use each version, and the storages an image can be downloaded to.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from homelab.errors import OperationError
+from homelab.lab.models import Lab, Template
+from homelab.proxmox.api import PveApi
+from homelab.templates.naming import TEMPLATE_TAG, parse_description, parse_version_name, split_tags, version_name
+
+_DRIVE = re.compile(r"^(ide|sata|scsi|virtio|efidisk|tpmstate|unused)\d+$")
+
+
+class TemplateMissing(OperationError):
+    """No version of a template (or not the pinned one) exists on Proxmox."""
+
+
+class VmidRangeFull(OperationError):
+    """Every vmid of a template's vmid_range is taken."""
+
+
+@dataclass(frozen=True)
+class Guest:
+    """One VM or container as /cluster/resources lists it."""
+
+    vmid: int
+    node: str
+    name: str
+    template: bool = False
+    tags: tuple[str, ...] = ()
+    kind: str = "qemu"
+
+
+@dataclass(frozen=True)
+class TemplateVersion:
+    """One built version of a template: the Proxmox template ``<template>-<version>``."""
+
+    vmid: int
+    node: str
+    name: str
+    version: str
+    template: str = ""
+    tags: tuple[str, ...] = ()
+
+    @property
+    def built_by_homelab(self) -> bool:
+        """True if homelab tagged it as one of its template versions."""
+        return TEMPLATE_TAG in self.tags
+
+
+@dataclass(frozen=True)
+class VersionUse:
+    """A guest that was made from a version: cloned by homelab (its description says so) or a linked clone."""
+
+    vmid: int
+    node: str
+    name: str
+    how: str
+
+
+@dataclass(frozen=True)
+class VersionDetails:
+    """A version with what its description records and the guests that use it."""
+
+    version: TemplateVersion
+    record: dict[str, Any] = field(default_factory=dict)
+    used_by: tuple[VersionUse, ...] = ()
+
+
+def list_guests(api: PveApi) -> list[Guest]:
+    """Every VM and container of the cluster (one GET)."""
+    guests = []
+    for item in api.get("/cluster/resources", type="vm") or []:
+        if "vmid" not in item:
+            continue
+        guests.append(
+            Guest(
+                vmid=int(item["vmid"]),
+                node=str(item.get("node", "")),
+                name=str(item.get("name") or ""),
+                template=bool(int(item.get("template") or 0)),
+                tags=split_tags(item.get("tags")),
+                kind=str(item.get("type") or "qemu"),
+            )
+        )
+    return guests
+
+
+def find_versions(guests: Iterable[Guest], template: str) -> list[TemplateVersion]:
+    """The versions of a template among the guests, oldest first: templates named ``<template>-<YYYYMMDDHHMM>``."""
+    found = []
+    for guest in guests:
+        if not guest.template or guest.kind != "qemu":
+            continue
+        version = parse_version_name(template, guest.name)
+        if version is not None:
+            found.append(TemplateVersion(guest.vmid, guest.node, guest.name, version, template, guest.tags))
+    return sorted(found, key=lambda v: (v.version, v.vmid))
+
+
+def pick_version(versions: list[TemplateVersion], template: Template) -> TemplateVersion:
+    """The pinned version if the lab pins one, else the newest; TemplateMissing when there is none."""
+    if template.version:
+        for candidate in versions:
+            if candidate.version == template.version:
+                return candidate
+        have = ", ".join(v.version for v in versions) or "none"
+        raise TemplateMissing(
+            f"template {template.name!r}: the lab pins version {template.version}, which is not on Proxmox "
+            f"(versions there: {have}); run `homelab template build {template.name}` or change the pin"
+        )
+    if not versions:
+        raise TemplateMissing(
+            f"template {template.name!r} has no version on Proxmox (no template named "
+            f"{template.name}-YYYYMMDDHHMM): run `homelab template build {template.name}`"
+        )
+    return versions[-1]
+
+
+def lab_template(lab: Lab, template: Template | str) -> Template:
+    """The lab's Template model for a name (or the model itself)."""
+    if isinstance(template, Template):
+        return template
+    for candidate in lab.templates:
+        if candidate.name == template:
+            return candidate
+    known = ", ".join(t.name for t in lab.templates)
+    raise TemplateMissing(f"the lab has no template {template!r} (its templates: {known})")
+
+
+def resolve_template(api: PveApi, lab: Lab, template: Template | str) -> TemplateVersion:
+    """The version VMs of this template are cloned from: the pinned one, else the newest.
+
+    Raises TemplateMissing (with "run homelab template build") when there is none.
+    """
+    model = lab_template(lab, template)
+    return pick_version(find_versions(list_guests(api), model.name), model)
+
+
+def next_free_vmid(guests: Iterable[Guest], vmid_range: tuple[int, int]) -> int:
+    """The lowest vmid of the range that no guest (VM or container) has."""
+    taken = {g.vmid for g in guests}
+    first, last = vmid_range
+    for vmid in range(first, last + 1):
+        if vmid not in taken:
+            return vmid
+    raise VmidRangeFull(f"every vmid from {first} to {last} is taken: run `homelab template prune` or widen vmid_range")
+
+
+def _base_refs(config: dict[str, Any]) -> set[int]:
+    """vmids of the template disks (base-<vmid>-disk-N) a config's drives are linked to."""
+    refs: set[int] = set()
+    for key, value in config.items():
+        if _DRIVE.match(key):
+            volume = str(value).split(",", 1)[0]
+            refs.update(int(m) for m in re.findall(r"base-(\d+)-disk-\d+", volume))
+    return refs
+
+
+def version_usage(api: PveApi, guests: Iterable[Guest], versions: list[TemplateVersion]) -> dict[int, list[VersionUse]]:
+    """For each version (by vmid), the guests made from it.
+
+    A guest uses a version when its description has a ``homelab: {"vm": ..., "template": ..., "version": ...}``
+    line naming it (homelab apply writes one), or when one of its disks is a linked clone of the version's disk.
+    Reads the config of every VM that is not itself one of the versions (one GET each).
+    """
+    by_name = {v.name: v for v in versions}
+    by_vmid = {v.vmid: v for v in versions}
+    used: dict[int, list[VersionUse]] = {v.vmid: [] for v in versions}
+    for guest in guests:
+        if guest.kind != "qemu" or guest.vmid in by_vmid:
+            continue
+        config = api.get(f"/nodes/{guest.node}/qemu/{guest.vmid}/config") or {}
+        record = parse_description(config.get("description"))
+        seen: set[int] = set()
+        if record and "vm" in record and record.get("template") and record.get("version"):
+            version = by_name.get(version_name(str(record["template"]), str(record["version"])))
+            if version is not None:
+                used[version.vmid].append(VersionUse(guest.vmid, guest.node, guest.name, "cloned"))
+                seen.add(version.vmid)
+        for vmid in _base_refs(config):
+            if vmid in by_vmid and vmid not in seen:
+                used[vmid].append(VersionUse(guest.vmid, guest.node, guest.name, "linked clone"))
+    return used
+
+
+def version_details(api: PveApi, guests: list[Guest], versions: list[TemplateVersion]) -> list[VersionDetails]:
+    """Each version with its description record and the guests that use it (oldest first)."""
+    used = version_usage(api, guests, versions)
+    details = []
+    for version in versions:
+        config = api.get(f"/nodes/{version.node}/qemu/{version.vmid}/config") or {}
+        record = parse_description(config.get("description")) or {}
+        details.append(VersionDetails(version, record, tuple(used.get(version.vmid, ()))))
+    return details
+
+
+def import_storages(api: PveApi, node: str) -> list[str]:
+    """Storages of the node that take disk images to import (content type ``import``), enabled and active."""
+    names = []
+    for item in api.get(f"/nodes/{node}/storage", content="import", enabled=1) or []:
+        if item.get("active", 1) and "import" in split_tags(str(item.get("content", "")).replace(",", ";")):
+            names.append(str(item["storage"]))
+    return names
+
+
+def storage_files(api: PveApi, node: str, storage: str, content: str) -> set[str]:
+    """Volume ids (``local:import/x.qcow2``) of one content type on a storage."""
+    return {str(item["volid"]) for item in api.get(f"/nodes/{node}/storage/{storage}/content", content=content) or []}

@@ -1,0 +1,385 @@
+"""The Packer builder: render HCL2 from templates/, run `packer build` through homelab.tools.
+
+The rendered configuration works with Debian's Packer 1.6 (proxmox builders built in) and with current
+Packer plus the proxmox and ansible plugins. The ``required_plugins`` block, which 1.6 rejects, lives in
+its own file: 1.6 is given only ``homelab.pkr.hcl``; current Packer gets the whole folder after
+``packer init``. Credentials only ever travel in Packer's environment.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from homelab import __version__
+from homelab.errors import InputError, SecretError
+from homelab.lab.models import Lab, Template
+from homelab.lab.types import format_size
+from homelab.paths import data_dir
+from homelab.proxmox.api import PveApi
+from homelab.secrets import ProxmoxAuth, proxmox_auth, write_atomic, write_private
+from homelab.templates.plan import BuildPlan, FinalizeTemplate, RenderPacker, RunPacker
+from homelab.tools import run
+
+Progress = Callable[[str], None]
+
+MAIN_FILE = "homelab.pkr.hcl"
+PLUGINS_FILE = "required-plugins.pkr.hcl"
+BUILD_KEY = "build-key"
+
+# PVE storage types as Packer 1.6's storage_pool_type names them (current Packer ignores the setting).
+STORAGE_POOL_TYPES = {"lvmthin": "lvm-thin", "dir": "directory", "zfspool": "zfspool", "lvm": "lvm", "rbd": "rbd"}
+
+BOOT_COMMANDS = {
+    # Debian's netinst: the installer's "auto" entry reads the preseed from Packer's HTTP server.
+    "debian": [
+        "<esc><wait>",
+        "auto url=http://{{ .HTTPIP }}:{{ .HTTPPort }}/preseed.cfg priority=critical<enter>",
+    ],
+    # Ubuntu's live server: autoinstall from the NoCloud seed Packer serves.
+    "ubuntu": [
+        "c<wait>",
+        "linux /casper/vmlinuz --- autoinstall "
+        'ds="nocloud-net;seedfrom=http://{{ .HTTPIP }}:{{ .HTTPPort }}/"<enter><wait>',
+        "initrd /casper/initrd<enter><wait>",
+        "boot<enter>",
+    ],
+}
+# The user a cloud image's cloud-init creates (and Packer's clone builder logs in as).
+CLOUD_USERS = {"debian": "debian", "ubuntu": "ubuntu"}
+
+
+@dataclass(frozen=True)
+class PackerSettings:
+    """How homelab runs Packer. communicator "none" is for tests against a fake Proxmox (no VM boots)."""
+
+    packer: str = "packer"
+    communicator: str = "ssh"
+    ssh_timeout: str = "45m"
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def hcl_string(value: Any) -> str:
+    """A value as an HCL2 quoted string: escapes, and no ${ or %{ template sequences."""
+    text = str(value)
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    text = text.replace("\t", "\\t").replace("${", "$${").replace("%{", "%%{")
+    return f'"{text}"'
+
+
+def _family(os_name: str) -> str:
+    return os_name.split("-", 1)[0]
+
+
+def _release(os_name: str) -> str:
+    return os_name.split("-", 1)[1]
+
+
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(data_dir("templates") / "packer"), str(data_dir("templates") / "http")]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # noqa: S701 - HCL, preseed and YAML, not HTML; HCL values go through the hcl filter
+    )
+    env.filters["hcl"] = hcl_string
+    return env
+
+
+def make_build_key() -> tuple[bytes, str]:
+    """A throwaway ed25519 key pair for an ISO build's SSH login: (private OpenSSH PEM, public line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public.decode() + " homelab-template-build"
+
+
+def packer_username(lab: Lab) -> str:
+    """The Proxmox login Packer uses: the API token id or the user (not a secret)."""
+    return lab.proxmox.token_id or lab.proxmox.user or ""
+
+
+def render_files(
+    lab: Lab,
+    template: Template,
+    *,
+    version: str,
+    vm_id: int = 0,
+    description: str = "",
+    clone_vm: str | None = None,
+    storage_type: str | None = None,
+    communicator: str = "ssh",
+    ssh_timeout: str = "45m",
+    build_key: str | None = None,
+) -> dict[str, str]:
+    """The Packer configuration for a template as {relative path: text}. Pure: nothing is written.
+
+    build_key: the public key line an ISO build logs in with (the private half stays with the caller).
+    """
+    settings = template.packer
+    source = settings.source if settings else "clone"
+    if source == "clone" and not clone_vm:
+        clone_vm = settings.clone_vm if settings else None
+        if not clone_vm:
+            raise InputError(f"template {template.name!r}: packer.clone_vm is required when packer.source is clone")
+    if source == "iso" and not (settings and settings.iso_file):
+        raise InputError(f"template {template.name!r}: packer.iso_file is required when packer.source is iso")
+    family = _family(template.os)
+    iso = source == "iso"
+    env = _environment()
+    context: dict[str, Any] = {
+        "homelab_version": __version__,
+        "lab": lab.name,
+        "template": template,
+        "version": version,
+        "vm_id": vm_id,
+        "node": lab.proxmox.node,
+        "storage": lab.proxmox.storage,
+        "storage_pool_type": STORAGE_POOL_TYPES.get(storage_type or "lvmthin", storage_type or "lvm-thin"),
+        "bridge": lab.proxmox.bridge,
+        "proxmox_url": lab.proxmox.url.rstrip("/") + "/api2/json",
+        "proxmox_username": packer_username(lab),
+        "insecure_skip_tls_verify": not lab.proxmox.verify_tls,
+        "description": description,
+        "disk_size": format_size(template.disk),
+        "iso_file": settings.iso_file if settings else None,
+        "clone_vm": clone_vm,
+        "communicator": communicator,
+        "ssh_username": lab.access.user if iso else CLOUD_USERS[family],
+        "ssh_private_key_file": BUILD_KEY if iso else None,
+        "ssh_timeout": ssh_timeout,
+        "homelab_user": lab.access.user,
+        "boot_command": BOOT_COMMANDS[family],
+        "unattended": "preseed.cfg" if family == "debian" else "autoinstall user-data",
+    }
+    files = {
+        MAIN_FILE: env.get_template(f"proxmox-{source}.pkr.hcl.j2").render(context),
+        PLUGINS_FILE: (data_dir("templates") / "packer" / PLUGINS_FILE).read_text(encoding="utf-8"),
+        "ansible/bake.yml": (data_dir("templates") / "ansible" / "bake.yml").read_text(encoding="utf-8"),
+    }
+    if iso:
+        unattended = {"build_key": build_key or "", "homelab_user": lab.access.user, "release": _release(template.os)}
+        if family == "debian":
+            files["http/preseed.cfg"] = env.get_template("debian/preseed.cfg.j2").render(unattended)
+        else:
+            files["http/user-data"] = env.get_template("ubuntu/user-data.j2").render(unattended)
+            files["http/meta-data"] = (data_dir("templates") / "http" / "ubuntu" / "meta-data").read_text()
+    files["README.md"] = _readme(lab, template, source, iso)
+    return files
+
+
+def _readme(lab: Lab, template: Template, source: str, iso: bool) -> str:
+    login = (
+        "export PROXMOX_TOKEN=<the token's secret>        # current Packer only; the username is the token id"
+        if lab.proxmox.token_id
+        else "export PKR_VAR_proxmox_password=<the password of " + (lab.proxmox.user or "the user") + ">"
+    )
+    lines = [
+        f"# Packer configuration for template {template.name} (lab {lab.name})",
+        "",
+        f"Rendered by `homelab template render`: a {source} build with an Ansible provisioner",
+        "(ansible/bake.yml) that bakes Docker engine, compose, qemu-guest-agent and the homelab user.",
+        "",
+        "Secrets are never written here. Give Packer the Proxmox login through its environment:",
+        "",
+        f"    {login}",
+        "",
+        "Debian's Packer 1.6 (builders built in; it rejects required-plugins.pkr.hcl, so name the file):",
+        "",
+        f"    packer build -var vm_id=<free vmid in {template.vmid_range[0]}-{template.vmid_range[1]}> {MAIN_FILE}",
+        "",
+        "Current Packer (1.7 and later):",
+        "",
+        "    packer init .",
+        f"    packer build -var vm_id=<free vmid in {template.vmid_range[0]}-{template.vmid_range[1]}> .",
+        "",
+        "`homelab template build` does all of this itself, picks the vmid and version, then tags the",
+        "template so that `homelab template list` and `homelab apply` find it.",
+    ]
+    if iso:
+        lines += [
+            "",
+            f"The install logs in with the throwaway key `{BUILD_KEY}` (made for this render, mode 0600);",
+            "the playbook removes it from the image before it becomes a template.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_files(directory: Path, files: Mapping[str, str], private_key: bytes | None = None) -> list[Path]:
+    """Write rendered files into a folder (atomically each), and the build key 0600 when there is one."""
+    written = []
+    for relative, text in sorted(files.items()):
+        path = directory / relative
+        write_atomic(path, text)
+        written.append(path)
+    if private_key is not None:
+        key_path = directory / BUILD_KEY
+        write_private(key_path, private_key)
+        written.append(key_path)
+    return written
+
+
+def packer_version(packer: str = "packer") -> tuple[int, int, int]:
+    """The installed Packer's version, from `packer version`."""
+    lines: list[str] = []
+    run([packer, "version"], env={"CHECKPOINT_DISABLE": "1"}, on_line=lines.append, what="read the Packer version")
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", " ".join(lines))
+    if not match:
+        raise InputError(f"{packer}: cannot tell its version from {' '.join(lines)[:80]!r}")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def packer_credentials(
+    lab: Lab, auth: ProxmoxAuth, version: tuple[int, int, int]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain env, secret env) that give Packer the Proxmox login."""
+    if auth.token_id:
+        if version < (1, 7, 0):
+            raise SecretError(
+                f"Packer {'.'.join(map(str, version))} logs in with a user and password only, and the lab uses "
+                f"API token {auth.token_id}: set proxmox.user (password in HOMELAB_PROXMOX_PASSWORD) for "
+                "Packer builds, install current Packer, or use builder: cloud-image"
+            )
+        return {"PKR_VAR_proxmox_username": auth.token_id}, {"PROXMOX_TOKEN": auth.token_secret or ""}
+    return {"PKR_VAR_proxmox_username": auth.user or ""}, {"PKR_VAR_proxmox_password": auth.password or ""}
+
+
+def _progress_filter(progress: Progress) -> Callable[[str], None]:
+    """Packer's step lines and Ansible's task lines go to the progress display; everything goes to the log."""
+    step = re.compile(r"^==> [\w.-]+: (.*)$")
+    task = re.compile(r"^\s*[\w.-]+: (TASK \[.*\]|PLAY RECAP.*)")
+
+    def on_line(line: str) -> None:
+        match = step.match(line) or task.match(line)
+        if match:
+            progress(f"packer: {match.group(1).rstrip(' *')}")
+        elif line.startswith(("Build '", "--> ")) or "rror" in line:
+            progress(f"packer: {line.strip()}")
+
+    return on_line
+
+
+def render_build(
+    lab: Lab,
+    template: Template,
+    plan: BuildPlan,
+    action: RenderPacker,
+    settings: PackerSettings,
+    storage_type: str | None,
+) -> None:
+    """Write the configuration for this plan into its build folder (an ISO build also gets its login key)."""
+    from homelab.templates.naming import describe_template
+
+    iso = action.source == "proxmox-iso"
+    private_key, public_key = make_build_key() if iso else (None, None)
+    files = render_files(
+        lab,
+        template,
+        version=plan.version,
+        vm_id=plan.vmid,
+        description=describe_template(plan.record),
+        clone_vm=action.clone_vm,
+        storage_type=storage_type,
+        communicator=settings.communicator,
+        ssh_timeout=settings.ssh_timeout,
+        build_key=public_key,
+    )
+    if action.directory.exists():
+        shutil.rmtree(action.directory)
+    write_files(action.directory, files, private_key)
+
+
+def run_packer(lab: Lab, plan: BuildPlan, action: RunPacker, settings: PackerSettings, progress: Progress) -> None:
+    """Run `packer build` on the rendered folder (after `packer init` on current Packer)."""
+    version = packer_version(settings.packer)
+    env, secret_env = packer_credentials(lab, proxmox_auth(lab), version)
+    env.update({"CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": str(action.directory / "cache")})
+    if lab.proxmox.ca_bundle:
+        # Packer is a Go program: it trusts the CAs in SSL_CERT_FILE.
+        env["SSL_CERT_FILE"] = str(Path(lab.proxmox.ca_bundle).expanduser())
+    env.update(settings.env)
+    on_line = _progress_filter(progress)
+    directory, log_path = action.directory, action.log_path
+    if version < (1, 7, 0):
+        argv = [settings.packer, "build", "-color=false", MAIN_FILE]
+    else:
+        run(
+            [settings.packer, "init", "."],
+            env=env,
+            cwd=directory,
+            log_path=log_path,
+            on_line=on_line,
+            what="install Packer's plugins",
+        )
+        argv = [settings.packer, "build", "-color=false", "."]
+    run(
+        argv,
+        env=env,
+        secret_env=secret_env,
+        cwd=directory,
+        log_path=log_path,
+        on_line=on_line,
+        what=f"build template {plan.name}",
+    )
+
+
+def finalize(api: PveApi, lab: Lab, action: FinalizeTemplate) -> None:
+    """Tag and describe the new template, and give it a serial console (what Packer 1.6 cannot set)."""
+    api.put(f"/nodes/{action.node}/qemu/{action.vmid}/config", **dict(action.params))
+
+
+def build_with_packer(
+    api: PveApi,
+    lab: Lab,
+    template: Template,
+    plan: BuildPlan,
+    progress: Progress,
+    settings: PackerSettings,
+    storage_type: str | None,
+) -> None:
+    """Carry out a Packer plan; a failure after Packer started removes a template it left at the planned vmid."""
+    from homelab.templates.cloudimage import BuildFailed, remove_vm
+
+    started = False
+    try:
+        for action in plan.actions:
+            progress(action.describe())
+            if isinstance(action, RenderPacker):
+                render_build(lab, template, plan, action, settings, storage_type)
+            elif isinstance(action, RunPacker):
+                started = True
+                try:
+                    run_packer(lab, plan, action, settings, progress)
+                finally:
+                    (action.directory / BUILD_KEY).unlink(missing_ok=True)
+            elif isinstance(action, FinalizeTemplate):
+                finalize(api, lab, action)
+            else:  # pragma: no cover - a plan from plan_packer holds nothing else
+                raise TypeError(f"not a packer action: {action!r}")
+    except Exception as exc:
+        if not started:
+            raise
+        leftover = [
+            item
+            for item in api.get("/cluster/resources", type="vm") or []
+            if int(item.get("vmid", 0)) == plan.vmid and item.get("name") == plan.name
+        ]
+        if not leftover:
+            raise
+        progress(f"build failed; removing what Packer left at VM {plan.vmid}")
+        remove_vm(api, lab, str(leftover[0]["node"]), plan.vmid)
+        raise BuildFailed(f"building {plan.name} failed: {exc}; VM {plan.vmid} was removed") from exc

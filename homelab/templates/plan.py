@@ -1,0 +1,291 @@
+"""Planning a template build: facts in, an ordered tuple of actions out. Pure: no I/O.
+
+Each action is a frozen object that describes itself; the executors (cloudimage.py, packer.py) carry them
+out. The plan is shown before anything changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from homelab.errors import InputError, OperationError
+from homelab.lab.models import Lab, Template
+from homelab.lab.types import format_size
+from homelab.templates.facts import Guest, TemplateVersion, find_versions, next_free_vmid, pick_version
+from homelab.templates.images import Image, image_filename
+from homelab.templates.naming import describe_template, join_tags, new_version, template_tags, version_name
+
+# The storage Proxmox installs put next to every node; preferred for downloads when it takes imports.
+PREFERRED_IMPORT_STORAGE = "local"
+
+
+@dataclass(frozen=True)
+class BuildFacts:
+    """What a build plan needs to know about the cluster, read once before planning."""
+
+    guests: tuple[Guest, ...]
+    versions: tuple[TemplateVersion, ...]
+    # cloud-image builds: storages of the node that take imports, and the image files already on them
+    import_storages: tuple[str, ...] = ()
+    import_files: frozenset[str] = frozenset()
+    # packer builds: the Proxmox type of the disk storage (lvmthin, dir, zfspool, ...)
+    storage_type: str | None = None
+
+
+@dataclass(frozen=True)
+class DownloadImage:
+    """Proxmox downloads the image to an import storage and verifies its checksum."""
+
+    node: str
+    storage: str
+    filename: str
+    url: str
+    algorithm: str
+    checksum: str
+
+    @property
+    def volid(self) -> str:
+        return f"{self.storage}:import/{self.filename}"
+
+    def describe(self) -> str:
+        return f"download {self.url} to {self.volid} (verify {self.algorithm} {self.checksum[:16]}...)"
+
+
+@dataclass(frozen=True)
+class ReuseImage:
+    """The image is already on storage under its checksum's name: no download."""
+
+    volid: str
+
+    def describe(self) -> str:
+        return f"reuse {self.volid} (downloaded and verified by an earlier build)"
+
+
+@dataclass(frozen=True)
+class CreateVm:
+    """Create the VM that becomes the template, its disk imported from the image."""
+
+    node: str
+    vmid: int
+    name: str
+    params: tuple[tuple[str, str | int], ...]
+
+    def describe(self) -> str:
+        params = dict(self.params)
+        disk = str(params.get("scsi0", "")).split(",")
+        source = next((p.split("=", 1)[1] for p in disk if p.startswith("import-from=")), "?")
+        return (
+            f"create VM {self.vmid} {self.name} on {self.node}: disk imported from {source} to "
+            f"{disk[0].split(':')[0]}, cloud-init drive, serial console, guest agent, "
+            f"{params.get('cores')} cores, {params.get('memory')} MiB"
+        )
+
+
+@dataclass(frozen=True)
+class GrowDisk:
+    """Grow the imported disk to the template's size (never shrinks)."""
+
+    node: str
+    vmid: int
+    disk: str
+    size: str
+
+    def describe(self) -> str:
+        return f"grow {self.disk} of VM {self.vmid} to {self.size}"
+
+
+@dataclass(frozen=True)
+class ConvertToTemplate:
+    """Turn the VM into a template."""
+
+    node: str
+    vmid: int
+    name: str
+
+    def describe(self) -> str:
+        return f"convert VM {self.vmid} to template {self.name}"
+
+
+@dataclass(frozen=True)
+class RenderPacker:
+    """Write the Packer configuration for this build."""
+
+    directory: Path
+    source: str  # proxmox-iso or proxmox-clone
+    clone_vm: str | None = None
+
+    def describe(self) -> str:
+        return f"render the {self.source} configuration into {self.directory}"
+
+
+@dataclass(frozen=True)
+class RunPacker:
+    """packer build, its output streamed to the progress display and a log file."""
+
+    directory: Path
+    log_path: Path
+    vmid: int
+    name: str
+    source: str
+    clone_vm: str | None = None
+    iso_file: str | None = None
+
+    def describe(self) -> str:
+        start = f"a full clone of {self.clone_vm}" if self.clone_vm else f"an install from {self.iso_file}"
+        return f"packer build {self.source}: template {self.vmid} {self.name} from {start} (log: {self.log_path})"
+
+
+@dataclass(frozen=True)
+class FinalizeTemplate:
+    """Set what Packer cannot (tags on Packer 1.6, serial console) and the description homelab reads."""
+
+    node: str
+    vmid: int
+    params: tuple[tuple[str, str], ...]
+
+    def describe(self) -> str:
+        keys = ", ".join(k for k, _ in self.params)
+        return f"set {keys} of template {self.vmid}"
+
+
+Action = (
+    DownloadImage | ReuseImage | CreateVm | GrowDisk | ConvertToTemplate | RenderPacker | RunPacker | FinalizeTemplate
+)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """A template build: which version, where, and the actions that make it."""
+
+    lab: str
+    template: str
+    builder: str
+    version: str
+    vmid: int
+    node: str
+    name: str
+    record: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    actions: tuple[Action, ...] = ()
+
+    def describe(self) -> list[str]:
+        """The plan as lines for people."""
+        head = f"template {self.template}: build version {self.version} as VM {self.vmid} {self.name} ({self.builder})"
+        return [head, *(f"  {i}. {a.describe()}" for i, a in enumerate(self.actions, 1))]
+
+
+def choose_import_storage(storages: tuple[str, ...] | list[str], node: str) -> str:
+    """The storage images are downloaded to: ``local`` if it takes imports, else the first that does."""
+    if not storages:
+        raise OperationError(
+            f"no storage on node {node} takes disk images to import (content type 'import'): enable it on a "
+            "file storage, e.g. `pvesm set local --content iso,vztmpl,backup,import`"
+        )
+    return PREFERRED_IMPORT_STORAGE if PREFERRED_IMPORT_STORAGE in storages else storages[0]
+
+
+def _record(lab: Lab, template: Template, version: str, now: datetime, **extra: str) -> dict[str, str]:
+    record = {
+        "lab": lab.name,
+        "template": template.name,
+        "version": version,
+        "builder": template.builder,
+        "os": template.os,
+    }
+    record.update({k: v for k, v in extra.items() if v})
+    record["built"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return record
+
+
+def _identity(template: Template, facts: BuildFacts, now: datetime) -> tuple[str, int, str]:
+    version = new_version(now, [v.version for v in facts.versions])
+    vmid = next_free_vmid(facts.guests, template.vmid_range)
+    return version, vmid, version_name(template.name, version)
+
+
+def plan_cloud_image(lab: Lab, template: Template, facts: BuildFacts, image: Image, now: datetime) -> BuildPlan:
+    """Plan a cloud-image build: download (or reuse) the image, create a VM importing it, make it a template."""
+    node = lab.proxmox.node
+    version, vmid, name = _identity(template, facts, now)
+    storage = choose_import_storage(facts.import_storages, node)
+    filename = image_filename(image)
+    volid = f"{storage}:import/{filename}"
+    fetch: Action
+    if volid in facts.import_files:
+        fetch = ReuseImage(volid)
+    else:
+        fetch = DownloadImage(node, storage, filename, image.url, image.algorithm, image.checksum)
+    record = _record(lab, template, version, now, image=image.url, checksum=image.pinned)
+    params: tuple[tuple[str, str | int], ...] = (
+        ("vmid", vmid),
+        ("name", name),
+        ("ostype", "l26"),
+        ("cores", template.cores),
+        ("memory", template.memory),
+        ("scsihw", "virtio-scsi-single"),
+        ("scsi0", f"{lab.proxmox.storage}:0,import-from={volid},discard=on"),
+        ("ide2", f"{lab.proxmox.storage}:cloudinit"),
+        ("boot", "order=scsi0"),
+        ("serial0", "socket"),
+        ("vga", "serial0"),
+        ("agent", "enabled=1"),
+        ("net0", f"virtio,bridge={lab.proxmox.bridge}"),
+        ("tags", join_tags(template_tags(lab.name))),
+        ("description", describe_template(record)),
+    )
+    actions: tuple[Action, ...] = (
+        fetch,
+        CreateVm(node, vmid, name, params),
+        GrowDisk(node, vmid, "scsi0", format_size(template.disk)),
+        ConvertToTemplate(node, vmid, name),
+    )
+    return BuildPlan(lab.name, template.name, "cloud-image", version, vmid, node, name, record, actions)
+
+
+def clone_source(lab: Lab, template: Template, guests: tuple[Guest, ...] | list[Guest]) -> str:
+    """The VM name Packer clones: the newest version of a lab template named by clone_vm, else that VM itself."""
+    wanted = template.packer.clone_vm if template.packer else None
+    if not wanted:
+        raise InputError(f"template {template.name!r}: packer.clone_vm is required when packer.source is clone")
+    for other in lab.templates:
+        if other.name == wanted:
+            return pick_version(find_versions(guests, other.name), other).name
+    if any(g.name == wanted for g in guests):
+        return wanted
+    raise OperationError(
+        f"template {template.name!r}: clone_vm {wanted!r} is neither a template of this lab nor a VM on Proxmox"
+    )
+
+
+def plan_packer(
+    lab: Lab,
+    template: Template,
+    facts: BuildFacts,
+    now: datetime,
+    build_dir: Path,
+    log_path: Path,
+) -> BuildPlan:
+    """Plan a Packer build: render, packer build, then tag and describe the new template through the API."""
+    node = lab.proxmox.node
+    version, vmid, name = _identity(template, facts, now)
+    settings = template.packer
+    source_kind = settings.source if settings else "clone"
+    clone_vm = clone_source(lab, template, facts.guests) if source_kind == "clone" else None
+    iso_file = settings.iso_file if settings and source_kind == "iso" else None
+    if source_kind == "iso" and not iso_file:
+        raise InputError(f"template {template.name!r}: packer.iso_file is required when packer.source is iso")
+    source = f"proxmox-{source_kind}"
+    record = _record(lab, template, version, now, source=clone_vm or iso_file or "")
+    finalize = (
+        ("tags", join_tags(template_tags(lab.name))),
+        ("description", describe_template(record)),
+        ("serial0", "socket"),
+        ("vga", "serial0"),
+    )
+    actions: tuple[Action, ...] = (
+        RenderPacker(build_dir, source, clone_vm),
+        RunPacker(build_dir, log_path, vmid, name, source, clone_vm, iso_file),
+        FinalizeTemplate(node, vmid, finalize),
+    )
+    return BuildPlan(lab.name, template.name, "packer", version, vmid, node, name, record, actions)
