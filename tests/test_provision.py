@@ -79,6 +79,9 @@ def test_create_from_empty_then_noop(lab_file: Path, fake_pve: FakeProxmox, tmp_
     hosts = json.loads((tmp_path / "state" / "test" / "hosts.json").read_text())["hosts"]
     assert {h["name"]: h["address"] for h in hosts}["web"] == "10.10.0.10"
     assert len(hosts) == 3 and all(h["address"] for h in hosts)
+    # host keys are read through the guest agent (the authenticated API), so SSH can pin them
+    assert all(h["host_key"].startswith("ssh-ed25519 AAAA") for h in hosts)
+    assert len({h["host_key"] for h in hosts}) == 3
 
     # A second run changes nothing: no write call at all.
     fake_pve.requests(clear=True)
@@ -87,6 +90,8 @@ def test_create_from_empty_then_noop(lab_file: Path, fake_pve: FakeProxmox, tmp_
     code, out, _ = homelab(lab_file, "apply", "--yes")
     assert code == 0 and "Nothing to change." in out
     assert writes(fake_pve) == []
+    # and no agent call either: nothing restarted, what the last apply learned still holds
+    assert [r for r in fake_pve.requests() if "/agent/" in r[1]] == []
 
     code, out, _ = homelab(lab_file, "status", "--json")
     rows = json.loads(out)

@@ -119,6 +119,7 @@ def start_fake_proxmox(
     start_secs: float = 0.0,
     latency: float = 0.0,
     address_map: dict[str, str] | None = None,
+    host_keys: dict[str, str] | None = None,
     token_id: str = DEFAULT_TOKEN_ID,
     host: str | None = None,
     timeout: float = 30.0,
@@ -146,6 +147,7 @@ def start_fake_proxmox(
         "start_secs": start_secs,
         "latency": latency,
         "address_map": address_map or {},
+        "host_keys": host_keys or {},
         "control": str(workdir / "control.sock"),
         "state_dir": str(workdir),
     }

@@ -101,6 +101,15 @@ def fake_class() -> type:
     return HomelabFakePve
 
 
+def _fake_host_key(vmid: int) -> str:
+    """A well-formed ed25519 public key line, stable per vmid, for VMs that map to no real host."""
+    import base64
+    import hashlib
+
+    blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + hashlib.sha256(b"vm%d" % vmid).digest()
+    return "ssh-ed25519 " + base64.b64encode(blob).decode()
+
+
 class Server:
     """A FakePve plus the agent simulation and the control socket."""
 
@@ -121,6 +130,9 @@ class Server:
         # Address as configured -> address the agent reports (tests map lab IPs onto test hosts).
         self.addr_map: dict[str, str] = dict(config.get("address_map", {}))
         self.no_agent: set[int] = set()
+        # Reported address -> "ssh-ed25519 AAAA...": the host key the agent shows for that VM (tests map
+        # VMs onto real SSH test hosts and their keys).
+        self.host_keys: dict[str, str] = dict(config.get("host_keys", {}))
         # PVE seconds a new (cloned) VM takes to start, like a real boot.
         self.start_secs = float(config.get("start_secs", 0))
         self._seen: set[int] = set()
@@ -176,7 +188,13 @@ class Server:
                     continue
                 if vm.status == "running" and _agent_enabled(vm.config):
                     if vm.agent is None and now - (vm.started_at or now) >= delay:
-                        vm.agent = {"interfaces": _interfaces(vm, self.dhcp_net, self.addr_map)}
+                        interfaces = _interfaces(vm, self.dhcp_net, self.addr_map)
+                        address = interfaces[1]["ip-addresses"][0]["ip-address"]
+                        key = self.host_keys.get(address) or _fake_host_key(vm.vmid)
+                        vm.agent = {
+                            "interfaces": interfaces,
+                            "files": {"/etc/ssh/ssh_host_ed25519_key.pub": key + " root@" + vm.name + "\n"},
+                        }
                 elif vm.status != "running" and vm.agent is not None:
                     vm.agent = None
             await asyncio.sleep(0.02)
@@ -217,6 +235,8 @@ class Server:
                     setattr(self, key, value)
                 elif key == "address_map":
                     self.addr_map.update(value)
+                elif key == "host_keys":
+                    self.host_keys.update(value)
                 else:
                     setattr(pve, key, value)
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homelab.errors import HomelabError, OperationError, OperationTimeout, ProxmoxError, TaskFailed
+from homelab.hosts import Host
 from homelab.lab.models import Lab
 from homelab.lab.types import format_size
 from homelab.provision.facts import DISK_KEYS
@@ -28,6 +30,8 @@ from homelab.provision.plan import (
     encode_config,
 )
 from homelab.proxmox.api import PveApi
+
+HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 
 class Reporter(Protocol):
@@ -132,7 +136,16 @@ def first_address(interfaces: list[dict[str, Any]], prefer: str | None = None) -
 class Executor:
     """Runs plan chains against one Proxmox."""
 
-    def __init__(self, api: PveApi, lab: Lab, allocator: VmidAllocator, reporter: Reporter, cancel: threading.Event):
+    def __init__(
+        self,
+        api: PveApi,
+        lab: Lab,
+        allocator: VmidAllocator,
+        reporter: Reporter,
+        cancel: threading.Event,
+        known: dict[str, Host] | None = None,
+    ):
+        self.known = known or {}
         self.api = api
         self.lab = lab
         self.alloc = allocator
@@ -149,18 +162,40 @@ class Executor:
                 self._check_cancel()
                 self._run(action, outcome)
                 outcome.done.append(action.describe())
-            if (
-                outcome.vmid is not None
-                and outcome.address is None
-                and any(isinstance(a, (Unchanged, UpdateVM, GrowDisk)) for a in actions)
-            ):
-                outcome.address = self._wait_address(vm, outcome.node or "", outcome.vmid, quick=True)
+            if outcome.vmid is not None and not all(isinstance(a, RemoveVM) for a in actions):
+                self._learn_host(vm, actions, outcome)
             self.report.finished(vm, True, self._summary(outcome))
         except HomelabError as exc:
             outcome.ok = False
             outcome.error = str(exc)
             self.report.finished(vm, False, str(exc))
         return outcome
+
+    def _learn_host(self, vm: str, actions: list[Action], outcome: VmOutcome) -> None:
+        """The VM's address and SSH host key, for the later stages (which pin that key)."""
+        booted = any(isinstance(a, (CreateVM, ReplaceVM, StartVM)) or getattr(a, "reboot", False) for a in actions)
+        known = self.known.get(vm)
+        if not booted and known is not None and known.host_key and outcome.address in (None, known.address):
+            # Nothing restarted the VM: what the last apply learned still holds, at no API cost.
+            outcome.address, outcome.host_key = known.address, known.host_key
+            return
+        node = outcome.node or ""
+        assert outcome.vmid is not None
+        if outcome.address is None:
+            outcome.address = self._wait_address(vm, node, outcome.vmid, quick=True)
+        if outcome.address is not None:
+            outcome.host_key = self._read_host_key(vm, node, outcome.vmid)
+
+    def _read_host_key(self, vm: str, node: str, vmid: int) -> str | None:
+        """The VM's ed25519 host key, read through the guest agent: an authenticated channel, so SSH can pin
+        the key before the first connection instead of trusting whatever answers."""
+        try:
+            answer = self.api.get(f"/nodes/{node}/qemu/{vmid}/agent/file-read", file=HOST_KEY_FILE)
+        except ProxmoxError as exc:
+            self.report.step(vm, f"host key not read through the agent ({exc}); SSH will refuse until it is pinned")
+            return None
+        match = re.match(r"^(ssh-ed25519) ([A-Za-z0-9+/=]+)", str((answer or {}).get("content", "")).strip())
+        return f"{match.group(1)} {match.group(2)}" if match else None
 
     def _summary(self, outcome: VmOutcome) -> str:
         if outcome.vmid is None:
@@ -373,6 +408,7 @@ def apply_plan(
     used_vmids: frozenset[int],
     reporter: Reporter | None = None,
     concurrency: int | None = None,
+    known: dict[str, Host] | None = None,
 ) -> ApplyResult:
     """Run every VM's chain, at most ``concurrency`` at once. Ctrl-C stops chains at their next step."""
     if plan.blocked:
@@ -380,7 +416,7 @@ def apply_plan(
     started = time.monotonic()
     reporter = reporter or SilentReporter()
     cancel = threading.Event()
-    executor = Executor(api, lab, VmidAllocator(api, used_vmids), reporter, cancel)
+    executor = Executor(api, lab, VmidAllocator(api, used_vmids), reporter, cancel, known)
     chains = list(plan.by_vm().items())
     workers = max(1, min(concurrency or lab.settings.concurrency, len(chains) or 1))
     outcomes: dict[str, VmOutcome] = {}

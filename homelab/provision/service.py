@@ -31,7 +31,8 @@ def make_plan(lab: Lab, options: PlanOptions | None = None, api: PveApi | None =
 
 def carry_out(planned: Planned, reporter: Reporter | None = None, concurrency: int | None = None) -> ApplyResult:
     """Apply a plan, then record the VMs' addresses for the later stages."""
-    result = apply_plan(planned.api, planned.lab, planned.plan, planned.facts.used_vmids, reporter, concurrency)
+    known = {h.name: h for h in load_hosts(planned.lab)}
+    result = apply_plan(planned.api, planned.lab, planned.plan, planned.facts.used_vmids, reporter, concurrency, known)
     _record_hosts(planned.lab, result)
     return result
 
@@ -41,14 +42,15 @@ def _record_hosts(lab: Lab, result: ApplyResult) -> None:
     for outcome in result.outcomes:
         if outcome.ok and outcome.address:
             old = known.get(outcome.vm)
-            same = old is not None and old.address == outcome.address
             known[outcome.vm] = Host(
                 name=outcome.vm,
                 address=outcome.address,
                 user=lab.access.user,
-                host_key=old.host_key if same and old else None,
+                host_key=outcome.host_key,
                 key_file=old.key_file if old else None,
             )
+        elif not outcome.ok:
+            known.pop(outcome.vm, None)  # what we knew may be stale: the VM may be half-replaced
     names = [vm.name for vm in lab.vms]
     save_hosts(lab, [known[n] for n in names if n in known])
 
