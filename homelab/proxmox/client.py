@@ -30,13 +30,25 @@ class ProxmoxerTransport:
     @classmethod
     def from_lab(cls, lab: Lab, auth: ProxmoxAuth, timeout: float = 30.0) -> ProxmoxerTransport:
         px = lab.proxmox
-        url = urlparse(px.url)
+        return cls.connect(px.url, auth, px.verify_tls, px.ca_bundle, timeout)
+
+    @classmethod
+    def connect(
+        cls,
+        address: str,
+        auth: ProxmoxAuth,
+        verify_tls: bool = True,
+        ca_bundle: str | None = None,
+        timeout: float = 30.0,
+    ) -> ProxmoxerTransport:
+        """A transport for one API address (https://host:port)."""
+        url = urlparse(address)
         verify: bool | str = True
-        if px.ca_bundle:
-            verify = os.path.expanduser(px.ca_bundle)
-        if not px.verify_tls:
+        if ca_bundle:
+            verify = os.path.expanduser(ca_bundle)
+        if not verify_tls:
             warnings.warn(
-                f"TLS verification is off for {px.url}: anyone on the path can read the API token",
+                f"TLS verification is off for {address}: anyone on the path can read the API token",
                 stacklevel=2,
             )
             verify = False
@@ -49,14 +61,14 @@ class ProxmoxerTransport:
         try:
             api = ProxmoxAPI(**kwargs)
         except AuthenticationError as exc:
-            raise ProxmoxError(f"{px.url}: login refused: {exc}", status=401) from None
+            raise ProxmoxError(f"{address}: login refused: {exc}", status=401) from None
         except requests.exceptions.SSLError as exc:
             raise ProxmoxError(
-                f"{px.url}: TLS certificate not trusted ({_tls_reason(exc)}); set proxmox.ca_bundle"
+                f"{address}: TLS certificate not trusted ({_tls_reason(exc)}); set proxmox.ca_bundle"
             ) from None
         except requests.exceptions.RequestException as exc:
-            raise ProxmoxError(f"{px.url}: cannot connect: {_short(exc)}", transient=True) from None
-        return cls(api, px.url)
+            raise ProxmoxError(f"{address}: cannot connect: {_short(exc)}", transient=True) from None
+        return cls(api, address)
 
     def request(self, method: str, path: str, params: dict[str, Any]) -> Any:
         resource = self._api(path.lstrip("/"))
