@@ -1,0 +1,235 @@
+"""The Packer builder: render for every OS and source, `packer validate`, and real `packer build` runs
+against the fake Proxmox (Debian's Packer 1.6.6 logs in with user and password)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from homelab.demo.launcher import FakeProxmox
+from homelab.errors import SecretError
+from homelab.secrets import ProxmoxAuth
+from homelab.templates import parse_description, resolve_template
+from homelab.templates.build import build_template
+from homelab.templates.cloudimage import BuildFailed
+from homelab.templates.packer import (
+    MAIN_FILE,
+    PLUGINS_FILE,
+    PackerSettings,
+    hcl_string,
+    make_build_key,
+    packer_credentials,
+    render_files,
+    write_files,
+)
+from homelab.tools import ToolFailed
+from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, vm_config
+
+PACKER = shutil.which("packer")
+needs_packer = pytest.mark.skipif(PACKER is None, reason="packer is not installed (Debian: apt-get install packer)")
+OSES = ["debian-12", "debian-13", "ubuntu-24.04"]
+NOW = datetime(2026, 11, 2, 8, 15, tzinfo=UTC)
+ISO = {"source": "iso", "iso_file": "local:iso/debian-12.iso"}
+CLONE = {"source": "clone", "clone_vm": "debian-docker-202611010930"}
+
+
+def packer_env(**extra: str) -> dict[str, str]:
+    import os
+
+    return dict(os.environ, CHECKPOINT_DISABLE="1", **extra)
+
+
+def rendered(os_name: str, source: dict[str, str], communicator: str = "ssh") -> dict[str, str]:
+    lab = lab_for(None, [{"name": "golden", "builder": "packer", "os": os_name, "packer": source}], password=True)
+    _, public = make_build_key()
+    return render_files(
+        lab,
+        lab.templates[0],
+        version="202611020815",
+        vm_id=9010,
+        description='homelab: {"lab": "test"}',
+        communicator=communicator,
+        build_key=public,
+    )
+
+
+@pytest.mark.parametrize("os_name", OSES)
+def test_iso_render_has_the_unattended_install_for_the_os(os_name: str) -> None:
+    files = rendered(os_name, ISO)
+    hcl = files[MAIN_FILE]
+    assert 'source "proxmox-iso" "homelab"' in hcl and 'iso_file    = "local:iso/debian-12.iso"' in hcl
+    assert 'provisioner "ansible"' in hcl and f"homelab_os={os_name}" in hcl
+    assert "required_plugins" not in hcl and "required_plugins" in files[PLUGINS_FILE]
+    assert 'ssh_private_key_file = "build-key"' in hcl
+    for rejected_by_1_6 in ("task_timeout", "boot_iso", "token", "serials", "tags"):
+        assert not re.search(rf"^\s*{rejected_by_1_6}\s*(=|{{)", hcl, re.MULTILINE), rejected_by_1_6
+    if os_name.startswith("debian"):
+        assert "/preseed.cfg" in hcl and "http/preseed.cfg" in files
+        assert "ssh-ed25519 " in files["http/preseed.cfg"] and "qemu-guest-agent" in files["http/preseed.cfg"]
+    else:
+        assert "autoinstall" in hcl and "/casper/vmlinuz" in hcl
+        user_data = yaml.safe_load(files["http/user-data"])
+        assert user_data["autoinstall"]["ssh"]["authorized-keys"][0].startswith("ssh-ed25519 ")
+        assert "qemu-guest-agent" in user_data["autoinstall"]["packages"]
+    assert yaml.safe_load(files["ansible/bake.yml"])[0]["name"] == "Bake a homelab template"
+
+
+@pytest.mark.parametrize("os_name", OSES)
+def test_clone_render_clones_fully_and_logs_in_as_the_cloud_user(os_name: str) -> None:
+    hcl = rendered(os_name, CLONE)[MAIN_FILE]
+    assert 'source "proxmox-clone" "homelab"' in hcl and "full_clone = true" in hcl
+    assert 'default     = "debian-docker-202611010930"' in hcl
+    assert f'ssh_username = "{os_name.split("-")[0]}"' in hcl
+    assert "http/" not in "".join(rendered(os_name, CLONE))
+
+
+def test_no_secret_is_ever_rendered(tmp_path: Path) -> None:
+    files = rendered("debian-12", ISO)
+    assert "password    = var.proxmox_password" in files[MAIN_FILE]
+    assert 'default   = ""\n  sensitive = true' in files[MAIN_FILE]
+    assert "PKR_VAR_proxmox_password" in files["README.md"]
+    private, _ = make_build_key()
+    write_files(tmp_path, files, private)
+    assert (tmp_path / "build-key").stat().st_mode & 0o777 == 0o600
+
+
+def test_hcl_strings_are_escaped() -> None:
+    assert hcl_string('a "b" \\ ${x} %{y}\nz') == '"a \\"b\\" \\\\ $${x} %%{y}\\nz"'
+
+
+def test_packer_1_6_with_an_api_token_is_refused_clearly() -> None:
+    lab = lab_for(None, [{"name": "golden", "builder": "packer", "packer": CLONE}])
+    auth = ProxmoxAuth(token_id="root@pam!homelab", token_secret="s3cret")
+    with pytest.raises(SecretError, match=r"Packer 1\.6\.6 logs in with a user and password only"):
+        packer_credentials(lab, auth, (1, 6, 6))
+    env, secret = packer_credentials(lab, auth, (1, 11, 2))
+    assert env == {"PKR_VAR_proxmox_username": "root@pam!homelab"} and secret == {"PROXMOX_TOKEN": "s3cret"}
+
+
+@needs_packer
+@pytest.mark.parametrize("os_name", OSES)
+@pytest.mark.parametrize("source", [ISO, CLONE], ids=["iso", "clone"])
+@pytest.mark.parametrize("communicator", ["ssh", "none"])
+def test_rendered_files_pass_packer_validate_and_fmt(
+    tmp_path: Path, os_name: str, source: dict[str, str], communicator: str
+) -> None:
+    write_files(tmp_path, rendered(os_name, source, communicator), make_build_key()[0])
+    env = packer_env(PKR_VAR_proxmox_password="only-for-validate")
+    check = subprocess.run(
+        [PACKER, "validate", MAIN_FILE], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = subprocess.run(
+        [PACKER, "fmt", "-check", MAIN_FILE], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert fmt.returncode == 0, f"not packer-fmt clean: {fmt.stdout}"
+
+
+@needs_packer
+def test_packer_1_6_rejects_the_plugins_file_which_is_why_it_is_separate(tmp_path: Path) -> None:
+    write_files(tmp_path, rendered("debian-12", CLONE))
+    version = subprocess.run([PACKER, "version"], capture_output=True, text=True, env=packer_env(), check=True)
+    if "v1.6." not in version.stdout:
+        pytest.skip(f"this checks Packer 1.6, not {version.stdout.strip()}")
+    check = subprocess.run(
+        [PACKER, "validate", PLUGINS_FILE], cwd=tmp_path, env=packer_env(), capture_output=True, text=True, check=False
+    )
+    assert check.returncode != 0 and "required_plugins" in check.stdout + check.stderr
+
+
+def _assert_finished_version(fake: FakeProxmox, lab: object, api: object, result: object, source: str) -> None:
+    version = result.version  # type: ignore[attr-defined]
+    assert resolve_template(api, lab, "golden") == version  # type: ignore[arg-type]
+    config = vm_config(fake, version.vmid)
+    assert config is not None and config["template"] and config["name"] == f"golden-{version.version}"
+    assert set(config["tags"].split(";")) == {"homelab-template", "homelab-test"}
+    assert (config["serial0"], config["vga"], config["agent"]) == ("socket", "serial0", "1")
+    record = parse_description(config["description"])
+    assert record is not None and record["builder"] == "packer" and record["source"] == source
+    log = result.log_path.read_text()  # type: ignore[attr-defined]
+    first = log.splitlines()[0]
+    assert first.startswith("$ ") and first.endswith("build -color=false homelab.pkr.hcl"), first
+    assert "A template was created" in log
+    assert fake.password not in log
+    folder = result.log_path.parent.parent / "packer" / "golden"  # type: ignore[attr-defined]
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert fake.password not in path.read_text(errors="replace"), path
+    assert not (folder / "build-key").exists()
+
+
+@pytest.mark.integration
+@needs_packer
+@pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
+def test_packer_clone_build_on_top_of_a_cloud_image_version(
+    fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = lab_for(
+        fake_pve,
+        [
+            {"name": "cloud", "image": IMAGE, "vmid_range": [9100, 9199]},
+            {"name": "golden", "builder": "packer", "packer": {"source": "clone", "clone_vm": "cloud"}},
+        ],
+        password=True,
+    )
+    api = api_for(fake_pve, lab, monkeypatch)
+    cloud = build_template(api, lab, "cloud", now=NOW)
+    lines: list[str] = []
+    settings = PackerSettings(packer=PACKER or "packer", communicator="none")
+    result = build_template(api, lab, "golden", lines.append, packer=settings, now=NOW)
+
+    assert cloud.version.name == "cloud-202611020815"
+    assert (result.version.vmid, result.version.name) == (9001, "golden-202611020815")
+    _assert_finished_version(fake_pve, lab, api, result, "cloud-202611020815")
+    assert any(line.startswith("packer: Creating VM") for line in lines)
+    clone = [p for m, p in fake_pve.requests() if m == "POST" and p.endswith("/clone")]
+    assert clone == ["/api2/json/nodes/pve1/qemu/9100/clone"]
+
+
+@pytest.mark.integration
+@needs_packer
+@pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
+def test_packer_iso_build_with_the_iso_already_on_storage(
+    fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = lab_for(fake_pve, [{"name": "golden", "builder": "packer", "packer": ISO}], password=True)
+    api = api_for(fake_pve, lab, monkeypatch)
+    result = build_template(
+        api, lab, "golden", packer=PackerSettings(packer=PACKER or "packer", communicator="none"), now=NOW
+    )
+    _assert_finished_version(fake_pve, lab, api, result, "local:iso/debian-12.iso")
+    config = vm_config(fake_pve, result.version.vmid)
+    assert config is not None and config["ide2"] == "none,media=cdrom"  # the installer ISO is unmounted
+
+
+@pytest.mark.integration
+@needs_packer
+@pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
+def test_a_failing_packer_build_leaves_no_template(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab = lab_for(fake_pve, [{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
+    api = api_for(fake_pve, lab, monkeypatch)
+    fake_pve.call("fail", method="POST", suffix="/nodes/pve1/qemu/9001/template", status=500, message="disk full")
+    settings = PackerSettings(packer=PACKER or "packer", communicator="none")
+    with pytest.raises(ToolFailed, match="exited with status 1") as failed:
+        build_template(api, lab, "golden", packer=settings, now=NOW)
+    assert any("disk full" in line for line in failed.value.lines())
+    assert vm_config(fake_pve, 9001) is None
+
+
+@pytest.mark.integration
+@needs_packer
+@pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
+def test_a_template_homelab_cannot_tag_is_removed(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab = lab_for(fake_pve, [{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
+    api = api_for(fake_pve, lab, monkeypatch)
+    fake_pve.call("fail", method="PUT", suffix="/nodes/pve1/qemu/9001/config", status=500, message="no quorum")
+    settings = PackerSettings(packer=PACKER or "packer", communicator="none")
+    with pytest.raises(BuildFailed, match="no quorum; VM 9001 was removed"):
+        build_template(api, lab, "golden", packer=settings, now=NOW)
+    assert vm_config(fake_pve, 9001) is None
