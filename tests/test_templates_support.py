@@ -26,8 +26,8 @@ LOCAL_WITH_IMPORT = {
 }
 
 
-def lab_for(fake: FakeProxmox | None, templates: list[dict[str, Any]], *, password: bool = False, **extra: Any) -> Lab:
-    """A lab whose proxmox section points at the fake (verifying TLS against its CA)."""
+def lab_yaml(fake: FakeProxmox | None, templates: list[dict[str, Any]], *, password: bool = False, **extra: Any) -> str:
+    """The text of a lab file whose proxmox section points at the fake (verifying TLS against its CA)."""
     proxmox: dict[str, Any] = {
         "url": fake.url if fake else "https://pve.example:8006",
         "node": "pve1",
@@ -45,7 +45,12 @@ def lab_for(fake: FakeProxmox | None, templates: list[dict[str, Any]], *, passwo
         "templates": templates,
         **extra,
     }
-    return parse_lab(yaml.safe_dump(data, sort_keys=False))
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def lab_for(fake: FakeProxmox | None, templates: list[dict[str, Any]], *, password: bool = False, **extra: Any) -> Lab:
+    """A validated lab aimed at the fake (see lab_yaml)."""
+    return parse_lab(lab_yaml(fake, templates, password=password, **extra))
 
 
 def api_for(fake: FakeProxmox, lab: Lab, monkeypatch: pytest.MonkeyPatch) -> PveApi:

@@ -135,7 +135,7 @@ def plan_prune(lab: Lab, template: Template, details: Iterable[VersionDetails], 
             reasons.append("pinned by the lab file")
         if detail.used_by:
             names = ", ".join(
-                f"{u.name} ({u.vmid})" + (", linked clone" if u.how != "cloned" else "") for u in detail.used_by
+                f"{u.name} ({u.vmid}{', linked clone' if u.how != 'cloned' else ''})" for u in detail.used_by
             )
             reasons.append(f"used by {names}")
         if lab_tag(lab.name) not in version.tags:

@@ -1,0 +1,234 @@
+"""list and prune: which VMs use each version; prune never deletes a version a VM was cloned from."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from homelab.cli import cli
+from homelab.demo.launcher import FakeProxmox
+from homelab.errors import InputError
+from homelab.templates.build import build_template
+from homelab.templates.facts import TemplateVersion, VersionDetails, VersionUse
+from homelab.templates.inventory import gather_prune, list_templates, plan_prune, prune
+from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, lab_yaml, vm_config
+
+NOW = datetime(2026, 11, 2, 8, 15, tzinfo=UTC)
+
+
+def version(vmid: int, stamp: str, tags: tuple[str, ...] = ("homelab-template", "homelab-test")) -> TemplateVersion:
+    return TemplateVersion(vmid, "pve1", f"base-{stamp}", stamp, "base", tags)
+
+
+def details(*items: tuple[TemplateVersion, tuple[VersionUse, ...]]) -> list[VersionDetails]:
+    return [VersionDetails(v, {}, used) for v, used in items]
+
+
+WEB = (VersionUse(120, "pve1", "web", "cloned"),)
+# Each case: versions (oldest first) with their users, --keep, the pin -> the vmids prune deletes.
+CASES: list[tuple[str, list[VersionDetails], int, str | None, list[int]]] = [
+    (
+        "keeps the newest n",
+        details((version(9001, "202601010000"), ()), (version(9002, "202602010000"), ())),
+        1,
+        None,
+        [9001],
+    ),
+    ("nothing old", details((version(9001, "202601010000"), ())), 1, None, []),
+    (
+        "never a version a vm uses, however old",
+        details(
+            (version(9001, "202601010000"), WEB),
+            (version(9002, "202602010000"), ()),
+            (version(9003, "202603010000"), ()),
+        ),
+        1,
+        None,
+        [9002],
+    ),
+    (
+        "never a linked clone's base",
+        details(
+            (version(9001, "202601010000"), (VersionUse(121, "pve1", "hand-made", "linked clone"),)),
+            (version(9002, "202602010000"), ()),
+        ),
+        1,
+        None,
+        [],
+    ),
+    (
+        "never the pinned version",
+        details(
+            (version(9001, "202601010000"), ()),
+            (version(9002, "202602010000"), ()),
+            (version(9003, "202603010000"), ()),
+        ),
+        1,
+        "202601010000",
+        [9002],
+    ),
+    (
+        "never another lab's",
+        details(
+            (version(9001, "202601010000", ("homelab-template", "homelab-other")), ()),
+            (version(9002, "202602010000"), ()),
+        ),
+        1,
+        None,
+        [],
+    ),
+    (
+        "keep two",
+        details(
+            (version(9001, "202601010000"), ()),
+            (version(9002, "202602010000"), ()),
+            (version(9003, "202603010000"), ()),
+        ),
+        2,
+        None,
+        [9001],
+    ),
+]
+
+
+@pytest.mark.parametrize(("versions", "keep", "pin", "deleted"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_prune_plan(versions: list[VersionDetails], keep: int, pin: str | None, deleted: list[int]) -> None:
+    lab = lab_for(None, [{"name": "base", "image": IMAGE, **({"version": pin} if pin else {})}])
+    plan = plan_prune(lab, lab.templates[0], versions, keep)
+    assert sorted(a.version.vmid for a in plan.delete) == deleted
+    assert len(plan.keep) + len(plan.delete) == len(versions)
+    kept_for_use = [k for k in plan.keep if any("used by" in r for r in k.reasons)]
+    for item in kept_for_use:
+        assert "web (120)" in " ".join(item.reasons) or "linked clone" in " ".join(item.reasons)
+
+
+def test_keep_zero_is_refused() -> None:
+    lab = lab_for(None, [{"name": "base", "image": IMAGE}])
+    with pytest.raises(InputError, match="--keep must be 1 or more"):
+        plan_prune(lab, lab.templates[0], [], 0)
+
+
+def _cluster(fake: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, list[TemplateVersion]]:
+    """Four versions of base: the oldest cloned by `web` (as apply describes it), the second the base of a
+    hand-made linked clone, the third unused, the fourth the newest. Plus an untagged old one."""
+    lab = lab_for(fake, [{"name": "base", "image": IMAGE}])
+    api = api_for(fake, lab, monkeypatch)
+    built = [build_template(api, lab, "base", now=NOW).version for _ in range(4)]
+    api.run_task("POST", f"/nodes/pve1/qemu/{built[0].vmid}/clone", "pve1", 30, "clone", newid=120, name="web")
+    line = json.dumps({"lab": "test", "state": "ready", "template": "base", "version": built[0].version, "vm": "web"})
+    api.put("/nodes/pve1/qemu/120/config", description=f"Managed by homelab\nhomelab: {line}", tags="homelab-test")
+    fake.call(
+        "add_vm",
+        vmid=121,
+        name="hand-made",
+        config={"scsi0": f"local-lvm:base-{built[1].vmid}-disk-1/vm-121-disk-0,size=8G", "memory": 1024},
+    )
+    fake.call(
+        "add_vm",
+        vmid=9050,
+        name="base-202001010000",
+        template=True,
+        config={"tags": "homelab-template", "scsi0": "local-lvm:base-9050-disk-0,size=8G"},
+    )
+    return lab, api, built
+
+
+@pytest.mark.integration
+@pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
+def test_prune_deletes_only_the_unused_version(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab, api, built = _cluster(fake_pve, monkeypatch)
+    [plan] = gather_prune(api, lab, [], keep=1)
+    assert [a.version.vmid for a in plan.delete] == [built[2].vmid]
+    reasons = {k.version.vmid: " ".join(k.reasons) for k in plan.keep}
+    assert "used by web (120)" in reasons[built[0].vmid]
+    assert "hand-made (121, linked clone)" in reasons[built[1].vmid]
+    assert "newest" in reasons[built[3].vmid]
+    assert "not tagged homelab-test" in reasons[9050]
+
+    deleted = prune(api, lab, [plan], lambda _line: None)
+
+    assert deleted == [built[2]]
+    assert vm_config(fake_pve, built[2].vmid) is None
+    for kept in (built[0].vmid, built[1].vmid, built[3].vmid, 9050, 9000, 120, 121):
+        assert vm_config(fake_pve, kept) is not None, kept
+    [again] = gather_prune(api, lab, [], keep=1)
+    assert again.delete == ()
+
+
+@pytest.mark.integration
+@pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
+def test_list_shows_versions_and_their_vms(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab, api, built = _cluster(fake_pve, monkeypatch)
+    [listing] = list_templates(api, lab)
+    assert listing.selected == built[3]
+    users = {d.version.vmid: [(u.name, u.how) for u in d.used_by] for d in listing.versions}
+    assert users[built[0].vmid] == [("web", "cloned")]
+    assert users[built[1].vmid] == [("hand-made", "linked clone")]
+    assert users[built[2].vmid] == users[built[3].vmid] == []
+    assert listing.versions[-1].record["checksum"] == IMAGE["checksum"]
+
+
+def _cli(lab_file: Path, *args: str) -> Any:
+    return CliRunner().invoke(cli, ["--lab", str(lab_file), "template", *args], catch_exceptions=False)
+
+
+@pytest.mark.integration
+@pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
+def test_cli_build_list_prune(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    lab_file = tmp_path / "lab.yml"
+    lab_file.write_text(lab_yaml(fake_pve, [{"name": "base", "image": IMAGE}]))
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+
+    dry = _cli(lab_file, "build", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "build version" in dry.output and "1. download https://images.example/" in dry.output
+    assert vm_config(fake_pve, 9001) is None
+
+    for _ in range(3):
+        done = _cli(lab_file, "build")
+        assert done.exit_code == 0, done.output
+    assert "template base: version" in done.output and "API calls" in done.output
+
+    listed = _cli(lab_file, "list")
+    assert listed.exit_code == 0 and listed.output.count("base") >= 1
+    rows = [line for line in listed.output.splitlines() if line[2:3].isdigit()]
+    assert len(rows) == 3 and rows[0].startswith("* ")
+    as_json = json.loads(_cli(lab_file, "list", "--json").output)
+    assert [v["vmid"] for v in as_json[0]["versions"]] == [9001, 9002, 9003]
+
+    refused = _cli(lab_file, "prune", "--keep", "1")
+    assert refused.exit_code == 2 and "confirm with --yes" in refused.stderr
+    assert "delete base-" in refused.output
+    assert vm_config(fake_pve, 9001) is not None
+
+    pruned = _cli(lab_file, "prune", "--keep", "1", "--yes")
+    assert pruned.exit_code == 0 and "Deleted 2 template version(s)." in pruned.output
+    assert vm_config(fake_pve, 9001) is None and vm_config(fake_pve, 9003) is not None
+    assert "Nothing to delete." in _cli(lab_file, "prune", "--keep", "1").output
+
+
+def test_cli_render_writes_the_packer_folder(tmp_path: Path) -> None:
+    lab_file = tmp_path / "lab.yml"
+    iso = {"source": "iso", "iso_file": "local:iso/debian-12.iso"}
+    lab_file.write_text(lab_yaml(None, [{"name": "golden", "builder": "packer", "packer": iso}], password=True))
+    out = tmp_path / "packer"
+    result = _cli(lab_file, "render", str(out), "--version", "202611020815", "--vmid", "9010")
+    assert result.exit_code == 0, result.output
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert names == [
+        "README.md",
+        "ansible/bake.yml",
+        "build-key",
+        "homelab.pkr.hcl",
+        "http/preseed.cfg",
+        "required-plugins.pkr.hcl",
+    ]
+    hcl = (out / "homelab.pkr.hcl").read_text()
+    assert 'default     = "202611020815"' in hcl and "default     = 9010" in hcl
+    not_packer = _cli(lab_file, "render", str(out), "--template", "nope")
+    assert not_packer.exit_code != 0
