@@ -25,11 +25,12 @@ def _interactive() -> bool:
     return click.get_text_stream("stdin").isatty()
 
 
-def _render_key(report: KeyReport, *, heading: str) -> None:
+def _render_key(report: KeyReport, *, heading: str, private_path: bool = True) -> None:
     click.echo(heading)
     click.echo(f"  {report.key.public_line}")
     click.echo(f"  fingerprint: {report.key.fingerprint}")
-    click.echo(f"  private key: {report.key.private_path} (never leaves this machine except to your VMs)")
+    if private_path:
+        click.echo(f"  private key: {report.key.private_path} (it goes nowhere but to your VMs)")
     click.echo(f"Next: {report.page.hint}")
 
 
@@ -121,7 +122,7 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
 
     def await_added(report: core.KeyReport) -> None:
         heading = "Taking up the new key of an unfinished rotation:" if not report.created else "New deploy key:"
-        _render_key(report, heading=heading)
+        _render_key(report, heading=heading, private_path=False)
         if yes:
             click.echo(f"Waiting up to {wait_timeout} s until the new key can read the repo ...")
             core.wait_for(lambda: core.can_read(lab, report.key), wait_timeout, POLL_INTERVAL, "the new key works")
@@ -134,16 +135,14 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
 
     result = core.rotate(lab, hosts, await_added=await_added, progress=progress)
     for outcome in result.hosts:
-        state = "new key" if outcome.ok else ("OLD key" if outcome.rolled_back else "UNKNOWN")
+        state = "new key" if outcome.ok else ("OLD key" if outcome.uses == result.old.fingerprint else "UNKNOWN key")
         click.echo(f"{outcome.host}: {state}: {outcome.detail}")
     if not result.complete:
         names = ", ".join(o.host for o in result.failed)
-        click.echo(
+        raise OperationError(
             f"{len(result.failed)} VM(s) still use the old key {result.old.fingerprint}: {names}. Keep the old key "
-            "on the git host. Fix them and run `homelab keys rotate` again: it takes up the same new key.",
-            err=True,
+            "on the git host. Fix them and run `homelab keys rotate` again: it takes up the same new key."
         )
-        ctx.exit(1)
     click.echo(f"All {len(result.hosts)} VM(s) use the new key {result.new.fingerprint}.")
     where = f" at {result.page.url}" if result.page.url else " on the git host"
     click.echo(f"You can now remove the old key {result.old.fingerprint} ({result.old.comment}){where}.")

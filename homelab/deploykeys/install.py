@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from homelab.deploykeys.forge import RepoUrl
 from homelab.deploykeys.git import CONNECT_TIMEOUT
 from homelab.deploykeys.keys import DeployKey
-from homelab.deploykeys.remote import run_script
+from homelab.deploykeys.remote import Session, run_script
 from homelab.errors import OperationError
 from homelab.hosts import Host
 
@@ -148,26 +148,34 @@ def _install_body(key: DeployKey) -> str:
     return _put_key('"$K"', key) + 'pin\nuse_key "$K"\nrm -f "$K.new" "$K.new.pub" "$K.old"\n' + _CHECKOUT
 
 
+NOT_INSTALLED = "not installed"
+NOT_INSTALLED_EXIT = 10
+
+
 class Switch:
     """The steps of switching one VM from its current key to ``new``; each returns None or an error detail."""
 
-    def __init__(self, host: Host, lab_name: str, target: Target, new: DeployKey):
-        self.host = host
-        self.lab_name = lab_name
+    def __init__(self, session: Session, target: Target, new: DeployKey):
+        self.session = session
         self.target = target
         self.new = new
 
     def _run(self, body: str) -> str | None:
-        result = run_script(self.host, self.lab_name, _prelude(self.target) + body, as_user=self.target.user)
+        result = self.session.run(_prelude(self.target) + body, as_user=self.target.user)
+        if result.returncode == NOT_INSTALLED_EXIT:
+            return NOT_INSTALLED
         return None if result.ok else result.detail()
 
-    def installed(self) -> bool:
-        """The VM has a deploy key and a checkout (else a switch is a plain install)."""
-        return self._run('[ -f "$K" ] && [ -d "$R/.git" ] && grep -qxF "$BEGIN" "$S/config"\n') is None
-
     def stage(self) -> str | None:
-        """Put the new key beside the old one (keeping a copy of the old) and fetch with only the new key."""
-        return self._run(_put_key('"$K.new"', self.new) + 'cp -p "$K" "$K.old"\npin\nfetch_with "$K.new"\n')
+        """Put the new key beside the old one (keeping a copy of the old) and fetch with only the new key.
+
+        Returns NOT_INSTALLED when the VM has no deploy key or checkout yet (nothing to switch from).
+        """
+        return self._run(
+            f'[ -f "$K" ] && [ -d "$R/.git" ] && grep -qsxF "$BEGIN" "$S/config" || exit {NOT_INSTALLED_EXIT}\n'
+            + _put_key('"$K.new"', self.new)
+            + 'cp -p "$K" "$K.old"\npin\nfetch_with "$K.new"\n'
+        )
 
     def switch(self) -> str | None:
         """Point the ssh config at the new key and fetch the way the VM pulls."""
@@ -203,29 +211,38 @@ def switch_host(
     host: Host, lab_name: str, target: Target, new: DeployKey, old_fp: str, progress: Progress
 ) -> HostOutcome:
     """Switch one VM to ``new``; on any failure roll it back to the old key and say so."""
-    s = Switch(host, lab_name, target, new)
     try:
-        if not s.installed():
-            error = s.install()
-            progress(host.name, "installed" if error is None else "failed", error or "")
-            if error is None:
-                return HostOutcome(host.name, True, new.fingerprint, "installed (it had no deploy key)")
-            return HostOutcome(host.name, False, None, f"install failed: {error}")
+        with Session(host, lab_name) as session:
+            return _switch(Switch(session, target, new), host.name, old_fp, progress)
+    except OperationError as exc:  # could not connect: nothing was changed
+        progress(host.name, "failed", str(exc))
+        return HostOutcome(host.name, False, old_fp, f"{exc}; nothing was changed there")
+
+
+def _switch(s: Switch, name: str, old_fp: str, progress: Progress) -> HostOutcome:
+    new_fp = s.new.fingerprint
+    try:
         error = s.stage()
+        if error == NOT_INSTALLED:
+            error = s.install()
+            progress(name, "installed" if error is None else "failed", error or "")
+            if error is None:
+                return HostOutcome(name, True, new_fp, "installed (it had no deploy key)")
+            return HostOutcome(name, False, None, f"install failed: {error}")
         if error is not None:
             detail = f"the new key cannot fetch here: {error}"
         else:
-            progress(host.name, "staged", "new key installed beside the old one; fetch with it works")
+            progress(name, "staged", "new key installed beside the old one; fetch with it works")
             error = s.switch()
             if error is not None:
                 detail = f"fetch through the ssh config failed with the new key: {error}"
             else:
-                progress(host.name, "switched", "ssh config uses the new key; fetch works")
+                progress(name, "switched", "ssh config uses the new key; fetch works")
                 error = s.settle()
                 detail = f"finishing the switch failed: {error}"
                 if error is None:
-                    progress(host.name, "settled", "old key file removed")
-                    return HostOutcome(host.name, True, new.fingerprint, "switched to the new key")
+                    progress(name, "settled", "old key file removed")
+                    return HostOutcome(name, True, new_fp, "switched to the new key")
     except OperationError as exc:
         detail = str(exc)
     try:
@@ -234,13 +251,13 @@ def switch_host(
     except OperationError as exc:
         back, pull = str(exc), None
     if back is not None:
-        progress(host.name, "failed", f"{detail}; rolling back: {back}")
-        return HostOutcome(host.name, False, None, f"{detail}; rolling back to the old key did not finish: {back}")
+        progress(name, "failed", f"{detail}; rolling back: {back}")
+        return HostOutcome(name, False, None, f"{detail}; rolling back to the old key did not finish: {back}")
     detail += "; rolled back to the old key"
     if pull is not None:
         detail += f" (which cannot fetch right now either: {pull})"
-    progress(host.name, "rolled-back", detail)
-    return HostOutcome(host.name, False, old_fp, detail, rolled_back=True)
+    progress(name, "rolled-back", detail)
+    return HostOutcome(name, False, old_fp, detail, rolled_back=True)
 
 
 def install_key(host: Host, lab_name: str, target: Target, key: DeployKey) -> HostOutcome:

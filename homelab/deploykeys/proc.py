@@ -40,7 +40,15 @@ def run(
         raise OperationError(f"{argv[0]} is not installed (it comes with git / openssh-client)") from None
 
 
+# git's generic advice after any remote failure; the cause is on the lines before it.
+_BOILERPLATE = (
+    "fatal: Could not read from remote repository.",
+    "Please make sure you have the correct access rights",
+    "and the repository exists.",
+)
+
+
 def last_lines(text: str, n: int = 3) -> str:
-    """The last ``n`` non-empty lines of a command's output, joined for a one-line message."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    """The last ``n`` meaningful lines of a command's output, joined for a one-line message."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and line.strip() not in _BOILERPLATE]
     return " / ".join(lines[-n:])

@@ -110,23 +110,17 @@ chown -R git:git /srv/git
         self._write_keys()
 
     def commit(self, message: str) -> str:
-        """Add a commit on main; return its id."""
-        out = self.host.exec(
-            [
-                "sh",
-                "-c",
-                f"""set -e
-work=$(mktemp -d /srv/work.XXXXXX)
+        """Add a commit on main (made as the git user); return its id."""
+        script = f"""set -e
+work=$(mktemp -d /srv/git/work.XXXXXX)
+trap 'rm -rf "$work"' EXIT
 git clone -q {REPO} "$work"
 echo {shlex.quote(message)} >> "$work/README"
 git -C "$work" -c user.name=test -c user.email=test@invalid commit -q -am {shlex.quote(message)}
 git -C "$work" push -q origin main
 git -C "$work" rev-parse HEAD
-rm -rf "$work"
-chown -R git:git /srv/git
-""",
-            ]
-        )
+"""
+        out = self.host.exec(["runuser", "-u", "git", "--", "env", "HOME=/home/git", "sh", "-c", script])
         return out.stdout.strip().splitlines()[-1]
 
     def head(self) -> str:
