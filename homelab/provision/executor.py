@@ -6,8 +6,9 @@ import ipaddress
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ from homelab.provision.plan import (
 from homelab.proxmox.api import PveApi
 
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
+MAX_THREADS = 64
 
 
 class Reporter(Protocol):
@@ -144,8 +146,10 @@ class Executor:
         reporter: Reporter,
         cancel: threading.Event,
         known: dict[str, Host] | None = None,
+        concurrency: int = 4,
     ):
         self.known = known or {}
+        self.slots = threading.Semaphore(concurrency)
         self.api = api
         self.lab = lab
         self.alloc = allocator
@@ -202,29 +206,42 @@ class Executor:
             return "done"
         return f"vmid {outcome.vmid}" + (f", {outcome.address}" if outcome.address else "")
 
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        with self.slots:
+            self._check_cancel()
+            yield
+
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise Cancelled("interrupted")
 
     def _run(self, action: Action, outcome: VmOutcome) -> None:
+        # Work that loads Proxmox (clones, config, starts, deletes) holds one of the `concurrency` slots;
+        # waiting for a guest agent to boot does not, so it never keeps other VMs from starting.
         if isinstance(action, CreateVM):
-            outcome.vmid, outcome.node = self._create(action, start=True)
+            with self._slot():
+                outcome.vmid, outcome.node = self._create(action, start=True)
             outcome.address = self._wait_address(action.vm, action.node, outcome.vmid)
         elif isinstance(action, ReplaceVM):
             outcome.vmid, outcome.node, outcome.address = self._replace(action)
         elif isinstance(action, UpdateVM):
             outcome.vmid, outcome.node = action.vmid, action.node
-            self._update(action)
+            with self._slot():
+                self._update(action)
         elif isinstance(action, GrowDisk):
             outcome.vmid, outcome.node = action.vmid, action.node
             self.report.step(action.vm, f"growing {action.disk_key} to {format_size(action.new)}")
-            self._resize(action.node, action.vmid, action.disk_key, action.new)
+            with self._slot():
+                self._resize(action.node, action.vmid, action.disk_key, action.new)
         elif isinstance(action, StartVM):
             outcome.vmid, outcome.node = action.vmid, action.node
-            self._start(action.vm, action.node, action.vmid)
+            with self._slot():
+                self._start(action.vm, action.node, action.vmid)
             outcome.address = self._wait_address(action.vm, action.node, action.vmid)
         elif isinstance(action, RemoveVM):
-            self._remove(action.vm, action.node, action.vmid)
+            with self._slot():
+                self._remove(action.vm, action.node, action.vmid)
         elif isinstance(action, Unchanged):
             outcome.vmid, outcome.node = action.vmid, action.node
         # Orphan and Blocked change nothing.
@@ -385,11 +402,14 @@ class Executor:
         stopped, the new one started; if it does not come up, the old one is started again.
         """
         create = action.create
-        vmid, node = self._create(create, start=not action.static_ip)
+        with self._slot():
+            vmid, node = self._create(create, start=not action.static_ip)
         if action.static_ip:
-            self._stop(action.vm, action.old_node, action.old_vmid)
+            with self._slot():
+                self._stop(action.vm, action.old_node, action.old_vmid)
             try:
-                self._start(action.vm, node, vmid)
+                with self._slot():
+                    self._start(action.vm, node, vmid)
                 address = self._wait_address(action.vm, node, vmid)
             except HomelabError:
                 self.report.step(action.vm, f"new VM {vmid} did not come up; starting the old one again")
@@ -397,7 +417,8 @@ class Executor:
                 raise
         else:
             address = self._wait_address(action.vm, node, vmid)
-        self._remove(action.vm, action.old_node, action.old_vmid)
+        with self._slot():
+            self._remove(action.vm, action.old_node, action.old_vmid)
         return vmid, node, address
 
 
@@ -416,9 +437,11 @@ def apply_plan(
     started = time.monotonic()
     reporter = reporter or SilentReporter()
     cancel = threading.Event()
-    executor = Executor(api, lab, VmidAllocator(api, used_vmids), reporter, cancel, known)
+    slots = concurrency or lab.settings.concurrency
+    executor = Executor(api, lab, VmidAllocator(api, used_vmids), reporter, cancel, known, slots)
     chains = list(plan.by_vm().items())
-    workers = max(1, min(concurrency or lab.settings.concurrency, len(chains) or 1))
+    # A thread per chain (capped): threads mostly wait; the slots bound the load on Proxmox.
+    workers = max(1, min(len(chains), MAX_THREADS))
     outcomes: dict[str, VmOutcome] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="homelab-vm")
     futures: dict[Future[VmOutcome], str] = {pool.submit(executor.run_chain, vm, acts): vm for vm, acts in chains}
