@@ -189,7 +189,7 @@ def test_rotation_with_an_unreachable_host_leaves_it_on_the_old_key(setup: Setup
     assert "h2: OLD key: the new key cannot fetch here" in first.output
     assert "rolled back to the old key" in first.output
     assert f"1 VM(s) still use the old key {old.fingerprint}: h2. Keep the old key" in first.output
-    assert "You can now remove" not in first.output
+    assert "can now be removed" not in first.output
     assert _key_in_use(h1) == new.fingerprint
     assert _key_in_use(h2) == old.fingerprint
     assert "homelab_deploy_key.new" not in _sh(h2, f"ls {HOME}/.ssh").stdout
@@ -265,7 +265,7 @@ def test_cli_rotate_non_interactive(setup: Setup, monkeypatch: pytest.MonkeyPatc
     assert new.fingerprint != old.fingerprint
     assert new.public_line in result.output
     assert "h1: new key" in result.output and "h2: new key" in result.output
-    assert f"You can now remove the old key {old.fingerprint}" in result.output
+    assert f"The old key {old.fingerprint} ({old.comment}) can now be removed" in result.output
     assert f"Checked: the old key {old.fingerprint} no longer works." in result.output
     assert [_key_in_use(vm) for vm in setup.vms] == [new.fingerprint] * 2
     entry = json.loads(store.rotation_log.read_text().splitlines()[-1])

@@ -114,3 +114,54 @@ def test_cli_verify_needs_yes_without_a_terminal_then_pins(git_server: GitServer
     assert ok.exit_code == 0, ok.output
     assert f"Pinned {git_server.address}'s host key {server_fp}" in ok.output
     assert f"main is at {git_server.head()[:12]}" in ok.output
+
+
+class FakeForge:
+    """Our ForgeKeys protocol over the test git server: what a forge's API would do to the repo's keys."""
+
+    name = "FakeForge"
+
+    def __init__(self, server: GitServer):
+        self.server = server
+        self.ids: dict[int, str] = {}
+
+    def add(self, title: str, public_line: str) -> int:
+        self.server.add_key(public_line)
+        self.ids[len(self.ids) + 1] = " ".join(public_line.split()[:2])
+        return len(self.ids)
+
+    def find(self, public_line: str) -> int | None:
+        wanted = " ".join(public_line.split()[:2])
+        return next((i for i, k in self.ids.items() if k == wanted and k in self.server.keys), None)
+
+    def remove(self, key_id: int) -> None:
+        self.server.remove_key(self.ids[key_id])
+
+
+def test_cli_rotate_through_the_forge_api(
+    git_server: GitServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an API token the new key is added and the old one removed without the user; no VMs recorded yet."""
+    import homelab.cli.keys as cli_keys
+    from homelab.deploykeys import forgeapi
+
+    lab, path = _lab(tmp_path, git_server)
+    forge = FakeForge(git_server)
+    monkeypatch.setattr(forgeapi, "forge_keys", lambda repo: forge)
+    monkeypatch.setattr(cli_keys, "POLL_INTERVAL", 0.1)
+    old = core.generate(lab).key
+    forge.add(old.comment, old.public_line)
+    core.verify(lab, lambda contact: True)
+
+    result = CliRunner().invoke(
+        cli, ["--lab", str(path), "keys", "rotate", "--yes", "--check-old-revoked"], catch_exceptions=False
+    )
+
+    assert result.exit_code == 0, result.output
+    new = KeyStore(lab).require_current()
+    assert "No VMs recorded yet" in result.output
+    assert "Added it to the repo through the FakeForge API." in result.output
+    assert "Removed the old key from the repo through the FakeForge API." in result.output
+    assert f"Checked: the old key {old.fingerprint} no longer works." in result.output
+    assert git_server.keys == [" ".join(new.public_line.split()[:2])]
+    assert core.can_read(lab, new)

@@ -123,7 +123,10 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
     def await_added(report: core.KeyReport) -> None:
         heading = "Taking up the new key of an unfinished rotation:" if not report.created else "New deploy key:"
         _render_key(report, heading=heading, private_path=False)
-        if yes:
+        forge = core.add_through_api(lab, report.key)
+        if forge:
+            click.echo(f"Added it to the repo through the {forge} API.")
+        if yes or forge:
             click.echo(f"Waiting up to {wait_timeout} s until the new key can read the repo ...")
             core.wait_for(lambda: core.can_read(lab, report.key), wait_timeout, POLL_INTERVAL, "the new key works")
             return
@@ -145,11 +148,14 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
         )
     click.echo(f"All {len(result.hosts)} VM(s) use the new key {result.new.fingerprint}.")
     where = f" at {result.page.url}" if result.page.url else " on the git host"
-    click.echo(f"You can now remove the old key {result.old.fingerprint} ({result.old.comment}){where}.")
+    click.echo(f"The old key {result.old.fingerprint} ({result.old.comment}) can now be removed{where}.")
+    retired = result.retired
+    assert retired is not None
+    forge = core.remove_through_api(lab, retired)
+    if forge:
+        click.echo(f"Removed the old key from the repo through the {forge} API.")
     if check_old_revoked:
-        retired = result.retired
-        assert retired is not None
-        if yes:
+        if yes or forge:
             click.echo(f"Waiting up to {wait_timeout} s until the old key no longer works ...")
             core.wait_for(lambda: core.is_revoked(lab, retired), wait_timeout, POLL_INTERVAL, "the old key is refused")
         else:

@@ -112,6 +112,33 @@ def is_revoked(lab: Lab, key: DeployKey) -> bool:
     raise OperationError(f"cannot tell whether key {key.fingerprint} still works: {access.detail}")
 
 
+def add_through_api(lab: Lab, key: DeployKey) -> str | None:
+    """Add the key to the repo through the forge's API when a token is set; the forge's name, or None."""
+    from homelab.deploykeys.forgeapi import forge_keys
+
+    repo, _ = _repo(lab)
+    api = forge_keys(repo)
+    if api is None:
+        return None
+    if api.find(key.public_line) is None:
+        api.add(key.comment or f"homelab-{lab.name}", key.public_line)
+    return api.name
+
+
+def remove_through_api(lab: Lab, key: DeployKey) -> str | None:
+    """Remove the key from the repo through the forge's API when a token is set; the forge's name, or None."""
+    from homelab.deploykeys.forgeapi import forge_keys
+
+    repo, _ = _repo(lab)
+    api = forge_keys(repo)
+    if api is None:
+        return None
+    key_id = api.find(key.public_line)
+    if key_id is not None:
+        api.remove(key_id)
+    return api.name
+
+
 @dataclass(frozen=True)
 class Rotation:
     """The result of a rotation. ``complete``: every VM uses the new key and it is now the current one."""
@@ -202,10 +229,12 @@ __all__ = [
     "KeyReport",
     "Rotation",
     "Verified",
+    "add_through_api",
     "can_read",
     "generate",
     "install",
     "is_revoked",
+    "remove_through_api",
     "rotate",
     "rotation_log",
     "show",
