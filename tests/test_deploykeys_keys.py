@@ -17,8 +17,9 @@ from homelab.deploykeys import core, hostkeys
 from homelab.deploykeys.forge import deploy_key_page, parse_repo_url, published_host_keys
 from homelab.deploykeys.git import ssh_command
 from homelab.deploykeys.hostkeys import HostKey, HostKeyMismatch, ensure_pinned
-from homelab.deploykeys.install import Switch, Target, _install_body, _prelude
+from homelab.deploykeys.install import NOT_INSTALLED_EXIT, Switch, Target, _install_body, _prelude, _switch
 from homelab.deploykeys.keys import KeyStore, fingerprint
+from homelab.deploykeys.remote import ScriptResult
 from homelab.errors import InputError
 from homelab.lab import Lab, load_lab
 from tests.harness.gitserver import write_lab
@@ -262,6 +263,71 @@ def test_scripts_for_the_vms_are_valid_sh(lab: Lab) -> None:
     for body in bodies:
         checked = subprocess.run(["sh", "-n"], input=body, capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
+
+
+class FailingAt:
+    """A session whose scripts succeed until one contains ``marker``; it records what ran."""
+
+    def __init__(self, marker: str | None, code: int = 3):
+        self.marker = marker
+        self.code = code
+        self.ran: list[str] = []
+
+    def run(self, script: str, *, as_user: str, timeout: float = 120) -> ScriptResult:
+        body = script[script.index('mkdir -p "$S"') :]
+        step = next(name for name, mark in STEP_MARKS if mark in body)
+        self.ran.append(step)
+        if self.marker and self.marker in body:
+            return ScriptResult(self.code, "", "fatal: something broke")
+        return ScriptResult(0, "", "")
+
+
+STEP_MARKS = [
+    ("stage", '$K.new" <<'),
+    ("switch", 'use_key "$K.new"'),
+    ("settle", 'put 600 "$K" < "$K.new"'),
+    ("roll_back", 'put 600 "$K" < "$K.old"'),
+    ("install", "git clone"),
+    ("can_pull", 'fetch_with ""'),
+]
+
+
+@pytest.mark.parametrize(
+    ("marker", "ran", "ok", "uses_old", "rolled_back"),
+    [
+        (None, ["stage", "switch", "settle"], True, False, False),
+        ('fetch_with "$K.new"', ["stage", "roll_back", "can_pull"], False, True, True),
+        ('use_key "$K.new"', ["stage", "switch", "roll_back", "can_pull"], False, True, True),
+        ('put 600 "$K" < "$K.new"', ["stage", "switch", "settle", "roll_back", "can_pull"], False, True, True),
+    ],
+)
+def test_a_failed_step_rolls_the_vm_back_to_the_old_key(
+    lab: Lab, marker: str | None, ran: list[str], ok: bool, uses_old: bool, rolled_back: bool
+) -> None:
+    new = core.generate(lab).key
+    target = Target(parse_repo_url("git@github.com:me/config.git"), "main", "github.com ssh-ed25519 AAAA", "homelab")
+    session = FailingAt(marker)
+    steps: list[str] = []
+
+    outcome = _switch(Switch(session, target, new), "vm1", "SHA256:old", lambda h, step, d: steps.append(step))  # type: ignore[arg-type]
+
+    assert session.ran == ran
+    assert outcome.ok is ok and outcome.rolled_back is rolled_back
+    assert outcome.uses == ("SHA256:old" if uses_old else new.fingerprint)
+    assert steps[-1] == ("settled" if ok else "rolled-back")
+    if not ok:
+        assert "something broke" in outcome.detail and "rolled back to the old key" in outcome.detail
+
+
+def test_a_vm_without_a_deploy_key_gets_a_plain_install(lab: Lab) -> None:
+    new = core.generate(lab).key
+    target = Target(parse_repo_url("git@github.com:me/config.git"), "main", "github.com ssh-ed25519 AAAA", "homelab")
+    session = FailingAt("grep -qsxF", code=NOT_INSTALLED_EXIT)
+
+    outcome = _switch(Switch(session, target, new), "vm1", "SHA256:old", lambda h, s, d: None)  # type: ignore[arg-type]
+
+    assert session.ran == ["stage", "install"]
+    assert outcome.ok and outcome.uses == new.fingerprint
 
 
 # --- CLI edges ----------------------------------------------------------------------------------

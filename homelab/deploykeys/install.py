@@ -145,7 +145,7 @@ fi
 
 def _install_body(key: DeployKey) -> str:
     """Install ``key`` as the VM's deploy key and check out the repo (clone, or fetch + checkout)."""
-    return _put_key('"$K"', key) + 'pin\nuse_key "$K"\nrm -f "$K.new" "$K.new.pub" "$K.old"\n' + _CHECKOUT
+    return _put_key('"$K"', key) + 'pin\nuse_key "$K"\nrm -f "$K.new" "$K.new.pub" "$K.old" "$K.old.pub"\n' + _CHECKOUT
 
 
 NOT_INSTALLED = "not installed"
@@ -174,7 +174,8 @@ class Switch:
         return self._run(
             f'[ -f "$K" ] && [ -d "$R/.git" ] && grep -qsxF "$BEGIN" "$S/config" || exit {NOT_INSTALLED_EXIT}\n'
             + _put_key('"$K.new"', self.new)
-            + 'cp -p "$K" "$K.old"\npin\nfetch_with "$K.new"\n'
+            + 'cp -p "$K" "$K.old"\nif [ -f "$K.pub" ]; then cp -p "$K.pub" "$K.old.pub"; fi\n'
+            + 'pin\nfetch_with "$K.new"\n'
         )
 
     def switch(self) -> str | None:
@@ -184,8 +185,9 @@ class Switch:
     def settle(self) -> str | None:
         """Replace the old key file with the new key, point the config back at it, drop the copies."""
         return self._run(
-            'put 600 "$K" < "$K.new"\nput 644 "$K.pub" < "$K.new.pub"\nuse_key "$K"\n'
-            'rm -f "$K.new" "$K.new.pub" "$K.old"\nfetch_with ""\n'
+            # The copy of the old key goes only after the final fetch worked: a roll back needs it.
+            'put 600 "$K" < "$K.new"\nput 644 "$K.pub" < "$K.new.pub"\nuse_key "$K"\nfetch_with ""\n'
+            'rm -f "$K.new" "$K.new.pub" "$K.old" "$K.old.pub"\n'
         )
 
     def install(self) -> str | None:
@@ -195,7 +197,9 @@ class Switch:
     def roll_back(self) -> str | None:
         """Put the old key back in place and in the config; drop the new one."""
         return self._run(
-            'if [ -f "$K.old" ]; then put 600 "$K" < "$K.old"; fi\nuse_key "$K"\nrm -f "$K.new" "$K.new.pub" "$K.old"\n'
+            'if [ -f "$K.old" ]; then put 600 "$K" < "$K.old"; fi\n'
+            'if [ -f "$K.old.pub" ]; then put 644 "$K.pub" < "$K.old.pub"; fi\n'
+            'use_key "$K"\nrm -f "$K.new" "$K.new.pub" "$K.old" "$K.old.pub"\n'
         )
 
     def can_pull(self) -> str | None:

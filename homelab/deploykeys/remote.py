@@ -82,6 +82,9 @@ class Session:
         host = self.host
         if not host.host_key:
             raise OperationError(f"{host.name}: its SSH host key is not pinned (run `homelab apply` first)")
+        key_file = login_key(host, self.lab_name)
+        if not key_file.is_file():
+            raise OperationError(f"{host.name}: homelab's login key {key_file} is missing")
         target, key_type, key_b64 = host.known_hosts_line().split()[:3]
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -96,7 +99,7 @@ class Session:
                 host.address,
                 port=host.port,
                 username=host.user,
-                key_filename=str(login_key(host, self.lab_name)),
+                key_filename=str(key_file),
                 look_for_keys=False,
                 allow_agent=False,
                 timeout=CONNECT_TIMEOUT,
