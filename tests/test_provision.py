@@ -70,7 +70,11 @@ def test_create_from_empty_then_noop(lab_file: Path, fake_pve: FakeProxmox, tmp_
     assert (cfg["cores"], cfg["memory"]) in (("2", "2048"), (2, 2048))
     assert set(cfg["tags"].split(";")) == {"homelab-test", "docker"}
     assert cfg["ipconfig0"] == "ip=10.10.0.10/24,gw=10.10.0.1"
-    assert urllib.parse.unquote(cfg["sshkeys"]) == SSH_KEY
+    admin = tmp_path / "state" / "test" / "ssh" / "id_ed25519"
+    assert admin.stat().st_mode & 0o777 == 0o600
+    admin_pub = admin.with_suffix(".pub").read_text().strip()
+    # the user's key and homelab's own login key, which the later stages use
+    assert urllib.parse.unquote(cfg["sshkeys"]).splitlines() == [SSH_KEY, admin_pub]
     assert cfg["ciuser"] == "homelab" and cfg["searchdomain"] == "home.arpa"
     assert "size=20G" in cfg["scsi0"]
     assert '"state":"ready"' in cfg["description"]

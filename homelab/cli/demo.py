@@ -38,6 +38,7 @@ def demo(vms: int, time_scale: float, workdir: str | None) -> None:
     except ImportError:
         raise InputError("the demo needs the built-in fake Proxmox: pip install 'homelab[demo]'") from None
 
+    from homelab.adminkey import ensure_admin_key
     from homelab.lab.loader import parse_lab
     from homelab.provision.service import carry_out, make_plan, status
 
@@ -63,6 +64,7 @@ def demo(vms: int, time_scale: float, workdir: str | None) -> None:
             encoding="utf-8",
         )
         lab = parse_lab(lab_path.read_text(encoding="utf-8"), str(lab_path))
+        ensure_admin_key(lab)
         click.echo(f"{lab_path}: valid ({len(lab.vms)} VMs)\n")
         click.secho("$ homelab plan", bold=True)
         planned = make_plan(lab)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from homelab.adminkey import read_admin_public
 from homelab.lab.models import Lab
 from homelab.provision.meta import parse_meta
 from homelab.proxmox.api import PveApi
@@ -83,6 +84,8 @@ class Facts:
     templates: dict[str, tuple[TemplateVersion, ...]]
     used_vmids: frozenset[int]
     nodes: tuple[str, ...] = ()
+    # homelab's own login key (a local fact): cloud-init puts it on every VM beside access.ssh_keys.
+    admin_key: str | None = None
 
 
 def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
@@ -136,6 +139,7 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
         unmanaged_namesakes=tuple(namesakes),
         templates={k: tuple(sorted(v, key=lambda t: t.version)) for k, v in templates.items()},
         used_vmids=frozenset(used),
+        admin_key=read_admin_public(lab),
     )
 
 

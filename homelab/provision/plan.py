@@ -210,7 +210,9 @@ class PlanOptions:
     replace: bool = True
 
 
-def desired_config(lab: Lab, vm: Vm, version: TemplateVersion, state: str = "ready") -> dict[str, str]:
+def desired_config(
+    lab: Lab, vm: Vm, version: TemplateVersion, state: str = "ready", admin_key: str | None = None
+) -> dict[str, str]:
     """The PVE config keys homelab owns for a VM, as PVE stores them (sshkeys decoded)."""
     net = lab.network
     prefix = net.subnet.split("/")[1]
@@ -225,8 +227,9 @@ def desired_config(lab: Lab, vm: Vm, version: TemplateVersion, state: str = "rea
         "agent": "1",
         "description": describe(lab.name, vm.name, version.template, version.version, state),
     }
-    if lab.access.ssh_keys:
-        config["sshkeys"] = "\n".join(lab.access.ssh_keys)
+    keys = [*lab.access.ssh_keys, *([admin_key] if admin_key else [])]
+    if keys:
+        config["sshkeys"] = "\n".join(keys)
     if net.dns:
         config["nameserver"] = " ".join(net.dns)
     if net.domain:
@@ -304,7 +307,7 @@ def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanO
         return [Blocked(vm.name, version)]
     node = vm.node or lab.proxmox.node
     full = vm.full if vm.full is not None else lab.settings.full_clone
-    desired = desired_config(lab, vm, version)
+    desired = desired_config(lab, vm, version, admin_key=facts.admin_key)
     if vm.vmid is not None and vm.vmid in facts.used_vmids and all(live.vmid != vm.vmid for live in lives):
         return [Blocked(vm.name, f"vmid {vm.vmid} is taken by a VM this lab does not manage")]
     create = CreateVM(vm.name, node, version, full, vm.vmid, desired, vm.disk)
