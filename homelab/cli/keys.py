@@ -36,7 +36,7 @@ def _render_key(report: KeyReport, *, heading: str, private_path: bool = True) -
 
 @click.group()
 def keys() -> None:
-    """Deploy keys for the config repo: generate, show, verify, rotate."""
+    """Deploy keys for the config repo: generate, show, verify, install, rotate."""
 
 
 @keys.command()
@@ -163,3 +163,31 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
             if not core.is_revoked(lab, retired):
                 raise OperationError(f"the old key {retired.fingerprint} still reads the repo; remove it{where}")
         click.echo(f"Checked: the old key {retired.fingerprint} no longer works.")
+
+
+@keys.command()
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_context
+def install(ctx: click.Context, yes: bool) -> None:
+    """Put the deploy key on every VM and check the config repo out at ~/config there."""
+    from homelab import ui
+    from homelab.deploykeys import core
+    from homelab.hosts import load_hosts
+
+    lab = _lab(ctx)
+    hosts = load_hosts(lab)
+    if not hosts:
+        raise InputError("no VMs recorded yet: run `homelab apply` first")
+    key = core.show(lab).key
+    assert lab.repo is not None
+    click.echo(f"Will install deploy key {key.fingerprint} and check out {lab.repo.url} ({lab.repo.branch}) on:")
+    for host in hosts:
+        pinned = "host key pinned" if host.host_key else "HOST KEY NOT PINNED: will refuse"
+        click.echo(f"  {host.name} ({host.user}@{host.address}, {pinned})")
+    ui.confirm(f"Install on {len(hosts)} VM(s)?", yes)
+    outcomes = core.install(lab, hosts)
+    for outcome in outcomes:
+        click.echo(f"  {outcome.host}: {'ok' if outcome.ok else 'FAILED'}: {outcome.detail}")
+    failed = [o.host for o in outcomes if not o.ok]
+    if failed:
+        raise OperationError(f"the deploy key could not be installed on {', '.join(failed)}")

@@ -19,7 +19,7 @@ from tests.harness.hosts import SshHost, host_support, make_host
 
 __all__ = ["HostFactory", "ssh_host", "ssh_hosts"]
 
-HostFactory = Callable[[int], list[SshHost]]
+HostFactory = Callable[..., list[SshHost]]
 """Type of the ``ssh_hosts`` fixture: ``ssh_hosts(n)`` returns ``n`` new hosts."""
 
 
@@ -51,11 +51,11 @@ def ssh_hosts(tmp_path: Path) -> Iterator[HostFactory]:
     _skip_unless_supported()
     made: list[SshHost] = []
 
-    def factory(n: int) -> list[SshHost]:
+    def factory(n: int, per_user_keys: bool = False) -> list[SshHost]:
         new: list[SshHost] = []
         for _ in range(n):
             number = len(made) + 1
-            host = make_host(f"h{number}", tmp_path / "hosts", number % 256)
+            host = make_host(f"h{number}", tmp_path / "hosts", number % 256, per_user_keys=per_user_keys)
             made.append(host)
             new.append(host)
         return new

@@ -1,0 +1,84 @@
+"""The stages together: apply on the fake Proxmox learns each VM's address and host key through the guest
+agent; the deploy key then lands on the VM over SSH pinned to exactly that key, and the repo is checked out.
+
+The "VM" is an SSH test host: the fake's agent reports the test host's address and host key for the lab IP,
+and the test plays cloud-init by authorising homelab's admin key for the homelab user.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from homelab.cli import cli
+from homelab.demo.launcher import FakeProxmox
+from tests.harness.fixtures_hosts import HostFactory
+from tests.harness.gitserver import GitServer, git_server_fixture  # noqa: F401
+from tests.harness.labs import lab_data, write_lab
+
+pytestmark = pytest.mark.e2e
+
+
+def homelab(lab: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--lab", str(lab), *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_apply_then_deploy_key_over_pinned_ssh(
+    tmp_path: Path,
+    fake_pve: FakeProxmox,
+    git_server: GitServer,
+    ssh_hosts: HostFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    (vm,) = ssh_hosts(1, per_user_keys=True)
+    git_server.connect(vm)
+    vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
+    vm.exec(["usermod", "-p", "*", "homelab"])  # as cloud-init leaves it: no password, yet not locked for SSH
+    fake_pve.call("set", address_map={"10.10.0.10": vm.address}, host_keys={vm.address: vm.host_key_pub})
+    data = lab_data(fake_pve, [{"name": "web", "ip": "10.10.0.10"}], repo={"url": git_server.url, "branch": "main"})
+    lab = write_lab(tmp_path / "lab.yml", data)
+
+    code, out, err = homelab(lab, "apply", "--yes")
+    assert code == 0, out + err
+    hosts = json.loads((tmp_path / "state" / "test" / "hosts.json").read_text())["hosts"]
+    assert hosts == [
+        {
+            "name": "web",
+            "address": vm.address,
+            "user": "homelab",
+            "port": 22,
+            "host_key": vm.host_key_pub,
+            "key_file": None,
+        }
+    ]
+    # cloud-init's part: homelab's admin key (which apply put in the VM's cloud-init sshkeys) is authorised
+    admin_pub = (tmp_path / "state" / "test" / "ssh" / "id_ed25519.pub").read_text()
+    vm.exec(
+        ["sh", "-c", "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"], input=admin_pub
+    )
+
+    code, out, _ = homelab(lab, "keys", "generate")
+    assert code == 0
+    pub = next(line.strip() for line in out.splitlines() if line.strip().startswith("ssh-ed25519"))
+    git_server.add_key(pub)
+    assert homelab(lab, "keys", "verify", "--yes")[0] == 0
+
+    code, out, err = homelab(lab, "keys", "install", "--yes")
+    assert code == 0, out + err + vm.log()
+    assert "web: ok" in out
+    head = git_server.head()
+    assert vm.run("runuser -u homelab -- git -C /home/homelab/config rev-parse HEAD").stdout.strip() == head
+    assert (vm.home_dir / "homelab" / "config" / ".git").is_dir()
+    assert not Path("/home/homelab/config").exists()
+
+    # The pin is real: a VM whose recorded host key differs is refused, not trusted.
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    hosts[0]["host_key"] = other
+    (tmp_path / "state" / "test" / "hosts.json").write_text(json.dumps({"hosts": hosts}))
+    code, out, err = homelab(lab, "keys", "install", "--yes")
+    assert code == 1 and "web: FAILED" in out
