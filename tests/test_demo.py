@@ -21,6 +21,7 @@ def test_demo_brings_up_the_example_lab(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
+    assert "template debian-docker: version" in out  # baked through the API (cloud image)
     assert "Plan: 3 create." in out
     assert "3 ok, 0 failed" in out
     assert "Plan: 3 unchanged." in out

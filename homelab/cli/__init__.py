@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("homelab.cli.labfile", "validate", "Check the lab file; one line per problem."),
     "schema": ("homelab.cli.labfile", "schema", "Print the lab file's JSON Schema (for editors)."),
     "demo": ("homelab.cli.demo", "demo", "Run homelab against the built-in fake Proxmox."),
+    "up": ("homelab.cli.up", "up", "Bring the lab up: templates, VMs, deploy key (each stage plans first)."),
     "plan": ("homelab.cli.vms", "plan", "Show what apply would change (exit 3 when something would)."),
     "apply": ("homelab.cli.vms", "apply", "Make Proxmox match the lab file (plan first, then confirm)."),
     "destroy": ("homelab.cli.vms", "destroy", "Remove the VMs this lab manages."),

@@ -13,6 +13,16 @@ from homelab import ui
 from homelab.errors import InputError, OperationError
 from homelab.paths import data_dir
 
+# The fake Proxmox's `local` storage as a PVE 9 node has it with imports enabled (cloud images land there).
+DEMO_STORAGES = {
+    "local": {"type": "dir", "active": 1, "content": "iso,vztmpl,backup,import", "files": [], "path": "/var/lib/vz"}
+}
+# The fake does not download anything, so no checksum is checked; a real lab names the image's own.
+DEMO_IMAGE = {
+    "url": "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2",
+    "checksum": "sha512:" + "0" * 128,
+}
+
 
 @click.command()
 @click.option("--vms", type=click.IntRange(1, 50), default=3, show_default=True, help="How many VMs the demo lab has.")
@@ -24,12 +34,13 @@ from homelab.paths import data_dir
     help="Real seconds per Proxmox second (0.01: a 60 s clone takes 0.6 s).",
 )
 @click.option(
-    "--workdir", type=click.Path(file_okay=False), help="Where the demo lab and its state go (default: temp)."
+    "--workdir", type=click.Path(file_okay=False), help="Where the demo lab and its state go (default: a temp folder)."
 )
 def demo(vms: int, time_scale: float, workdir: str | None) -> None:
-    """Run the example lab against the built-in fake Proxmox: validate, plan, apply, re-plan, status.
+    """Run `homelab up` for the example lab against the built-in fake Proxmox, then plan again and show status.
 
-    Nothing on your network is touched: the fake listens on a loopback address over HTTPS.
+    Nothing on your network is touched: the fake listens on a loopback address over HTTPS, and the demo lab
+    has no config repo, so no git host is contacted.
     """
     from homelab.demo.launcher import start_fake_proxmox
 
@@ -38,20 +49,27 @@ def demo(vms: int, time_scale: float, workdir: str | None) -> None:
     except ImportError:
         raise InputError("the demo needs the built-in fake Proxmox: pip install 'homelab[demo]'") from None
 
-    from homelab.adminkey import ensure_admin_key
     from homelab.lab.loader import parse_lab
-    from homelab.provision.service import carry_out, make_plan, status
+    from homelab.pipeline import up
+    from homelab.provision.service import make_plan, status
+    from homelab.proxmox.api import connect
 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="homelab-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     os.environ["HOMELAB_STATE_DIR"] = str(root / "state")
     click.echo(f"Starting the fake Proxmox (workdir {root}) ...")
-    fake = start_fake_proxmox(root / "fakepve", time_scale=time_scale, agent_delay=20)
+    fake = start_fake_proxmox(
+        root / "fakepve", guests=[], storages=DEMO_STORAGES, time_scale=time_scale, agent_delay=20, start_secs=5
+    )
     try:
         os.environ["HOMELAB_PROXMOX_TOKEN"] = fake.token_secret  # in this process only; never in the lab file
         data = yaml.safe_load((data_dir("inventories/example") / "lab.yml").read_text(encoding="utf-8"))
         data["name"] = "demo"
-        data["proxmox"].update(url=fake.url, node="pve1", token_id=fake.token_id, ca_bundle=fake.cafile)
+        data["proxmox"].update(
+            url=fake.url, node="pve1", storage="local-lvm", token_id=fake.token_id, ca_bundle=fake.cafile
+        )
+        data["templates"][0]["image"] = DEMO_IMAGE
+        data.pop("repo", None)
         base = data["vms"][0]
         data["vms"] = [base] + [
             {"name": f"node-{i:02d}", "cores": 2, "memory": 2048, "disk": "32G", "ip": f"192.168.10.{30 + i}"}
@@ -59,26 +77,22 @@ def demo(vms: int, time_scale: float, workdir: str | None) -> None:
         ]
         lab_path = root / "lab.yml"
         lab_path.write_text(
-            "# The demo lab: inventories/example/lab.yml pointed at the built-in fake Proxmox.\n"
+            "# The demo lab: inventories/example/lab.yml pointed at the built-in fake Proxmox (no config repo).\n"
             + yaml.safe_dump(data, sort_keys=False),
             encoding="utf-8",
         )
         lab = parse_lab(lab_path.read_text(encoding="utf-8"), str(lab_path))
-        ensure_admin_key(lab)
-        click.echo(f"{lab_path}: valid ({len(lab.vms)} VMs)\n")
-        click.secho("$ homelab plan", bold=True)
-        planned = make_plan(lab)
-        ui.render_plan(planned.plan)
-        click.secho("\n$ homelab apply --yes", bold=True)
-        result = carry_out(planned, ui.LineReporter())
-        ui.render_apply(result)
-        if not result.ok:
-            raise OperationError("the demo apply failed")
+        click.echo(f"{lab_path}: valid ({len(lab.vms)} VMs)")
+        click.secho("\n$ homelab up --yes", bold=True)
+        api = connect(lab)
+        up(api, lab, click.echo, lambda question: None, ui.LineReporter())
         click.secho("\n$ homelab plan   (again: nothing to do)", bold=True)
-        again = make_plan(lab)
+        again = make_plan(lab, api=api)
         ui.render_plan(again.plan)
+        if again.plan.changes:
+            raise OperationError("the second plan still has changes: apply is not idempotent")
         click.secho("\n$ homelab status", bold=True)
-        for row in status(lab):
+        for row in status(lab, api):
             click.echo(f"  {row.name:<12} vmid {row.vmid}  {row.state:<8} {row.address or '-':<15} v{row.version}")
         click.echo(f"\nThe demo lab file is {lab_path}; its state is in {root / 'state'}.")
     finally:
