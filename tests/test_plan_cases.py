@@ -11,9 +11,10 @@ import yaml
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.lab.types import format_size, parse_size
-from homelab.provision.facts import Facts, LiveVm, TemplateVersion
+from homelab.provision.facts import Facts, LiveVm
 from homelab.provision.meta import describe, parse_meta
 from homelab.provision.plan import PlanOptions, desired_config, encode_config, plan
+from homelab.templates.facts import TemplateVersion
 
 CASES = sorted(p for p in (Path(__file__).parent / "plans").glob("*.yml") if not p.name.startswith("_"))
 
@@ -49,7 +50,7 @@ def live_vm(lab: Lab, spec: dict[str, Any], versions: dict[str, TemplateVersion]
 
 def build_facts(lab: Lab, spec: dict[str, Any]) -> Facts:
     templates = {
-        name: tuple(TemplateVersion(name, v, vmid, node) for v, vmid, node in rows)
+        name: tuple(TemplateVersion(vmid, node, f"{name}-{v}", v, name) for v, vmid, node in rows)
         for name, rows in spec.get("templates", {}).items()
     }
     versions = {t.version: t for rows in templates.values() for t in rows}

@@ -12,23 +12,9 @@ from homelab.adminkey import read_admin_public
 from homelab.lab.models import Lab
 from homelab.provision.meta import parse_meta
 from homelab.proxmox.api import PveApi
+from homelab.templates.facts import Guest, TemplateVersion, find_versions
 
 DISK_KEYS = ("scsi0", "virtio0", "sata0", "ide0")
-_VERSION = re.compile(r"^(?P<name>.+)-(?P<version>\d{12})$")
-
-
-@dataclass(frozen=True)
-class TemplateVersion:
-    """One baked version of a lab template, as found on Proxmox."""
-
-    template: str
-    version: str
-    vmid: int
-    node: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.template}-{self.version}"
 
 
 @dataclass(frozen=True)
@@ -93,24 +79,27 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
     resources = api.get("/cluster/resources", type="vm")
     tag = lab.tag
     names = {vm.name for vm in lab.vms}
-    templates: dict[str, list[TemplateVersion]] = {t.name: [] for t in lab.templates}
-    candidates: list[dict[str, Any]] = []
-    used: set[int] = set()
-    for res in resources:
-        if res.get("type") != "qemu":
-            used.add(int(res["vmid"]))
-            continue
-        used.add(int(res["vmid"]))
-        if res.get("template"):
-            match = _VERSION.match(str(res.get("name", "")))
-            if match and match.group("name") in templates:
-                templates[match.group("name")].append(
-                    TemplateVersion(match.group("name"), match.group("version"), int(res["vmid"]), res["node"])
-                )
-            continue
-        tags = _tags(res.get("tags"))
-        if tag in tags or res.get("name") in names:
-            candidates.append(res)
+    guests = [
+        Guest(
+            int(r["vmid"]),
+            str(r["node"]),
+            str(r.get("name") or ""),
+            bool(int(r.get("template") or 0)),
+            _tags(r.get("tags")),
+            str(r.get("type") or "qemu"),
+        )
+        for r in resources
+        if "vmid" in r
+    ]
+    templates = {t.name: tuple(find_versions(guests, t.name)) for t in lab.templates}
+    used = {int(r["vmid"]) for r in resources if "vmid" in r}
+    candidates = [
+        r
+        for r in resources
+        if r.get("type", "qemu") == "qemu"
+        and not int(r.get("template") or 0)
+        and (tag in _tags(r.get("tags")) or r.get("name") in names)
+    ]
 
     def read(res: dict[str, Any]) -> LiveVm:
         config = api.get(f"/nodes/{res['node']}/qemu/{res['vmid']}/config")
@@ -137,7 +126,7 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
     return Facts(
         managed=tuple(sorted(managed, key=lambda v: v.vmid)),
         unmanaged_namesakes=tuple(namesakes),
-        templates={k: tuple(sorted(v, key=lambda t: t.version)) for k, v in templates.items()},
+        templates=templates,
         used_vmids=frozenset(used),
         admin_key=read_admin_public(lab),
     )

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 PREFIX = "homelab: "
-_LINE = re.compile(r"^homelab: (\{.*\})\s*$", re.MULTILINE)
 
 
 def parse_meta(description: str | None) -> dict[str, Any] | None:
-    """The homelab JSON line of a VM description, or None."""
-    if not description:
-        return None
-    match = _LINE.search(description)
-    if not match:
-        return None
-    try:
-        data = json.loads(match.group(1))
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+    """The homelab JSON line of a VM description, or None (one parser for VMs and templates)."""
+    from homelab.templates.naming import parse_description
+
+    return parse_description(description)
 
 
 def meta_line(**fields: Any) -> str:

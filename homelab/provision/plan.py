@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 
 from homelab.lab.models import Lab, Vm
 from homelab.lab.types import format_size
-from homelab.provision.facts import Facts, LiveVm, TemplateVersion
+from homelab.provision.facts import Facts, LiveVm
 from homelab.provision.meta import describe
+from homelab.templates.facts import TemplateVersion
 
 # Changing these only takes effect at the next boot (cloud-init regenerates its drive then).
 NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain"}
