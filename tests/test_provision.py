@@ -336,3 +336,15 @@ def test_secrets_file_must_be_private(
     assert code == 2 and "readable by other users (mode 0644)" in err and fake_pve.token_secret not in err
     secrets.chmod(0o600)
     assert homelab(lab_file, "plan")[0] == 3
+
+
+def test_full_clone_per_vm(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    data = lab_data(fake_pve, [dict(VMS[0], full=True), VMS[1]])
+    code, out, _ = homelab(write_lab(tmp_path / "lab.yml", data), "apply", "--yes")
+    assert code == 0
+    assert "full clone of debian-docker" in out and "linked clone of debian-docker" in out
+    vms = managed(fake_pve)
+    assert "base-9000" not in vms["web"]["config"]["scsi0"]  # its own disk
+    clones = [r for r in fake_pve.requests() if r[1].endswith("/clone")]
+    assert len(clones) == 2

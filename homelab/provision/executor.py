@@ -117,11 +117,17 @@ class VmidAllocator:
             self._used.add(vmid)
 
 
-def first_address(interfaces: list[dict[str, Any]], prefer: str | None = None) -> str | None:
-    """The VM's IPv4 address from the agent's answer: not loopback, not link-local; the static IP if present."""
+# Interfaces a VM grows once Docker or a hypervisor runs on it: their addresses are not the VM's.
+VIRTUAL_IFACES = ("docker", "br-", "veth", "virbr", "cni", "flannel", "cali", "tailscale", "zt")
+
+
+def first_address(interfaces: list[dict[str, Any]], prefer: str | None = None, subnet: str | None = None) -> str | None:
+    """The VM's IPv4 address from the agent's answer: not loopback, link-local or a container bridge;
+    the static IP if present, else one inside the lab's subnet, else the first."""
     found: list[str] = []
     for iface in interfaces:
-        if iface.get("name") == "lo":
+        name = str(iface.get("name", ""))
+        if name == "lo" or name.startswith(VIRTUAL_IFACES):
             continue
         for entry in iface.get("ip-addresses") or []:
             if entry.get("ip-address-type") != "ipv4":
@@ -132,6 +138,10 @@ def first_address(interfaces: list[dict[str, Any]], prefer: str | None = None) -
             found.append(str(addr))
     if prefer and prefer in found:
         return prefer
+    if subnet:
+        inside = [a for a in found if ipaddress.IPv4Address(a) in ipaddress.IPv4Network(subnet)]
+        if inside:
+            return inside[0]
     return found[0] if found else None
 
 
@@ -358,7 +368,7 @@ class Executor:
             self._check_cancel()
             try:
                 answer = self.api.get_once(f"/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces")
-                address = first_address(answer.get("result", []), want)
+                address = first_address(answer.get("result", []), want, self.lab.network.subnet)
                 if address:
                     return address
             except ProxmoxError as exc:
