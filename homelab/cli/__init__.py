@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "apply": ("homelab.cli.vms", "apply", "Make Proxmox match the lab file (plan first, then confirm)."),
     "destroy": ("homelab.cli.vms", "destroy", "Remove the VMs this lab manages."),
     "status": ("homelab.cli.vms", "status", "Show each VM: state, address, template version, drift."),
+    "deploy": ("homelab.cli.deploy", "deploy", "Deploy Docker and the service stacks onto the VMs (Ansible)."),
+    "stack": ("homelab.cli.deploy", "stack", "Service stacks: list, add NAME to a VM."),
     "template": ("homelab.cli.template", "template", "Build, list, prune and render VM templates."),
     "keys": ("homelab.cli.keys", "keys", "Deploy keys for the config repo: generate, show, verify, rotate."),
 }
