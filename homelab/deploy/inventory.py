@@ -1,0 +1,59 @@
+"""The Ansible inventory for a deploy, made from the hosts `homelab apply` recorded.
+
+Each host logs in as its recorded user with homelab's admin key (or the host's own key file), and SSH
+checks the host key against a known_hosts file that holds exactly the pinned keys of this deploy's
+hosts: StrictHostKeyChecking=yes, no global known_hosts, so nothing else can vouch for a host.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from pathlib import Path
+from typing import Any
+
+from homelab.deploy.render import VmRender
+from homelab.hosts import Host
+
+
+def known_hosts_text(hosts: list[Host]) -> str:
+    """A known_hosts file with the pinned key of every host (all must be pinned)."""
+    return "".join(host.known_hosts_line() + "\n" for host in hosts)
+
+
+def ssh_common_args(known_hosts: Path) -> str:
+    """The SSH options every connection gets: the pinned keys only, strictly, and our key only."""
+    return " ".join(
+        [
+            "-o",
+            shlex.quote(f"UserKnownHostsFile={known_hosts}"),
+            "-o StrictHostKeyChecking=yes",
+            "-o GlobalKnownHostsFile=/dev/null",
+            "-o IdentitiesOnly=yes",
+            "-o BatchMode=yes",
+        ]
+    )
+
+
+def host_vars(host: Host, render: VmRender, key_file: Path, known_hosts: Path) -> dict[str, Any]:
+    """One host's inventory entry: how to reach it and what its stacks folder gets."""
+    return {
+        "ansible_host": host.address,
+        "ansible_port": host.port,
+        "ansible_user": host.user,
+        "ansible_ssh_private_key_file": str(key_file),
+        "ansible_ssh_common_args": ssh_common_args(known_hosts),
+        "homelab_user": render.user,
+        "homelab_stacks": [stack.name for stack in render.stacks],
+        "homelab_stack_dirs": list(render.dirs),
+        "homelab_stack_files": [
+            # base64: Ansible templates inventory strings, and a compose file may hold {{ }} of its own
+            {"path": f.path, "mode": f"{f.mode:04o}", "content_b64": base64.b64encode(f.content.encode()).decode()}
+            for f in render.files
+        ],
+    }
+
+
+def inventory(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The inventory document (YAML inventory plugin format; JSON is valid YAML)."""
+    return {"all": {"hosts": entries}}

@@ -1,0 +1,246 @@
+"""The ansible-runner adapter: the only module that imports ansible_runner.
+
+It runs one playbook and turns Ansible's job events into :class:`TaskEvent` and its stats into
+:class:`HostStats`; the rest of homelab sees only these and the :class:`PlaybookRunner` protocol
+(tests use a fake). Ansible runs with a config file of our own (a user's ansible.cfg cannot turn host
+key checking off) and host key checking on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from homelab.errors import OperationError
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal["ok", "changed", "failed", "unreachable", "skipped"]
+
+ANSIBLE_CFG = """\
+# Written by homelab for its own runs; a user's ansible.cfg is not read.
+[defaults]
+host_key_checking = True
+retry_files_enabled = False
+interpreter_python = auto_silent
+gathering = explicit
+nocows = True
+max_diff_size = 65536
+
+[ssh_connection]
+pipelining = True
+"""
+
+
+@dataclass(frozen=True)
+class FileDiff:
+    """A file or folder change Ansible reports in diff mode.
+
+    ``change`` is "new", "new folder", "content" or "attributes" (mode or owner only) for the
+    homelab_files module; "content" for other modules' text diffs.
+    """
+
+    path: str
+    change: str
+    before: str = ""
+    after: str = ""
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One task's result on one host (or one item of a looped task)."""
+
+    kind: EventKind
+    host: str
+    task: str
+    item: str | None = None  # the loop item's label
+    loop: bool = False  # the summary of a looped task (its items came as events before it)
+    message: str = ""
+    diffs: tuple[FileDiff, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """Ansible's end-of-play counts for one host."""
+
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One playbook run: everything Ansible gets."""
+
+    playbook: Path
+    inventory: Path
+    workdir: Path  # ansible-runner's private data folder (artifacts go there)
+    extravars: Mapping[str, Any] = field(default_factory=dict)
+    check: bool = False  # check and diff mode: report, change nothing
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How the run ended: per-host stats (empty when the play never started) and the output's last lines."""
+
+    status: str
+    rc: int
+    stats: dict[str, HostStats]
+    tail: tuple[str, ...] = ()
+
+
+OnEvent = Callable[[TaskEvent], None]
+
+
+class PlaybookRunner(Protocol):
+    """Runs a playbook, reporting each task result as it happens."""
+
+    def run(self, request: RunRequest, on_event: OnEvent) -> RunOutcome: ...
+
+
+_KINDS: dict[str, EventKind] = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+    "runner_item_on_ok": "ok",
+    "runner_item_on_failed": "failed",
+    "runner_item_on_skipped": "skipped",
+}
+
+
+def to_task_event(event: Mapping[str, Any]) -> TaskEvent | None:
+    """Our event for one of ansible-runner's job events; None for events we do not report."""
+    kind = _KINDS.get(str(event.get("event", "")))
+    data = event.get("event_data") or {}
+    if kind is None or not data.get("host"):
+        return None
+    res = data.get("res") or {}
+    item_event = str(event["event"]).startswith("runner_item_")
+    if kind == "ok" and res.get("changed"):
+        kind = "changed"
+    if kind == "failed" and data.get("ignore_errors"):
+        kind = "ok"
+    label = res.get("_ansible_item_label", res.get("item")) if item_event else None
+    return TaskEvent(
+        kind=kind,
+        host=str(data["host"]),
+        task=str(data.get("task") or data.get("task_action") or "?"),
+        item=None if label is None else str(label),
+        loop="results" in res,
+        message=_message(res) if kind in ("failed", "unreachable") else "",
+        diffs=_diffs(res.get("diff")),
+    )
+
+
+def _message(res: Mapping[str, Any]) -> str:
+    msg = str(res.get("msg") or "").strip()
+    for stream in ("stderr", "stdout", "module_stderr"):
+        text = str(res.get(stream) or "").strip()
+        if text and text not in msg:
+            msg = f"{msg}: {text.splitlines()[-1]}" if msg else text.splitlines()[-1]
+    return msg or "failed"
+
+
+def _diffs(diff: Any) -> tuple[FileDiff, ...]:
+    found = []
+    for entry in diff if isinstance(diff, list) else [diff]:
+        if not isinstance(entry, Mapping):
+            continue
+        path = str(entry.get("after_header") or entry.get("before_header") or "")
+        change = entry.get("homelab_change")
+        before, after = entry.get("before"), entry.get("after")
+        if isinstance(after, str):
+            before = before if isinstance(before, str) else ""
+            found.append(FileDiff(path, str(change or "content"), before, after))
+        elif change:
+            found.append(FileDiff(path, str(change)))
+    return tuple(found)
+
+
+def to_host_stats(stats: Mapping[str, Mapping[str, int]] | None) -> dict[str, HostStats]:
+    """ansible-runner's stats (counter -> host -> n) as per-host counts."""
+    stats = stats or {}
+    hosts = sorted({h for counter in stats.values() if isinstance(counter, Mapping) for h in counter})
+
+    def n(key: str, host: str) -> int:
+        return int((stats.get(key) or {}).get(host, 0))
+
+    return {
+        h: HostStats(
+            ok=n("ok", h),
+            changed=n("changed", h),
+            failed=n("failures", h),
+            unreachable=n("dark", h),
+            skipped=n("skipped", h),
+        )
+        for h in hosts
+    }
+
+
+class AnsibleRunner:
+    """Runs playbooks with ansible-runner (which starts ansible-playbook as a child process)."""
+
+    def run(self, request: RunRequest, on_event: OnEvent) -> RunOutcome:
+        import ansible_runner
+
+        request.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = request.workdir / "ansible.cfg"
+        cfg.write_text(ANSIBLE_CFG, encoding="utf-8")
+        envvars = {
+            "ANSIBLE_CONFIG": str(cfg),
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_ROLES_PATH": str(request.playbook.parent / "roles"),
+        }
+
+        def handler(event: dict[str, Any]) -> bool:
+            converted = to_task_event(event)
+            if converted is not None:
+                on_event(converted)
+            return True
+
+        mode = " --check --diff" if request.check else " --diff"
+        log.info("ansible: %s%s (inventory %s)", request.playbook, mode, request.inventory)
+        try:
+            result = ansible_runner.run(
+                private_data_dir=str(request.workdir),
+                playbook=str(request.playbook),
+                inventory=str(request.inventory),
+                extravars=dict(request.extravars),
+                envvars=envvars,
+                cmdline="--check --diff" if request.check else "--diff",
+                event_handler=handler,
+                quiet=True,
+                rotate_artifacts=4,
+                suppress_env_files=True,
+            )
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise OperationError(f"ansible-runner could not start ansible-playbook: {exc}") from None
+        tail: tuple[str, ...] = ()
+        if result.stdout is not None:
+            try:
+                lines = [line.rstrip() for line in result.stdout.read().splitlines() if line.strip()]
+                tail = tuple(lines[-12:])
+            except (OSError, ValueError):
+                pass
+        log.info("ansible: %s (rc %s)", result.status, result.rc)
+        return RunOutcome(str(result.status), int(result.rc or 0), to_host_stats(result.stats), tail)
+
+
+def ansible_available() -> str | None:
+    """None when ansible-runner and ansible-playbook are installed; otherwise what is missing."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("ansible_runner") is None:
+        return "the Python package ansible-runner is not installed (pip install ansible-runner)"
+    if shutil.which("ansible-playbook") is None and not os.environ.get("ANSIBLE_RUNNER_BINARY"):
+        return "ansible-playbook is not installed (pip install ansible-core)"
+    return None

@@ -1,0 +1,404 @@
+"""The deploy stage as library calls: prepare (pure) -> preview (check mode) -> confirm -> run -> summary.
+
+Each VM that lists stacks is a target. A target needs a host record with a pinned host key (written by
+`homelab apply`); one without is reported as failed and the others still deploy. The preview is the
+playbook in Ansible's check and diff mode, so it shows what would change on the VMs themselves (files
+that are new or differ, with their diff), not a guess from this machine.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from homelab.deploy.inventory import host_vars, inventory, known_hosts_text
+from homelab.deploy.render import VmRender, missing_requirements, render_lab
+from homelab.deploy.runner import HostStats, PlaybookRunner, RunRequest, TaskEvent
+from homelab.errors import InputError, OperationError
+from homelab.hosts import Host, load_hosts
+from homelab.lab.models import Lab
+from homelab.paths import data_dir, state_dir
+from homelab.secrets import write_atomic
+
+Echo = Callable[[str], None]
+Confirm = Callable[[str], None]  # raises to refuse
+
+HOST_KEY_HINT = (
+    "the VM answered with another SSH host key than the one homelab pinned; if the VM was rebuilt, "
+    "`homelab apply` reads its new key through the guest agent"
+)
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What a deploy does besides copying the stacks' files."""
+
+    install_packages: bool = True  # install docker.io + compose from the distribution where missing
+    start_stacks: bool = True  # create the homelab network and run `docker compose up -d`
+    vms: tuple[str, ...] = ()  # only these VMs; empty: every VM that lists stacks
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)
+
+    def extravars(self) -> dict[str, Any]:
+        return {
+            "homelab_install_packages": self.install_packages,
+            "homelab_start_stacks": self.start_stacks,
+            **self.extra_vars,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """A VM to deploy to: what it gets, and its host record (or why it cannot be reached)."""
+
+    render: VmRender
+    host: Host | None
+    problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.render.vm
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What a deploy will do, before it touches anything."""
+
+    lab: Lab
+    targets: tuple[Target, ...]
+    options: DeployOptions
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> list[Target]:
+        return [t for t in self.targets if t.problem is None]
+
+    @property
+    def blocked(self) -> list[Target]:
+        return [t for t in self.targets if t.problem is not None]
+
+    def describe(self) -> list[str]:
+        """The plan in words: hosts, their stacks, what happens to Docker and the stacks."""
+        user = self.lab.access.user
+        lines = [f"Deploy to {len(self.targets)} VM(s), as {user}, into /home/{user}/stacks:"]
+        for t in self.targets:
+            stacks = ", ".join(s.name for s in t.render.stacks)
+            where = f" ({t.host.address})" if t.host else ""
+            lines.append(f"  {t.name}{where}: {stacks}" + (f"  ! {t.problem}" if t.problem else ""))
+        lines += [f"  note: {w}" for w in self.warnings]
+        opts = self.options
+        lines.append(
+            "Docker: "
+            + (
+                "docker.io and compose installed from the distribution where missing"
+                if opts.install_packages
+                else "left as it is (not installed by this deploy)"
+            )
+        )
+        lines.append(
+            "Stacks: "
+            + (
+                "the homelab network made, then `docker compose up -d` in each"
+                if opts.start_stacks
+                else "files only, not started"
+            )
+        )
+        return lines
+
+
+def prepare(lab: Lab, options: DeployOptions | None = None, hosts: list[Host] | None = None) -> Deployment:
+    """The targets of a deploy, from the lab and the recorded hosts; renders every VM's files."""
+    options = options or DeployOptions()
+    renders = render_lab(lab)
+    known_vms = {vm.name for vm in lab.vms}
+    for name in options.vms:
+        if name not in known_vms:
+            raise InputError(f"no VM named {name!r} in the lab (VMs: {', '.join(sorted(known_vms)) or 'none'})")
+        if name not in renders:
+            raise InputError(f"VM {name!r} lists no stacks: add one with `homelab stack add NAME --vm {name}`")
+    recorded = {h.name: h for h in (load_hosts(lab) if hosts is None else hosts)}
+    targets = []
+    warnings = []
+    for vm in lab.vms:
+        if vm.name not in renders or (options.vms and vm.name not in options.vms):
+            continue
+        host = recorded.get(vm.name)
+        problem = None
+        if host is None:
+            problem = "no address recorded yet: run `homelab apply` first"
+        elif not host.host_key:
+            problem = "its SSH host key is not pinned: run `homelab apply` to read it through the guest agent"
+        targets.append(Target(renders[vm.name], host, problem))
+        for stack, needed in missing_requirements(lab, vm):
+            warnings.append(f"{vm.name}: {stack} is reached through {needed}, which this VM does not run")
+    return Deployment(lab, tuple(targets), options, tuple(warnings))
+
+
+@dataclass(frozen=True)
+class Change:
+    """Something a run changed (or, in check mode, would change) on a host."""
+
+    host: str
+    what: str  # a file or folder on the host, or a task (and its loop item)
+    kind: str = ""  # new, new folder, content, attributes; empty for other tasks
+    before: str = ""
+    after: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "new":
+            return f"+ {self.host}: {self.what} (new file)"
+        if self.kind == "new folder":
+            return f"+ {self.host}: {self.what}/ (new folder)"
+        if self.kind == "attributes":
+            return f"~ {self.host}: {self.what} (mode or owner)"
+        return f"~ {self.host}: {self.what}"
+
+    def diff_lines(self, limit: int = 20) -> list[str]:
+        """The changed lines of a file whose content changed (a .env is short; a compose file may not be)."""
+        if self.kind != "content":
+            return []
+        lines = [
+            line
+            for line in difflib.unified_diff(self.before.splitlines(), self.after.splitlines(), lineterm="", n=0)
+            if not line.startswith(("---", "+++", "@@"))
+        ]
+        return lines[:limit] + ([f"... {len(lines) - limit} more line(s)"] if len(lines) > limit else [])
+
+
+def changes_of(event: TaskEvent) -> list[Change]:
+    """The changes one changed task reports: one per file when it gave diffs, else the task itself."""
+    if event.diffs:
+        return [Change(event.host, d.path, d.change, d.before, d.after) for d in event.diffs]
+    return [Change(event.host, f"{event.task}: {event.item}" if event.item else event.task)]
+
+
+@dataclass
+class HostResult:
+    """How one host came out of a run."""
+
+    name: str
+    stats: HostStats = field(default_factory=HostStats)
+    failed_task: str | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_task is None and not self.stats.failed and not self.stats.unreachable
+
+    def describe(self) -> str:
+        s = self.stats
+        counts = f"ok={s.ok} changed={s.changed} failed={s.failed} unreachable={s.unreachable}"
+        if self.ok:
+            return f"{self.name}: ok ({counts})"
+        return f"{self.name}: FAILED at {self.failed_task!r}: {self.message} ({counts})"
+
+
+@dataclass
+class RunReport:
+    """One playbook run (check mode or real) over the deployment's hosts."""
+
+    check: bool
+    hosts: dict[str, HostResult]
+    changes: list[Change]
+
+    @property
+    def ok(self) -> bool:
+        return all(h.ok for h in self.hosts.values())
+
+    @property
+    def changed(self) -> int:
+        return sum(h.stats.changed for h in self.hosts.values())
+
+
+@dataclass
+class DeployResult:
+    """What `homelab deploy` (or stage 4 of `homelab up`) did."""
+
+    deployment: Deployment
+    preview: RunReport | None = None
+    run: RunReport | None = None
+    skipped: str = ""
+
+    @property
+    def final(self) -> RunReport | None:
+        return self.run or self.preview
+
+    @property
+    def hosts(self) -> list[HostResult]:
+        report = self.final
+        results = [report.hosts[t.name] for t in self.deployment.ready if report and t.name in report.hosts]
+        return results + [
+            HostResult(t.name, failed_task="connect", message=t.problem or "") for t in self.deployment.blocked
+        ]
+
+    @property
+    def ok(self) -> bool:
+        return all(h.ok for h in self.hosts)
+
+    @property
+    def pending(self) -> bool:
+        """The preview found something to change (files, packages) or the stacks are to be started."""
+        return bool(self.preview and (self.preview.changes or self.deployment.options.start_stacks))
+
+
+def workdir(lab: Lab) -> Path:
+    """Where the last deploy's staged files, inventory and Ansible artifacts are kept."""
+    return state_dir(lab.name) / "deploy"
+
+
+def playbook() -> Path:
+    """The packaged playbook."""
+    return data_dir("stacks") / "ansible" / "deploy.yml"
+
+
+def stage(deployment: Deployment, key_file: Path, where: Path) -> Path:
+    """Write the pinned known_hosts and the inventory under ``where``; the inventory's path."""
+    ready = [t for t in deployment.ready if t.host is not None]
+    known_hosts = where / "known_hosts"
+    write_atomic(known_hosts, known_hosts_text([t.host for t in ready if t.host is not None]))
+    entries = {}
+    for t in ready:
+        assert t.host is not None
+        own_key = Path(t.host.key_file) if t.host.key_file else key_file
+        entries[t.name] = host_vars(t.host, t.render, own_key, known_hosts)
+    path = where / "hosts.yml"
+    write_atomic(path, json.dumps(inventory(entries), indent=2) + "\n")
+    return path
+
+
+def execute(
+    deployment: Deployment,
+    runner: PlaybookRunner,
+    inventory_path: Path,
+    where: Path,
+    *,
+    check: bool,
+    on_event: Callable[[TaskEvent], None] | None = None,
+) -> RunReport:
+    """Run the playbook once over the ready targets; collect changes, failures and stats."""
+    names = [t.name for t in deployment.ready]
+    results = {name: HostResult(name) for name in names}
+    changes: list[Change] = []
+
+    def collect(event: TaskEvent) -> None:
+        if on_event is not None:
+            on_event(event)
+        result = results.get(event.host)
+        if result is None:
+            return
+        if event.kind == "changed" and not event.loop:
+            changes.extend(changes_of(event))
+        if event.kind in ("failed", "unreachable") and result.failed_task is None and not (event.loop and event.item):
+            result.failed_task = event.task
+            message = event.message
+            if "host key verification failed" in message.lower():
+                message = f"{message} ({HOST_KEY_HINT})"
+            result.message = message
+
+    request = RunRequest(playbook(), inventory_path, where, deployment.options.extravars(), check=check)
+    outcome = runner.run(request, collect)
+    if not outcome.stats and outcome.rc != 0:
+        tail = "\n".join(f"  | {line}" for line in outcome.tail)
+        raise OperationError(f"ansible-playbook failed before the play started ({outcome.status}):\n{tail}")
+    for name, stats in outcome.stats.items():
+        if name in results:
+            results[name].stats = stats
+    for result in results.values():
+        if not result.ok and result.failed_task is None:
+            result.failed_task = "?"
+            result.message = f"ansible reported a failure ({outcome.status})"
+    return RunReport(check, results, changes)
+
+
+def preview_lines(report: RunReport) -> list[str]:
+    """The check run in words: what would change, and which hosts could not be checked."""
+    lines = []
+    for change in report.changes:
+        lines.append(f"  {change.describe()}")
+        lines += [f"      {line}" for line in change.diff_lines()]
+    for result in report.hosts.values():
+        if not result.ok:
+            lines.append(f"  ! {result.name}: cannot check: {result.failed_task}: {result.message}")
+    if not report.changes:
+        lines.append("  (no file or package would change)")
+    return lines
+
+
+def progress_printer(echo: Echo) -> Callable[[TaskEvent], None]:
+    """Run events as one line each: changes, failures, and one ok line per task (not per loop item)."""
+    started = time.monotonic()
+
+    def show(event: TaskEvent) -> None:
+        if event.kind == "skipped" or (event.kind == "ok" and event.item):
+            return
+        if event.kind == "changed" and event.loop:
+            return  # its items were shown one by one
+        what = f"{event.task}: {event.item}" if event.item else event.task
+        tail = f": {event.message}" if event.message else ""
+        echo(f"  [{time.monotonic() - started:5.1f}s] {event.host}: {event.kind} {what}{tail}")
+
+    return show
+
+
+def deploy_stacks(
+    lab: Lab,
+    echo: Echo,
+    confirm: Confirm,
+    options: DeployOptions | None = None,
+    *,
+    runner: PlaybookRunner | None = None,
+    check_only: bool = False,
+) -> DeployResult:
+    """Show what the deploy will do, ask, run it with progress, end with a per-host summary.
+
+    Raises OperationError (after the summary) when any host failed; the other hosts are deployed anyway.
+    ``check_only`` stops after the preview.
+    """
+    from homelab.adminkey import admin_key_path
+
+    deployment = prepare(lab, options)
+    if not deployment.targets:
+        echo("Skipped: no VM in the lab file lists stacks.")
+        return DeployResult(deployment, skipped="no stacks")
+    for line in deployment.describe():
+        echo(line)
+    result = DeployResult(deployment)
+    if deployment.ready:
+        if runner is None:
+            from homelab.deploy.runner import AnsibleRunner, ansible_available
+
+            missing = ansible_available()
+            if missing:
+                raise OperationError(f"cannot deploy: {missing}")
+            runner = AnsibleRunner()
+        where = workdir(lab)
+        inventory_path = stage(deployment, admin_key_path(lab), where)
+        echo("Checking the VMs (Ansible check mode)...")
+        result.preview = execute(deployment, runner, inventory_path, where, check=True)
+        echo("Changes:")
+        for line in preview_lines(result.preview):
+            echo(line)
+        if check_only:
+            return result
+        if result.preview.changes or deployment.options.start_stacks:
+            confirm(f"Deploy to {len(deployment.ready)} VM(s)?")
+            echo("Deploying:")
+            result.run = execute(
+                deployment, runner, inventory_path, where, check=False, on_event=progress_printer(echo)
+            )
+        else:
+            echo("Nothing to change.")
+    elif check_only:
+        return result
+    echo("Summary:")
+    for host in result.hosts:
+        echo(f"  {host.describe()}")
+    failed = [h for h in result.hosts if not h.ok]
+    if failed:
+        names = ", ".join(f"{h.name} ({h.failed_task})" for h in failed)
+        raise OperationError(f"the deploy failed on {names}; the other VMs are deployed")
+    return result

@@ -1,0 +1,149 @@
+#!/usr/bin/python
+# Part of homelab (MIT). An Ansible module: put a set of rendered files under one folder in one
+# module run (instead of one copy per file), owned by one user, with check and diff mode.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: homelab_files
+short_description: Write rendered stack files under a folder, owned by one user
+description:
+  - Creates O(root) and each of O(dirs) below it (mode 0755), then writes each of O(files) atomically
+    when its content, mode or owner differ. Files not listed are left alone.
+  - Supports check mode and diff mode (one diff per changed file).
+options:
+  root: {type: path, required: true, description: The folder everything goes under.}
+  owner: {type: str, required: true, description: User owning the folders and files (group is its primary group).}
+  dirs: {type: list, elements: str, default: [], description: Folders to create, relative to O(root), parents first.}
+  files:
+    type: list
+    elements: dict
+    default: []
+    description: Files, each with C(path) (relative to O(root)), C(content_b64) and C(mode) (octal string).
+"""
+
+import base64
+import os
+import pwd
+import stat
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def _inside(root, rel):
+    path = os.path.normpath(os.path.join(root, rel))
+    if path != root and not path.startswith(root.rstrip("/") + "/"):
+        raise ValueError(f"{rel!r} is outside {root}")
+    return path
+
+
+def _ensure_dir(module, path, uid, gid, changes):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        changes.append(
+            {
+                "before_header": path,
+                "after_header": path,
+                "before": {"path": path, "state": "absent"},
+                "after": {"path": path, "state": "directory"},
+                "homelab_change": "new folder",
+            }
+        )
+        if not module.check_mode:
+            os.mkdir(path, 0o755)
+            os.chmod(path, 0o755)
+            os.chown(path, uid, gid)
+        return True
+    if not stat.S_ISDIR(st.st_mode):
+        module.fail_json(msg=f"{path} exists and is not a folder")
+    if stat.S_IMODE(st.st_mode) != 0o755 or st.st_uid != uid:
+        if not module.check_mode:
+            os.chmod(path, 0o755)
+            os.chown(path, uid, gid)
+        return True
+    return False
+
+
+def _write_file(module, path, data, mode, uid, gid, changes):
+    before = None
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            module.fail_json(msg=f"{path} exists and is not a regular file")
+        with open(path, "rb") as handle:
+            before = handle.read()
+    except FileNotFoundError:
+        st = None
+    same_content = before == data
+    if st is not None and same_content and stat.S_IMODE(st.st_mode) == mode and st.st_uid == uid:
+        return False
+    changes.append(
+        {
+            "before_header": path,
+            "after_header": path,
+            "before": (before or b"").decode("utf-8", "replace"),
+            "after": data.decode("utf-8", "replace"),
+            # new file, new content, or only its mode or owner differ (then before == after)
+            "homelab_change": "new" if st is None else "content" if not same_content else "attributes",
+        }
+    )
+    if module.check_mode:
+        return True
+    if same_content:
+        os.chmod(path, mode)
+        os.chown(path, uid, gid)
+        return True
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".homelab-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.chown(tmp, uid, gid)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "root": {"type": "path", "required": True},
+            "owner": {"type": "str", "required": True},
+            "dirs": {"type": "list", "elements": "str", "default": []},
+            "files": {"type": "list", "elements": "dict", "default": []},
+        },
+        supports_check_mode=True,
+    )
+    root = os.path.normpath(module.params["root"])
+    try:
+        user = pwd.getpwnam(module.params["owner"])
+    except KeyError:
+        module.fail_json(msg=f"no user {module.params['owner']!r} on this host")
+    uid, gid = user.pw_uid, user.pw_gid
+    if os.geteuid() not in (0, uid):
+        module.fail_json(msg=f"logged in as uid {os.geteuid()}: cannot give files to {user.pw_name} without root")
+    changes = []
+    changed_paths = []
+    try:
+        for rel in ["", *module.params["dirs"]]:
+            path = _inside(root, rel) if rel else root
+            if _ensure_dir(module, path, uid, gid, changes):
+                changed_paths.append(path)
+        for entry in module.params["files"]:
+            path = _inside(root, entry["path"])
+            data = base64.b64decode(entry["content_b64"])
+            if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
+                changed_paths.append(path)
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg=str(exc), changed=bool(changed_paths), paths=changed_paths)
+    module.exit_json(changed=bool(changed_paths), paths=changed_paths, diff=changes)
+
+
+if __name__ == "__main__":
+    main()
