@@ -71,6 +71,12 @@ class OperationTimeout(OperationError):
     """Waiting for something took longer than the lab allows."""
 
 
+class Interrupted(HomelabError):
+    """The user pressed Ctrl-C; work stops at its next step and a re-run finishes it."""
+
+    exit_code = 130
+
+
 class Aborted(HomelabError):
     """The user said no at a confirmation prompt."""
 

@@ -302,6 +302,7 @@ def run_init(
     ctx = Context()
     for q in CONNECTION:
         ctx.answers[q.key] = asker.ask(q, ctx)
+    _check_connection(ctx, path)
     auth = ProxmoxAuth(token_id=ctx["proxmox.token_id"], token_secret=token_secret(asker))
     api = PveApi(ProxmoxerTransport.connect(ctx["proxmox.url"], auth, True, ctx["proxmox.ca_bundle"] or None))
     ctx.live.update(discover(api))
@@ -314,3 +315,21 @@ def run_init(
     lab = parse_lab(text, str(path))  # an answer that makes an invalid lab fails here, before anything is written
     write_atomic(path, text)
     return InitResult(path, lab.name, len(lab.vms))
+
+
+def _check_connection(ctx: Context, path: Path) -> None:
+    """The connection answers as the lab file will hold them, checked before anything connects."""
+    from homelab.lab.loader import parse_lab
+
+    probe = {
+        "name": "probe",
+        "proxmox": {"url": ctx["proxmox.url"], "node": "probe", "token_id": ctx["proxmox.token_id"]},
+        "network": {"subnet": "10.0.0.0/24", "gateway": "10.0.0.1"},
+        "templates": [{"name": "probe"}],
+    }
+    from homelab.errors import LabFileError
+
+    try:
+        parse_lab(yaml.safe_dump(probe), "answers")
+    except LabFileError as exc:
+        raise InputError("init: " + "; ".join(f"{p.path}: {p.message}" for p in exc.problems)) from None

@@ -163,3 +163,9 @@ def test_help_lists_commands_without_importing_heavy_modules() -> None:
 def test_version() -> None:
     code, out, _ = run("--version")
     assert code == 0 and re.match(r"homelab, version \d+\.\d+\.\d+", out)
+
+
+def test_a_pasted_token_secret_is_never_echoed() -> None:
+    code, out, err = run("--lab", str(REPO / "tests" / "labs" / "invalid" / "token_with_secret.yml"), "validate")
+    assert code == 2 and "secret" in err
+    assert "9f0c1d2e" not in out + err

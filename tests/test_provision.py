@@ -44,9 +44,11 @@ def homelab(lab: Path, *args: str) -> tuple[int, str, str]:
 
 
 def managed(fake: FakeProxmox, lab: str = "test") -> dict[str, dict[str, Any]]:
-    """name -> VM, for VMs tagged as the lab's (fails on duplicates)."""
+    """name -> VM, for the lab's VMs: tagged and marked in the description (fails on duplicates)."""
     found: dict[str, dict[str, Any]] = {}
     for vm in fake.vms():
+        if vm["template"] or f'"lab":"{lab}"' not in str(vm["config"].get("description", "")):
+            continue
         if f"homelab-{lab}" in str(vm["config"].get("tags", "")).split(";"):
             assert vm["name"] not in found, f"duplicate VM {vm['name']}"
             found[vm["name"]] = vm
@@ -132,12 +134,29 @@ def test_update_in_place_and_grow_disk(lab_file: Path, fake_pve: FakeProxmox) ->
 def test_replace_on_new_template_version(lab_file: Path, fake_pve: FakeProxmox, tmp_path: Path) -> None:
     assert homelab(lab_file, "apply", "--yes")[0] == 0
     old = {n: v["vmid"] for n, v in managed(fake_pve).items()}
+    disk = {"agent": "1", "ostype": "l26"}
+    # Newer versions nobody marked, or that another lab built, are never cloned from.
+    fake_pve.call(
+        "add_vm",
+        vmid=9003,
+        name="debian-docker-202612010000",
+        template=True,
+        config=dict(disk, scsi0="local-lvm:base-9003-disk-0,size=8G"),
+    )
+    fake_pve.call(
+        "add_vm",
+        vmid=9002,
+        name="debian-docker-202612020000",
+        template=True,
+        config=dict(disk, scsi0="local-lvm:base-9002-disk-0,size=8G", tags="homelab-template;homelab-other"),
+    )
+    assert homelab(lab_file, "plan")[0] == 0
     fake_pve.call(
         "add_vm",
         vmid=9001,
         name="debian-docker-202611201200",
         template=True,
-        config={"scsi0": "local-lvm:base-9001-disk-0,size=8G", "agent": "1", "ostype": "l26"},
+        config=dict(disk, scsi0="local-lvm:base-9001-disk-0,size=8G", tags="homelab-template;homelab-test"),
     )
     code, out, _ = homelab(lab_file, "plan", "--no-replace")
     assert code == 3 and out.count("! cannot apply") == 3
@@ -172,6 +191,20 @@ def test_destroy_never_touches_an_unmanaged_namesake(lab_file: Path, fake_pve: F
     left = {vm["vmid"]: vm for vm in fake_pve.vms()}
     assert left[555]["status"] == "running" and left[555]["name"] == "web"
     assert 9000 in left  # the template too
+
+
+def test_a_tag_alone_does_not_make_a_vm_ours(tmp_path: Path, fake_pve: FakeProxmox, lab_file: Path) -> None:
+    """Another lab's VM that carries this lab's tag (tags are free-form) is never changed or deleted."""
+    other = lab_data(fake_pve, [{"name": "web", "ip": "10.10.0.10"}], name="prod")
+    assert homelab(write_lab(tmp_path / "prod.yml", other), "apply", "--yes")[0] == 0
+    (prod_web,) = [vm for vm in fake_pve.vms() if not vm["template"]]
+    fake_pve.call("vm_set", vmid=prod_web["vmid"], config=dict(prod_web["config"], tags="homelab-prod;homelab-test"))
+    write_lab(lab_file, lab_data(fake_pve, []))
+    code, out, _ = homelab(lab_file, "destroy", "--yes")
+    assert code == 0 and "Nothing to destroy." in out
+    code, out, _ = homelab(lab_file, "apply", "--yes", "--prune")
+    assert code == 0 and "remove" not in out
+    assert [vm["vmid"] for vm in fake_pve.vms() if not vm["template"]] == [prod_web["vmid"]]
 
 
 def test_prune_removes_what_the_file_dropped(lab_file: Path, fake_pve: FakeProxmox) -> None:

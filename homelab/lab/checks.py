@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 from collections.abc import Iterable
+from urllib.parse import urlparse
 
 from homelab.lab.models import Lab
 from homelab.stacks import catalogue
@@ -23,6 +24,8 @@ def _suggest(name: str, known: Iterable[str]) -> str:
 def cross_check(lab: Lab) -> list[Found]:
     """Every problem that needs more than one key to see, as (loc, message)."""
     found: list[Found] = []
+    if lab.name == "template":
+        found.append((("name",), "'template' is reserved (homelab-template marks template versions)"))
     found += _check_proxmox(lab)
     found += _check_templates(lab)
     found += _check_network(lab)
@@ -33,6 +36,12 @@ def cross_check(lab: Lab) -> list[Found]:
 
 def _check_proxmox(lab: Lab) -> list[Found]:
     px = lab.proxmox
+    try:
+        port = urlparse(px.url).port or 8006
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        return [(("proxmox", "url"), f"{px.url!r}: the port must be 1 to 65535")]
     if px.token_id and px.user:
         return [(("proxmox", "user"), "set token_id or user, not both (token_id is preferred)")]
     if not px.token_id and not px.user:
@@ -111,6 +120,11 @@ def _check_vms(lab: Lab) -> list[Found]:
             found.append(
                 (("vms", i, "template"), f"unknown template {vm.template!r}{_suggest(vm.template, templates)}")
             )
+        for k, vm_tag in enumerate(vm.tags):
+            if vm_tag.startswith("homelab-"):
+                found.append(
+                    (("vms", i, "tags", k), f"{vm_tag!r}: tags starting with homelab- are homelab's marks")
+                )
         seen: set[str] = set()
         for k, stack in enumerate(vm.stacks):
             if stack not in stacks:

@@ -279,6 +279,14 @@ def _message(err: Any, loc: Loc) -> str:
     if kind in ("string_type",):
         return f"must be text, found {_found(value)}{hint}"
     if kind == "string_pattern_mismatch":
+        if loc and loc[-1] == "token_id":
+            # Never echo this value: people paste the whole "id=secret" line Proxmox shows.
+            if "=" in str(value):
+                return (
+                    "looks like it includes the token's secret: keep only user@realm!name here and put the "
+                    "secret in HOMELAB_PROXMOX_TOKEN or the secrets file"
+                )
+            return f"is not valid: expected {expected}"
         return f"{value!r} is not valid: expected {expected or ctx.get('pattern')}"
     if kind in ("greater_than_equal", "greater_than"):
         return f"{value!r} is too small: must be at least {ctx.get('ge', ctx.get('gt'))}{hint}"

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from homelab.errors import HomelabError, OperationError, OperationTimeout, ProxmoxError, TaskFailed
+from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError, TaskFailed
 from homelab.hosts import Host
 from homelab.lab.models import Lab
 from homelab.lab.types import format_size
@@ -79,12 +79,6 @@ class ApplyResult:
     @property
     def ok(self) -> bool:
         return all(o.ok for o in self.outcomes)
-
-
-class Cancelled(HomelabError):
-    """The user interrupted; chains stop at their next step."""
-
-    exit_code = 130
 
 
 class VmidAllocator:
@@ -224,7 +218,7 @@ class Executor:
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
-            raise Cancelled("interrupted")
+            raise Interrupted("interrupted")
 
     def _run(self, action: Action, outcome: VmOutcome) -> None:
         # Work that loads Proxmox (clones, config, starts, deletes) holds one of the `concurrency` slots;
@@ -276,7 +270,8 @@ class Executor:
                 if "already exists" not in str(exc):
                     raise
                 if self._is_ours_in_creation(tpl.node, vmid, action.vm):
-                    # Our own clone whose answer was lost (a retried request): adopt it.
+                    # Our own clone whose answer was lost (a retried request): adopt it once its task is done.
+                    self._wait_unlocked(tpl.node, vmid, f"clone of {action.vm}")
                     break
                 if action.vmid:
                     raise
@@ -301,6 +296,17 @@ class Executor:
             self._check_cancel()
             self._start(action.vm, node, vmid)
         return vmid, node
+
+    def _wait_unlocked(self, node: str, vmid: int, what: str) -> None:
+        """Wait until the VM's config lock (e.g. 'clone') is gone."""
+        deadline = time.monotonic() + self.timeouts.clone
+        delay = 0.1
+        while self.api.get(f"/nodes/{node}/qemu/{vmid}/config").get("lock"):
+            self._check_cancel()
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(f"{what} did not finish within {self.timeouts.clone}s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
 
     def _is_ours_in_creation(self, node: str, vmid: int, vm: str) -> bool:
         try:
@@ -388,9 +394,10 @@ class Executor:
         # Re-check the mark right before deleting: never delete a VM this lab does not manage.
         config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
         meta = parse_meta(config.get("description")) or {}
-        tags = str(config.get("tags", "")).replace(",", ";").split(";")
-        if self.lab.tag not in tags and meta.get("lab") != self.lab.name:
-            raise OperationError(f"refusing to remove VM {vmid}: it is not marked as lab {self.lab.name}'s")
+        if meta.get("lab") != self.lab.name:
+            raise OperationError(
+                f"refusing to remove VM {vmid}: its description does not mark it as lab {self.lab.name}'s"
+            )
         status = self.api.get(f"/nodes/{node}/qemu/{vmid}/status/current")
         if status.get("status") == "running":
             self._stop(vm, node, vmid)
@@ -463,6 +470,7 @@ def apply_plan(
                 outcomes[futures[fut]] = fut.result()
     except KeyboardInterrupt:
         cancel.set()
+        api.cancel.set()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:

@@ -13,6 +13,7 @@ from homelab.lab.models import Lab
 from homelab.provision.meta import parse_meta
 from homelab.proxmox.api import PveApi
 from homelab.templates.facts import Guest, TemplateVersion, find_versions
+from homelab.templates.naming import TEMPLATE_TAG
 
 DISK_KEYS = ("scsi0", "virtio0", "sata0", "ide0")
 
@@ -91,7 +92,10 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
         for r in resources
         if "vmid" in r
     ]
-    templates = {t.name: tuple(find_versions(guests, t.name)) for t in lab.templates}
+    templates = {
+        t.name: tuple(v for v in find_versions(guests, t.name) if usable_version(v, lab, t.version))
+        for t in lab.templates
+    }
     used = {int(r["vmid"]) for r in resources if "vmid" in r}
     candidates = [
         r
@@ -118,8 +122,9 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
         live = list(pool.map(read, candidates))
     managed, namesakes = [], []
     for vm in live:
-        meta = vm.meta or {}
-        if tag in vm.tags or meta.get("lab") == lab.name:
+        # The description mark decides (the clone call writes it, so even a half-made VM has it). A tag
+        # alone is not enough: tags are free-form, and another lab or a person may have set this one.
+        if (vm.meta or {}).get("lab") == lab.name:
             managed.append(vm)
         else:
             namesakes.append(vm)
@@ -130,6 +135,17 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
         used_vmids=frozenset(used),
         admin_key=read_admin_public(lab),
     )
+
+
+def usable_version(version: TemplateVersion, lab: Lab, pinned: str | None) -> bool:
+    """A version VMs may be cloned from: built by homelab (tagged homelab-template) for this lab or for no lab
+    in particular, never another lab's build; an explicitly pinned version is the user's choice."""
+    if pinned and version.version == pinned:
+        return True
+    if TEMPLATE_TAG not in version.tags:
+        return False
+    other_labs = [t for t in version.tags if t.startswith("homelab-") and t not in (TEMPLATE_TAG, lab.tag)]
+    return not other_labs
 
 
 def _tags(value: Any) -> tuple[str, ...]:

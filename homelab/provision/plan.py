@@ -339,9 +339,13 @@ def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanO
             actions.append(StartVM(vm.name, current.vmid, current.node))
         if not actions:
             actions.append(Unchanged(vm.name, current.vmid, current.node))
-    for live in leftovers:
-        actions.append(RemoveVM(vm.name, live.vmid, live.node, "left over from an interrupted replace"))
-    return actions
+    removals: list[Action] = [
+        RemoveVM(vm.name, live.vmid, live.node, "left over from an interrupted replace") for live in leftovers
+    ]
+    if vm.ip != "dhcp" and any(isinstance(a, StartVM) for a in actions):
+        # Two VMs must never run with one static address: the leftover goes before the new one starts.
+        return removals + actions
+    return actions + removals
 
 
 def _replace_reason(vm: Vm, live: LiveVm, version: TemplateVersion, node: str) -> str | None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from homelab.errors import OperationTimeout, ProxmoxError, TaskFailed
+from homelab.errors import Interrupted, OperationTimeout, ProxmoxError, TaskFailed
 from homelab.lab.models import Lab
 
 # PVE answers these with a 5xx when a retry a little later will likely succeed.
@@ -44,6 +44,8 @@ class PveApi:
     transport: Transport
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     calls: Counter[str] = field(default_factory=Counter)
+    # Set (by the executor) when the user interrupts: task and agent waits stop at their next poll.
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def request(self, method: str, path: str, _retry: bool = True, **params: Any) -> Any:
@@ -99,6 +101,8 @@ class PveApi:
         deadline = time.monotonic() + timeout
         delay = poll
         while True:
+            if self.cancel.is_set():
+                raise Interrupted(f"interrupted while waiting for the {what} (task {upid} goes on on {node})")
             status = self.get(f"/nodes/{node}/tasks/{upid}/status")
             if status.get("status") == "stopped":
                 exit_status = str(status.get("exitstatus", ""))

@@ -12,7 +12,7 @@ import requests
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import AuthenticationError, ResourceException
 
-from homelab.errors import ProxmoxError
+from homelab.errors import InputError, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.proxmox.api import TRANSIENT
 from homelab.secrets import ProxmoxAuth
@@ -43,6 +43,12 @@ class ProxmoxerTransport:
     ) -> ProxmoxerTransport:
         """A transport for one API address (https://host:port)."""
         url = urlparse(address)
+        try:
+            port = url.port or 8006
+        except ValueError:
+            raise InputError(f"{address}: the port must be 1 to 65535") from None
+        if not url.hostname or url.scheme != "https":
+            raise InputError(f"{address}: not an https://host:port address")
         verify: bool | str = True
         if ca_bundle:
             verify = os.path.expanduser(ca_bundle)
@@ -52,7 +58,7 @@ class ProxmoxerTransport:
                 stacklevel=2,
             )
             verify = False
-        kwargs: dict[str, Any] = dict(host=url.hostname, port=url.port or 8006, verify_ssl=verify, timeout=timeout)
+        kwargs: dict[str, Any] = dict(host=url.hostname, port=port, verify_ssl=verify, timeout=timeout)
         if auth.token_id:
             user, token = auth.token_id.split("!", 1)
             kwargs.update(user=user, token_name=token, token_value=auth.token_secret)
