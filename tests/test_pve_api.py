@@ -146,3 +146,13 @@ def test_tls_off_warns(tmp_path: Path) -> None:
         warnings.simplefilter("always")
         ProxmoxerTransport.from_lab(lab, ProxmoxAuth(token_id="root@pam!homelab", token_secret="x"))
     assert any("TLS verification is off" in str(w.message) for w in caught)
+
+
+def test_ctrl_c_stops_a_task_wait_at_the_next_poll() -> None:
+    from homelab.errors import Interrupted
+
+    transport = ScriptedTransport([{"status": "running"}] * 100)
+    api = PveApi(transport, RetryPolicy(sleep=lambda s: api.cancel.set()))
+    with pytest.raises(Interrupted, match="interrupted while waiting for the clone of web"):
+        api.wait_task("pve1", "UPID:x", timeout=1800, what="clone of web")
+    assert len(transport.seen) == 1
