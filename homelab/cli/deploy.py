@@ -1,0 +1,124 @@
+"""`homelab deploy` and `homelab stack list | add`: thin commands over homelab.deploy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from homelab import ui
+from homelab.lab import find_lab_path, load_lab
+
+
+def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command that deploys shares."""
+    command = click.option(
+        "--no-start", is_flag=True, help="Copy the stacks' files but do not run `docker compose up -d`."
+    )(command)
+    command = click.option(
+        "--no-install-docker",
+        is_flag=True,
+        help="Do not install docker.io and compose where they are missing (the VM has its own Docker).",
+    )(command)
+    return click.option("--yes", "-y", is_flag=True, help="Do not ask before changing things.")(command)
+
+
+def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool) -> Any:
+    from homelab.deploy.service import DeployOptions
+
+    return DeployOptions(install_packages=not no_install_docker, start_stacks=not no_start, vms=vms)
+
+
+@click.command()
+@deploy_options
+@click.option("--check", is_flag=True, help="Only show what would change (exit 3 when something would).")
+@click.option("--vm", "vms", multiple=True, metavar="NAME", help="Only this VM (repeat for more).")
+@click.pass_context
+def deploy(
+    ctx: click.Context, yes: bool, no_install_docker: bool, no_start: bool, check: bool, vms: tuple[str, ...]
+) -> None:
+    """Deploy Docker and each VM's stacks: /home/<user>/stacks/<name>/{compose.yml,.env}, then compose up.
+
+    Shows the hosts, their stacks and the files that will change first (Ansible check mode), asks,
+    then runs with one line per task and ends with a summary per host. Exit 1 when any host failed.
+    """
+    from homelab.deploy.service import deploy_stacks
+
+    lab = load_lab(find_lab_path(ctx.obj.get("lab_path")))
+    result = deploy_stacks(
+        lab,
+        click.echo,
+        lambda question: ui.confirm(question, yes),
+        _options(vms, no_install_docker, no_start),
+        check_only=check,
+    )
+    if check:
+        if not result.ok:
+            for host in result.hosts:
+                if not host.ok:
+                    click.echo(f"{host.name}: {host.failed_task}: {host.message}", err=True)
+            ctx.exit(1)
+        if result.preview and result.preview.changes:
+            ctx.exit(3)
+
+
+@click.group()
+def stack() -> None:
+    """Service stacks: list what homelab ships, add one to a VM."""
+
+
+@stack.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def list_stacks(ctx: click.Context, as_json: bool) -> None:
+    """The stacks homelab can deploy; with a lab file, the VMs that run each and their addresses."""
+    from dataclasses import asdict
+
+    from homelab.deploy.listing import stack_rows
+
+    path = find_lab_path(ctx.obj.get("lab_path"))
+    lab = load_lab(path) if path.exists() else None
+    rows = stack_rows(lab)
+    if as_json:
+        ui.echo_json([asdict(row) for row in rows])
+        return
+    width = max(len(row.name) for row in rows)
+    for row in rows:
+        needs = f" (needs {', '.join(row.requires)})" if row.requires else ""
+        click.echo(f"{row.name:<{width}}  {row.description}{needs}")
+        if lab is not None:
+            where = ", ".join(row.vms) if row.vms else "not in the lab"
+            urls = f"  {' '.join(row.urls)}" if row.vms and row.urls else ""
+            click.echo(f"{'':<{width}}  on: {where}{urls}")
+
+
+@stack.command("add")
+@click.argument("name")
+@click.option("--vm", metavar="VM", help="The VM to run it on (needed when the lab has more than one).")
+@click.option("--no-deploy", is_flag=True, help="Only edit the lab file.")
+@deploy_options
+@click.pass_context
+def add(
+    ctx: click.Context, name: str, vm: str | None, no_deploy: bool, yes: bool, no_install_docker: bool, no_start: bool
+) -> None:
+    """Add stack NAME to a VM in the lab file (comments and order kept), then deploy that VM."""
+    from homelab.deploy.labedit import add_stack
+    from homelab.deploy.service import deploy_stacks
+
+    path = find_lab_path(ctx.obj.get("lab_path"))
+    added = add_stack(path, name, vm)
+    if added.changed:
+        click.echo(f"{path}: added {added.stack} to {added.vm}.")
+    else:
+        click.echo(f"{path}: {added.vm} already runs {added.stack}; the file is unchanged.")
+    for needed in added.missing:
+        click.echo(f"note: {added.stack} is reached through {needed}: homelab stack add {needed} --vm {added.vm}")
+    if no_deploy:
+        return
+    deploy_stacks(
+        added.lab,
+        click.echo,
+        lambda question: ui.confirm(question, yes),
+        _options((added.vm,), no_install_docker, no_start),
+    )
