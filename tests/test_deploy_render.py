@@ -1,0 +1,167 @@
+"""Deploy rendering (pure): each stack's .env from the lab, Homepage's services.yaml, compose files that
+docker-compose accepts with the rendered .env, and the inventory's pinned SSH settings."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from homelab.deploy.inventory import host_vars, known_hosts_text, ssh_common_args
+from homelab.deploy.render import env_value, links, render_lab, write_tree
+from homelab.errors import InputError
+from homelab.hosts import Host
+from homelab.lab.loader import parse_lab
+from homelab.lab.models import Lab
+from homelab.stacks import catalogue
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def make_lab(**changes: Any) -> Lab:
+    data: dict[str, Any] = {
+        "name": "test",
+        "proxmox": {"url": "https://pve.test:8006", "node": "pve1", "token_id": "root@pam!homelab"},
+        "network": {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1", "domain": "lab.example"},
+        "templates": [{"name": "debian-docker"}],
+        "vms": [
+            {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer", "homepage"]},
+            {"name": "media", "ip": "10.10.0.11", "stacks": ["traefik", "media"]},
+            {"name": "spare", "ip": "10.10.0.12"},
+        ],
+        "stacks": {
+            "traefik": {"version": "v3.2"},
+            "portainer": {"subdomain": "docker"},
+            "media": {"env": {"TZ": "Europe/Berlin", "PUID": "1001", "SONARR_VERSION": "4.0.10"}},
+        },
+    }
+    data.update(changes)
+    return parse_lab(yaml.safe_dump(data))
+
+
+def env_of(lab: Lab, vm: str, stack: str) -> dict[str, str]:
+    files = {f.path: f.content for f in render_lab(lab)[vm].files}
+    lines = [line for line in files[f"{stack}/.env"].splitlines() if line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
+    lab = make_lab()
+    rendered = render_lab(lab)
+    assert list(rendered) == ["web", "media"]  # a VM without stacks gets nothing
+    assert [f.path for f in rendered["media"].files] == [
+        "traefik/compose.yml",
+        "traefik/.env",
+        "media/compose.yml",
+        "media/.env",
+    ]
+    assert rendered["web"].root == "/home/homelab/stacks"
+    assert {f.mode for f in rendered["web"].files} == {0o644}
+    assert env_of(lab, "web", "traefik") == {
+        "COMPOSE_PROJECT_NAME": "traefik",
+        "TRAEFIK_VERSION": "v3.2",
+        "TRAEFIK_HOST": "traefik.lab.example",
+    }
+    assert env_of(lab, "web", "portainer")["PORTAINER_HOST"] == "docker.lab.example"  # stacks.portainer.subdomain
+    media = env_of(lab, "media", "media")
+    assert media["JELLYFIN_HOST"] == "jellyfin.lab.example" and media["SONARR_HOST"] == "sonarr.lab.example"
+    assert media["TZ"] == "Europe/Berlin" and media["PUID"] == "1001" and media["SONARR_VERSION"] == "4.0.10"
+    assert "JELLYFIN_VERSION" not in media  # no stacks.media.version: the compose file's default stays
+
+
+def test_compose_files_are_copied_as_shipped() -> None:
+    rendered = render_lab(make_lab())
+    compose = next(f for f in rendered["web"].files if f.path == "portainer/compose.yml")
+    assert compose.content == (catalogue()["portainer"].path / "compose.yml").read_text()
+
+
+def test_without_a_domain_hosts_fall_back_to_home_arpa() -> None:
+    lab = make_lab(network={"subnet": "10.10.0.0/24", "gateway": "10.10.0.1"})
+    assert env_of(lab, "web", "traefik")["TRAEFIK_HOST"] == "traefik.home.arpa"
+
+
+def test_homepage_lists_every_stack_in_the_lab_by_vm() -> None:
+    lab = make_lab()
+    files = {f.path: f.content for f in render_lab(lab)["web"].files}
+    services = yaml.safe_load(files["homepage/config/services.yaml"])
+    groups = {name: entries for group in services for name, entries in group.items()}
+    assert list(groups) == ["web", "media"]
+    web = {name: entry["href"] for item in groups["web"] for name, entry in item.items()}
+    assert web == {
+        "Traefik": "http://traefik.lab.example",
+        "Portainer": "http://docker.lab.example",
+        "Homepage": "http://home.lab.example",
+    }
+    media = [name for item in groups["media"] for name in item]
+    assert media == ["Traefik", "Jellyfin", "Sonarr", "Radarr", "Prowlarr"]
+    assert [link.url for link in links(lab)][:2] == ["http://traefik.lab.example", "http://docker.lab.example"]
+
+
+def test_env_values_are_quoted_so_compose_reads_them_literally() -> None:
+    assert env_value("TZ", "Europe/Berlin", "x") == "Europe/Berlin"
+    assert env_value("TITLE", "my lab $HOME #1", "x") == "'my lab $HOME #1'"
+    with pytest.raises(InputError, match=r"stacks.media.env.NOTE: a value with a quote"):
+        env_value("NOTE", "it's", "stacks.media.env")
+    with pytest.raises(InputError, match="line break"):
+        env_value("NOTE", "two\nlines", "stacks.media.env")
+
+
+def test_nothing_from_the_environment_or_secrets_file_reaches_the_rendered_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", "s3cr3t-token-value")
+    rendered = render_lab(make_lab())
+    text = "".join(f.content for r in rendered.values() for f in r.files)
+    assert "s3cr3t-token-value" not in text and "token" not in text.lower()
+
+
+COMPOSE = shutil.which("docker-compose")
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
+@pytest.mark.parametrize("stack", sorted(catalogue()))
+def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path: Path) -> None:
+    assert COMPOSE is not None
+    lab = make_lab(
+        vms=[{"name": "all", "ip": "10.10.0.10", "stacks": sorted(catalogue())}],
+        stacks={stack: {"version": "9.9.9", "env": {"TITLE": "my lab $HOME", "TZ": "Europe/Berlin"}}},
+    )
+    write_tree(render_lab(lab)["all"], tmp_path)
+    folder = tmp_path / stack
+    check = subprocess.run([COMPOSE, "-f", "compose.yml", "config", "-q"], cwd=folder, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    resolved = subprocess.run([COMPOSE, "-f", "compose.yml", "config"], cwd=folder, capture_output=True, text=True)
+    config = yaml.safe_load(resolved.stdout)
+    images = [service["image"] for service in config["services"].values()]
+    assert any(image.endswith(":9.9.9") for image in images), images  # stacks.<name>.version reached compose
+    rules = [
+        value for service in config["services"].values() for key, value in service["labels"].items() if "rule" in key
+    ]
+    assert rules and all(rule.startswith("Host(`") and rule.endswith(".lab.example`)") for rule in rules)
+    assert config["networks"]["homelab"].get("external") in (True, {"name": "homelab"})
+
+
+def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
+    lab = make_lab()
+    host = Host("web", "10.77.1.2", "homelab", host_key=HOST_KEY)
+    other = Host("media", "10.77.2.2", "homelab", port=2222, host_key=HOST_KEY)
+    assert known_hosts_text([host, other]) == f"10.77.1.2 {HOST_KEY}\n[10.77.2.2]:2222 {HOST_KEY}\n"
+    with pytest.raises(ValueError, match="not pinned"):
+        known_hosts_text([Host("x", "10.0.0.1", "homelab")])
+    known = tmp_path / "with space" / "known_hosts"
+    entry = host_vars(host, render_lab(lab)["web"], tmp_path / "id_ed25519", known)
+    assert entry["ansible_host"] == "10.77.1.2" and entry["ansible_user"] == "homelab"
+    assert entry["ansible_ssh_private_key_file"] == str(tmp_path / "id_ed25519")
+    args = entry["ansible_ssh_common_args"]
+    assert args == ssh_common_args(known)
+    assert f"'UserKnownHostsFile={known}'" in args and "StrictHostKeyChecking=yes" in args
+    assert "GlobalKnownHostsFile=/dev/null" in args and "StrictHostKeyChecking=no" not in args
+    assert entry["homelab_stacks"] == ["traefik", "portainer", "homepage"]
+    assert entry["homelab_stack_dirs"] == ["traefik", "portainer", "homepage", "homepage/config"]
+    env = next(f for f in entry["homelab_stack_files"] if f["path"] == "traefik/.env")
+    assert env["mode"] == "0644" and "TRAEFIK_VERSION=v3.2" in base64.b64decode(env["content_b64"]).decode()
