@@ -9,7 +9,7 @@ import pytest
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import ProxmoxError
 from homelab.templates import parse_description, resolve_template
-from homelab.templates.build import build_template, plan_build
+from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.cloudimage import BuildFailed
 from homelab.templates.facts import TemplateMissing
 from homelab.templates.plan import ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
@@ -129,9 +129,59 @@ def test_a_failed_create_task_leaves_nothing_to_clean(fake_pve: FakeProxmox, mon
     api = api_for(fake_pve, lab, monkeypatch)
     fake_pve.call("fail", method="POST", suffix="/nodes/pve1/qemu", error="live_restore_failed")
 
-    with pytest.raises(BuildFailed, match="no VM was left behind"):
+    with pytest.raises(ProxmoxError):
         build_template(api, lab, "base", now=NOW)
     assert vm_config(fake_pve, 9001) is None
+    assert not [p for m, p in fake_pve.requests() if m == "DELETE"]
+
+
+def test_a_vm_that_took_the_planned_vmid_is_never_removed(
+    fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    api = api_for(fake_pve, lab, monkeypatch)
+    plan, facts = plan_build(api, lab, "base", now=NOW)
+    # Between planning and creating, someone else's VM takes the vmid: create fails with "already exists".
+    fake_pve.call("add_vm", vmid=plan.vmid, name="someone-elses-vm", config={"description": "not ours"})
+
+    with pytest.raises(ProxmoxError, match="already exists"):
+        run_build(api, lab, plan, facts, lambda _line: None)
+
+    config = vm_config(fake_pve, plan.vmid)
+    assert config is not None and config["name"] == "someone-elses-vm"
+    assert not [p for m, p in fake_pve.requests() if m == "DELETE"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "someone-elses-vm"},
+        {"description": 'homelab: {"lab": "other", "template": "base", "version": "202611020815"}'},
+        {"description": 'homelab: {"lab": "test", "template": "base", "version": "202001010000"}'},
+        {"description": ""},
+    ],
+    ids=["other-name", "other-lab", "other-version", "no-record"],
+)
+def test_a_failed_build_leaves_a_vm_alone_that_is_not_the_one_it_made(
+    fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, change: dict[str, str]
+) -> None:
+    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    api = api_for(fake_pve, lab, monkeypatch)
+    fake_pve.call("fail", method="PUT", suffix="/nodes/pve1/qemu/9001/resize", status=500, message="storage went away")
+
+    def progress(line: str) -> None:
+        # Once the VM exists, what sits at its vmid changes (replaced by hand, or by another tool).
+        if line.startswith("grow "):
+            config = next(vm["config"] for vm in fake_pve.vms() if vm["vmid"] == 9001)
+            fake_pve.call(
+                "vm_set", vmid=9001, config=dict(config, **change), **{k: v for k, v in change.items() if k == "name"}
+            )
+
+    with pytest.raises(BuildFailed, match=r"VM 9001 is not the one this build made.*left it alone"):
+        build_template(api, lab, "base", progress, now=NOW)
+
+    assert vm_config(fake_pve, 9001) is not None
+    assert ("DELETE", "/api2/json/nodes/pve1/qemu/9001") not in fake_pve.requests()
 
 
 def test_no_storage_for_imports_is_a_clear_error(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,9 @@
 """The cloud-image builder: carries out a plan through the Proxmox API, no Packer needed.
 
 Download (Proxmox verifies the checksum), create a VM whose disk is imported from the image, grow the disk,
-convert to a template. If anything fails once the VM exists, the VM and its disks are removed again, so a
-failed build never leaves a half-made VM behind.
+convert to a template. If anything fails once the VM was created, the VM and its disks are removed again, so a
+failed build never leaves a half-made VM behind. Only a VM that is provably this build's (its name and its
+description record) is ever removed: the vmid may have been taken by someone else in the meantime.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from homelab.errors import HomelabError, OperationError, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.lab.types import parse_size
 from homelab.proxmox.api import PveApi
+from homelab.templates.naming import parse_description
 from homelab.templates.plan import BuildPlan, ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
 
 log = logging.getLogger(__name__)
@@ -105,10 +107,29 @@ def remove_vm(api: PveApi, lab: Lab, node: str, vmid: int) -> bool:
     return True
 
 
+def made_by(api: PveApi, plan: BuildPlan, node: str, vmid: int) -> bool | None:
+    """Whether the VM at ``vmid`` is the one this plan made: its name is the planned version name and its
+    description record names this lab, template and version. None if there is no VM at ``vmid``."""
+    try:
+        config = api.get(f"/nodes/{node}/qemu/{vmid}/config") or {}
+    except ProxmoxError as exc:
+        if "does not exist" in str(exc) or exc.status == 404:
+            return None
+        raise
+    record = parse_description(config.get("description")) or {}
+    return (
+        config.get("name") == plan.name
+        and record.get("lab") == plan.lab
+        and record.get("template") == plan.template
+        and record.get("version") == plan.version
+    )
+
+
 def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress) -> bool:
     """Carry out a cloud-image plan. Returns True if it downloaded the image (False: reused it).
 
-    On any failure after the VM was asked for, the VM is removed and BuildFailed says so.
+    On any failure after the VM was created, the VM is removed (if it is still the one this build made)
+    and BuildFailed says so. A failed create removes nothing: the vmid may belong to someone else's VM.
     """
     downloaded = False
     created: CreateVm | None = None
@@ -121,8 +142,8 @@ def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress
             elif isinstance(action, ReuseImage):
                 pass
             elif isinstance(action, CreateVm):
-                created = action
                 _create(api, lab, action)
+                created = action  # only now: a create that failed ("already exists") made nothing of ours
             elif isinstance(action, GrowDisk):
                 _grow(api, lab, action)
             elif isinstance(action, ConvertToTemplate):
@@ -135,7 +156,8 @@ def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress
         reason = str(exc) if isinstance(exc, HomelabError) else f"{type(exc).__name__}: {exc}"
         progress(f"build failed ({reason}); removing VM {created.vmid}")
         try:
-            removed = remove_vm(api, lab, created.node, created.vmid)
+            ours = made_by(api, plan, created.node, created.vmid)
+            removed = bool(ours) and remove_vm(api, lab, created.node, created.vmid)
         except HomelabError as cleanup:
             raise BuildFailed(
                 f"building {created.name} failed: {reason}; removing VM {created.vmid} failed too ({cleanup}): "
@@ -143,6 +165,12 @@ def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress
             ) from exc
         if not isinstance(exc, Exception):
             raise  # KeyboardInterrupt and the like: cleaned up, now let it through
-        what = f"VM {created.vmid} was removed" if removed else "no VM was left behind"
+        if ours is False:
+            what = (
+                f"VM {created.vmid} is not the one this build made (its name or description differs), "
+                "so homelab left it alone"
+            )
+        else:
+            what = f"VM {created.vmid} was removed" if removed else "no VM was left behind"
         raise BuildFailed(f"building {created.name} failed: {reason}; {what}") from exc
     return downloaded
