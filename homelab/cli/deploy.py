@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from homelab import ui
+from homelab.errors import OperationError
 from homelab.lab import find_lab_path, load_lab
+
+EXIT_CHANGES = 3  # --check: something would change (as `homelab plan`)
 
 
 def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -54,13 +58,12 @@ def deploy(
         check_only=check,
     )
     if check:
-        if not result.ok:
-            for host in result.hosts:
-                if not host.ok:
-                    click.echo(f"{host.name}: {host.failed_task}: {host.message}", err=True)
-            ctx.exit(1)
+        failed = [host for host in result.hosts if not host.ok]
+        if failed:
+            names = ", ".join(f"{h.name} ({h.failed_task}: {h.message})" for h in failed)
+            raise OperationError(f"cannot check {names}")
         if result.preview and result.preview.changes:
-            ctx.exit(3)
+            sys.exit(EXIT_CHANGES)
 
 
 @click.group()
