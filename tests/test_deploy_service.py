@@ -44,6 +44,9 @@ class FakeRunner:
         self.requests: list[RunRequest] = []
         self.inventories: list[dict[str, Any]] = []
 
+    def close(self) -> None:  # as AnsibleRunner, which the CLI tests replace with this
+        self.closed = True
+
     def run(self, request: RunRequest, on_event: Callable[[TaskEvent], None]) -> RunOutcome:
         self.requests.append(request)
         self.inventories.append(json.loads(request.inventory.read_text()))

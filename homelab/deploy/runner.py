@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ max_diff_size = 65536
 
 [ssh_connection]
 pipelining = True
+ssh_args = -C -o ControlMaster=auto -o ControlPersist=15s
 """
 
 
@@ -140,12 +142,25 @@ def to_task_event(event: Mapping[str, Any]) -> TaskEvent | None:
 
 
 def _message(res: Mapping[str, Any]) -> str:
-    msg = str(res.get("msg") or "").strip()
+    msg = one_line(str(res.get("msg") or "")).removeprefix("Task failed: ")
     for stream in ("stderr", "stdout", "module_stderr"):
         text = str(res.get(stream) or "").strip()
         if text and text not in msg:
-            msg = f"{msg}: {text.splitlines()[-1]}" if msg else text.splitlines()[-1]
+            last = text.splitlines()[-1].strip()
+            msg = f"{msg}: {last}" if msg else last
     return msg or "failed"
+
+
+def one_line(text: str) -> str:
+    """A multi-line message (ssh's host key banner, say) as its first line and its conclusion."""
+    lines = [line.strip() for line in text.replace("\r", "").splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    head, tail = lines[0].rstrip("@ "), lines[-1]
+    presented = re.search(r"SHA256:[A-Za-z0-9+/]+", text)
+    if presented and "host key" in tail.lower():
+        tail = f"{tail.rstrip('.')}: it presented {presented.group(0)}"
+    return f"{head} {tail}"
 
 
 def _diffs(diff: Any) -> tuple[FileDiff, ...]:
@@ -185,11 +200,37 @@ def to_host_stats(stats: Mapping[str, Mapping[str, int]] | None) -> dict[str, Ho
 
 
 class AnsibleRunner:
-    """Runs playbooks with ansible-runner (which starts ansible-playbook as a child process)."""
+    """Runs playbooks with ansible-runner (which starts ansible-playbook as a child process).
+
+    Its runs share SSH connections (ControlPersist) in a folder of its own, removed by :meth:`close`:
+    a later deploy never reuses a connection made before, so every deploy checks the pinned host keys anew.
+    """
+
+    def __init__(self) -> None:
+        self._control_dir: str | None = None
+
+    def close(self) -> None:
+        """Forget the shared SSH connections (their masters exit after ControlPersist's few idle seconds)."""
+        if self._control_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            self._control_dir = None
+
+    def __enter__(self) -> AnsibleRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def run(self, request: RunRequest, on_event: OnEvent) -> RunOutcome:
+        import tempfile
+
         import ansible_runner
 
+        if self._control_dir is None:
+            # short and private: a control socket's path must stay under the 108 bytes of a unix socket
+            self._control_dir = tempfile.mkdtemp(prefix="hl-ssh-")
         request.workdir.mkdir(parents=True, exist_ok=True)
         cfg = request.workdir / "ansible.cfg"
         cfg.write_text(ANSIBLE_CFG, encoding="utf-8")
@@ -198,6 +239,7 @@ class AnsibleRunner:
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_ROLES_PATH": str(request.playbook.parent / "roles"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": self._control_dir,
         }
 
         def handler(event: dict[str, Any]) -> bool:

@@ -29,8 +29,7 @@ Echo = Callable[[str], None]
 Confirm = Callable[[str], None]  # raises to refuse
 
 HOST_KEY_HINT = (
-    "the VM answered with another SSH host key than the one homelab pinned; if the VM was rebuilt, "
-    "`homelab apply` reads its new key through the guest agent"
+    "homelab pinned {pinned}; if the VM was rebuilt, `homelab apply` reads its new key through the guest agent"
 )
 
 
@@ -280,8 +279,8 @@ def execute(
     on_event: Callable[[TaskEvent], None] | None = None,
 ) -> RunReport:
     """Run the playbook once over the ready targets; collect changes, failures and stats."""
-    names = [t.name for t in deployment.ready]
-    results = {name: HostResult(name) for name in names}
+    pinned = {t.name: t.host.host_key for t in deployment.ready if t.host and t.host.host_key}
+    results = {name: HostResult(name) for name in pinned}
     changes: list[Change] = []
 
     def collect(event: TaskEvent) -> None:
@@ -296,7 +295,7 @@ def execute(
             result.failed_task = event.task
             message = event.message
             if "host key verification failed" in message.lower():
-                message = f"{message} ({HOST_KEY_HINT})"
+                message = f"{message} ({HOST_KEY_HINT.format(pinned=_fingerprint(pinned[event.host]))})"
             result.message = message
 
     request = RunRequest(playbook(), inventory_path, where, deployment.options.extravars(), check=check)
@@ -312,6 +311,15 @@ def execute(
             result.failed_task = "?"
             result.message = f"ansible reported a failure ({outcome.status})"
     return RunReport(check, results, changes)
+
+
+def _fingerprint(public_line: str) -> str:
+    from homelab.deploykeys.keys import fingerprint
+
+    try:
+        return fingerprint(public_line)
+    except ValueError:
+        return "another key"
 
 
 def preview_lines(report: RunReport) -> list[str]:
@@ -344,6 +352,33 @@ def progress_printer(echo: Echo) -> Callable[[TaskEvent], None]:
     return show
 
 
+def _preview_and_run(
+    deployment: Deployment,
+    result: DeployResult,
+    runner: PlaybookRunner,
+    echo: Echo,
+    confirm: Confirm,
+    check_only: bool,
+) -> None:
+    from homelab.adminkey import admin_key_path
+
+    where = workdir(deployment.lab)
+    inventory_path = stage(deployment, admin_key_path(deployment.lab), where)
+    echo("Checking the VMs (Ansible check mode)...")
+    result.preview = execute(deployment, runner, inventory_path, where, check=True)
+    echo("Changes:")
+    for line in preview_lines(result.preview):
+        echo(line)
+    if check_only:
+        return
+    if result.preview.changes or deployment.options.start_stacks:
+        confirm(f"Deploy to {len(deployment.ready)} VM(s)?")
+        echo("Deploying:")
+        result.run = execute(deployment, runner, inventory_path, where, check=False, on_event=progress_printer(echo))
+    else:
+        echo("Nothing to change.")
+
+
 def deploy_stacks(
     lab: Lab,
     echo: Echo,
@@ -358,8 +393,6 @@ def deploy_stacks(
     Raises OperationError (after the summary) when any host failed; the other hosts are deployed anyway.
     ``check_only`` stops after the preview.
     """
-    from homelab.adminkey import admin_key_path
-
     deployment = prepare(lab, options)
     if not deployment.targets:
         echo("Skipped: no VM in the lab file lists stacks.")
@@ -368,31 +401,20 @@ def deploy_stacks(
         echo(line)
     result = DeployResult(deployment)
     if deployment.ready:
+        own_runner = None
         if runner is None:
             from homelab.deploy.runner import AnsibleRunner, ansible_available
 
             missing = ansible_available()
             if missing:
                 raise OperationError(f"cannot deploy: {missing}")
-            runner = AnsibleRunner()
-        where = workdir(lab)
-        inventory_path = stage(deployment, admin_key_path(lab), where)
-        echo("Checking the VMs (Ansible check mode)...")
-        result.preview = execute(deployment, runner, inventory_path, where, check=True)
-        echo("Changes:")
-        for line in preview_lines(result.preview):
-            echo(line)
-        if check_only:
-            return result
-        if result.preview.changes or deployment.options.start_stacks:
-            confirm(f"Deploy to {len(deployment.ready)} VM(s)?")
-            echo("Deploying:")
-            result.run = execute(
-                deployment, runner, inventory_path, where, check=False, on_event=progress_printer(echo)
-            )
-        else:
-            echo("Nothing to change.")
-    elif check_only:
+            runner = own_runner = AnsibleRunner()
+        try:
+            _preview_and_run(deployment, result, runner, echo, confirm, check_only)
+        finally:
+            if own_runner is not None:
+                own_runner.close()
+    if check_only:
         return result
     echo("Summary:")
     for host in result.hosts:

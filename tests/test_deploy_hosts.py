@@ -1,0 +1,174 @@
+"""`homelab deploy` and `homelab stack add` against SSH test hosts set up like provisioned VMs: a homelab user
+whose only key is homelab's admin key, and hosts.json with each host's pinned SSH host key (as apply writes).
+
+Ansible really runs (ansible-runner -> ansible-playbook -> ssh with the pinned known_hosts). The hosts share
+the machine's /usr, so Docker is not installed (--no-install-docker) and no stack is started (--no-start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from homelab.adminkey import ensure_admin_key
+from homelab.cli import cli
+from homelab.deploy.render import render_lab
+from homelab.deploy.runner import AnsibleRunner
+from homelab.deploy.service import DeployOptions, execute, prepare, stage, workdir
+from homelab.hosts import Host, hosts_file, save_hosts
+from homelab.lab import load_lab
+from homelab.lab.models import Lab
+from tests.harness.fixtures_hosts import HostFactory
+from tests.harness.hosts import SshHost
+
+pytestmark = pytest.mark.integration
+
+LAB = """\
+# A lab for the deploy tests. This comment must survive `homelab stack add`.
+name: test
+proxmox:
+  url: https://pve.test:8006
+  node: pve1
+  token_id: root@pam!homelab
+network:
+  subnet: 10.10.0.0/24
+  gateway: 10.10.0.1
+  domain: lab.example   # stacks answer on <name>.lab.example
+templates:
+  - name: debian-docker
+vms:
+  - name: web
+    ip: 10.10.0.10
+    stacks: [traefik, portainer]   # the front VM
+  - name: db
+    ip: 10.10.0.11
+    stacks: [traefik, homepage]
+stacks:
+  portainer:
+    subdomain: docker
+"""
+OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def homelab(lab: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--lab", str(lab), *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def provision(lab: Lab, vms: dict[str, SshHost]) -> None:
+    """What apply and cloud-init leave behind: the homelab user with the admin key, hosts.json with pinned keys."""
+    admin_pub = ensure_admin_key(lab)
+    for vm in vms.values():
+        vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
+        vm.exec(["usermod", "-p", "*", "homelab"])  # no password, yet not locked for SSH
+        vm.exec(
+            ["sh", "-c", "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"], input=admin_pub
+        )
+    save_hosts(lab, [Host(name, vm.address, "homelab", host_key=vm.host_key_pub) for name, vm in vms.items()])
+
+
+def stacks_on(vm: SshHost) -> dict[str, tuple[str, str]]:
+    """Every file and folder under the host's /home/homelab/stacks: owner and octal mode, as the host sees them."""
+    out = vm.run("cd /home/homelab/stacks && find . -mindepth 1 -exec stat -c '%n %U:%G %a' {} +").stdout
+    return {name[2:]: (owner, mode) for name, owner, mode in (line.split() for line in out.splitlines())}
+
+
+def test_deploy_twice_then_a_host_with_another_key_fails_alone(
+    tmp_path: Path, ssh_hosts: HostFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine_home = sorted(os.listdir("/home"))
+    lab_path = tmp_path / "lab.yml"
+    lab_path.write_text(LAB)
+    lab = load_lab(lab_path)
+    web, db = ssh_hosts(2, per_user_keys=True)
+    provision(lab, {"web": web, "db": db})
+
+    code, out, err = homelab(lab_path, "deploy", "--yes", "--no-install-docker", "--no-start")
+    assert code == 0, out + err
+    assert "+ web: /home/homelab/stacks/portainer/.env (new file)" in out  # the preview came first
+    assert out.index("Changes:") < out.index("Deploying:") < out.index("Summary:")
+    assert "  web: ok (ok=1 changed=1 failed=0 unreachable=0)" in out
+    rendered = render_lab(lab)
+    for name, vm in (("web", web), ("db", db)):
+        expected = {f.path: f.content for f in rendered[name].files}
+        on_host = stacks_on(vm)
+        assert {path for path, (_, mode) in on_host.items() if mode == "644"} == set(expected)
+        assert {path for path, (_, mode) in on_host.items() if mode == "755"} == set(rendered[name].dirs)
+        assert {owner for owner, _ in on_host.values()} == {"homelab:homelab"}
+        uid = int(vm.exec(["id", "-u", "homelab"]).stdout)
+        root = vm.home_dir / "homelab" / "stacks"  # the machine's side of the host's /home
+        assert stat.S_IMODE(root.stat().st_mode) == 0o755 and root.stat().st_uid == uid
+        for path, content in expected.items():
+            assert (root / path).read_text() == content
+    assert "PORTAINER_HOST=docker.lab.example" in (web.home_dir / "homelab/stacks/portainer/.env").read_text()
+    services = (db.home_dir / "homelab/stacks/homepage/config/services.yaml").read_text()
+    assert "http://docker.lab.example" in services and "http://traefik.lab.example" in services
+    assert sorted(os.listdir("/home")) == machine_home  # the machine's own /home is untouched
+
+    code, out, err = homelab(lab_path, "deploy", "--yes", "--no-install-docker", "--no-start")
+    assert code == 0, out + err
+    assert "(no file or package would change)" in out and "Nothing to change." in out
+    assert "  db: ok (ok=1 changed=0 failed=0 unreachable=0)" in out
+
+    # The real run (not only check mode) is idempotent too: Ansible's own stats say changed=0.
+    deployment = prepare(lab, DeployOptions(install_packages=False, start_stacks=False))
+    inventory = stage(deployment, tmp_path / "state" / "test" / "ssh" / "id_ed25519", workdir(lab))
+    with AnsibleRunner() as runner:
+        report = execute(deployment, runner, inventory, workdir(lab), check=False)
+    assert {name: (h.stats.ok, h.stats.changed, h.stats.failed) for name, h in report.hosts.items()} == {
+        "web": (1, 0, 0),
+        "db": (1, 0, 0),
+    }
+
+    # db now presents a key other than the pinned one: it fails by name, web still gets its change.
+    lab_path.write_text(LAB.replace("stacks:\n  portainer:", "stacks:\n  traefik:\n    version: v3.2\n  portainer:"))
+    records = json.loads(hosts_file(lab).read_text())
+    records["hosts"][1]["host_key"] = OTHER_KEY
+    hosts_file(lab).write_text(json.dumps(records))
+    code, out, err = homelab(lab_path, "deploy", "--yes", "--no-install-docker", "--no-start")
+    assert code == 1
+    assert "the deploy failed on db (Stack files); the other VMs are deployed" in err
+    assert "  ~ web: /home/homelab/stacks/traefik/.env" in out and "      +TRAEFIK_VERSION=v3.2" in out
+    failed = next(line for line in out.splitlines() if line.startswith("  db: FAILED"))
+    assert "Host key verification failed" in failed
+    assert "web: ok (ok=1 changed=1" in out
+    assert "TRAEFIK_VERSION=v3.2" in (web.home_dir / "homelab/stacks/traefik/.env").read_text()
+    assert "TRAEFIK_VERSION" not in (db.home_dir / "homelab/stacks/traefik/.env").read_text()
+
+
+def test_stack_add_keeps_the_comments_and_deploys_the_new_stack(tmp_path: Path, ssh_hosts: HostFactory) -> None:
+    lab_path = tmp_path / "lab.yml"
+    lab_path.write_text(LAB)
+    (vm,) = ssh_hosts(1, per_user_keys=True)
+    provision(load_lab(lab_path), {"db": vm})
+
+    code, out, err = homelab(
+        lab_path, "stack", "add", "portainer", "--vm", "db", "--yes", "--no-install-docker", "--no-start"
+    )
+    assert code == 0, out + err
+    text = lab_path.read_text()
+    assert text == LAB.replace("stacks: [traefik, homepage]", "stacks: [traefik, homepage, portainer]")
+    assert "added portainer to db." in out and "Deploy to 1 VM(s)" in out
+    assert "PORTAINER_HOST=docker.lab.example" in (vm.home_dir / "homelab/stacks/portainer/.env").read_text()
+    services = (vm.home_dir / "homelab/stacks/homepage/config/services.yaml").read_text()
+    assert "Portainer" in services  # Homepage lists the new stack too
+    assert sorted(stacks_on(vm)) == sorted(
+        [
+            "traefik",
+            "traefik/compose.yml",
+            "traefik/.env",
+            "homepage",
+            "homepage/compose.yml",
+            "homepage/.env",
+            "homepage/config",
+            "homepage/config/services.yaml",
+            "portainer",
+            "portainer/compose.yml",
+            "portainer/.env",
+        ]
+    )
