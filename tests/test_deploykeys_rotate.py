@@ -51,7 +51,7 @@ def setup(git_server: GitServer, ssh_hosts: HostFactory, tmp_path: Path) -> Iter
     for vm in vms:
         git_server.connect(vm)
         vm.exec(["useradd", "-m", "-d", HOME, "-s", "/bin/sh", USER])
-    lab_path = write_lab(tmp_path, git_server.url)
+    lab_path = write_lab(tmp_path, git_server.url, vms=[vm.name for vm in vms])
     lab = load_lab(lab_path)
     git_server.add_key(core.generate(lab).key.public_line)
     core.verify(lab, lambda contact: contact.key.fingerprint == fingerprint(git_server.host.host_key_pub))
@@ -270,3 +270,24 @@ def test_cli_rotate_non_interactive(setup: Setup, monkeypatch: pytest.MonkeyPatc
     assert [_key_in_use(vm) for vm in setup.vms] == [new.fingerprint] * 2
     entry = json.loads(store.rotation_log.read_text().splitlines()[-1])
     assert entry["old"] == old.fingerprint and entry["new"] == new.fingerprint
+
+
+@pytest.mark.parametrize("recorded", [["h1"], None], ids=["one-vm-unrecorded", "no-hosts-file"])
+def test_cli_rotate_refuses_while_a_lab_vm_has_no_host_record(setup: Setup, recorded: list[str] | None) -> None:
+    """A VM that apply did not record would keep the old key and stop pulling once it is removed: refuse."""
+    assert all(o.ok for o in core.install(setup.lab, setup.hosts))
+    if recorded is not None:
+        save_hosts(setup.lab, [h for h in setup.hosts if h.name in recorded])
+    store = KeyStore(setup.lab)
+    old = store.require_current()
+
+    with _forge_user(store, setup.server, remove_old=old):
+        result = _rotate_cli(setup)
+
+    assert result.exit_code == 2, result.output
+    missing = "h2" if recorded else "h1, h2"
+    assert f"no host record for {missing}" in result.output
+    assert store.pending() is None and store.require_current().fingerprint == old.fingerprint
+    assert core.rotation_log(setup.lab) == []
+    assert setup.server.keys == [" ".join(old.public_line.split()[:2])]
+    assert [_key_in_use(vm) for vm in setup.vms] == [old.fingerprint] * 2

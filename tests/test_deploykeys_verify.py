@@ -18,8 +18,8 @@ from tests.harness.gitserver import GitServer, git_server_fixture, write_lab  # 
 pytestmark = pytest.mark.integration
 
 
-def _lab(tmp_path: Path, server: GitServer) -> tuple[Lab, Path]:
-    path = write_lab(tmp_path, server.url)
+def _lab(tmp_path: Path, server: GitServer, vms: list[str] | None = None) -> tuple[Lab, Path]:
+    path = write_lab(tmp_path, server.url, vms=vms)
     return load_lab(path), path
 
 
@@ -141,11 +141,11 @@ class FakeForge:
 def test_cli_rotate_through_the_forge_api(
     git_server: GitServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With an API token the new key is added and the old one removed without the user; no VMs recorded yet."""
+    """With an API token the new key is added and the old one removed without the user; a lab with no VMs."""
     import homelab.cli.keys as cli_keys
     from homelab.deploykeys import forgeapi
 
-    lab, path = _lab(tmp_path, git_server)
+    lab, path = _lab(tmp_path, git_server, vms=[])
     forge = FakeForge(git_server)
     monkeypatch.setattr(forgeapi, "forge_keys", lambda repo: forge)
     monkeypatch.setattr(cli_keys, "POLL_INTERVAL", 0.1)
@@ -159,9 +159,33 @@ def test_cli_rotate_through_the_forge_api(
 
     assert result.exit_code == 0, result.output
     new = KeyStore(lab).require_current()
-    assert "No VMs recorded yet" in result.output
+    assert "The lab has no VMs: only the key itself is rotated." in result.output
     assert "Added it to the repo through the FakeForge API." in result.output
     assert "Removed the old key from the repo through the FakeForge API." in result.output
     assert f"Checked: the old key {old.fingerprint} no longer works." in result.output
     assert git_server.keys == [" ".join(new.public_line.split()[:2])]
     assert core.can_read(lab, new)
+
+
+def test_cli_rotate_refuses_when_the_lab_has_vms_but_no_hosts_recorded(
+    git_server: GitServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab's VM is not in hosts.json (apply failed, or never ran): rotating would strand it on the old key."""
+    from homelab.deploykeys import forgeapi
+
+    lab, path = _lab(tmp_path, git_server)  # the example lab: VM docker-01
+    forge = FakeForge(git_server)
+    monkeypatch.setattr(forgeapi, "forge_keys", lambda repo: forge)
+    old = core.generate(lab).key
+    forge.add(old.comment, old.public_line)
+    core.verify(lab, lambda contact: True)
+
+    result = CliRunner().invoke(
+        cli, ["--lab", str(path), "keys", "rotate", "--yes", "--check-old-revoked"], catch_exceptions=False
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "no host record for docker-01" in result.output
+    assert "homelab apply" in result.output
+    assert git_server.keys == [" ".join(old.public_line.split()[:2])]  # nothing added, the old key kept
+    assert KeyStore(lab).require_current().fingerprint == old.fingerprint and KeyStore(lab).pending() is None

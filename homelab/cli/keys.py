@@ -117,8 +117,9 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
     if not yes and not _interactive():
         raise InputError("rotate asks you to add the new key; without a terminal run it with --yes [--wait-timeout N]")
     hosts = load_hosts(lab)
+    core.require_host_records(lab, hosts)
     if not hosts:
-        click.echo("No VMs recorded yet (homelab apply has not run): only the key itself is rotated.")
+        click.echo("The lab has no VMs: only the key itself is rotated.")
 
     def await_added(report: core.KeyReport) -> None:
         heading = "Taking up the new key of an unfinished rotation:" if not report.created else "New deploy key:"

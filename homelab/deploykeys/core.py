@@ -15,7 +15,7 @@ from homelab.deploykeys.hostkeys import FirstContact, HostKey, Pin, ensure_pinne
 from homelab.deploykeys.install import HostOutcome, Progress, Target, install_key, switch_host
 from homelab.deploykeys.keys import CURRENT, PENDING, DeployKey, KeyStore
 from homelab.errors import InputError, OperationError, OperationTimeout
-from homelab.hosts import Host
+from homelab.hosts import Host, hosts_file
 from homelab.lab.models import Lab
 
 
@@ -158,6 +158,22 @@ class Rotation:
         return [h for h in self.hosts if not h.ok]
 
 
+def require_host_records(lab: Lab, hosts: list[Host]) -> None:
+    """Refuse a rotation that would miss a VM: every VM of the lab needs a host record (apply writes them).
+
+    A VM without one would keep the old key, and lose the repo once the old key is removed from the git host.
+    A lab with no VMs rotates the key alone.
+    """
+    recorded = {host.name for host in hosts}
+    missing = [vm.name for vm in lab.vms if vm.name not in recorded]
+    if missing:
+        raise InputError(
+            f"cannot rotate the deploy key: no host record for {', '.join(missing)} in {hosts_file(lab)}; "
+            "rotating now would leave them on the old key, unable to pull once it is removed. "
+            "Run `homelab apply` until every VM is up, then rotate again"
+        )
+
+
 def rotate(
     lab: Lab,
     hosts: list[Host],
@@ -175,9 +191,11 @@ def rotate(
     4. Only when every VM switched does the new key become the current one (the old one is retired);
        otherwise it stays pending and the next `rotate` takes it up again.
 
-    Every run that reaches the VMs is appended to the rotation log.
+    Every run that reaches the VMs is appended to the rotation log. Refused (InputError) before anything
+    changes while a VM of the lab has no host record (see require_host_records).
     """
     repo, branch = _repo(lab)
+    require_host_records(lab, hosts)
     store = KeyStore(lab)
     old = store.require_current()
     target = _target(lab)
@@ -235,6 +253,7 @@ __all__ = [
     "install",
     "is_revoked",
     "remove_through_api",
+    "require_host_records",
     "rotate",
     "rotation_log",
     "show",
