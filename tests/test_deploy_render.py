@@ -4,6 +4,7 @@ docker-compose accepts with the rendered .env, and the inventory's pinned SSH se
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -165,3 +166,16 @@ def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
     assert entry["homelab_stack_dirs"] == ["traefik", "portainer", "homepage", "homepage/config"]
     env = next(f for f in entry["homelab_stack_files"] if f["path"] == "traefik/.env")
     assert env["mode"] == "0644" and "TRAEFIK_VERSION=v3.2" in base64.b64decode(env["content_b64"]).decode()
+
+
+@pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="ansible-playbook is not installed (ansible-core)")
+def test_the_playbook_and_its_roles_parse(tmp_path: Path) -> None:
+    from homelab.deploy.service import playbook
+
+    check = subprocess.run(
+        ["ansible-playbook", "--syntax-check", "-i", "localhost,", str(playbook())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(playbook().parent / "roles"), "ANSIBLE_LOCAL_TEMP": str(tmp_path)},
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
