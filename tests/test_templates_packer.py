@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from homelab.demo.launcher import FakeProxmox
-from homelab.errors import SecretError
+from homelab.errors import InputError, SecretError
 from homelab.secrets import ProxmoxAuth
 from homelab.templates import parse_description, resolve_template
 from homelab.templates.build import build_template
@@ -28,6 +28,7 @@ from homelab.templates.packer import (
     render_files,
     write_files,
 )
+from homelab.templates.plan import BuildFacts, plan_packer
 from homelab.tools import ToolFailed
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, vm_config
 
@@ -101,6 +102,49 @@ def test_no_secret_is_ever_rendered(tmp_path: Path) -> None:
 
 def test_hcl_strings_are_escaped() -> None:
     assert hcl_string('a "b" \\ ${x} %{y}\nz') == '"a \\"b\\" \\\\ $${x} %%{y}\\nz"'
+
+
+SHELL_LOCAL = 'build {\n  sources = ["source.proxmox-iso.homelab"]\n  provisioner "shell-local" { inline = ["id"] }\n}'
+
+
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        ({"source": "iso", "iso_file": "local:iso/debian-12.iso\n" + SHELL_LOCAL}, "iso_file"),
+        ({"source": "iso", "iso_file": 'local:iso/debian-12.iso" }'}, "iso_file"),
+        ({"source": "iso", "iso_file": "debian-12.iso"}, "iso_file"),
+        ({"source": "iso", "iso_file": "local:images/debian-12.iso"}, "iso_file"),
+        ({"source": "clone", "clone_vm": "debian-docker\n" + SHELL_LOCAL}, "clone_vm"),
+        ({"source": "clone", "clone_vm": "debian docker"}, "clone_vm"),
+        ({"source": "clone", "clone_vm": "-debian"}, "clone_vm"),
+    ],
+    ids=[
+        "iso-newline",
+        "iso-quote",
+        "iso-no-storage",
+        "iso-not-iso-content",
+        "clone-newline",
+        "clone-space",
+        "clone-dash",
+    ],
+)
+def test_an_iso_file_or_clone_vm_that_is_not_a_plain_name_is_refused_before_rendering(
+    tmp_path: Path, source: dict[str, str], field: str
+) -> None:
+    lab = lab_for(None, [{"name": "golden", "builder": "packer", "packer": source}], password=True)
+    with pytest.raises(InputError, match=rf"packer\.{field} .* is not"):
+        render_files(lab, lab.templates[0], version="202611020815", vm_id=9010, build_key=make_build_key()[1])
+    with pytest.raises(InputError, match=rf"packer\.{field} .* is not"):
+        plan_packer(lab, lab.templates[0], BuildFacts((), ()), NOW, tmp_path / "build", tmp_path / "build.log")
+
+
+@pytest.mark.parametrize("source", [ISO, CLONE], ids=["iso", "clone"])
+def test_lab_values_never_appear_raw_in_hcl_comments(source: dict[str, str]) -> None:
+    hcl = rendered("debian-12", source)[MAIN_FILE]
+    value = source.get("iso_file") or source["clone_vm"]
+    comments = [line for line in hcl.splitlines() if line.lstrip().startswith("#")]
+    assert comments and not [line for line in comments if value in line and f'"{value}"' not in line]
+    assert hcl.count(value) == hcl.count(hcl_string(value))  # only ever as a quoted HCL string
 
 
 def test_packer_1_6_with_an_api_token_is_refused_clearly() -> None:

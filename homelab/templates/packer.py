@@ -22,7 +22,7 @@ from homelab.lab.types import format_size
 from homelab.paths import data_dir
 from homelab.proxmox.api import PveApi
 from homelab.secrets import ProxmoxAuth, proxmox_auth, write_atomic, write_private
-from homelab.templates.plan import BuildPlan, FinalizeTemplate, RenderPacker, RunPacker
+from homelab.templates.plan import BuildPlan, FinalizeTemplate, RenderPacker, RunPacker, check_packer_source
 from homelab.tools import run
 
 Progress = Callable[[str], None]
@@ -131,14 +131,16 @@ def render_files(
     """
     settings = template.packer
     source = settings.source if settings else "clone"
+    iso = source == "iso"
     if source == "clone" and not clone_vm:
         clone_vm = settings.clone_vm if settings else None
         if not clone_vm:
             raise InputError(f"template {template.name!r}: packer.clone_vm is required when packer.source is clone")
     if source == "iso" and not (settings and settings.iso_file):
         raise InputError(f"template {template.name!r}: packer.iso_file is required when packer.source is iso")
+    # Every value reaches the HCL through hcl_string only; these two are also checked to be plain names.
+    check_packer_source(template, iso_file=settings.iso_file if settings and iso else None, clone_vm=clone_vm)
     family = _family(template.os)
-    iso = source == "iso"
     env = _environment()
     context: dict[str, Any] = {
         "homelab_version": __version__,

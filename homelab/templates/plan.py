@@ -6,6 +6,7 @@ out. The plan is shown before anything changes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,12 @@ from homelab.templates.naming import describe_template, join_tags, new_version, 
 
 # The storage Proxmox installs put next to every node; preferred for downloads when it takes imports.
 PREFERRED_IMPORT_STORAGE = "local"
+
+# What packer.iso_file and packer.clone_vm may be. Both end up in the rendered HCL and a Packer command's
+# view of the world, so anything else (a newline, a quote) is refused before rendering.
+ISO_FILE = re.compile(r"^[A-Za-z0-9._-]+:iso/[A-Za-z0-9._+-]+$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+VM_NAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")  # PVE's own rule for VM names (dns-name)
 
 
 @dataclass(frozen=True)
@@ -243,11 +250,26 @@ def plan_cloud_image(lab: Lab, template: Template, facts: BuildFacts, image: Ima
     return BuildPlan(lab.name, template.name, "cloud-image", version, vmid, node, name, record, actions)
 
 
+def check_packer_source(template: Template, *, iso_file: str | None = None, clone_vm: str | None = None) -> None:
+    """Refuse an iso_file or clone_vm that is not a plain PVE volume id or VM name (InputError)."""
+    if iso_file is not None and not ISO_FILE.match(iso_file):
+        raise InputError(
+            f"template {template.name!r}: packer.iso_file {iso_file!r} is not an ISO volume on Proxmox storage: "
+            "write <storage>:iso/<file name>, e.g. local:iso/debian-12.iso (letters, digits, . _ + - only)"
+        )
+    if clone_vm is not None and not VM_NAME.match(clone_vm):
+        raise InputError(
+            f"template {template.name!r}: packer.clone_vm {clone_vm!r} is not a VM name: letters, digits and "
+            "hyphens, in dot-separated parts of at most 63 characters (e.g. debian-docker)"
+        )
+
+
 def clone_source(lab: Lab, template: Template, guests: tuple[Guest, ...] | list[Guest]) -> str:
     """The VM name Packer clones: the newest version of a lab template named by clone_vm, else that VM itself."""
     wanted = template.packer.clone_vm if template.packer else None
     if not wanted:
         raise InputError(f"template {template.name!r}: packer.clone_vm is required when packer.source is clone")
+    check_packer_source(template, clone_vm=wanted)
     for other in lab.templates:
         if other.name == wanted:
             return pick_version(find_versions(guests, other.name), other).name
@@ -275,6 +297,7 @@ def plan_packer(
     iso_file = settings.iso_file if settings and source_kind == "iso" else None
     if source_kind == "iso" and not iso_file:
         raise InputError(f"template {template.name!r}: packer.iso_file is required when packer.source is iso")
+    check_packer_source(template, iso_file=iso_file)
     source = f"proxmox-{source_kind}"
     record = _record(lab, template, version, now, source=clone_vm or iso_file or "")
     finalize = (
