@@ -21,6 +21,7 @@ class UpResult:
     built: list[str] = field(default_factory=list)
     vms: ApplyResult | None = None
     deploy_key: str = ""
+    stacks: str = ""
 
 
 def bake_missing(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm) -> list[str]:
@@ -104,17 +105,27 @@ def up(
     reporter: Reporter,
     concurrency: int | None = None,
     stage: Callable[[int, int, str], None] | None = None,
+    deploy: bool = True,
 ) -> UpResult:
-    """Templates, then VMs, then the deploy key."""
+    """Templates, then VMs, then the deploy key, then Docker and the service stacks."""
     from homelab.adminkey import ensure_admin_key
 
     stage = stage or (lambda n, total, title: echo(f"==> [{n}/{total}] {title}"))
     ensure_admin_key(lab)
     result = UpResult()
-    stage(1, 3, "templates")
+    stage(1, 4, "templates")
     result.built = bake_missing(api, lab, echo, confirm)
-    stage(2, 3, "VMs")
+    stage(2, 4, "VMs")
     result.vms = converge_vms(api, lab, echo, confirm, reporter, concurrency)
-    stage(3, 3, "deploy key for the config repo")
+    stage(3, 4, "deploy key for the config repo")
     result.deploy_key = install_deploy_key(lab, echo, confirm)
+    stage(4, 4, "Docker and the service stacks")
+    if deploy:
+        from homelab.deploy.service import deploy_stacks
+
+        deploy_stacks(lab, echo, confirm)
+        result.stacks = "deployed"
+    else:
+        echo("Skipped (--no-deploy).")
+        result.stacks = "skipped"
     return result

@@ -44,6 +44,7 @@ def test_up_bakes_the_template_then_brings_up_the_vms(lab: Path, fake_pve: FakeP
     running = sorted(vm["name"] for vm in fake_pve.vms() if vm["status"] == "running")
     assert running == ["db", "web"]
     assert "Skipped: the lab file has no repo" in out
+    assert "Skipped: no VM in the lab file lists stacks." in out
 
     fake_pve.requests(clear=True)
     code, out, _ = homelab(lab, "up", "--yes")

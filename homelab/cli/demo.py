@@ -39,6 +39,8 @@ DEMO_IMAGE = {
 def demo(vms: int, time_scale: float, workdir: str | None) -> None:
     """Run `homelab up` for the example lab against the built-in fake Proxmox, then plan again and show status.
 
+    The stacks are not deployed: the fake's VMs are API objects, not machines one can SSH into.
+
     Nothing on your network is touched: the fake listens on a loopback address over HTTPS, and the demo lab
     has no config repo, so no git host is contacted.
     """
@@ -85,7 +87,8 @@ def demo(vms: int, time_scale: float, workdir: str | None) -> None:
         click.echo(f"{lab_path}: valid ({len(lab.vms)} VMs)")
         click.secho("\n$ homelab up --yes", bold=True)
         api = connect(lab)
-        up(api, lab, click.echo, lambda question: None, ui.LineReporter())
+        # The fake's VMs are not machines: stage 4 (Ansible over SSH) has nothing to reach, so it is skipped.
+        up(api, lab, click.echo, lambda question: None, ui.LineReporter(), deploy=False)
         click.secho("\n$ homelab plan   (again: nothing to do)", bold=True)
         again = make_plan(lab, api=api)
         ui.render_plan(again.plan)

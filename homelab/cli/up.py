@@ -15,9 +15,10 @@ def echo_stage(number: int, total: int, title: str) -> None:
 @click.command()
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before changing things.")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="VMs worked on at once (default: settings).")
+@click.option("--no-deploy", is_flag=True, help="Stop after the deploy key: do not deploy Docker and the stacks.")
 @click.pass_context
-def up(ctx: click.Context, yes: bool, concurrency: int | None) -> None:
-    """Bring the lab up: bake missing templates, create/update the VMs, install the deploy key.
+def up(ctx: click.Context, yes: bool, concurrency: int | None, no_deploy: bool) -> None:
+    """Bring the lab up: bake missing templates, create/update the VMs, install the deploy key, deploy the stacks.
 
     Re-running it is safe: each stage plans first and does only what is missing.
     """
@@ -33,4 +34,5 @@ def up(ctx: click.Context, yes: bool, concurrency: int | None) -> None:
         ui.LineReporter(),
         concurrency,
         echo_stage,
+        deploy=not no_deploy,
     )
