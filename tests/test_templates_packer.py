@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,15 +22,20 @@ from homelab.templates.cloudimage import BuildFailed
 from homelab.templates.packer import (
     MAIN_FILE,
     PLUGINS_FILE,
+    PRIVATE_FILES,
+    BuildKeys,
     PackerSettings,
     hcl_string,
+    known_hosts_line,
     make_build_key,
+    make_build_keys,
     packer_credentials,
     render_files,
     write_files,
 )
 from homelab.templates.plan import BuildFacts, plan_packer
 from homelab.tools import ToolFailed
+from tests.harness.hosts import SshHost
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, vm_config
 
 PACKER = shutil.which("packer")
@@ -46,9 +52,11 @@ def packer_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, CHECKPOINT_DISABLE="1", **extra)
 
 
-def rendered(os_name: str, source: dict[str, str], communicator: str = "ssh") -> dict[str, str]:
-    lab = lab_for(None, [{"name": "golden", "builder": "packer", "os": os_name, "packer": source}], password=True)
-    _, public = make_build_key()
+def rendered(
+    os_name: str, source: dict[str, str], communicator: str = "ssh", keys: BuildKeys | None = None, **extra: Any
+) -> dict[str, str]:
+    templates = [{"name": "golden", "builder": "packer", "os": os_name, "packer": source}]
+    lab = lab_for(None, templates, password=True, **extra)
     return render_files(
         lab,
         lab.templates[0],
@@ -56,7 +64,7 @@ def rendered(os_name: str, source: dict[str, str], communicator: str = "ssh") ->
         vm_id=9010,
         description='homelab: {"lab": "test"}',
         communicator=communicator,
-        build_key=public,
+        keys=keys or make_build_keys(source["source"] == "iso"),
     )
 
 
@@ -95,9 +103,53 @@ def test_no_secret_is_ever_rendered(tmp_path: Path) -> None:
     assert "password    = var.proxmox_password" in files[MAIN_FILE]
     assert 'default   = ""\n  sensitive = true' in files[MAIN_FILE]
     assert "PKR_VAR_proxmox_password" in files["README.md"]
-    private, _ = make_build_key()
-    write_files(tmp_path, files, private)
-    assert (tmp_path / "build-key").stat().st_mode & 0o777 == 0o600
+    write_files(tmp_path, files)
+    for name in ("build-key", "http/preseed.cfg"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    assert (tmp_path / "build-known-hosts").stat().st_mode & 0o777 == 0o644
+
+
+def _run_host_key_script(script: str, root: Path) -> None:
+    """Run an unattended install's host-key command with / moved to ``root``."""
+    (root / "etc" / "ssh").mkdir(parents=True)
+    subprocess.run(["sh", "-c", script.replace("/etc/", f"{root}/etc/")], check=True)
+
+
+@pytest.mark.parametrize("os_name", OSES)
+def test_an_iso_build_pins_the_host_key_its_unattended_install_gives_the_vm(os_name: str, tmp_path: Path) -> None:
+    keys = make_build_keys(iso=True)
+    files = rendered(os_name, ISO, keys=keys)
+    hcl = files[MAIN_FILE]
+
+    assert "HOST_KEY_CHECKING=False" not in hcl and "use_proxy = false" in hcl
+    assert '"--extra-vars", "ansible_host_key_checking=true"' in hcl
+    assert "-o UserKnownHostsFile=build-known-hosts -o GlobalKnownHostsFile=/dev/null" in hcl
+    assert "-o StrictHostKeyChecking=yes -o HostKeyAlgorithms=ssh-ed25519" in hcl
+    assert files["build-known-hosts"] == "* " + " ".join(keys.host[1].split()[:2]) + "\n"
+    if os_name.startswith("debian"):
+        line = next(x for x in files["http/preseed.cfg"].splitlines() if "ssh_host_ed25519_key" in x)
+        script = line.strip().removeprefix("in-target sh -c '").removesuffix("'; \\")
+    else:
+        commands = yaml.safe_load(files["http/user-data"])["autoinstall"]["late-commands"]
+        script = next(c for c in commands if "ssh_host_ed25519_key" in c).split(" -- sh -c ", 1)[1][1:-1]
+    _run_host_key_script(script, tmp_path)
+    installed = tmp_path / "etc" / "ssh" / "ssh_host_ed25519_key"
+    assert installed.read_bytes() == keys.host[0] and installed.stat().st_mode & 0o777 == 0o600
+    # cloud-init's first boot keeps it (the bake removes this file and every host key again).
+    assert (tmp_path / "etc/cloud/cloud.cfg.d/50-homelab-build.cfg").read_text() == "ssh_deletekeys: false\n"
+    bake = files["ansible/bake.yml"]
+    assert "rm -f /etc/ssh/ssh_host_*" in bake and "rm -f /etc/cloud/cloud.cfg.d/50-homelab-build.cfg" in bake
+
+
+def test_a_clone_build_goes_through_packers_proxy_and_pins_its_host_key() -> None:
+    keys = make_build_keys(iso=False)
+    files = rendered("debian-12", CLONE, keys=keys)
+    hcl = files[MAIN_FILE]
+    assert "HOST_KEY_CHECKING=False" not in hcl and "use_proxy         = true" in hcl
+    assert 'ssh_host_key_file = "proxy-host-key"' in hcl
+    assert files["proxy-host-key"] == keys.host[0].decode() and "build-key" not in files
+    assert files["build-known-hosts"] == "* " + " ".join(keys.host[1].split()[:2]) + "\n"
+    assert "-o StrictHostKeyChecking=yes" in hcl and "ansible_host_key_checking=true" in hcl
 
 
 def test_hcl_strings_are_escaped() -> None:
@@ -133,7 +185,7 @@ def test_an_iso_file_or_clone_vm_that_is_not_a_plain_name_is_refused_before_rend
 ) -> None:
     lab = lab_for(None, [{"name": "golden", "builder": "packer", "packer": source}], password=True)
     with pytest.raises(InputError, match=rf"packer\.{field} .* is not"):
-        render_files(lab, lab.templates[0], version="202611020815", vm_id=9010, build_key=make_build_key()[1])
+        render_files(lab, lab.templates[0], version="202611020815", vm_id=9010, keys=make_build_keys(True))
     with pytest.raises(InputError, match=rf"packer\.{field} .* is not"):
         plan_packer(lab, lab.templates[0], BuildFacts((), ()), NOW, tmp_path / "build", tmp_path / "build.log")
 
@@ -163,7 +215,7 @@ def test_packer_1_6_with_an_api_token_is_refused_clearly() -> None:
 def test_rendered_files_pass_packer_validate_and_fmt(
     tmp_path: Path, os_name: str, source: dict[str, str], communicator: str
 ) -> None:
-    write_files(tmp_path, rendered(os_name, source, communicator), make_build_key()[0])
+    write_files(tmp_path, rendered(os_name, source, communicator))
     env = packer_env(PKR_VAR_proxmox_password="only-for-validate")
     check = subprocess.run(
         [PACKER, "validate", MAIN_FILE], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
@@ -205,7 +257,8 @@ def _assert_finished_version(fake: FakeProxmox, lab: object, api: object, result
     for path in folder.rglob("*"):
         if path.is_file():
             assert fake.password not in path.read_text(errors="replace"), path
-    assert not (folder / "build-key").exists()
+    for name in PRIVATE_FILES:
+        assert not (folder / name).exists(), name
 
 
 @pytest.mark.integration
@@ -277,3 +330,56 @@ def test_a_template_homelab_cannot_tag_is_removed(fake_pve: FakeProxmox, monkeyp
     with pytest.raises(BuildFailed, match="no quorum; VM 9001 was removed"):
         build_template(api, lab, "golden", packer=settings, now=NOW)
     assert vm_config(fake_pve, 9001) is None
+
+
+def _bake_on(host: SshHost, folder: Path, files: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the rendered build block with Packer's null builder against a test host (a tiny playbook)."""
+    write_files(folder, files)
+    (folder / "ansible" / "bake.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.raw: id\n"
+    )
+    shutil.copy(host.client_key, folder / "client-key")
+    hcl = files[MAIN_FILE]
+    build = hcl[hcl.index("build {") :].replace('"source.proxmox-iso.homelab"', '"source.null.homelab"')
+    build = build.replace('"source.proxmox-clone.homelab"', '"source.null.homelab"')
+    source = (
+        f'source "null" "homelab" {{\n  communicator = "ssh"\n  ssh_host = "{host.address}"\n'
+        '  ssh_username = "root"\n  ssh_private_key_file = "client-key"\n}\n\n'
+    )
+    (folder / MAIN_FILE).write_text(source + build)
+    return subprocess.run(
+        [PACKER, "build", "-color=false", MAIN_FILE],
+        cwd=folder,
+        env=packer_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.integration
+@needs_packer
+@pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="ansible is not installed")
+@pytest.mark.parametrize("source", [ISO, CLONE], ids=["iso-direct", "clone-proxy"])
+def test_the_bake_connects_only_to_the_pinned_host_key(
+    ssh_host: SshHost, tmp_path: Path, source: dict[str, str]
+) -> None:
+    """Real Packer and Ansible: the ansible provisioner as rendered accepts the pinned host key only."""
+    iso = source["source"] == "iso"
+    stranger = make_build_keys(iso)
+    if iso:  # what the unattended install would have put on the VM: here, the test host's own key
+        pinned = BuildKeys(host=(ssh_host.host_key.read_bytes(), ssh_host.host_key_pub), login=stranger.login)
+    else:  # the proxy presents whatever host key the build made
+        pinned = stranger
+
+    as_root = {"access": {"user": "root"}}  # the test host's client key logs in as root
+    ok = _bake_on(ssh_host, tmp_path / "pinned", rendered("debian-12", source, keys=pinned, **as_root))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ok=1" in ok.stdout and "Host key verification failed" not in ok.stdout
+
+    files = rendered("debian-12", source, keys=pinned, **as_root)
+    files["build-known-hosts"] = known_hosts_line(make_build_key()[1])  # a key the other end does not have
+    refused = _bake_on(ssh_host, tmp_path / "other", files)
+    assert refused.returncode != 0
+    assert "Host key verification failed" in refused.stdout, refused.stdout

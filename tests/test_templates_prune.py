@@ -224,6 +224,7 @@ def test_cli_render_writes_the_packer_folder(tmp_path: Path) -> None:
         "README.md",
         "ansible/bake.yml",
         "build-key",
+        "build-known-hosts",
         "homelab.pkr.hcl",
         "http/preseed.cfg",
         "required-plugins.pkr.hcl",

@@ -8,6 +8,7 @@ its own file: 1.6 is given only ``homelab.pkr.hcl``; current Packer gets the who
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 from collections.abc import Callable, Mapping
@@ -30,6 +31,21 @@ Progress = Callable[[str], None]
 MAIN_FILE = "homelab.pkr.hcl"
 PLUGINS_FILE = "required-plugins.pkr.hcl"
 BUILD_KEY = "build-key"
+PROXY_HOST_KEY = "proxy-host-key"
+KNOWN_HOSTS = "build-known-hosts"
+# Files that hold a private key: written 0600, removed once Packer is done.
+PRIVATE_FILES = frozenset({BUILD_KEY, PROXY_HOST_KEY, "http/preseed.cfg", "http/user-data"})
+# Ansible accepts only the pinned host key. ControlPath=none: a master connection an earlier run left
+# open to the same address would otherwise be reused without any host key check.
+ANSIBLE_SSH_ARGS = (
+    f"-o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o GlobalKnownHostsFile=/dev/null "
+    "-o StrictHostKeyChecking=yes -o HostKeyAlgorithms=ssh-ed25519 -o ControlPath=none"
+)
+# Keeps cloud-init from replacing an ISO build's host key on the installed system's first boot; the bake
+# removes it again.
+BUILD_CLOUD_CFG = "/etc/cloud/cloud.cfg.d/50-homelab-build.cfg"
+# Where Debian and Ubuntu keep sftp-server (Packer's proxy defaults to /usr/lib/sftp-server).
+SFTP_COMMAND = "/usr/lib/openssh/sftp-server -e"
 
 # PVE storage types as Packer 1.6's storage_pool_type names them (current Packer ignores the setting).
 STORAGE_POOL_TYPES = {"lvmthin": "lvm-thin", "dir": "directory", "zfspool": "zfspool", "lvm": "lvm", "rbd": "rbd"}
@@ -94,8 +110,8 @@ def _environment() -> Any:
     return env
 
 
-def make_build_key() -> tuple[bytes, str]:
-    """A throwaway ed25519 key pair for an ISO build's SSH login: (private OpenSSH PEM, public line)."""
+def make_build_key(comment: str = "homelab-template-build") -> tuple[bytes, str]:
+    """A throwaway ed25519 key pair: (private OpenSSH PEM, public line). By default an ISO build's login key."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -104,7 +120,44 @@ def make_build_key() -> tuple[bytes, str]:
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, public.decode() + " homelab-template-build"
+    return private, f"{public.decode()} {comment}"
+
+
+@dataclass(frozen=True)
+class BuildKeys:
+    """The throwaway SSH keys of one build, each (private OpenSSH PEM, public line), made fresh per build.
+
+    host: the host key Ansible pins (build-known-hosts). An ISO build's VM is given it by the unattended
+    install and Ansible connects to the VM itself; a clone build cannot give its VM a host key (Packer 1.6's
+    clone builder takes no cloud-init user-data), so Ansible goes through Packer's local proxy, which
+    presents this key and forwards over Packer's own SSH connection.
+    login: the key an ISO build logs in with (a clone build logs in with a key Packer makes itself).
+    """
+
+    host: tuple[bytes, str]
+    login: tuple[bytes, str] | None = None
+
+
+def make_build_keys(iso: bool) -> BuildKeys:
+    """Fresh keys for one build (a login key only for an ISO build)."""
+    return BuildKeys(host=make_build_key("homelab-build-host"), login=make_build_key() if iso else None)
+
+
+def host_key_script(host: tuple[bytes, str]) -> str:
+    """A shell line (no single quotes in it) that installs the build's host key on the installed system."""
+    private = base64.b64encode(host[0]).decode()
+    public = " ".join(host[1].split()[:2])
+    return (
+        f"umask 077; echo {private} | base64 -d > /etc/ssh/ssh_host_ed25519_key; "
+        f'echo "{public}" > /etc/ssh/ssh_host_ed25519_key.pub; chmod 0644 /etc/ssh/ssh_host_ed25519_key.pub; '
+        f'mkdir -p /etc/cloud/cloud.cfg.d; echo "ssh_deletekeys: false" > {BUILD_CLOUD_CFG}'
+    )
+
+
+def known_hosts_line(public: str) -> str:
+    """The build's known_hosts entry: the pinned key for any address (the VM's address comes from DHCP)."""
+    key_type, key = public.split()[:2]
+    return f"* {key_type} {key}\n"
 
 
 def packer_username(lab: Lab) -> str:
@@ -123,11 +176,12 @@ def render_files(
     storage_type: str | None = None,
     communicator: str = "ssh",
     ssh_timeout: str = "45m",
-    build_key: str | None = None,
+    keys: BuildKeys | None = None,
 ) -> dict[str, str]:
     """The Packer configuration for a template as {relative path: text}. Pure: nothing is written.
 
-    build_key: the public key line an ISO build logs in with (the private half stays with the caller).
+    keys: the build's throwaway keys (make_build_keys); required unless communicator is "none". The
+    files named in PRIVATE_FILES hold their private halves.
     """
     settings = template.packer
     source = settings.source if settings else "clone"
@@ -140,6 +194,8 @@ def render_files(
         raise InputError(f"template {template.name!r}: packer.iso_file is required when packer.source is iso")
     # Every value reaches the HCL through hcl_string only; these two are also checked to be plain names.
     check_packer_source(template, iso_file=settings.iso_file if settings and iso else None, clone_vm=clone_vm)
+    if communicator != "none" and (keys is None or (iso and keys.login is None)):
+        raise ValueError("a build that connects over SSH needs its keys (make_build_keys)")
     family = _family(template.os)
     env = _environment()
     context: dict[str, Any] = {
@@ -163,6 +219,10 @@ def render_files(
         "ssh_username": lab.access.user if iso else CLOUD_USERS[family],
         "ssh_private_key_file": BUILD_KEY if iso else None,
         "ssh_timeout": ssh_timeout,
+        "use_proxy": not iso,
+        "proxy_host_key_file": PROXY_HOST_KEY,
+        "sftp_command": SFTP_COMMAND,
+        "ansible_ssh_args": ANSIBLE_SSH_ARGS,
         "homelab_user": lab.access.user,
         "boot_command": BOOT_COMMANDS[family],
         "unattended": "preseed.cfg" if family == "debian" else "autoinstall user-data",
@@ -172,8 +232,19 @@ def render_files(
         PLUGINS_FILE: (data_dir("templates") / "packer" / PLUGINS_FILE).read_text(encoding="utf-8"),
         "ansible/bake.yml": (data_dir("templates") / "ansible" / "bake.yml").read_text(encoding="utf-8"),
     }
+    if keys is not None:
+        files[KNOWN_HOSTS] = known_hosts_line(keys.host[1])
+        if iso and keys.login is not None:
+            files[BUILD_KEY] = keys.login[0].decode()
+        if not iso:
+            files[PROXY_HOST_KEY] = keys.host[0].decode()
     if iso:
-        unattended = {"build_key": build_key or "", "homelab_user": lab.access.user, "release": _release(template.os)}
+        unattended = {
+            "build_key": keys.login[1] if keys and keys.login else "",
+            "host_key_script": host_key_script(keys.host) if keys else "",
+            "homelab_user": lab.access.user,
+            "release": _release(template.os),
+        }
         if family == "debian":
             files["http/preseed.cfg"] = env.get_template("debian/preseed.cfg.j2").render(unattended)
         else:
@@ -211,26 +282,30 @@ def _readme(lab: Lab, template: Template, source: str, iso: bool) -> str:
         "`homelab template build` does all of this itself, picks the vmid and version, then tags the",
         "template so that `homelab template list` and `homelab apply` find it.",
     ]
+    lines += ["", "Ansible accepts only the host key in `" + KNOWN_HOSTS + "`, made for this render:"]
     if iso:
         lines += [
-            "",
-            f"The install logs in with the throwaway key `{BUILD_KEY}` (made for this render, mode 0600);",
-            "the playbook removes it from the image before it becomes a template.",
+            "the unattended install gives the VM that host key, and the install logs in with the throwaway",
+            f"key `{BUILD_KEY}` (mode 0600); the playbook removes both from the image before it becomes a template.",
+        ]
+    else:
+        lines += [
+            f"Ansible talks to Packer's local proxy, which presents `{PROXY_HOST_KEY}` (mode 0600) and forwards",
+            "over Packer's own SSH connection to the VM.",
         ]
     return "\n".join(lines) + "\n"
 
 
-def write_files(directory: Path, files: Mapping[str, str], private_key: bytes | None = None) -> list[Path]:
-    """Write rendered files into a folder (atomically each), and the build key 0600 when there is one."""
+def write_files(directory: Path, files: Mapping[str, str]) -> list[Path]:
+    """Write rendered files into a folder (atomically each); those holding a private key 0600 from birth."""
     written = []
     for relative, text in sorted(files.items()):
         path = directory / relative
-        write_atomic(path, text)
+        if relative in PRIVATE_FILES:
+            write_private(path, text.encode("utf-8"))
+        else:
+            write_atomic(path, text)
         written.append(path)
-    if private_key is not None:
-        key_path = directory / BUILD_KEY
-        write_private(key_path, private_key)
-        written.append(key_path)
     return written
 
 
@@ -287,7 +362,6 @@ def render_build(
     from homelab.templates.naming import describe_template
 
     iso = action.source == "proxmox-iso"
-    private_key, public_key = make_build_key() if iso else (None, None)
     files = render_files(
         lab,
         template,
@@ -298,11 +372,11 @@ def render_build(
         storage_type=storage_type,
         communicator=settings.communicator,
         ssh_timeout=settings.ssh_timeout,
-        build_key=public_key,
+        keys=make_build_keys(iso),
     )
     if action.directory.exists():
         shutil.rmtree(action.directory)
-    write_files(action.directory, files, private_key)
+    write_files(action.directory, files)
 
 
 def run_packer(lab: Lab, plan: BuildPlan, action: RunPacker, settings: PackerSettings, progress: Progress) -> None:
@@ -367,7 +441,8 @@ def build_with_packer(
                 try:
                     run_packer(lab, plan, action, settings, progress)
                 finally:
-                    (action.directory / BUILD_KEY).unlink(missing_ok=True)
+                    for name in PRIVATE_FILES:
+                        (action.directory / name).unlink(missing_ok=True)
             elif isinstance(action, FinalizeTemplate):
                 finalize(api, lab, action)
             else:  # pragma: no cover - a plan from plan_packer holds nothing else
