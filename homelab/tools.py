@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -23,6 +24,9 @@ from homelab.errors import OperationError, OperationTimeout
 log = logging.getLogger(__name__)
 
 OnLine = Callable[[str], None]
+
+# Seconds a stopped tool gets to clean up after SIGTERM before its process group is killed.
+STOP_GRACE = 10.0
 
 
 class ToolMissing(OperationError):
@@ -66,6 +70,26 @@ def _masker(secrets: Iterable[str]) -> Callable[[str], str]:
         return line
 
     return mask
+
+
+def _signal_group(process: subprocess.Popen[str], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass  # the whole group is gone already
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """Stop a tool and everything it started: it runs in its own session, so its process group holds its
+    children (Packer's plugins, Ansible). SIGTERM lets Packer cancel the build and clean up; whatever is
+    still there after STOP_GRACE seconds, or outlives the tool itself, is killed."""
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process, signal.SIGKILL)
+    process.wait()
 
 
 def run(
@@ -131,7 +155,7 @@ def run(
 
             def expire() -> None:
                 timed_out.set()
-                process.terminate()
+                _stop(process)
 
             timer = threading.Timer(timeout, expire)
             timer.daemon = True
@@ -149,12 +173,7 @@ def run(
                     on_line(line)
             returncode = process.wait()
         except BaseException:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
             raise
         finally:
             if timer is not None:

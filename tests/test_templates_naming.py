@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import sys
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -142,6 +146,53 @@ def test_run_reports_failures_and_missing_programs(tmp_path: Path) -> None:
         run(["homelab-no-such-program"])
     with pytest.raises(OperationTimeout, match=r"did not finish within 0\.2s"):
         run([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.2)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's zombie may wait for a reaper that never comes)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# A tool with a child of its own (as Packer has its plugins and Ansible); the child ignores SIGTERM.
+TOOL_WITH_CHILD = "(trap '' TERM; exec sleep 60) & echo child $!; wait"
+
+
+@pytest.mark.parametrize("how", ["interrupt", "timeout"])
+def test_stopping_a_tool_stops_its_children_too(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import homelab.tools
+
+    monkeypatch.setattr(homelab.tools, "STOP_GRACE", 0.5, raising=False)
+    children: list[int] = []
+
+    def on_line(line: str) -> None:
+        children.append(int(line.split()[1]))
+        if how == "interrupt":
+            raise KeyboardInterrupt  # Ctrl-C while the tool runs
+
+    expected: type[BaseException] = KeyboardInterrupt if how == "interrupt" else OperationTimeout
+    started = time.monotonic()
+    with pytest.raises(expected):
+        run(["sh", "-c", TOOL_WITH_CHILD], on_line=on_line, timeout=1.0 if how == "timeout" else None)
+    try:
+        assert children and _gone(children[0]), "the tool's child outlived it"
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert time.monotonic() - started < 10
 
 
 def test_build_time_is_utc() -> None:

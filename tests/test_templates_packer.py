@@ -17,7 +17,7 @@ from homelab.demo.launcher import FakeProxmox
 from homelab.errors import InputError, SecretError
 from homelab.secrets import ProxmoxAuth
 from homelab.templates import parse_description, resolve_template
-from homelab.templates.build import build_template
+from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.cloudimage import BuildFailed
 from homelab.templates.packer import (
     MAIN_FILE,
@@ -383,3 +383,35 @@ def test_the_bake_connects_only_to_the_pinned_host_key(
     refused = _bake_on(ssh_host, tmp_path / "other", files)
     assert refused.returncode != 0
     assert "Host key verification failed" in refused.stdout, refused.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
+def test_ctrl_c_during_packer_removes_the_half_built_vm_then_stops(
+    fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    lab = lab_for(fake_pve, [{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
+    api = api_for(fake_pve, lab, monkeypatch)
+    fake_pve.call("add_vm", vmid=8000, name="debian-docker-202611010930", template=True)
+    # A stand-in for Packer that creates the VM, then works on until it is stopped.
+    packer = tmp_path / "packer"
+    packer.write_text(
+        '#!/bin/sh\ncase "$1" in\n  version) echo "Packer v1.6.6" ;;\n'
+        '  build) echo "==> proxmox-clone.homelab: Creating VM"; sleep 60 ;;\nesac\n'
+    )
+    packer.chmod(0o755)
+    plan, facts = plan_build(api, lab, "golden", now=NOW)
+    lines: list[str] = []
+
+    def progress(line: str) -> None:
+        lines.append(line)
+        if line == "packer: Creating VM":
+            fake_pve.call("add_vm", vmid=plan.vmid, name=plan.name)  # what Packer made so far
+            raise KeyboardInterrupt  # the user presses Ctrl-C
+
+    with pytest.raises(KeyboardInterrupt):
+        run_build(api, lab, plan, facts, progress, PackerSettings(packer=str(packer), communicator="none"))
+
+    assert vm_config(fake_pve, plan.vmid) is None
+    assert any(f"removing what Packer left at VM {plan.vmid}" in line for line in lines)
+    assert not (plan.actions[0].directory / "build-key").exists()  # type: ignore[union-attr]

@@ -427,7 +427,11 @@ def build_with_packer(
     settings: PackerSettings,
     storage_type: str | None,
 ) -> None:
-    """Carry out a Packer plan; a failure after Packer started removes a template it left at the planned vmid."""
+    """Carry out a Packer plan; a failure after Packer started removes a template it left at the planned vmid.
+
+    Ctrl-C too: the VM is removed, then the KeyboardInterrupt goes on.
+    """
+    from homelab.errors import HomelabError
     from homelab.templates.cloudimage import BuildFailed, remove_vm
 
     started = False
@@ -447,16 +451,24 @@ def build_with_packer(
                 finalize(api, lab, action)
             else:  # pragma: no cover - a plan from plan_packer holds nothing else
                 raise TypeError(f"not a packer action: {action!r}")
-    except Exception as exc:
+    except BaseException as exc:
         if not started:
             raise
-        leftover = [
-            item
-            for item in api.get("/cluster/resources", type="vm") or []
-            if int(item.get("vmid", 0)) == plan.vmid and item.get("name") == plan.name
-        ]
-        if not leftover:
-            raise
-        progress(f"build failed; removing what Packer left at VM {plan.vmid}")
-        remove_vm(api, lab, str(leftover[0]["node"]), plan.vmid)
+        reason = str(exc) if isinstance(exc, Exception) else type(exc).__name__
+        try:
+            leftover = [
+                item
+                for item in api.get("/cluster/resources", type="vm") or []
+                if int(item.get("vmid", 0)) == plan.vmid and item.get("name") == plan.name
+            ]
+            if leftover:
+                progress(f"build failed; removing what Packer left at VM {plan.vmid}")
+                remove_vm(api, lab, str(leftover[0]["node"]), plan.vmid)
+        except HomelabError as cleanup:
+            raise BuildFailed(
+                f"building {plan.name} failed: {reason}; removing VM {plan.vmid} failed too ({cleanup}): "
+                f"remove it by hand (qm destroy {plan.vmid} --purge)"
+            ) from exc
+        if not leftover or not isinstance(exc, Exception):
+            raise  # nothing was left, or KeyboardInterrupt and the like: cleaned up, now let it through
         raise BuildFailed(f"building {plan.name} failed: {exc}; VM {plan.vmid} was removed") from exc
