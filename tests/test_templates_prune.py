@@ -212,24 +212,48 @@ def test_cli_build_list_prune(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyP
     assert "Nothing to delete." in _cli(lab_file, "prune", "--keep", "1").output
 
 
-def test_cli_render_writes_the_packer_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["iso", "clone"])
+def test_cli_render_writes_the_packer_folder_and_keeps_private_keys_in_the_state_dir(
+    tmp_path: Path, source: str
+) -> None:
     lab_file = tmp_path / "lab.yml"
-    iso = {"source": "iso", "iso_file": "local:iso/debian-12.iso"}
-    lab_file.write_text(lab_yaml(None, [{"name": "golden", "builder": "packer", "packer": iso}], password=True))
-    out = tmp_path / "packer"
+    settings = (
+        {"source": "iso", "iso_file": "local:iso/debian-12.iso"}
+        if source == "iso"
+        else {"source": "clone", "clone_vm": "debian-docker"}
+    )
+    lab_file.write_text(lab_yaml(None, [{"name": "golden", "builder": "packer", "packer": settings}], password=True))
+    out = tmp_path / "repo" / "packer"
     result = _cli(lab_file, "render", str(out), "--version", "202611020815", "--vmid", "9010")
     assert result.exit_code == 0, result.output
     names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert names == [
         "README.md",
         "ansible/bake.yml",
-        "build-key",
         "build-known-hosts",
         "homelab.pkr.hcl",
-        "http/preseed.cfg",
         "required-plugins.pkr.hcl",
     ]
+    for path in out.rglob("*"):
+        assert not path.is_file() or "PRIVATE KEY" not in path.read_text(), path  # nothing secret in the lab repo
+
+    private = [p for p in (tmp_path / "state" / "test").rglob("*") if p.is_file()]
+    folder = private[0].parent if source == "clone" else next(p.parent for p in private if p.name == "build-key")
     hcl = (out / "homelab.pkr.hcl").read_text()
+    if source == "iso":
+        assert sorted(str(p.relative_to(folder)) for p in private) == [
+            "build-key",
+            "http/preseed.cfg",
+        ]
+        assert f'ssh_private_key_file = "{folder}/build-key"' in hcl
+        assert f'http_directory = "{folder}/http"' in hcl
+    else:
+        assert [p.name for p in private] == ["proxy-host-key"]
+        assert f'ssh_host_key_file = "{folder}/proxy-host-key"' in hcl
+    for path in private:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert str(folder) in (out / "README.md").read_text() and str(folder) in result.output
     assert 'default     = "202611020815"' in hcl and "default     = 9010" in hcl
     not_packer = _cli(lab_file, "render", str(out), "--template", "nope")
     assert not_packer.exit_code != 0

@@ -135,7 +135,7 @@ def render(ctx: click.Context, directory: Path, name: str | None, version: str |
     from homelab.errors import InputError
     from homelab.templates.facts import lab_template
     from homelab.templates.naming import describe_template, new_version
-    from homelab.templates.packer import make_build_keys, render_files, write_files
+    from homelab.templates.packer import make_build_keys, render_files, render_private_dir, write_files
 
     lab = _lab(ctx)
     if name is None:
@@ -149,9 +149,17 @@ def render(ctx: click.Context, directory: Path, name: str | None, version: str |
     version = version or new_version(now)
     record = {"lab": lab.name, "template": model.name, "version": version, "builder": "packer", "os": model.os}
     iso = model.packer is not None and model.packer.source == "iso"
+    private_dir = render_private_dir(lab, model, directory)
     files = render_files(
-        lab, model, version=version, vm_id=vmid, description=describe_template(record), keys=make_build_keys(iso)
+        lab,
+        model,
+        version=version,
+        vm_id=vmid,
+        description=describe_template(record),
+        keys=make_build_keys(iso),
+        private_dir=private_dir,
     )
-    for path in write_files(directory, files):
+    for path in write_files(directory, files, private_dir):
         click.echo(f"wrote {path}")
+    click.echo(f"the build's private keys are in {private_dir} (outside the lab repo); delete it after the build")
     click.echo(f"see {directory / 'README.md'} for how to run Packer")

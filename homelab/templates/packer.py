@@ -9,6 +9,7 @@ its own file: 1.6 is given only ``homelab.pkr.hcl``; current Packer gets the who
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shutil
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ from homelab import __version__
 from homelab.errors import InputError, SecretError
 from homelab.lab.models import Lab, Template
 from homelab.lab.types import format_size
-from homelab.paths import data_dir
+from homelab.paths import data_dir, state_dir
 from homelab.proxmox.api import PveApi
 from homelab.secrets import ProxmoxAuth, proxmox_auth, write_atomic, write_private
 from homelab.templates.plan import BuildPlan, FinalizeTemplate, RenderPacker, RunPacker, check_packer_source
@@ -33,8 +34,9 @@ PLUGINS_FILE = "required-plugins.pkr.hcl"
 BUILD_KEY = "build-key"
 PROXY_HOST_KEY = "proxy-host-key"
 KNOWN_HOSTS = "build-known-hosts"
+HTTP_DIR = "http"
 # Files that hold a private key: written 0600, removed once Packer is done.
-PRIVATE_FILES = frozenset({BUILD_KEY, PROXY_HOST_KEY, "http/preseed.cfg", "http/user-data"})
+PRIVATE_FILES = frozenset({BUILD_KEY, PROXY_HOST_KEY, f"{HTTP_DIR}/preseed.cfg", f"{HTTP_DIR}/user-data"})
 # Ansible accepts only the pinned host key. ControlPath=none: a master connection an earlier run left
 # open to the same address would otherwise be reused without any host key check.
 ANSIBLE_SSH_ARGS = (
@@ -177,11 +179,14 @@ def render_files(
     communicator: str = "ssh",
     ssh_timeout: str = "45m",
     keys: BuildKeys | None = None,
+    private_dir: Path | None = None,
 ) -> dict[str, str]:
     """The Packer configuration for a template as {relative path: text}. Pure: nothing is written.
 
     keys: the build's throwaway keys (make_build_keys); required unless communicator is "none". The
     files named in PRIVATE_FILES hold their private halves.
+    private_dir: where write_files puts the private part (is_private) when it is not beside the rest;
+    the configuration then refers to it by this absolute path.
     """
     settings = template.packer
     source = settings.source if settings else "clone"
@@ -217,10 +222,11 @@ def render_files(
         "clone_vm": clone_vm,
         "communicator": communicator,
         "ssh_username": lab.access.user if iso else CLOUD_USERS[family],
-        "ssh_private_key_file": BUILD_KEY if iso else None,
+        "ssh_private_key_file": _private_path(private_dir, BUILD_KEY) if iso else None,
         "ssh_timeout": ssh_timeout,
+        "http_directory": _private_path(private_dir, HTTP_DIR),
         "use_proxy": not iso,
-        "proxy_host_key_file": PROXY_HOST_KEY,
+        "proxy_host_key_file": _private_path(private_dir, PROXY_HOST_KEY),
         "sftp_command": SFTP_COMMAND,
         "ansible_ssh_args": ANSIBLE_SSH_ARGS,
         "homelab_user": lab.access.user,
@@ -250,11 +256,28 @@ def render_files(
         else:
             files["http/user-data"] = env.get_template("ubuntu/user-data.j2").render(unattended)
             files["http/meta-data"] = (data_dir("templates") / "http" / "ubuntu" / "meta-data").read_text()
-    files["README.md"] = _readme(lab, template, source, iso)
+    files["README.md"] = _readme(lab, template, source, iso, private_dir)
     return files
 
 
-def _readme(lab: Lab, template: Template, source: str, iso: bool) -> str:
+def _private_path(private_dir: Path | None, relative: str) -> str:
+    return str(private_dir / relative) if private_dir else relative
+
+
+def is_private(relative: str) -> bool:
+    """Whether a rendered file belongs to the private part: the keys, and the http folder (its unattended
+    install files carry the build's host key)."""
+    return relative in PRIVATE_FILES or relative.startswith(f"{HTTP_DIR}/")
+
+
+def render_private_dir(lab: Lab, template: Template, directory: Path) -> Path:
+    """Where `homelab template render` keeps the private part for a folder: under the lab's state folder,
+    never in ``directory`` (which is likely inside the lab repo)."""
+    tag = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:8]
+    return state_dir(lab.name) / "render" / f"{template.name}-{tag}"
+
+
+def _readme(lab: Lab, template: Template, source: str, iso: bool, private_dir: Path | None) -> str:
     login = (
         "export PROXMOX_TOKEN=<the token's secret>        # current Packer only; the username is the token id"
         if lab.proxmox.token_id
@@ -293,15 +316,30 @@ def _readme(lab: Lab, template: Template, source: str, iso: bool) -> str:
             f"Ansible talks to Packer's local proxy, which presents `{PROXY_HOST_KEY}` (mode 0600) and forwards",
             "over Packer's own SSH connection to the VM.",
         ]
+    if private_dir:
+        what = f"`{BUILD_KEY}` and the `{HTTP_DIR}` folder" if iso else f"`{PROXY_HOST_KEY}`"
+        lines += [
+            "",
+            f"The private part ({what}) is not in this folder but in {private_dir}",
+            "(mode 0700, outside the lab repo); the configuration refers to it there. Delete it after the build.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def write_files(directory: Path, files: Mapping[str, str]) -> list[Path]:
-    """Write rendered files into a folder (atomically each); those holding a private key 0600 from birth."""
+def write_files(directory: Path, files: Mapping[str, str], private_dir: Path | None = None) -> list[Path]:
+    """Write rendered files into a folder (atomically each); those holding a private key 0600 from birth.
+
+    private_dir: put the private part (is_private) there instead, as render_files was told; the folder is
+    made afresh, 0700.
+    """
+    if private_dir is not None:
+        shutil.rmtree(private_dir, ignore_errors=True)
+        private_dir.mkdir(parents=True, mode=0o700)
     written = []
     for relative, text in sorted(files.items()):
-        path = directory / relative
-        if relative in PRIVATE_FILES:
+        private = is_private(relative)
+        path = (private_dir if private and private_dir else directory) / relative
+        if private:
             write_private(path, text.encode("utf-8"))
         else:
             write_atomic(path, text)
