@@ -122,9 +122,7 @@ def _check_vms(lab: Lab) -> list[Found]:
             )
         for k, vm_tag in enumerate(vm.tags):
             if vm_tag.startswith("homelab-"):
-                found.append(
-                    (("vms", i, "tags", k), f"{vm_tag!r}: tags starting with homelab- are homelab's marks")
-                )
+                found.append((("vms", i, "tags", k), f"{vm_tag!r}: tags starting with homelab- are homelab's marks"))
         seen: set[str] = set()
         for k, stack in enumerate(vm.stacks):
             if stack not in stacks:

@@ -79,8 +79,16 @@ class PackerSource(Strict):
     """How Packer starts the build: an installer ISO or a clone of an existing template."""
 
     source: Literal["iso", "clone"] = Field("clone", description="iso (proxmox-iso) or clone (proxmox-clone)")
-    iso_file: str | None = Field(None, description="an ISO already on storage, e.g. local:iso/debian-12.iso")
-    clone_vm: str | None = Field(None, description="name of the template to clone from")
+    iso_file: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]+:iso/[A-Za-z0-9._+-]+$",
+        description="an ISO already on storage, e.g. local:iso/debian-12.iso",
+    )
+    clone_vm: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$",
+        description="name of the VM template to clone from (a Proxmox VM name)",
+    )
 
 
 class Template(Strict):
