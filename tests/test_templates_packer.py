@@ -183,11 +183,20 @@ SHELL_LOCAL = 'build {\n  sources = ["source.proxmox-iso.homelab"]\n  provisione
 def test_an_iso_file_or_clone_vm_that_is_not_a_plain_name_is_refused_before_rendering(
     tmp_path: Path, source: dict[str, str], field: str
 ) -> None:
-    lab = lab_for(None, [{"name": "golden", "builder": "packer", "packer": source}], password=True)
+    from homelab.errors import LabFileError
+    from homelab.lab.models import PackerSource
+
+    # The lab file refuses it ...
+    with pytest.raises(LabFileError, match=rf"templates\[0\]\.packer\.{field}: .* is not valid"):
+        lab_for(None, [{"name": "golden", "builder": "packer", "packer": source}], password=True)
+    # ... and so do render and plan, for a model that was built without validation (defence in depth).
+    lab = lab_for(None, [{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
+    fields = {"source": "clone", "iso_file": None, "clone_vm": None, **source}
+    template = lab.templates[0].model_copy(update={"packer": PackerSource.model_construct(**fields)})
     with pytest.raises(InputError, match=rf"packer\.{field} .* is not"):
-        render_files(lab, lab.templates[0], version="202611020815", vm_id=9010, keys=make_build_keys(True))
+        render_files(lab, template, version="202611020815", vm_id=9010, keys=make_build_keys(True))
     with pytest.raises(InputError, match=rf"packer\.{field} .* is not"):
-        plan_packer(lab, lab.templates[0], BuildFacts((), ()), NOW, tmp_path / "build", tmp_path / "build.log")
+        plan_packer(lab, template, BuildFacts((), ()), NOW, tmp_path / "build", tmp_path / "build.log")
 
 
 @pytest.mark.parametrize("source", [ISO, CLONE], ids=["iso", "clone"])
