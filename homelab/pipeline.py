@@ -106,6 +106,7 @@ def up(
     concurrency: int | None = None,
     stage: Callable[[int, int, str], None] | None = None,
     deploy: bool = True,
+    skip_reason: str = "--no-deploy",
 ) -> UpResult:
     """Templates, then VMs, then the deploy key, then Docker and the service stacks."""
     from homelab.adminkey import ensure_admin_key
@@ -126,6 +127,6 @@ def up(
         deploy_stacks(lab, echo, confirm)
         result.stacks = "deployed"
     else:
-        echo("Skipped (--no-deploy).")
+        echo(f"Skipped ({skip_reason}).")
         result.stacks = "skipped"
     return result

@@ -88,7 +88,15 @@ def demo(vms: int, time_scale: float, workdir: str | None) -> None:
         click.secho("\n$ homelab up --yes", bold=True)
         api = connect(lab)
         # The fake's VMs are not machines: stage 4 (Ansible over SSH) has nothing to reach, so it is skipped.
-        up(api, lab, click.echo, lambda question: None, ui.LineReporter(), deploy=False)
+        up(
+            api,
+            lab,
+            click.echo,
+            lambda question: None,
+            ui.LineReporter(),
+            deploy=False,
+            skip_reason="the fake's VMs are API objects, not machines to SSH into",
+        )
         click.secho("\n$ homelab plan   (again: nothing to do)", bold=True)
         again = make_plan(lab, api=api)
         ui.render_plan(again.plan)
