@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("homelab.cli.labfile", "validate", "Check the lab file; one line per problem."),
     "schema": ("homelab.cli.labfile", "schema", "Print the lab file's JSON Schema (for editors)."),
     "demo": ("homelab.cli.demo", "demo", "Run homelab against the built-in fake Proxmox."),
-    "up": ("homelab.cli.up", "up", "Bring the lab up: templates, VMs, deploy key (each stage plans first)."),
+    "up": ("homelab.cli.up", "up", "Bring the lab up: templates, VMs, deploy key, stacks (each plans first)."),
     "plan": ("homelab.cli.vms", "plan", "Show what apply would change (exit 3 when something would)."),
     "apply": ("homelab.cli.vms", "apply", "Make Proxmox match the lab file (plan first, then confirm)."),
     "destroy": ("homelab.cli.vms", "destroy", "Remove the VMs this lab manages."),
@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "deploy": ("homelab.cli.deploy", "deploy", "Deploy Docker and the service stacks onto the VMs (Ansible)."),
     "stack": ("homelab.cli.deploy", "stack", "Service stacks: list, add NAME to a VM."),
     "template": ("homelab.cli.template", "template", "Build, list, prune and render VM templates."),
-    "keys": ("homelab.cli.keys", "keys", "Deploy keys for the config repo: generate, show, verify, rotate."),
+    "keys": ("homelab.cli.keys", "keys", "Deploy keys for the config repo: generate, show, verify, install, rotate."),
 }
 
 
