@@ -100,7 +100,9 @@ class ProxmoxerTransport:
                 "that signed it (on Proxmox: /etc/pve/pve-root-ca.pem)"
             ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise ProxmoxError(f"{method} {path}: connection failed: {_short(exc)}", transient=True) from None
+            raise ProxmoxError(
+                f"cannot reach {self._where} ({_connection_reason(exc)}) for {method} {path}", transient=True
+            ) from None
         except AuthenticationError as exc:
             raise ProxmoxError(f"{self._where}: login refused: {exc}", status=401) from None
 
@@ -119,5 +121,22 @@ def _tls_reason(exc: Exception) -> str:
         "certificate has expired",
     ):
         if reason in text:
+            return reason
+    return _short(exc)
+
+
+def _connection_reason(exc: Exception) -> str:
+    """The part of a requests connection error a person can act on."""
+    text = str(exc)
+    for needle, reason in (
+        ("Connection refused", "connection refused: is the address and port right?"),
+        ("Name or service not known", "host name not found"),
+        ("Temporary failure in name resolution", "host name not found"),
+        ("No route to host", "no route to host"),
+        ("timed out", "timed out"),
+        ("Connection reset", "connection reset"),
+        ("RemoteDisconnected", "the server closed the connection"),
+    ):
+        if needle in text:
             return reason
     return _short(exc)
