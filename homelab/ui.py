@@ -21,6 +21,7 @@ SYMBOLS = {
     "remove": "-",
     "unchanged": "=",
     "orphan": "?",
+    "namesake": "?",
     "blocked": "!",
 }
 COLORS = {"+": "green", "~": "yellow", "±": "magenta", ">": "cyan", "-": "red", "=": "bright_black", "?": "yellow"}

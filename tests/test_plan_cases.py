@@ -56,7 +56,12 @@ def build_facts(lab: Lab, spec: dict[str, Any]) -> Facts:
     versions = {t.version: t for rows in templates.values() for t in rows}
     managed = tuple(live_vm(lab, m, versions) for m in spec.get("managed", []))
     used = frozenset([*spec.get("used", []), *(m.vmid for m in managed)])
-    return Facts(managed=managed, unmanaged_namesakes=(), templates=templates, used_vmids=used)
+    namesakes = tuple(
+        LiveVm(vmid=n["vmid"], name=n["name"], node="pve1", status="running", tags=())
+        for n in spec.get("namesakes", [])
+    )
+    used = used | {n.vmid for n in namesakes}
+    return Facts(managed=managed, unmanaged_namesakes=namesakes, templates=templates, used_vmids=used)
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])

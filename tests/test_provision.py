@@ -181,6 +181,7 @@ def test_destroy_never_touches_an_unmanaged_namesake(lab_file: Path, fake_pve: F
     fake_pve.call("add_vm", vmid=555, name="web", status="running", config={"memory": 1024})
     code, out, _ = homelab(lab_file, "plan")
     assert "+ create web" in out  # the namesake is not adopted
+    assert "? VM 555 is also named web but is not marked as this lab's: left alone" in out
     assert homelab(lab_file, "apply", "--yes")[0] == 0
     assert len(managed(fake_pve)) == 3
     code, _, err = homelab(lab_file, "destroy")

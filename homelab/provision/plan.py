@@ -164,6 +164,18 @@ class Orphan(Action):
 
 
 @dataclass(frozen=True)
+class Namesake(Action):
+    """A VM with a lab VM's name that this lab does not manage: reported, never touched."""
+
+    vmid: int
+    kind: ClassVar[str] = "namesake"
+    changes_something: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        return f"VM {self.vmid} is also named {self.vm} but is not marked as this lab's: left alone"
+
+
+@dataclass(frozen=True)
 class Blocked(Action):
     """Something the plan cannot do; apply refuses to start while any is present."""
 
@@ -293,6 +305,7 @@ def plan(lab: Lab, facts: Facts, options: PlanOptions | None = None) -> Plan:
         by_name.setdefault((live.meta or {}).get("vm") or live.name, []).append(live)
     for vm in lab.vms:
         actions += _plan_vm(lab, vm, facts, by_name.pop(vm.name, []), options)
+        actions += [Namesake(vm.name, other.vmid) for other in facts.unmanaged_namesakes if other.name == vm.name]
     for name, leftovers in sorted(by_name.items()):
         for live in leftovers:
             if options.prune:
