@@ -58,9 +58,13 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
     assert [f.path for f in rendered["media"].files] == [
         "traefik/compose.yml",
         "traefik/.env",
+        "traefik/.homelab-stack",
         "media/compose.yml",
         "media/.env",
+        "media/.homelab-stack",
     ]
+    marker = next(f.content for f in rendered["media"].files if f.path == "media/.homelab-stack")
+    assert "lab=test\nstack=media\n" in marker  # what lets homelab remove the folder, and only this one
     assert rendered["web"].root == "/home/homelab/stacks"
     assert {f.mode for f in rendered["web"].files} == {0o644}
     assert env_of(lab, "web", "traefik") == {

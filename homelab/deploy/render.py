@@ -5,6 +5,8 @@ For every stack a VM lists, /home/<user>/stacks/<name>/ gets the stack's compose
 per web UI (<subdomain>.<network.domain>, which the compose files turn into Traefik Host rules), and
 stacks.<name>.env last, so it can override anything. Homepage also gets config/services.yaml, which
 links every stack's UI in the lab, grouped by VM. The lab model holds no secrets, so neither do these.
+Every stack folder also gets a ``.homelab-stack`` marker (lab and stack): homelab removes only folders
+that carry one (see :mod:`homelab.deploy.removed`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from homelab.deploy.removed import MARKER, marker_text
 from homelab.errors import InputError
 from homelab.lab.models import Lab, Vm
 from homelab.stacks import catalogue
@@ -187,7 +190,11 @@ def render_stack(lab: Lab, vm: Vm, name: str) -> RenderedStack:
     """One stack's folder for ``vm``."""
     meta = stack_meta(name)
     compose = (meta.path / "compose.yml").read_text(encoding="utf-8")
-    files = [RenderedFile(f"{name}/compose.yml", compose), RenderedFile(f"{name}/.env", render_env(lab, vm, name))]
+    files = [
+        RenderedFile(f"{name}/compose.yml", compose),
+        RenderedFile(f"{name}/.env", render_env(lab, vm, name)),
+        RenderedFile(f"{name}/{MARKER}", marker_text(lab.name, name)),
+    ]
     dirs = [name]
     if name == "homepage":
         dirs.append(f"{name}/config")
