@@ -159,7 +159,7 @@ def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not pinned"):
         known_hosts_text([Host("x", "10.0.0.1", "homelab")])
     known = tmp_path / "with space" / "known_hosts"
-    entry = host_vars(host, render_lab(lab)["web"], tmp_path / "id_ed25519", known)
+    entry = host_vars(host, render_lab(lab)["web"], tmp_path / "id_ed25519", known, lab="test", remove=["media"])
     assert entry["ansible_host"] == "10.77.1.2" and entry["ansible_user"] == "homelab"
     assert entry["ansible_ssh_private_key_file"] == str(tmp_path / "id_ed25519")
     args = entry["ansible_ssh_common_args"]
@@ -167,6 +167,7 @@ def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
     assert f"'UserKnownHostsFile={known}'" in args and "StrictHostKeyChecking=yes" in args
     assert "GlobalKnownHostsFile=/dev/null" in args and "StrictHostKeyChecking=no" not in args
     assert entry["homelab_stacks"] == ["traefik", "portainer", "homepage"]
+    assert entry["homelab_lab"] == "test" and entry["homelab_remove_stacks"] == ["media"]
     assert entry["homelab_stack_dirs"] == ["traefik", "portainer", "homepage", "homepage/config"]
     env = next(f for f in entry["homelab_stack_files"] if f["path"] == "traefik/.env")
     assert env["mode"] == "0644" and "TRAEFIK_VERSION=v3.2" in base64.b64decode(env["content_b64"]).decode()

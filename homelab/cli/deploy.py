@@ -18,6 +18,11 @@ EXIT_CHANGES = 3  # --check: something would change (as `homelab plan`)
 def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that deploys shares."""
     command = click.option(
+        "--keep-removed",
+        is_flag=True,
+        help="Leave stacks the lab file no longer lists on a VM where they are (default: compose down, delete).",
+    )(command)
+    command = click.option(
         "--no-start", is_flag=True, help="Copy the stacks' files but do not run `docker compose up -d`."
     )(command)
     command = click.option(
@@ -28,10 +33,12 @@ def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--yes", "-y", is_flag=True, help="Do not ask before changing things.")(command)
 
 
-def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool) -> Any:
+def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool, keep_removed: bool) -> Any:
     from homelab.deploy.service import DeployOptions
 
-    return DeployOptions(install_packages=not no_install_docker, start_stacks=not no_start, vms=vms)
+    return DeployOptions(
+        install_packages=not no_install_docker, start_stacks=not no_start, vms=vms, keep_removed=keep_removed
+    )
 
 
 @click.command()
@@ -40,12 +47,20 @@ def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool) -> A
 @click.option("--vm", "vms", multiple=True, metavar="NAME", help="Only this VM (repeat for more).")
 @click.pass_context
 def deploy(
-    ctx: click.Context, yes: bool, no_install_docker: bool, no_start: bool, check: bool, vms: tuple[str, ...]
+    ctx: click.Context,
+    yes: bool,
+    no_install_docker: bool,
+    no_start: bool,
+    keep_removed: bool,
+    check: bool,
+    vms: tuple[str, ...],
 ) -> None:
     """Deploy Docker and each VM's stacks: /home/<user>/stacks/<name>/{compose.yml,.env}, then compose up.
 
     Shows the hosts, their stacks and the files that will change first (Ansible check mode), asks,
     then runs with one line per task and ends with a summary per host. Exit 1 when any host failed.
+    A stack the lab file no longer lists on a VM is taken off it (compose down, its folder deleted);
+    only folders homelab made (with a .homelab-stack marker) are ever removed.
     """
     from homelab.deploy.service import deploy_stacks
 
@@ -54,7 +69,7 @@ def deploy(
         lab,
         click.echo,
         lambda question: ui.confirm(question, yes),
-        _options(vms, no_install_docker, no_start),
+        _options(vms, no_install_docker, no_start, keep_removed),
         check_only=check,
     )
     if check:
@@ -62,7 +77,7 @@ def deploy(
         if failed:
             names = ", ".join(f"{h.name} ({h.failed_task}: {h.message})" for h in failed)
             raise OperationError(f"cannot check {names}")
-        if result.preview and result.preview.changes:
+        if result.would_change:
             sys.exit(EXIT_CHANGES)
 
 
@@ -103,7 +118,14 @@ def list_stacks(ctx: click.Context, as_json: bool) -> None:
 @deploy_options
 @click.pass_context
 def add(
-    ctx: click.Context, name: str, vm: str | None, no_deploy: bool, yes: bool, no_install_docker: bool, no_start: bool
+    ctx: click.Context,
+    name: str,
+    vm: str | None,
+    no_deploy: bool,
+    yes: bool,
+    no_install_docker: bool,
+    no_start: bool,
+    keep_removed: bool,
 ) -> None:
     """Add stack NAME to a VM in the lab file (comments and order kept), then deploy that VM."""
     from homelab.deploy.labedit import add_stack
@@ -123,5 +145,5 @@ def add(
         added.lab,
         click.echo,
         lambda question: ui.confirm(question, yes),
-        _options((added.vm,), no_install_docker, no_start),
+        _options((added.vm,), no_install_docker, no_start, keep_removed),
     )

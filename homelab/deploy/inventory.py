@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,10 @@ def ssh_common_args(known_hosts: Path) -> str:
     )
 
 
-def host_vars(host: Host, render: VmRender, key_file: Path, known_hosts: Path) -> dict[str, Any]:
-    """One host's inventory entry: how to reach it and what its stacks folder gets."""
+def host_vars(
+    host: Host, render: VmRender, key_file: Path, known_hosts: Path, *, lab: str, remove: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One host's inventory entry: how to reach it, what its stacks folder gets and which stacks leave it."""
     return {
         "ansible_host": host.address,
         "ansible_port": host.port,
@@ -44,7 +47,9 @@ def host_vars(host: Host, render: VmRender, key_file: Path, known_hosts: Path) -
         "ansible_ssh_private_key_file": str(key_file),
         "ansible_ssh_common_args": ssh_common_args(known_hosts),
         "homelab_user": render.user,
+        "homelab_lab": lab,
         "homelab_stacks": [stack.name for stack in render.stacks],
+        "homelab_remove_stacks": list(remove),
         "homelab_stack_dirs": list(render.dirs),
         "homelab_stack_files": [
             # base64: Ansible templates inventory strings, and a compose file may hold {{ }} of its own

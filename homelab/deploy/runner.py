@@ -42,8 +42,8 @@ ssh_args = -C -o ControlMaster=auto -o ControlPersist=15s
 class FileDiff:
     """A file or folder change Ansible reports in diff mode.
 
-    ``change`` is "new", "new folder", "content" or "attributes" (mode or owner only) for the
-    homelab_files module; "content" for other modules' text diffs.
+    ``change`` is "new", "new folder", "content", "attributes" (mode or owner only) or "removed stack"
+    for the homelab_files module; "content" for other modules' text diffs.
     """
 
     path: str
@@ -63,6 +63,9 @@ class TaskEvent:
     loop: bool = False  # the summary of a looped task (its items came as events before it)
     message: str = ""
     diffs: tuple[FileDiff, ...] = ()
+    # homelab_files' report of the folders under the stacks folder that hold a .homelab-stack marker:
+    # (folder, the marker's text); None from other tasks
+    markers: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,14 @@ def to_task_event(event: Mapping[str, Any]) -> TaskEvent | None:
         loop="results" in res,
         message=_message(res) if kind in ("failed", "unreachable") else "",
         diffs=_diffs(res.get("diff")),
+        markers=_markers(res.get("stack_markers")),
     )
+
+
+def _markers(found: Any) -> tuple[tuple[str, str], ...] | None:
+    if not isinstance(found, Mapping):
+        return None
+    return tuple(sorted((str(folder), str(text)) for folder, text in found.items()))
 
 
 def _message(res: Mapping[str, Any]) -> str:

@@ -1,9 +1,14 @@
 """The deploy stage as library calls: prepare (pure) -> preview (check mode) -> confirm -> run -> summary.
 
-Each VM that lists stacks is a target. A target needs a host record with a pinned host key (written by
-`homelab apply`); one without is reported as failed and the others still deploy. The preview is the
-playbook in Ansible's check and diff mode, so it shows what would change on the VMs themselves (files
-that are new or differ, with their diff), not a guess from this machine.
+Each VM that lists stacks is a target, and so is a VM that lists none any more but got stacks from an
+earlier deploy (the deploy record says which). A target needs a host record with a pinned host key
+(written by `homelab apply`); one without is reported as failed and the others still deploy. The preview
+is the playbook in Ansible's check and diff mode, so it shows what would change on the VMs themselves
+(files that are new or differ, with their diff), not a guess from this machine.
+
+The deploy reconciles: the preview also reports the stack folders homelab made on each VM (their
+.homelab-stack markers), and those the VM no longer lists are planned for removal
+(:func:`homelab.deploy.removed.removed_stacks`); the real run takes exactly those away, as previewed.
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ from __future__ import annotations
 import difflib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from homelab.deploy.inventory import host_vars, inventory, known_hosts_text
+from homelab.deploy.removed import RemoveStack, removed_stacks
 from homelab.deploy.render import VmRender, missing_requirements, render_lab
 from homelab.deploy.runner import HostStats, PlaybookRunner, RunRequest, TaskEvent
 from homelab.errors import InputError, OperationError
@@ -39,7 +45,8 @@ class DeployOptions:
 
     install_packages: bool = True  # install docker.io + compose from the distribution where missing
     start_stacks: bool = True  # create the homelab network and run `docker compose up -d`
-    vms: tuple[str, ...] = ()  # only these VMs; empty: every VM that lists stacks
+    vms: tuple[str, ...] = ()  # only these VMs; empty: every VM that lists stacks (or must be cleared of them)
+    keep_removed: bool = False  # leave stacks the lab file no longer lists where they are (and say so)
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
 
     def extravars(self) -> dict[str, Any]:
@@ -61,6 +68,11 @@ class Target:
     @property
     def name(self) -> str:
         return self.render.vm
+
+    @property
+    def clear_only(self) -> bool:
+        """The VM lists no stacks any more: it is only cleared of those homelab put there."""
+        return not self.render.stacks
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,7 @@ class Deployment:
         user = self.lab.access.user
         lines = [f"Deploy to {len(self.targets)} VM(s), as {user}, into /home/{user}/stacks:"]
         for t in self.targets:
-            stacks = ", ".join(s.name for s in t.render.stacks)
+            stacks = ", ".join(s.name for s in t.render.stacks) or "no stacks (those deployed before are removed)"
             where = f" ({t.host.address})" if t.host else ""
             lines.append(f"  {t.name}{where}: {stacks}" + (f"  ! {t.problem}" if t.problem else ""))
         lines += [f"  note: {w}" for w in self.warnings]
@@ -106,13 +118,33 @@ class Deployment:
                 else "files only, not started"
             )
         )
+        if opts.keep_removed:
+            gone = "kept as they are (--keep-removed)"
+        elif opts.start_stacks:
+            gone = "`docker compose down`, then their folder is deleted with everything in it"
+        else:
+            gone = "their folder is deleted with everything in it (compose not run: --no-start)"
+        lines.append(f"Stacks no longer listed: {gone}")
         return lines
 
 
-def prepare(lab: Lab, options: DeployOptions | None = None, hosts: list[Host] | None = None) -> Deployment:
-    """The targets of a deploy, from the lab and the recorded hosts; renders every VM's files."""
+def prepare(
+    lab: Lab,
+    options: DeployOptions | None = None,
+    hosts: list[Host] | None = None,
+    deployed: Collection[str] | None = None,
+) -> Deployment:
+    """The targets of a deploy, from the lab, the recorded hosts and the deploy record; renders every VM's files.
+
+    A VM that lists no stacks is a target only when an earlier deploy put stacks on it (``deployed``,
+    read from the deploy record when not given): the deploy then clears it of them.
+    """
     options = options or DeployOptions()
     renders = render_lab(lab)
+    deployed = deployed_vms(lab) if deployed is None else deployed
+    for vm in lab.vms:
+        if vm.name not in renders and vm.name in deployed:
+            renders[vm.name] = VmRender(vm.name, lab.access.user, ())
     known_vms = {vm.name for vm in lab.vms}
     for name in options.vms:
         if name not in known_vms:
@@ -154,6 +186,8 @@ class Change:
             return f"+ {self.host}: {self.what}/ (new folder)"
         if self.kind == "attributes":
             return f"~ {self.host}: {self.what} (mode or owner)"
+        if self.kind == "removed stack":
+            return f"- {self.host}: {self.what}/ (stack folder removed)"
         return f"~ {self.host}: {self.what}"
 
     def diff_lines(self, limit: int = 20) -> list[str]:
@@ -198,11 +232,16 @@ class HostResult:
 
 @dataclass
 class RunReport:
-    """One playbook run (check mode or real) over the deployment's hosts."""
+    """One playbook run (check mode or real) over the deployment's hosts.
+
+    ``markers``: per host that reported them, the folders under its stacks folder holding a
+    .homelab-stack marker, with the marker's text.
+    """
 
     check: bool
     hosts: dict[str, HostResult]
     changes: list[Change]
+    markers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -221,6 +260,17 @@ class DeployResult:
     preview: RunReport | None = None
     run: RunReport | None = None
     skipped: str = ""
+    removals: tuple[RemoveStack, ...] = ()  # planned from the preview, kept ones included
+
+    @property
+    def to_remove(self) -> list[RemoveStack]:
+        """The stacks this deploy takes off their VMs."""
+        return [r for r in self.removals if not r.keep]
+
+    @property
+    def kept(self) -> list[RemoveStack]:
+        """Stacks no longer listed that stay where they are (--keep-removed)."""
+        return [r for r in self.removals if r.keep]
 
     @property
     def final(self) -> RunReport | None:
@@ -239,9 +289,15 @@ class DeployResult:
         return all(h.ok for h in self.hosts)
 
     @property
+    def would_change(self) -> bool:
+        """The preview found files or packages to change, or stacks to remove."""
+        return bool(self.preview and (self.preview.changes or self.to_remove))
+
+    @property
     def pending(self) -> bool:
-        """The preview found something to change (files, packages) or the stacks are to be started."""
-        return bool(self.preview and (self.preview.changes or self.deployment.options.start_stacks))
+        """The preview found something to change (files, packages, stacks to remove) or the stacks are to be started."""
+        starts = self.deployment.options.start_stacks and any(not t.clear_only for t in self.deployment.ready)
+        return bool(self.preview and (self.would_change or starts))
 
 
 def workdir(lab: Lab) -> Path:
@@ -254,8 +310,47 @@ def playbook() -> Path:
     return data_dir("stacks") / "ansible" / "deploy.yml"
 
 
-def stage(deployment: Deployment, key_file: Path, where: Path) -> Path:
-    """Write the pinned known_hosts and the inventory under ``where``; the inventory's path."""
+def deployed_file(lab: Lab) -> Path:
+    """The deploy record: the VMs an earlier deploy put stacks on."""
+    return workdir(lab) / "deployed.json"
+
+
+def deployed_vms(lab: Lab) -> frozenset[str]:
+    """The VMs the deploy record names (none when there is no record, or it cannot be read)."""
+    try:
+        data = json.loads(deployed_file(lab).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return frozenset()
+    vms = data.get("vms") if isinstance(data, dict) else None
+    return frozenset(str(vm) for vm in vms) if isinstance(vms, list) else frozenset()
+
+
+def remember_deployed(result: DeployResult, before: Collection[str]) -> frozenset[str]:
+    """The deploy record after ``result``: a VM that came out ok is in it while it has stacks homelab put there.
+
+    It lists stacks, or it lists none and still holds a kept one. VMs the lab no longer has drop out;
+    a VM that failed keeps its entry.
+    """
+    deployment = result.deployment
+    outcome = {h.name: h.ok for h in result.hosts}
+    kept = {r.vm for r in result.kept}
+    vms = {vm.name for vm in deployment.lab.vms}
+    after = {name for name in before if name in vms}
+    for t in deployment.targets:
+        if not outcome.get(t.name, False):
+            continue
+        if t.clear_only and t.name not in kept:
+            after.discard(t.name)
+        else:
+            after.add(t.name)
+    return frozenset(after)
+
+
+def stage(deployment: Deployment, key_file: Path, where: Path, removals: Collection[RemoveStack] = ()) -> Path:
+    """Write the pinned known_hosts and the inventory under ``where``; the inventory's path.
+
+    ``removals``: the stacks to take off their VMs (those with ``keep`` stay).
+    """
     ready = [t for t in deployment.ready if t.host is not None]
     known_hosts = where / "known_hosts"
     write_atomic(known_hosts, known_hosts_text([t.host for t in ready if t.host is not None]))
@@ -263,7 +358,8 @@ def stage(deployment: Deployment, key_file: Path, where: Path) -> Path:
     for t in ready:
         assert t.host is not None
         own_key = Path(t.host.key_file) if t.host.key_file else key_file
-        entries[t.name] = host_vars(t.host, t.render, own_key, known_hosts)
+        remove = [r.stack for r in removals if r.vm == t.name and not r.keep]
+        entries[t.name] = host_vars(t.host, t.render, own_key, known_hosts, lab=deployment.lab.name, remove=remove)
     path = where / "hosts.yml"
     write_atomic(path, json.dumps(inventory(entries), indent=2) + "\n")
     return path
@@ -282,6 +378,7 @@ def execute(
     pinned = {t.name: t.host.host_key for t in deployment.ready if t.host and t.host.host_key}
     results = {name: HostResult(name) for name in pinned}
     changes: list[Change] = []
+    markers: dict[str, dict[str, str]] = {}
 
     def collect(event: TaskEvent) -> None:
         if on_event is not None:
@@ -289,6 +386,8 @@ def execute(
         result = results.get(event.host)
         if result is None:
             return
+        if event.markers is not None and event.kind in ("ok", "changed"):
+            markers[event.host] = dict(event.markers)
         if event.kind == "changed" and not event.loop:
             changes.extend(changes_of(event))
         if event.kind in ("failed", "unreachable") and result.failed_task is None and not (event.loop and event.item):
@@ -310,7 +409,27 @@ def execute(
         if not result.ok and result.failed_task is None:
             result.failed_task = "?"
             result.message = f"ansible reported a failure ({outcome.status})"
-    return RunReport(check, results, changes)
+    return RunReport(check, results, changes, markers)
+
+
+def plan_removals(deployment: Deployment, preview: RunReport) -> tuple[RemoveStack, ...]:
+    """The stacks to take off each VM the preview checked: homelab's folders there that the VM no longer lists."""
+    options = deployment.options
+    found: list[RemoveStack] = []
+    for t in deployment.ready:
+        checked = preview.hosts.get(t.name)
+        if checked is None or not checked.ok or t.name not in preview.markers:
+            continue
+        listed = [s.name for s in t.render.stacks]
+        found += removed_stacks(
+            t.name,
+            deployment.lab.name,
+            listed,
+            preview.markers[t.name],
+            compose_down=options.start_stacks,
+            keep=options.keep_removed,
+        )
+    return tuple(found)
 
 
 def _fingerprint(public_line: str) -> str:
@@ -322,16 +441,17 @@ def _fingerprint(public_line: str) -> str:
         return "another key"
 
 
-def preview_lines(report: RunReport) -> list[str]:
-    """The check run in words: what would change, and which hosts could not be checked."""
+def preview_lines(report: RunReport, removals: Collection[RemoveStack] = ()) -> list[str]:
+    """The check run in words: what would change, the stacks to remove (or keep), hosts that could not be checked."""
     lines = []
     for change in report.changes:
         lines.append(f"  {change.describe()}")
         lines += [f"      {line}" for line in change.diff_lines()]
+    lines += [f"  {removal.describe()}" for removal in removals]
     for result in report.hosts.values():
         if not result.ok:
             lines.append(f"  ! {result.name}: cannot check: {result.failed_task}: {result.message}")
-    if not report.changes:
+    if not report.changes and not any(not r.keep for r in removals):
         lines.append("  (no file or package would change)")
     return lines
 
@@ -363,16 +483,20 @@ def _preview_and_run(
     from homelab.adminkey import admin_key_path
 
     where = workdir(deployment.lab)
-    inventory_path = stage(deployment, admin_key_path(deployment.lab), where)
+    key_file = admin_key_path(deployment.lab)
+    inventory_path = stage(deployment, key_file, where)
     echo("Checking the VMs (Ansible check mode)...")
     result.preview = execute(deployment, runner, inventory_path, where, check=True)
+    result.removals = plan_removals(deployment, result.preview)
     echo("Changes:")
-    for line in preview_lines(result.preview):
+    for line in preview_lines(result.preview, result.removals):
         echo(line)
     if check_only:
         return
-    if result.preview.changes or deployment.options.start_stacks:
+    if result.pending:
         confirm(f"Deploy to {len(deployment.ready)} VM(s)?")
+        if result.to_remove:
+            inventory_path = stage(deployment, key_file, where, result.removals)
         echo("Deploying:")
         result.run = execute(deployment, runner, inventory_path, where, check=False, on_event=progress_printer(echo))
     else:
@@ -416,9 +540,15 @@ def deploy_stacks(
                 own_runner.close()
     if check_only:
         return result
+    before = deployed_vms(lab)
+    after = remember_deployed(result, before)
+    if after != before:
+        write_atomic(deployed_file(lab), json.dumps({"vms": sorted(after)}, indent=2) + "\n")
     echo("Summary:")
     for host in result.hosts:
         echo(f"  {host.describe()}")
+    for kept in result.kept:
+        echo(f"  note: {kept.vm}: stack {kept.stack} is no longer in the lab file; kept there (--keep-removed)")
     failed = [h for h in result.hosts if not h.ok]
     if failed:
         names = ", ".join(f"{h.name} ({h.failed_task})" for h in failed)

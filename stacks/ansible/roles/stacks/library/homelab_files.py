@@ -9,7 +9,11 @@ short_description: Write rendered stack files under a folder, owned by one user
 description:
   - Creates O(root) and each of O(dirs) below it (mode 0755), then writes each of O(files) atomically
     when its content, mode or owner differ. Files not listed are left alone.
-  - Supports check mode and diff mode (one diff per changed file).
+  - Deletes each stack folder in O(remove) whose C(.homelab-stack) marker names O(lab) and that stack;
+    a folder without such a marker (one made by hand) is never touched.
+  - Returns C(stack_markers), the text of the C(.homelab-stack) marker of every folder directly under
+    O(root) that has one (also in check mode), so that homelab can tell which stacks it made there.
+  - Supports check mode and diff mode (one diff per changed file or removed folder).
 options:
   root: {type: path, required: true, description: The folder everything goes under.}
   owner: {type: str, required: true, description: User owning the folders and files (group is its primary group).}
@@ -19,15 +23,21 @@ options:
     elements: dict
     default: []
     description: Files, each with C(path) (relative to O(root)), C(content_b64) and C(mode) (octal string).
+  remove: {type: list, elements: str, default: [], description: Stack folders (names under O(root)) to delete.}
+  lab: {type: str, default: "", description: The lab whose marker a folder in O(remove) must carry.}
 """
 
 import base64
 import os
 import pwd
+import shutil
 import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+
+MARKER = ".homelab-stack"
+MARKER_LIMIT = 4096
 
 
 def _inside(root, rel):
@@ -110,6 +120,65 @@ def _write_file(module, path, data, mode, uid, gid, changes):
     return True
 
 
+def _marker(folder):
+    """The text of a folder's marker file; None when the folder or the marker is not a plain one."""
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return None
+        if not stat.S_ISREG(os.lstat(os.path.join(folder, MARKER)).st_mode):
+            return None
+        with open(os.path.join(folder, MARKER), "rb") as handle:
+            return handle.read(MARKER_LIMIT).decode("utf-8", "replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _markers(root):
+    """Every folder directly under root that holds a marker, with the marker's text."""
+    try:
+        names = sorted(os.listdir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found = {}
+    for name in names:
+        text = _marker(os.path.join(root, name))
+        if text is not None:
+            found[name] = text
+    return found
+
+
+def _owner(text):
+    """(lab, stack) a marker names (homelab.deploy.removed.read_marker, which this mirrors)."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values.get("lab"), values.get("stack")
+
+
+def _remove_stack(module, root, name, lab, changes):
+    """Delete a stack folder, only when its marker says this lab made it for that stack."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a folder name")
+    path = os.path.join(root, name)
+    text = _marker(path)
+    if text is None or _owner(text) != (lab, name):
+        return False  # not homelab's (any longer): leave it
+    changes.append(
+        {
+            "before_header": path,
+            "after_header": path,
+            "before": {"path": path, "state": "directory"},
+            "after": {"path": path, "state": "absent"},
+            "homelab_change": "removed stack",
+        }
+    )
+    if not module.check_mode:
+        shutil.rmtree(path)  # never follows a symlink inside (and path itself is a real folder)
+    return True
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -117,6 +186,8 @@ def main():
             "owner": {"type": "str", "required": True},
             "dirs": {"type": "list", "elements": "str", "default": []},
             "files": {"type": "list", "elements": "dict", "default": []},
+            "remove": {"type": "list", "elements": "str", "default": []},
+            "lab": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -130,19 +201,23 @@ def main():
         module.fail_json(msg=f"logged in as uid {os.geteuid()}: cannot give files to {user.pw_name} without root")
     changes = []
     changed_paths = []
+    dirs, files = module.params["dirs"], module.params["files"]
     try:
-        for rel in ["", *module.params["dirs"]]:
+        for rel in ["", *dirs] if dirs or files else []:  # nothing to write: root is not made either
             path = _inside(root, rel) if rel else root
             if _ensure_dir(module, path, uid, gid, changes):
                 changed_paths.append(path)
-        for entry in module.params["files"]:
+        for entry in files:
             path = _inside(root, entry["path"])
             data = base64.b64decode(entry["content_b64"])
             if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
                 changed_paths.append(path)
+        for name in module.params["remove"]:
+            if _remove_stack(module, root, name, module.params["lab"], changes):
+                changed_paths.append(os.path.join(root, name))
     except (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), changed=bool(changed_paths), paths=changed_paths)
-    module.exit_json(changed=bool(changed_paths), paths=changed_paths, diff=changes)
+    module.exit_json(changed=bool(changed_paths), paths=changed_paths, diff=changes, stack_markers=_markers(root))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,300 @@
+"""Stacks a VM no longer lists: which folders homelab may take away (data in, removals out), how the deploy
+previews, confirms and runs them against a fake runner, the deploy record of VMs that got stacks, and the
+homelab_files module's own checks on the host side (run here against a temporary folder)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from homelab.cli import cli
+from homelab.deploy.removed import MARKER, RemoveStack, marker_text, read_marker, removed_stacks
+from homelab.deploy.runner import HostStats, RunOutcome, RunRequest, TaskEvent, to_task_event
+from homelab.deploy.service import DeployOptions, deploy_stacks, deployed_file, deployed_vms, prepare
+from homelab.errors import InputError, OperationError
+from homelab.hosts import Host, save_hosts
+from homelab.lab.loader import parse_lab
+from homelab.lab.models import Lab
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+LAB: dict[str, Any] = {
+    "name": "test",
+    "proxmox": {"url": "https://pve.test:8006", "node": "pve1", "token_id": "root@pam!homelab"},
+    "network": {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1", "domain": "lab.example"},
+    "templates": [{"name": "debian-docker"}],
+    "vms": [
+        {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik"]},
+        {"name": "spare", "ip": "10.10.0.12"},
+    ],
+}
+MARK = {name: marker_text("test", name) for name in ("traefik", "media", "portainer")}
+
+# (what the VM lists, the markers found under its stacks folder) -> the stacks to remove
+CASES: dict[str, tuple[list[str], dict[str, str], list[str]]] = {
+    "nothing dropped": (["traefik", "media"], {"traefik": MARK["traefik"], "media": MARK["media"]}, []),
+    "one dropped": (["traefik"], {"traefik": MARK["traefik"], "media": MARK["media"]}, ["media"]),
+    "all dropped, in name order": ([], dict(reversed(MARK.items())), ["media", "portainer", "traefik"]),
+    "another lab's folder": ([], {"media": marker_text("other", "media")}, []),
+    "a copy under another name": ([], {"media-old": MARK["media"]}, []),
+    "a marker naming no stack": ([], {"mine": "lab=test\n"}, []),
+    "a marker made by hand": ([], {"mine": "# mine\nlab = test\nstack = mine\n"}, ["mine"]),
+    "a commented-out marker": ([], {"media": "#lab=test\n#stack=media\n"}, []),
+    "no markers at all": ([], {}, []),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_which_stacks_leave_the_vm(case: str) -> None:
+    listed, markers, expected = CASES[case]
+    assert [r.stack for r in removed_stacks("web", "test", listed, markers)] == expected
+
+
+def test_removals_describe_what_happens() -> None:
+    assert read_marker(marker_text("test", "media")) == ("test", "media")
+    assert read_marker("stack=media\n") is None
+    assert RemoveStack("web", "media").describe() == "- web: stack media (compose down, folder removed)"
+    no_start = RemoveStack("web", "media", compose_down=False)
+    assert no_start.describe() == "- web: stack media (folder removed; no compose down: --no-start)"
+    kept = removed_stacks("web", "test", [], {"media": MARK["media"]}, keep=True)
+    assert [r.describe() for r in kept] == ["= web: stack media kept (no longer in the lab file; --keep-removed)"]
+
+
+class FakeRunner:
+    """Plays the playbook: the check run reports ``markers`` per host; the real run removes what it is told."""
+
+    def __init__(self, markers: dict[str, dict[str, str]], fail: tuple[str, ...] = ()):
+        self.markers = markers
+        self.fail = fail
+        self.requests: list[RunRequest] = []
+        self.inventories: list[dict[str, Any]] = []
+
+    def close(self) -> None:  # as AnsibleRunner, which the CLI test replaces with this
+        pass
+
+    def run(self, request: RunRequest, on_event: Callable[[TaskEvent], None]) -> RunOutcome:
+        self.requests.append(request)
+        hosts = json.loads(request.inventory.read_text())["all"]["hosts"]
+        self.inventories.append(hosts)
+        stats = {}
+        for name, entry in hosts.items():
+            if name in self.fail:
+                on_event(TaskEvent("unreachable", name, "Stack files", message="No route to host"))
+                stats[name] = HostStats(unreachable=1)
+                continue
+            found = tuple(sorted(self.markers.get(name, {}).items()))
+            on_event(TaskEvent("ok", name, "Stack files", markers=found))
+            removed = entry["homelab_remove_stacks"]
+            if removed and not request.check:
+                on_event(TaskEvent("changed", name, "Remove stack folders"))
+            stats[name] = HostStats(ok=1 + bool(removed), changed=int(bool(removed)))
+        failed = any(s.unreachable for s in stats.values())
+        return RunOutcome("failed" if failed else "successful", 2 if failed else 0, stats)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.questions: list[str] = []
+
+    def echo(self, line: str) -> None:
+        self.lines.append(line)
+
+    def confirm(self, question: str) -> None:
+        self.questions.append(question)
+
+
+def make_lab(**vm_stacks: list[str]) -> Lab:
+    data = json.loads(json.dumps(LAB))
+    for vm in data["vms"]:
+        if vm["name"] in vm_stacks:
+            vm["stacks"] = vm_stacks[vm["name"]]
+            if not vm["stacks"]:
+                del vm["stacks"]
+    lab = parse_lab(yaml.safe_dump(data))
+    save_hosts(
+        lab, [Host("web", "10.77.1.2", "homelab", host_key=KEY), Host("spare", "10.77.3.2", "homelab", host_key=KEY)]
+    )
+    return lab
+
+
+FILES_ONLY = DeployOptions(install_packages=False, start_stacks=False)
+
+
+def test_a_dropped_stack_is_previewed_confirmed_and_removed_exactly_as_previewed() -> None:
+    lab = make_lab()
+    runner = FakeRunner({"web": {"traefik": MARK["traefik"], "media": MARK["media"], "mine": "lab=test\n"}})
+    out = Recorder()
+    result = deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
+    assert "  - web: stack media (compose down, folder removed)" in out.lines
+    assert "Stacks no longer listed: `docker compose down`, then their folder is deleted with everything in it" in (
+        out.lines
+    )
+    assert out.questions == ["Deploy to 1 VM(s)?"] and [r.check for r in runner.requests] == [True, False]
+    assert runner.inventories[0]["web"]["homelab_remove_stacks"] == []  # the check run removes nothing
+    assert runner.inventories[1]["web"]["homelab_remove_stacks"] == ["media"]
+    assert runner.inventories[1]["web"]["homelab_lab"] == "test"
+    assert result.ok and [r.stack for r in result.to_remove] == ["media"]
+
+
+def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = make_lab()
+    runner = FakeRunner({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
+    out = Recorder()
+    deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
+    assert "  - web: stack media (folder removed; no compose down: --no-start)" in out.lines
+    assert "  (no file or package would change)" not in out.lines
+    assert [r.check for r in runner.requests] == [True, False]
+
+    lab_file = tmp_path / "lab.yml"
+    lab_file.write_text(yaml.safe_dump(LAB))
+    monkeypatch.setattr("homelab.deploy.runner.AnsibleRunner", lambda: runner)
+    monkeypatch.setattr("homelab.deploy.runner.ansible_available", lambda: None)
+    result = CliRunner().invoke(
+        cli, ["--lab", str(lab_file), "deploy", "--check", "--no-start"], catch_exceptions=False
+    )
+    assert (
+        result.exit_code == 3 and "  - web: stack media (folder removed; no compose down: --no-start)" in result.stdout
+    )
+    result = CliRunner().invoke(
+        cli, ["--lab", str(lab_file), "deploy", "--check", "--no-start", "--keep-removed"], catch_exceptions=False
+    )
+    assert result.exit_code == 0 and "  = web: stack media kept (no longer in the lab file; --keep-removed)" in (
+        result.stdout
+    )
+
+
+def test_keep_removed_leaves_them_and_says_so() -> None:
+    lab = make_lab()
+    runner = FakeRunner({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
+    out = Recorder()
+    result = deploy_stacks(
+        lab, out.echo, out.confirm, DeployOptions(start_stacks=False, keep_removed=True), runner=runner
+    )
+    assert "  = web: stack media kept (no longer in the lab file; --keep-removed)" in out.lines
+    assert "  (no file or package would change)" in out.lines and "Nothing to change." in out.lines
+    assert [r.check for r in runner.requests] == [True] and out.questions == []
+    assert "  note: web: stack media is no longer in the lab file; kept there (--keep-removed)" in out.lines
+    assert result.to_remove == [] and [r.stack for r in result.kept] == ["media"]
+
+
+def test_a_host_the_preview_could_not_check_gets_no_removals() -> None:
+    lab = make_lab(spare=["traefik"])
+    runner = FakeRunner({"web": {"media": MARK["media"]}, "spare": {"media": MARK["media"]}}, fail=("spare",))
+    out = Recorder()
+    with pytest.raises(OperationError, match="failed on spare"):
+        deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
+    assert [line for line in out.lines if line.startswith("  - ")] == [
+        "  - web: stack media (folder removed; no compose down: --no-start)"
+    ]
+    assert runner.inventories[1]["web"]["homelab_remove_stacks"] == ["media"]
+    assert runner.inventories[1]["spare"]["homelab_remove_stacks"] == []
+
+
+def test_a_vm_that_lists_no_stacks_any_more_is_cleared_while_the_record_names_it() -> None:
+    lab = make_lab(spare=["traefik"])
+    runner = FakeRunner({})
+    deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=runner)
+    assert deployed_vms(lab) == {"web", "spare"}  # both got stacks
+
+    lab = make_lab(spare=[])
+    deployment = prepare(lab, FILES_ONLY)
+    assert [(t.name, t.clear_only) for t in deployment.targets] == [("web", False), ("spare", True)]
+    assert prepare(lab, DeployOptions(vms=("spare",))).targets[0].clear_only
+
+    kept = FakeRunner({"spare": {"traefik": MARK["traefik"]}})
+    out = Recorder()
+    deploy_stacks(lab, out.echo, out.confirm, DeployOptions(start_stacks=False, keep_removed=True), runner=kept)
+    assert "  spare (10.77.3.2): no stacks (those deployed before are removed)" in out.lines
+    assert (
+        kept.inventories[0]["spare"]["homelab_stacks"] == []
+        and kept.inventories[0]["spare"]["homelab_stack_files"] == []
+    )
+    assert deployed_vms(lab) == {"web", "spare"}  # its stack was kept: still homelab's to clear later
+
+    cleared = FakeRunner({"spare": {"traefik": MARK["traefik"]}})
+    out = Recorder()
+    deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=cleared)
+    assert "  - spare: stack traefik (folder removed; no compose down: --no-start)" in out.lines
+    assert cleared.inventories[1]["spare"]["homelab_remove_stacks"] == ["traefik"]
+    assert deployed_vms(lab) == {"web"}
+    assert json.loads(deployed_file(lab).read_text()) == {"vms": ["web"]}
+    assert [t.name for t in prepare(lab, FILES_ONLY).targets] == ["web"]  # spare is left alone from now on
+    with pytest.raises(InputError, match="'spare' lists no stacks"):
+        prepare(lab, DeployOptions(vms=("spare",)))
+
+
+def test_a_vm_that_failed_keeps_its_record() -> None:
+    lab = make_lab(spare=["traefik"])
+    deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=FakeRunner({}))
+    lab = make_lab(spare=[])
+    with pytest.raises(OperationError, match="failed on spare"):
+        deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=FakeRunner({}, fail=("spare",)))
+    assert deployed_vms(lab) == {"web", "spare"}
+    deployed_file(lab).write_text("not json")
+    assert deployed_vms(lab) == frozenset()  # an unreadable record clears nothing
+
+
+def test_the_runner_reports_the_markers_homelab_files_found() -> None:
+    res = {"changed": False, "stack_markers": {"media": "lab=test\nstack=media\n", "traefik": "x"}}
+    event = to_task_event({"event": "runner_on_ok", "event_data": {"host": "web", "task": "Stack files", "res": res}})
+    assert event is not None and event.markers == (("media", "lab=test\nstack=media\n"), ("traefik", "x"))
+    other = to_task_event({"event": "runner_on_ok", "event_data": {"host": "web", "task": "Compose up", "res": {}}})
+    assert other is not None and other.markers is None
+
+
+def homelab_files() -> ModuleType:
+    path = Path(__file__).parent.parent / "stacks/ansible/roles/stacks/library/homelab_files.py"
+    spec = importlib.util.spec_from_file_location("homelab_files_module", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_module_on_the_host_reports_and_removes_only_marked_folders(tmp_path: Path) -> None:
+    module = homelab_files()
+    assert module.MARKER == MARKER
+    root = tmp_path / "stacks"
+    for name in ("media", "mine", "linked-marker"):
+        (root / name).mkdir(parents=True)
+    (root / "media" / MARKER).write_text(MARK["media"])
+    (root / "media" / "config").mkdir()
+    (root / "media" / "config" / "db.sqlite").write_text("data")
+    (root / "mine" / "compose.yml").write_text("services: {}\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / MARKER).write_text(marker_text("test", "linked"))
+    os.symlink(outside, root / "linked")  # a symlinked folder is not one homelab made
+    os.symlink(outside / MARKER, root / "linked-marker" / MARKER)
+    (root / "file").write_text("x")
+    assert module._markers(str(root)) == {"media": MARK["media"]}
+    assert module._markers(str(tmp_path / "missing")) == {}
+    for name, (lab, stack) in {"media": ("test", "media"), "mine": (None, None)}.items():
+        text = module._marker(str(root / name))
+        assert (module._owner(text) if text else (None, None)) == (lab, stack)
+        if text:
+            assert read_marker(text) == (lab, stack)  # the module's copy reads markers as homelab does
+
+    checking = SimpleNamespace(check_mode=True)
+    changes: list[dict[str, Any]] = []
+    assert module._remove_stack(checking, str(root), "media", "test", changes)
+    assert (root / "media").is_dir() and changes[0]["homelab_change"] == "removed stack"
+    running = SimpleNamespace(check_mode=False)
+    for name, lab in (("mine", "test"), ("linked", "test"), ("media", "other"), ("absent", "test")):
+        assert not module._remove_stack(running, str(root), name, lab, [])
+    with pytest.raises(ValueError, match="not a folder name"):
+        module._remove_stack(running, str(root), "../stacks", "test", [])
+    assert module._remove_stack(running, str(root), "media", "test", [])
+    assert sorted(p.name for p in root.iterdir()) == ["file", "linked", "linked-marker", "mine"]
+    assert (outside / MARKER).is_file()
