@@ -1,8 +1,9 @@
 """`docker compose up` through the deploy, for real: dockerd inside an SSH test host, an image built offline.
 
-No image can be pulled here, so the test makes one: a static busybox imported as ``traefik:test``, and the
-lab pins ``stacks.traefik.version: test``. The shipped traefik compose file and its rendered .env then start
-that image on the ``homelab`` network the stacks role creates. dockerd runs in the host's own mount and
+No image can be pulled here, so the test makes one: a static busybox imported as ``traefik:test`` and tagged
+``portainer/portainer-ce:test``, and the lab pins both stacks' version to ``test``. The shipped compose files
+and their rendered .env then start that image on the ``homelab`` network the stacks role creates; dropping
+portainer from the lab takes its container down. dockerd runs in the host's own mount and
 network namespaces: /run is a tmpfs there (its socket stays inside), its data lives in the host's /home,
 and the cgroup hierarchies are mounted there (``ip netns exec`` hides the machine's). The homelab user owns
 the socket group, so the role runs docker without sudo (homelab_docker_become=false). The docker role runs
@@ -112,7 +113,7 @@ def dockerd(vm: SshHost, group: str) -> Iterator[str]:
                 root.rmdir()
 
 
-def test_deploy_starts_the_stack_with_compose_and_a_second_deploy_changes_nothing(
+def test_deploy_starts_the_stacks_with_compose_takes_a_dropped_one_down_and_a_second_deploy_changes_nothing(
     tmp_path: Path, ssh_hosts: HostFactory
 ) -> None:
     reason = why_not()
@@ -123,8 +124,8 @@ def test_deploy_starts_the_stack_with_compose_and_a_second_deploy_changes_nothin
         "proxmox": {"url": "https://pve.test:8006", "node": "pve1", "token_id": "root@pam!homelab"},
         "network": {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1", "domain": "lab.example"},
         "templates": [{"name": "debian-docker"}],
-        "vms": [{"name": "web", "ip": "10.10.0.10", "stacks": ["traefik"]}],
-        "stacks": {"traefik": {"version": "test"}},
+        "vms": [{"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer"]}],
+        "stacks": {"traefik": {"version": "test"}, "portainer": {"version": "test"}},
     }
     lab = parse_lab(yaml.safe_dump(data))
     (vm,) = ssh_hosts(1, per_user_keys=True)
@@ -140,6 +141,7 @@ def test_deploy_starts_the_stack_with_compose_and_a_second_deploy_changes_nothin
         shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
         entrypoint = '["/bin/busybox", "sh", "-c", "trap \\"exit 0\\" TERM; /bin/busybox sleep 600 & wait", "sh"]'
         vm.exec(["sh", "-c", f"tar -C {rootfs} -c . | docker import -c 'ENTRYPOINT {entrypoint}' - traefik:test"])
+        vm.exec(["docker", "tag", "traefik:test", "portainer/portainer-ce:test"])
 
         # The docker role runs too: the host has Docker and compose (the machine's /usr), so it installs nothing.
         options = DeployOptions(extra_vars={"homelab_docker_become": False})
@@ -151,8 +153,19 @@ def test_deploy_starts_the_stack_with_compose_and_a_second_deploy_changes_nothin
         assert any("web: changed Create the homelab network" in line for line in lines), lines
         assert any("web: changed Compose up: traefik" in line for line in lines), lines
         running = vm.exec(["docker", "ps", "--format", "{{.Image}} {{.Status}} {{.Networks}}"]).stdout.split("\n")
-        assert [line.split()[0] for line in running if line] == ["traefik:test"]
-        assert running[0].split()[1] == "Up" and running[0].endswith("homelab")
+        assert sorted(line.split()[0] for line in running if line) == ["portainer/portainer-ce:test", "traefik:test"]
+        assert all(line.split()[1] == "Up" and line.endswith("homelab") for line in running if line)
+
+        # portainer leaves the lab file: its container goes, then its folder; traefik keeps running.
+        data["vms"][0]["stacks"] = ["traefik"]
+        lab = parse_lab(yaml.safe_dump(data))
+        lines.clear()
+        dropped = deploy_stacks(lab, lines.append, lambda question: None, options)
+        assert dropped.ok and "  - web: stack portainer (compose down, folder removed)" in lines, "\n".join(lines)
+        assert any("web: changed Compose down: portainer" in line for line in lines), lines
+        running = vm.exec(["docker", "ps", "-a", "--format", "{{.Image}} {{.Status}}"]).stdout.split("\n")
+        assert [line.split()[:2] for line in running if line] == [["traefik:test", "Up"]]
+        assert not (vm.home_dir / "homelab" / "stacks" / "portainer").exists()
 
         lines.clear()
         again = deploy_stacks(lab, lines.append, lambda question: None, options)

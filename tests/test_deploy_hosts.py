@@ -175,3 +175,78 @@ def test_stack_add_keeps_the_comments_and_deploys_the_new_stack(tmp_path: Path, 
             "portainer/.homelab-stack",
         ]
     )
+
+
+ONE_VM = """\
+name: test
+proxmox:
+  url: https://pve.test:8006
+  node: pve1
+  token_id: root@pam!homelab
+network:
+  subnet: 10.10.0.0/24
+  gateway: 10.10.0.1
+  domain: lab.example
+templates:
+  - name: debian-docker
+vms:
+  - name: web
+    ip: 10.10.0.10
+    stacks: [traefik, portainer]
+"""
+FILES_ONLY = ("--yes", "--no-install-docker", "--no-start")
+
+
+def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
+    tmp_path: Path, ssh_hosts: HostFactory
+) -> None:
+    lab_path = tmp_path / "lab.yml"
+    lab_path.write_text(ONE_VM)
+    (vm,) = ssh_hosts(1, per_user_keys=True)
+    provision(load_lab(lab_path), {"web": vm})
+    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY)
+    assert code == 0, out + err
+    stacks = vm.home_dir / "homelab" / "stacks"
+    # Folders homelab did not make: by hand, by another lab, a copy of a stack's folder under another name.
+    by_hand = "mkdir mine && echo 'services: {}' > mine/compose.yml && echo 'lab=test' > mine/.homelab-stack"
+    other_lab = "mkdir elsewhere && printf 'lab=other\\nstack=elsewhere\\n' > elsewhere/.homelab-stack"
+    vm.exec(["sh", "-c", f"cd /home/homelab/stacks && {by_hand} && {other_lab} && cp -a portainer portainer-old"])
+    theirs = {
+        name: sorted(p.name for p in (stacks / name).iterdir()) for name in ("mine", "elsewhere", "portainer-old")
+    }
+    traefik = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (stacks / "traefik").iterdir()}
+
+    lab_path.write_text(ONE_VM.replace("[traefik, portainer]", "[traefik]"))
+    code, out, _ = homelab(lab_path, "deploy", "--check", "--no-install-docker", "--no-start")
+    assert code == 3, out  # something would change
+    assert "  - web: stack portainer (folder removed; no compose down: --no-start)" in out
+    assert "stack mine" not in out and "elsewhere" not in out and "portainer-old" not in out
+
+    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY, "--keep-removed")
+    assert code == 0, out + err
+    assert "  = web: stack portainer kept (no longer in the lab file; --keep-removed)" in out
+    assert "note: web: stack portainer is no longer in the lab file; kept there (--keep-removed)" in out
+    assert (stacks / "portainer" / "compose.yml").is_file()
+
+    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY)
+    assert code == 0, out + err
+    assert "  - web: stack portainer (folder removed; no compose down: --no-start)" in out
+    assert "web: changed Remove stack folders" in out and "web: ok (ok=2 changed=1" in out
+    assert not (stacks / "portainer").exists()
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (stacks / "traefik").iterdir()} == traefik
+    assert {name: sorted(p.name for p in (stacks / name).iterdir()) for name in theirs} == theirs
+
+    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY)
+    assert code == 0, out + err
+    assert "(no file or package would change)" in out and "Nothing to change." in out
+    assert "  web: ok (ok=1 changed=0 failed=0 unreachable=0)" in out
+
+    # The VM lists no stacks at all: the deploy record says homelab put some there, so it is cleared too.
+    lab_path.write_text(ONE_VM.replace("    stacks: [traefik, portainer]\n", ""))
+    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY)
+    assert code == 0, out + err
+    assert "  web (" in out and "): no stacks (those deployed before are removed)" in out
+    assert "  - web: stack traefik (folder removed; no compose down: --no-start)" in out
+    assert sorted(p.name for p in stacks.iterdir()) == ["elsewhere", "mine", "portainer-old"]
+    code, out, _ = homelab(lab_path, "deploy", *FILES_ONLY)
+    assert code == 0 and "Skipped: no VM in the lab file lists stacks." in out
