@@ -93,7 +93,7 @@ def test_connection_errors_and_gateway_errors_are_retried_until_attempts_run_out
                 {"exc": requests.exceptions.ConnectionError("reset by peer")},
             ],
         )
-        with pytest.raises(ProxmoxError, match="cannot reach https://pve.test:8006") as info:
+        with pytest.raises(ProxmoxError, match=r"cannot reach https://pve\.test:8006") as info:
             api_for(sleeps).get("/cluster/resources")
         assert m.call_count == 4
     assert info.value.transient
