@@ -138,7 +138,15 @@ LAB = [
 class Asker:
     """The one place questions are asked: from answers, defaults, or a terminal."""
 
-    def __init__(self, answers: dict[str, Any] | None, use_defaults: bool, interactive: bool | None = None):
+    def __init__(
+        self,
+        answers: dict[str, Any] | None,
+        use_defaults: bool,
+        interactive: bool | None = None,
+        terminal: Callable[[Question], dict[str, Any]] | None = None,
+    ):
+        # terminal(question) -> prompt_toolkit input/output for that prompt (tests drive the real prompts).
+        self.terminal = terminal or (lambda q: {})
         self.given = answers or {}
         self.use_defaults = use_defaults
         self.interactive = sys.stdin.isatty() if interactive is None else interactive
@@ -173,19 +181,19 @@ class Asker:
             raise InputError(f"init: {q.key}: an answer is required")
         return value
 
-    @staticmethod
-    def _prompt(q: Question, default: Any, choices: list[str] | None) -> Any:
+    def _prompt(self, q: Question, default: Any, choices: list[str] | None) -> Any:
         import questionary
 
+        io = self.terminal(q)
         if q.kind == "select":
-            return questionary.select(q.message, choices=choices or [], default=default).unsafe_ask()
+            return questionary.select(q.message, choices=choices or [], default=default, **io).unsafe_ask()
         if q.kind == "checkbox":
             picked = default or []
             items = [questionary.Choice(c, checked=c in picked) for c in choices or []]
-            return questionary.checkbox(q.message, choices=items).unsafe_ask()
+            return questionary.checkbox(q.message, choices=items, **io).unsafe_ask()
         if q.kind == "password":
-            return questionary.password(q.message).unsafe_ask()
-        return questionary.text(q.message, default=str(default or "")).unsafe_ask()
+            return questionary.password(q.message, **io).unsafe_ask()
+        return questionary.text(q.message, default=str(default or ""), **io).unsafe_ask()
 
 
 def discover(api: Any) -> dict[str, Any]:
@@ -289,6 +297,7 @@ def run_init(
     use_defaults: bool = False,
     force: bool = False,
     interactive: bool | None = None,
+    terminal: Callable[[Question], dict[str, Any]] | None = None,
 ) -> InitResult:
     """Ask, read the cluster, write a validated lab file atomically. Never overwrites without ``force``."""
     from homelab.lab.loader import parse_lab
@@ -298,7 +307,7 @@ def run_init(
 
     if path.exists() and not force:
         raise InputError(f"{path}: already exists; pass --force to replace it (or --lab for another file)")
-    asker = Asker(answers, use_defaults, interactive)
+    asker = Asker(answers, use_defaults, interactive, terminal)
     ctx = Context()
     for q in CONNECTION:
         ctx.answers[q.key] = asker.ask(q, ctx)

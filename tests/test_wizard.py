@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,43 @@ def test_init_without_terminal_or_answers_fails_fast(tmp_path: Path, fake_pve: F
 def test_init_needs_the_secret_from_the_environment(tmp_path: Path, fake_pve: FakeProxmox) -> None:
     code, _, err = run_init(tmp_path, answers(fake_pve), "--defaults")
     assert code == 2 and "HOMELAB_PROXMOX_TOKEN" in err
+
+
+def test_init_on_a_terminal_drives_the_real_prompts(
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every question goes through questionary (select, checkbox, text), answered by keystrokes."""
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from homelab.wizard import Question, run_init
+
+    monkeypatch.delenv("HOMELAB_PROXMOX_TOKEN", raising=False)
+    enter, clear = "\r", "\x15"  # Enter; Ctrl-U clears a pre-filled default
+    keys = {
+        "proxmox.url": clear + fake_pve.url + enter,
+        "proxmox.token_id": clear + fake_pve.token_id + enter,
+        "proxmox.ca_bundle": fake_pve.cafile + enter,
+        "secret": fake_pve.token_secret + enter,  # the hidden prompt: HOMELAB_PROXMOX_TOKEN is not set
+        "name": clear + "den" + enter,
+        "vms": clear + "docker-01, nas" + enter,
+        "vm.stacks": " " + enter,  # untick the first (homepage), keep the rest
+    }
+    asked: list[str] = []
+    opened = contextlib.ExitStack()
+
+    def terminal(q: Question) -> dict[str, object]:
+        asked.append(q.key)
+        pipe = opened.enter_context(create_pipe_input())
+        pipe.send_text(keys.get(q.key, enter))  # everything else: take what is offered
+        return {"input": pipe, "output": DummyOutput()}
+
+    with opened:
+        result = run_init(tmp_path / "lab.yml", interactive=True, terminal=terminal)
+    assert asked[:4] == ["proxmox.url", "proxmox.token_id", "proxmox.ca_bundle", "secret"]
+    assert "proxmox.node" in asked and "vm.stacks" in asked
+    lab = load_lab(result.path)
+    assert lab.name == "den" and [v.name for v in lab.vms] == ["docker-01", "nas"]
+    assert lab.proxmox.node == "pve1" and lab.proxmox.bridge == "vmbr0"
+    assert lab.vms[0].stacks == ["media", "portainer", "traefik"]
+    assert fake_pve.token_secret not in result.path.read_text()
