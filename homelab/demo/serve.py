@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Any
 
+from homelab.lab.types import format_size
+
 
 def _agent_enabled(config: dict[str, Any]) -> bool:
     value = str(config.get("agent", "0"))
@@ -64,13 +66,6 @@ def _bytes(text: str) -> int:
     return int(float(match.group(2)) * _UNIT[match.group(3)])
 
 
-def _size_text(size: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        if size % _UNIT[unit] == 0:
-            return f"{size // _UNIT[unit]}{unit}"
-    return str(size)
-
-
 def fake_class() -> type:
     """FakePve plus disk resize: fakepve 0.5.0 answers it from the schema without storing the new size."""
     from fakepve import FakePve, PveError
@@ -94,7 +89,7 @@ def fake_class() -> type:
             self._check_lock(vm)
 
             async def body() -> None:
-                vm.config[disk] = re.sub(r"size=[^,]+", f"size={_size_text(new)}", drive)
+                vm.config[disk] = re.sub(r"size=[^,]+", f"size={format_size(new)}", drive)
 
             return await self.task(v["node"], "resize", vm.vmid, user, body, vm=vm)
 

@@ -31,6 +31,14 @@ def parse_size(value: Any) -> int:
     raise ValueError("must be a size like 32G (a number followed by K, M, G or T)")
 
 
+def drive_size(drive: str) -> int | None:
+    """The ``size=`` of a PVE drive string (``local-lvm:vm-100-disk-0,size=32G``) in bytes, or None."""
+    match = re.search(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)(?:,|$)", drive)
+    if not match:
+        return None
+    return int(float(match.group(1)) * (_UNITS[match.group(2)] if match.group(2) else 1))
+
+
 def format_size(size: int) -> str:
     """Bytes as the shortest exact PVE size string (``32G``, ``1536M``)."""
     for unit in ("T", "G", "M", "K"):

@@ -6,7 +6,7 @@ import ipaddress
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,8 +15,8 @@ from typing import Any, Protocol
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError, TaskFailed
 from homelab.hosts import Host
 from homelab.lab.models import Lab
-from homelab.lab.types import format_size
-from homelab.provision.facts import DISK_KEYS
+from homelab.lab.types import drive_size, format_size
+from homelab.provision.facts import boot_disk
 from homelab.provision.meta import describe, parse_meta
 from homelab.provision.plan import (
     Action,
@@ -287,7 +287,7 @@ class Executor:
         self.report.step(action.vm, "configuring cloud-init, cores, memory, tags")
         self.api.put(f"/nodes/{node}/qemu/{vmid}/config", **encode_config(action.config))
         config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
-        disk_key = next((k for k in DISK_KEYS if k in config and "media=cdrom" not in str(config[k])), None)
+        disk_key = boot_disk(config)
         if disk_key is None:
             raise OperationError(f"{action.vm}: the clone of {tpl.name} has no boot disk")
         self.report.step(action.vm, f"growing {disk_key} to {format_size(action.disk)}")
@@ -318,9 +318,7 @@ class Executor:
 
     def _resize(self, node: str, vmid: int, disk_key: str, size: int, only_if_larger: str | None = None) -> None:
         if only_if_larger is not None:
-            from homelab.provision.facts import LiveVm
-
-            current = LiveVm(vmid, "", node, "", (), config={disk_key: only_if_larger}).disk_size
+            current = drive_size(only_if_larger)
             if current is not None and current >= size:
                 return
         upid = self.api.put(f"/nodes/{node}/qemu/{vmid}/resize", disk=disk_key, size=format_size(size))
@@ -477,6 +475,3 @@ def apply_plan(
         pool.shutdown(wait=True)
     ordered = [outcomes[vm] for vm, _ in chains if vm in outcomes]
     return ApplyResult(ordered, dict(api.calls), time.monotonic() - started)
-
-
-Progress = Callable[[str, str], None]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -10,12 +9,22 @@ from typing import Any
 
 from homelab.adminkey import read_admin_public
 from homelab.lab.models import Lab
+from homelab.lab.types import drive_size
 from homelab.provision.meta import parse_meta
 from homelab.proxmox.api import PveApi
 from homelab.templates.facts import Guest, TemplateVersion, find_versions
-from homelab.templates.naming import TEMPLATE_TAG
+from homelab.templates.naming import TEMPLATE_TAG, split_tags
 
 DISK_KEYS = ("scsi0", "virtio0", "sata0", "ide0")
+
+
+def boot_disk(config: dict[str, Any]) -> str | None:
+    """The config key of a VM's boot disk (not a CD-ROM or cloud-init drive)."""
+    for key in DISK_KEYS:
+        value = str(config.get(key, ""))
+        if value and "media=cdrom" not in value and "cloudinit" not in value:
+            return key
+    return None
 
 
 @dataclass(frozen=True)
@@ -34,23 +43,13 @@ class LiveVm:
     @property
     def disk_key(self) -> str | None:
         """The boot disk's config key."""
-        for key in DISK_KEYS:
-            value = str(self.config.get(key, ""))
-            if value and "media=cdrom" not in value and "cloudinit" not in value:
-                return key
-        return None
+        return boot_disk(self.config)
 
     @property
     def disk_size(self) -> int | None:
         """The boot disk's size in bytes."""
         key = self.disk_key
-        if key is None:
-            return None
-        match = re.search(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)", str(self.config[key]))
-        if not match:
-            return None
-        unit = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[match.group(2)]
-        return int(float(match.group(1)) * unit)
+        return None if key is None else drive_size(str(self.config[key]))
 
     def setting(self, key: str) -> str | None:
         """A config value as text, with sshkeys URL-decoded."""
@@ -86,7 +85,7 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
             str(r["node"]),
             str(r.get("name") or ""),
             bool(int(r.get("template") or 0)),
-            _tags(r.get("tags")),
+            split_tags(r.get("tags")),
             str(r.get("type") or "qemu"),
         )
         for r in resources
@@ -102,7 +101,7 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
         for r in resources
         if r.get("type", "qemu") == "qemu"
         and not int(r.get("template") or 0)
-        and (tag in _tags(r.get("tags")) or r.get("name") in names)
+        and (tag in split_tags(r.get("tags")) or r.get("name") in names)
     ]
 
     def read(res: dict[str, Any]) -> LiveVm:
@@ -112,7 +111,7 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
             name=str(res.get("name", "")),
             node=str(res["node"]),
             status=str(res.get("status", "unknown")),
-            tags=_tags(config.get("tags", res.get("tags"))),
+            tags=split_tags(config.get("tags", res.get("tags"))),
             config=config,
             meta=parse_meta(config.get("description")),
             lock=config.get("lock") or res.get("lock"),
@@ -146,9 +145,3 @@ def usable_version(version: TemplateVersion, lab: Lab, pinned: str | None) -> bo
         return False
     other_labs = [t for t in version.tags if t.startswith("homelab-") and t not in (TEMPLATE_TAG, lab.tag)]
     return not other_labs
-
-
-def _tags(value: Any) -> tuple[str, ...]:
-    if not value:
-        return ()
-    return tuple(t for t in re.split(r"[;, ]+", str(value)) if t)

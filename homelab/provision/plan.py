@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from homelab.lab.models import Lab, Vm
 from homelab.lab.types import format_size
 from homelab.provision.facts import Facts, LiveVm
-from homelab.provision.meta import describe
+from homelab.provision.meta import describe, parse_meta
 from homelab.templates.facts import TemplateVersion
 
 # Changing these only takes effect at the next boot (cloud-init regenerates its drive then).
@@ -266,7 +266,7 @@ def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[Change, ...]:
             if set(live.tags) == set(want.split(";")):
                 continue
         elif key == "description":
-            if (live.meta or {}) == _meta_of(want):
+            if (live.meta or {}) == (parse_meta(want) or {}):
                 continue
             have = "state " + str((live.meta or {}).get("state", "unmarked"))
             want = "state ready"
@@ -274,12 +274,6 @@ def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[Change, ...]:
             continue
         changes.append(Change(key, have, want))
     return tuple(changes)
-
-
-def _meta_of(description: str) -> dict[str, Any]:
-    from homelab.provision.meta import parse_meta
-
-    return parse_meta(description) or {}
 
 
 def resolve_version(lab: Lab, vm: Vm, facts: Facts) -> TemplateVersion | str:

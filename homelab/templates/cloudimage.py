@@ -9,12 +9,11 @@ description record) is ever removed: the vmid may have been taken by someone els
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 
 from homelab.errors import HomelabError, OperationError, ProxmoxError
 from homelab.lab.models import Lab
-from homelab.lab.types import parse_size
+from homelab.lab.types import drive_size, parse_size
 from homelab.proxmox.api import PveApi
 from homelab.templates.naming import parse_description
 from homelab.templates.plan import BuildPlan, ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
@@ -54,17 +53,9 @@ def _create(api: PveApi, lab: Lab, action: CreateVm) -> None:
     )
 
 
-def _disk_size(value: str) -> int:
-    match = re.search(r"(?:^|,)size=(\d+(?:\.\d+)?[KMGT]?)(?:,|$)", value)
-    if not match:
-        return 0
-    text = match.group(1)
-    return parse_size(text) if text[-1] in "KMGT" else int(text)
-
-
 def _grow(api: PveApi, lab: Lab, action: GrowDisk) -> None:
     config = api.get(f"/nodes/{action.node}/qemu/{action.vmid}/config") or {}
-    if _disk_size(str(config.get(action.disk, ""))) >= parse_size(action.size):
+    if (drive_size(str(config.get(action.disk, ""))) or 0) >= parse_size(action.size):
         return  # the image is already this large; Proxmox never shrinks a disk
     api.run_task(
         "PUT",
