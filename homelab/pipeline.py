@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from homelab.errors import OperationError
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter
+from homelab.provision.facts import Facts
 from homelab.proxmox.api import PveApi
 
 Echo = Callable[[str], None]
@@ -24,8 +25,11 @@ class UpResult:
     stacks: str = ""
 
 
-def bake_missing(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm) -> list[str]:
-    """Build a first version of every template a VM needs and Proxmox lacks."""
+def bake_missing(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm) -> tuple[list[str], Facts]:
+    """Build a first version of every template a VM needs and Proxmox lacks.
+
+    Returns the versions built and the facts gathered before building (still current when none was built).
+    """
     from homelab.provision.facts import gather
     from homelab.provision.plan import resolve_version
     from homelab.templates.build import plan_build, run_build
@@ -43,17 +47,23 @@ def bake_missing(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm) -> list[st
         result = run_build(api, lab, plan, build_facts, lambda line: echo(f"  {line}"))
         echo(result.summary())
         built.append(result.version.name)
-    return built
+    return built, facts
 
 
 def converge_vms(
-    api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, reporter: Reporter, concurrency: int | None = None
+    api: PveApi,
+    lab: Lab,
+    echo: Echo,
+    confirm: Confirm,
+    reporter: Reporter,
+    concurrency: int | None = None,
+    facts: Facts | None = None,
 ) -> ApplyResult:
-    """Plan the VMs, show the plan, confirm, apply."""
+    """Plan the VMs (from ``facts`` when they are current), show the plan, confirm, apply."""
     from homelab import ui
     from homelab.provision.service import carry_out, make_plan
 
-    planned = make_plan(lab, api=api)
+    planned = make_plan(lab, api=api, facts=facts)
     ui.render_plan(planned.plan)
     if planned.plan.blocked:
         raise OperationError("the plan has blocked steps (see '!' lines); nothing was changed")
@@ -115,9 +125,10 @@ def up(
     ensure_admin_key(lab)
     result = UpResult()
     stage(1, 4, "templates")
-    result.built = bake_missing(api, lab, echo, confirm)
+    result.built, facts = bake_missing(api, lab, echo, confirm)
     stage(2, 4, "VMs")
-    result.vms = converge_vms(api, lab, echo, confirm, reporter, concurrency)
+    # Building a template changed the cluster; otherwise the facts just gathered are still the truth.
+    result.vms = converge_vms(api, lab, echo, confirm, reporter, concurrency, None if result.built else facts)
     stage(3, 4, "deploy key for the config repo")
     result.deploy_key = install_deploy_key(lab, echo, confirm)
     stage(4, 4, "Docker and the service stacks")

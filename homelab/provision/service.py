@@ -22,10 +22,12 @@ class Planned:
     plan: Plan
 
 
-def make_plan(lab: Lab, options: PlanOptions | None = None, api: PveApi | None = None) -> Planned:
-    """Gather live facts (read-only) and plan."""
+def make_plan(
+    lab: Lab, options: PlanOptions | None = None, api: PveApi | None = None, facts: Facts | None = None
+) -> Planned:
+    """Gather live facts (read-only; or take facts just gathered) and plan."""
     api = api or connect(lab)
-    facts = gather(api, lab)
+    facts = facts or gather(api, lab)
     return Planned(lab, api, facts, plan(lab, facts, options))
 
 
@@ -33,12 +35,11 @@ def carry_out(planned: Planned, reporter: Reporter | None = None, concurrency: i
     """Apply a plan, then record the VMs' addresses for the later stages."""
     known = {h.name: h for h in load_hosts(planned.lab)}
     result = apply_plan(planned.api, planned.lab, planned.plan, planned.facts.used_vmids, reporter, concurrency, known)
-    _record_hosts(planned.lab, result)
+    _record_hosts(planned.lab, result, dict(known))
     return result
 
 
-def _record_hosts(lab: Lab, result: ApplyResult) -> None:
-    known = {h.name: h for h in load_hosts(lab)}
+def _record_hosts(lab: Lab, result: ApplyResult, known: dict[str, Host]) -> None:
     for outcome in result.outcomes:
         if outcome.ok and outcome.address:
             old = known.get(outcome.vm)
