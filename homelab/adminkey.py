@@ -12,9 +12,14 @@ from homelab.lab.models import Lab
 from homelab.paths import state_dir
 
 
+def admin_key_file(lab_name: str) -> Path:
+    """The private half for a lab by name; the public half is beside it with .pub."""
+    return state_dir(lab_name) / "ssh" / "id_ed25519"
+
+
 def admin_key_path(lab: Lab) -> Path:
     """The private half; the public half is beside it with .pub."""
-    return state_dir(lab.name) / "ssh" / "id_ed25519"
+    return admin_key_file(lab.name)
 
 
 def read_admin_public(lab: Lab) -> str | None:

@@ -17,10 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from homelab.adminkey import admin_key_file
 from homelab.deploykeys.proc import last_lines
 from homelab.errors import OperationError, OperationTimeout
 from homelab.hosts import Host
-from homelab.paths import state_dir
 
 if TYPE_CHECKING:
     import paramiko
@@ -50,7 +50,7 @@ class ScriptResult:
 
 def login_key(host: Host, lab_name: str) -> Path:
     """The private key homelab logs in to ``host`` with."""
-    return Path(host.key_file) if host.key_file else state_dir(lab_name) / "ssh" / "id_ed25519"
+    return Path(host.key_file) if host.key_file else admin_key_file(lab_name)
 
 
 def _as_user(user: str) -> str:
