@@ -35,6 +35,21 @@ class Problem:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
+class LabNotFound(InputError):
+    """There is no lab file where the user pointed (or at the default ./lab.yml)."""
+
+    def __init__(self, path: str, command: str = "homelab plan"):
+        self.path = path
+        super().__init__(
+            f"{path}: no such file. Write a lab file with `homelab init`, or name yours: "
+            f"`{command} --lab PATH` (or export HOMELAB_LAB=PATH)"
+        )
+
+    def for_command(self, command: str) -> LabNotFound:
+        """The same error, its example naming the command the user ran."""
+        return LabNotFound(self.path, command)
+
+
 class LabFileError(InputError):
     """The lab file is not valid; carries one Problem per thing that is wrong."""
 

@@ -45,11 +45,16 @@ def render_plan(plan: Any) -> None:
     click.echo(f"Plan: {summary or 'nothing to do'}.")
 
 
+def interactive() -> bool:
+    """Whether someone can answer a prompt: standard input is a terminal."""
+    return sys.stdin.isatty()
+
+
 def confirm(question: str, yes: bool) -> None:
     """Ask once; --yes answers for the user. Without a terminal and without --yes, refuse instead of hanging."""
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not interactive():
         raise InputError(f"{question} Not on a terminal: pass --yes to confirm.")
     if not click.confirm(question, default=False):
         from homelab.errors import Aborted

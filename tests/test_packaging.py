@@ -22,7 +22,7 @@ def test_wheel_install_finds_its_data(tmp_path: Path) -> None:
     if build.returncode != 0 and "hatchling" in build.stderr:
         pytest.skip("hatchling is not installed for a no-isolation build")
     assert build.returncode == 0, build.stderr
-    (wheel,) = wheels.glob("homelab-*.whl")
+    (wheel,) = wheels.glob("homelab_pve-*.whl")
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

@@ -189,8 +189,12 @@ def test_cli_build_list_prune(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyP
     assert "build version" in dry.output and "1. download https://images.example/" in dry.output
     assert vm_config(fake_pve, 9001) is None
 
+    unconfirmed = _cli(lab_file, "build")  # no terminal, no --yes: the plan is shown, nothing is built
+    assert unconfirmed.exit_code == 2 and "pass --yes" in unconfirmed.stderr
+    assert "build version" in unconfirmed.output and vm_config(fake_pve, 9001) is None
+
     for _ in range(3):
-        done = _cli(lab_file, "build")
+        done = _cli(lab_file, "build", "-y")
         assert done.exit_code == 0, done.output
     assert "template base: version" in done.output and "API calls" in done.output
 
@@ -202,7 +206,7 @@ def test_cli_build_list_prune(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyP
     assert [v["vmid"] for v in as_json[0]["versions"]] == [9001, 9002, 9003]
 
     refused = _cli(lab_file, "prune", "--keep", "1")
-    assert refused.exit_code == 2 and "confirm with --yes" in refused.stderr
+    assert refused.exit_code == 2 and "pass --yes" in refused.stderr
     assert "delete base-" in refused.output
     assert vm_config(fake_pve, 9001) is not None
 

@@ -41,7 +41,16 @@ class LazyGroup(click.Group):
             return None
         module = importlib.import_module(spec[0])
         command: click.Command = getattr(module, spec[1])
+        _accept_lab_option(command)
         return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from homelab.errors import LabNotFound
+
+        try:
+            return super().invoke(ctx)
+        except LabNotFound as exc:
+            raise exc.for_command(ctx.obj.get("command") or "homelab plan") from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -53,15 +62,33 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+LAB_HELP = "The lab file (default: $HOMELAB_LAB, else ./lab.yml)."
+
+
+def _remember_lab(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """`--lab` given after a subcommand overrides the one before it; both land in the root's obj."""
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    root.obj["command"] = " ".join(["homelab", *ctx.command_path.split()[1:]])
+    if value:
+        root.obj["lab_path"] = value
+
+
+def _accept_lab_option(command: click.Command) -> None:
+    """Let `--lab PATH` follow any subcommand (`homelab plan --lab x.yml`), not only precede it."""
+    if any(param.name == "lab_after" for param in command.params):
+        return
+    command.params.append(
+        click.Option(["--lab", "lab_after"], metavar="PATH", expose_value=False, callback=_remember_lab, help=LAB_HELP)
+    )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_lab_option(sub)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="homelab")
-@click.option(
-    "--lab",
-    "lab_path",
-    metavar="PATH",
-    envvar="HOMELAB_LAB",
-    help="The lab file (default: $HOMELAB_LAB, else ./lab.yml).",
-)
+@click.version_option(__version__, "-V", "--version", prog_name="homelab")
+@click.option("--lab", "lab_path", metavar="PATH", envvar="HOMELAB_LAB", help=LAB_HELP)
 @click.pass_context
 def cli(ctx: click.Context, lab_path: str | None) -> None:
     """homelab: one YAML file in, a working Proxmox homelab out."""

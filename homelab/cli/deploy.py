@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from homelab import ui
+from homelab.cli.complete import complete_catalog_stack, complete_vm
 from homelab.errors import OperationError
 from homelab.lab import find_lab_path, load_lab
 
@@ -44,7 +45,9 @@ def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool, keep
 @click.command()
 @deploy_options
 @click.option("--check", is_flag=True, help="Only show what would change (exit 3 when something would).")
-@click.option("--vm", "vms", multiple=True, metavar="NAME", help="Only this VM (repeat for more).")
+@click.option(
+    "--vm", "vms", multiple=True, metavar="NAME", shell_complete=complete_vm, help="Only this VM (repeat for more)."
+)
 @click.pass_context
 def deploy(
     ctx: click.Context,
@@ -112,8 +115,13 @@ def list_stacks(ctx: click.Context, as_json: bool) -> None:
 
 
 @stack.command("add")
-@click.argument("name")
-@click.option("--vm", metavar="VM", help="The VM to run it on (needed when the lab has more than one).")
+@click.argument("name", shell_complete=complete_catalog_stack)
+@click.option(
+    "--vm",
+    metavar="VM",
+    shell_complete=complete_vm,
+    help="The VM to run it on (needed when the lab has several).",
+)
 @click.option("--no-deploy", is_flag=True, help="Only edit the lab file.")
 @deploy_options
 @click.pass_context

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from homelab.errors import InputError, OperationError
+from homelab import ui
+from homelab.errors import Aborted, InputError, OperationError
 from homelab.lab import Lab, find_lab_path, load_lab
 
 if TYPE_CHECKING:
@@ -21,10 +22,6 @@ def _lab(ctx: click.Context) -> Lab:
     return load_lab(find_lab_path(ctx.obj.get("lab_path")))
 
 
-def _interactive() -> bool:
-    return click.get_text_stream("stdin").isatty()
-
-
 def _render_key(report: KeyReport, *, heading: str, private_path: bool = True) -> None:
     click.echo(heading)
     click.echo(f"  {report.key.public_line}")
@@ -32,6 +29,13 @@ def _render_key(report: KeyReport, *, heading: str, private_path: bool = True) -
     if private_path:
         click.echo(f"  private key: {report.key.private_path} (it goes nowhere but to your VMs)")
     click.echo(f"Next: {report.page.hint}")
+
+
+def _answered_yes(question: str) -> bool:
+    """Ask; a "no" stops the command as declining does everywhere (exit 1, the state stays resumable)."""
+    if not click.confirm(question, default=True):
+        raise Aborted("stopped here; run the same command again to carry on")
+    return True
 
 
 @click.group()
@@ -69,7 +73,7 @@ def _confirm_host_key(yes: bool) -> Callable[[FirstContact], bool]:
         if yes:
             click.echo("Pinning it (--yes).")
             return True
-        if not _interactive():
+        if not ui.interactive():
             raise InputError(
                 f"the host key {contact.key.fingerprint} of {contact.repo.known_hosts_target} must be confirmed "
                 "before it is pinned: compare it with the one your git host shows, then run again with --yes"
@@ -80,7 +84,7 @@ def _confirm_host_key(yes: bool) -> Callable[[FirstContact], bool]:
 
 
 @keys.command()
-@click.option("--yes", is_flag=True, help="Pin the git host's key on first contact without asking.")
+@click.option("--yes", "-y", is_flag=True, help="Pin the git host's key on first contact without asking.")
 @click.pass_context
 def verify(ctx: click.Context, yes: bool) -> None:
     """Check that the deploy key can read the repo (only that key, only the pinned host key)."""
@@ -97,7 +101,7 @@ def verify(ctx: click.Context, yes: bool) -> None:
 
 
 @keys.command()
-@click.option("--yes", is_flag=True, help="Do not ask: poll until the new key works (see --wait-timeout).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask: poll until the new key works (see --wait-timeout).")
 @click.option(
     "--wait-timeout",
     type=click.IntRange(min=1),
@@ -114,7 +118,7 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
     from homelab.hosts import load_hosts
 
     lab = _lab(ctx)
-    if not yes and not _interactive():
+    if not yes and not ui.interactive():
         raise InputError("rotate asks you to add the new key; without a terminal run it with --yes [--wait-timeout N]")
     hosts = load_hosts(lab)
     core.require_host_records(lab, hosts)
@@ -131,7 +135,7 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
             click.echo(f"Waiting up to {wait_timeout} s until the new key can read the repo ...")
             core.wait_for(lambda: core.can_read(lab, report.key), wait_timeout, POLL_INTERVAL, "the new key works")
             return
-        while not (click.confirm("Added it?", default=True, abort=True) and core.can_read(lab, report.key)):
+        while not (_answered_yes("Added it?") and core.can_read(lab, report.key)):
             click.echo("The new key cannot read the repo yet.")
 
     def progress(host: str, step: str, detail: str) -> None:
@@ -160,18 +164,17 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
             click.echo(f"Waiting up to {wait_timeout} s until the old key no longer works ...")
             core.wait_for(lambda: core.is_revoked(lab, retired), wait_timeout, POLL_INTERVAL, "the old key is refused")
         else:
-            click.confirm("Removed it?", default=True, abort=True)
+            _answered_yes("Removed it?")
             if not core.is_revoked(lab, retired):
                 raise OperationError(f"the old key {retired.fingerprint} still reads the repo; remove it{where}")
         click.echo(f"Checked: the old key {retired.fingerprint} no longer works.")
 
 
 @keys.command()
-@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
 @click.pass_context
 def install(ctx: click.Context, yes: bool) -> None:
     """Put the deploy key on every VM and check the config repo out at ~/config there."""
-    from homelab import ui
     from homelab.deploykeys import core
     from homelab.hosts import load_hosts
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from homelab.cli.complete import complete_template
+
 
 def _lab(ctx: click.Context) -> Any:
     from homelab.lab import find_lab_path, load_lab
@@ -38,27 +40,31 @@ def template() -> None:
 
 
 @template.command()
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=complete_template)
+@click.option("--yes", "-y", is_flag=True, help="Build without asking.")
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
 @click.option("--packer", "packer_path", default="packer", show_default=True, help="The packer program.")
 @click.pass_context
-def build(ctx: click.Context, names: tuple[str, ...], dry_run: bool, packer_path: str) -> None:
+def build(ctx: click.Context, names: tuple[str, ...], yes: bool, dry_run: bool, packer_path: str) -> None:
     """Build a new version of each template the lab names (or of NAMES).
 
-    Shows the plan first. builder: cloud-image works through the Proxmox API alone; builder: packer renders
-    the Packer configuration and runs `packer build`, its output in the lab's log folder.
+    Shows the plan first and asks. builder: cloud-image works through the Proxmox API alone; builder: packer
+    renders the Packer configuration and runs `packer build`, its output in the lab's log folder.
     """
+    from homelab import ui
     from homelab.templates.build import plan_build, run_build
     from homelab.templates.packer import PackerSettings
 
     lab = _lab(ctx)
     api = _api(lab)
-    for name in names or [t.name for t in lab.templates]:
-        plan, facts = plan_build(api, lab, name)
+    plans = [plan_build(api, lab, name) for name in names or [t.name for t in lab.templates]]
+    for plan, _facts in plans:
         for line in plan.describe():
             click.echo(line)
-        if dry_run:
-            continue
+    if dry_run:
+        return
+    ui.confirm(f"Build {len(plans)} template version(s)?", yes)
+    for plan, facts in plans:
         result = run_build(api, lab, plan, facts, _progress(), PackerSettings(packer=packer_path))
         click.echo(result.summary())
         if result.log_path:
@@ -66,7 +72,7 @@ def build(ctx: click.Context, names: tuple[str, ...], dry_run: bool, packer_path
 
 
 @template.command(name="list")
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=complete_template)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def list_(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
@@ -93,14 +99,14 @@ def list_(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
 
 
 @template.command(name="prune")
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=complete_template)
 @click.option("--keep", type=click.IntRange(min=1), default=2, show_default=True, help="Newest versions to keep.")
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
 @click.pass_context
 def prune_(ctx: click.Context, names: tuple[str, ...], keep: int, yes: bool, dry_run: bool) -> None:
     """Delete old template versions that no VM uses (never one a VM was cloned from)."""
-    from homelab.errors import Aborted, InputError
+    from homelab import ui
     from homelab.templates.inventory import gather_prune, prune
 
     lab = _lab(ctx)
@@ -115,11 +121,7 @@ def prune_(ctx: click.Context, names: tuple[str, ...], keep: int, yes: bool, dry
         return
     if dry_run:
         return
-    if not yes:
-        if not click.get_text_stream("stdin").isatty():
-            raise InputError(f"prune would delete {count} template version(s): confirm with --yes")
-        if not click.confirm(f"Delete {count} template version(s)?", default=False):
-            raise Aborted("nothing was deleted")
+    ui.confirm(f"Delete {count} template version(s)?", yes)
     deleted = prune(api, lab, plans, _progress())
     click.echo(f"Deleted {len(deleted)} template version(s).")
 

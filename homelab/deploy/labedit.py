@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from homelab.errors import InputError
+from homelab.errors import InputError, LabNotFound
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.secrets import write_atomic
@@ -117,7 +117,7 @@ def add_stack(path: Path, stack: str, vm_name: str | None = None) -> StackAdded:
         text = path.read_text(encoding="utf-8")
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file (run `homelab init` to write one, or pass --lab PATH)") from None
+        raise LabNotFound(str(path)) from None
     new_text, result = add_stack_text(text, stack, vm_name, str(path))
     if result.changed:
         write_atomic(path, new_text, mode)

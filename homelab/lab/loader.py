@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from homelab.errors import InputError, LabFileError, Problem
+from homelab.errors import InputError, LabFileError, LabNotFound, Problem
 from homelab.lab.checks import cross_check
 from homelab.lab.models import Lab
 
@@ -39,7 +39,7 @@ def load_lab(path: Path) -> Lab:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"{name}: no such file (run `homelab init` to write one, or pass --lab PATH)") from None
+        raise LabNotFound(name) from None
     except IsADirectoryError:
         raise InputError(f"{name}: is a folder, not a lab file") from None
     except OSError as exc:
