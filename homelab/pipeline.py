@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from homelab.errors import OperationError
 from homelab.lab.models import Lab
@@ -13,6 +15,12 @@ from homelab.proxmox.api import PveApi
 
 Echo = Callable[[str], None]
 Confirm = Callable[[str], None]  # raises to refuse
+
+
+class Describes(Protocol):
+    """A planned step that says what it does."""
+
+    def describe(self) -> str: ...
 
 
 @dataclass
@@ -44,10 +52,38 @@ def bake_missing(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm) -> tuple[l
         for line in plan.describe():
             echo(f"  {line}")
         confirm(f"Build template {name}?")
-        result = run_build(api, lab, plan, build_facts, lambda line: echo(f"  {line}"))
+        result = run_build(api, lab, plan, build_facts, build_progress(plan.actions, echo))
         echo(result.summary())
         built.append(result.version.name)
     return built, facts
+
+
+def build_progress(steps: Sequence[Describes], echo: Echo) -> Callable[[str], None]:
+    """Progress of a build whose plan was just shown: a step as its number (its words are on screen already),
+    any other line (a failure, packer's own steps) in full; each with the seconds since the build started."""
+    started = time.monotonic()
+    numbers = {step.describe(): n for n, step in enumerate(steps, 1)}
+
+    def show(line: str) -> None:
+        n = numbers.get(line)
+        shown = f"step {n}/{len(steps)}: {line.split(' ', 1)[0]}" if n else line
+        echo(f"  [{time.monotonic() - started:6.1f}s] {shown}")
+
+    return show
+
+
+class StepsOnly:
+    """A reporter that shows each VM's steps but not its result line: the apply summary lists every VM's result
+    (vmid and address, or the error) once, so the reporter says only that the VM is done."""
+
+    def __init__(self, reporter: Reporter):
+        self._reporter = reporter
+
+    def step(self, vm: str, message: str) -> None:
+        self._reporter.step(vm, message)
+
+    def finished(self, vm: str, ok: bool, message: str) -> None:
+        self._reporter.step(vm, "done" if ok else "failed (the error is in the summary below)")
 
 
 def converge_vms(
@@ -69,7 +105,7 @@ def converge_vms(
         raise OperationError("the plan has blocked steps (see '!' lines); nothing was changed")
     if planned.plan.changes:
         confirm(f"Apply {len(planned.plan.changes)} change(s) to {lab.proxmox.url}?")
-    result = carry_out(planned, reporter, concurrency)
+    result = carry_out(planned, StepsOnly(reporter), concurrency)
     ui.render_apply(result)
     if not result.ok:
         raise OperationError("some VMs failed (see above); run `homelab up` again to finish them")
