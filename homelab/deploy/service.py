@@ -4,7 +4,9 @@ Each VM that lists stacks is a target, and so is a VM that lists none any more b
 earlier deploy (the deploy record says which). A target needs a host record with a pinned host key
 (written by `homelab apply`); one without is reported as failed and the others still deploy. The preview
 is the playbook in Ansible's check and diff mode, so it shows what would change on the VMs themselves
-(files that are new or differ, with their diff), not a guess from this machine.
+(files that are new or differ, with their diff), not a guess from this machine. A VM the preview could not
+check (unreachable, a changed host key) has failed: it is never said to need no change, and the real run
+leaves it out.
 
 The deploy reconciles: the preview also reports the stack folders homelab made on each VM (their
 .homelab-stack markers), and those the VM no longer lists are planned for removal
@@ -17,7 +19,7 @@ import difflib
 import json
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -277,9 +279,19 @@ class DeployResult:
         return self.run or self.preview
 
     @property
+    def checked(self) -> list[Target]:
+        """The targets the preview checked: the only ones the real run goes to."""
+        report = self.preview
+        return [t for t in self.deployment.ready if report and t.name in report.hosts and report.hosts[t.name].ok]
+
+    @property
     def hosts(self) -> list[HostResult]:
-        report = self.final
-        results = [report.hosts[t.name] for t in self.deployment.ready if report and t.name in report.hosts]
+        """Each target's result: from the real run, else from the preview (one it could not check failed there)."""
+        results = []
+        for t in self.deployment.ready:
+            report = self.run if self.run and t.name in self.run.hosts else self.preview
+            if report and t.name in report.hosts:
+                results.append(report.hosts[t.name])
         return results + [
             HostResult(t.name, failed_task="connect", message=t.problem or "") for t in self.deployment.blocked
         ]
@@ -295,9 +307,11 @@ class DeployResult:
 
     @property
     def pending(self) -> bool:
-        """The preview found something to change (files, packages, stacks to remove) or the stacks are to be started."""
-        starts = self.deployment.options.start_stacks and any(not t.clear_only for t in self.deployment.ready)
-        return bool(self.preview and (self.would_change or starts))
+        """On a VM the preview checked: something to change (files, packages, stacks to remove), or stacks to start."""
+        checked = {t.name for t in self.checked}
+        changes = self.preview is not None and any(c.host in checked for c in self.preview.changes)
+        starts = self.deployment.options.start_stacks and any(not t.clear_only for t in self.checked)
+        return bool(changes or self.to_remove or starts)
 
 
 def workdir(lab: Lab) -> Path:
@@ -448,11 +462,16 @@ def preview_lines(report: RunReport, removals: Collection[RemoveStack] = ()) -> 
         lines.append(f"  {change.describe()}")
         lines += [f"      {line}" for line in change.diff_lines()]
     lines += [f"  {removal.describe()}" for removal in removals]
-    for result in report.hosts.values():
-        if not result.ok:
-            lines.append(f"  ! {result.name}: cannot check: {result.failed_task}: {result.message}")
+    unchecked = [result for result in report.hosts.values() if not result.ok]
+    for result in unchecked:
+        lines.append(f"  ! {result.name}: cannot check: {result.failed_task}: {result.message}")
     if not report.changes and not any(not r.keep for r in removals):
-        lines.append("  (no file or package would change)")
+        # Only a VM the preview checked can be said to need no change; one it could not reach is an error.
+        checked = [result.name for result in report.hosts.values() if result.ok]
+        if not unchecked:
+            lines.append("  (no file or package would change)")
+        elif checked:
+            lines.append(f"  (no file or package would change on {', '.join(checked)})")
     return lines
 
 
@@ -493,12 +512,21 @@ def _preview_and_run(
         echo(line)
     if check_only:
         return
-    if result.pending:
-        confirm(f"Deploy to {len(deployment.ready)} VM(s)?")
-        if result.to_remove:
-            inventory_path = stage(deployment, key_file, where, result.removals)
+    checked = result.checked
+    if not checked:
+        echo("Nothing to deploy: no VM could be checked.")
+    elif result.pending:
+        unchecked = [t.name for t in deployment.ready if t not in checked]
+        skipped = f" ({', '.join(unchecked)} could not be checked: not deployed)" if unchecked else ""
+        confirm(f"Deploy to {len(checked)} VM(s)?{skipped}")
+        # A VM the preview could not check gets nothing: the run changes only what was shown.
+        run = replace(deployment, targets=tuple(t for t in deployment.targets if t in checked))
+        if result.to_remove or unchecked:
+            inventory_path = stage(run, key_file, where, result.removals)
         echo("Deploying:")
-        result.run = execute(deployment, runner, inventory_path, where, check=False, on_event=progress_printer(echo))
+        result.run = execute(run, runner, inventory_path, where, check=False, on_event=progress_printer(echo))
+    elif len(checked) < len(deployment.ready):
+        echo(f"Nothing to change on {', '.join(t.name for t in checked)}.")
     else:
         echo("Nothing to change.")
 
@@ -552,5 +580,6 @@ def deploy_stacks(
     failed = [h for h in result.hosts if not h.ok]
     if failed:
         names = ", ".join(f"{h.name} ({h.failed_task})" for h in failed)
-        raise OperationError(f"the deploy failed on {names}; the other VMs are deployed")
+        others = "; the other VMs are deployed" if len(failed) < len(result.hosts) else ""
+        raise OperationError(f"the deploy failed on {names}{others}")
     return result
