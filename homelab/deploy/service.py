@@ -5,7 +5,7 @@ earlier deploy (the deploy record says which). A target needs a host record with
 (written by `homelab apply`); one without is reported as failed and the others still deploy. The preview
 is the playbook in Ansible's check and diff mode, so it shows what would change on the VMs themselves
 (files that are new or differ, with their diff), not a guess from this machine. A VM the preview could not
-check (unreachable, a changed host key) has failed: it is never said to need no change, and the real run
+reach (no route, a changed host key) has failed: it is never said to need no change, and the real run
 leaves it out.
 
 The deploy reconciles: the preview also reports the stack folders homelab made on each VM (their
@@ -219,10 +219,16 @@ class HostResult:
     stats: HostStats = field(default_factory=HostStats)
     failed_task: str | None = None
     message: str = ""
+    unreachable: bool = False  # Ansible could not connect (or lost the connection): nothing ran there
 
     @property
     def ok(self) -> bool:
         return self.failed_task is None and not self.stats.failed and not self.stats.unreachable
+
+    @property
+    def reached(self) -> bool:
+        """Ansible got onto the host (whether or not its tasks succeeded)."""
+        return not self.unreachable and not self.stats.unreachable
 
     def describe(self) -> str:
         s = self.stats
@@ -279,14 +285,14 @@ class DeployResult:
         return self.run or self.preview
 
     @property
-    def checked(self) -> list[Target]:
-        """The targets the preview checked: the only ones the real run goes to."""
+    def reached(self) -> list[Target]:
+        """The targets the preview got onto: the only ones the real run goes to."""
         report = self.preview
-        return [t for t in self.deployment.ready if report and t.name in report.hosts and report.hosts[t.name].ok]
+        return [t for t in self.deployment.ready if report and t.name in report.hosts and report.hosts[t.name].reached]
 
     @property
     def hosts(self) -> list[HostResult]:
-        """Each target's result: from the real run, else from the preview (one it could not check failed there)."""
+        """Each target's result: from the real run, else from the preview (one it could not reach failed there)."""
         results = []
         for t in self.deployment.ready:
             report = self.run if self.run and t.name in self.run.hosts else self.preview
@@ -307,10 +313,10 @@ class DeployResult:
 
     @property
     def pending(self) -> bool:
-        """On a VM the preview checked: something to change (files, packages, stacks to remove), or stacks to start."""
-        checked = {t.name for t in self.checked}
-        changes = self.preview is not None and any(c.host in checked for c in self.preview.changes)
-        starts = self.deployment.options.start_stacks and any(not t.clear_only for t in self.checked)
+        """On a VM the preview reached: something to change (files, packages, stacks to remove), or stacks to start."""
+        reached = {t.name for t in self.reached}
+        changes = self.preview is not None and any(c.host in reached for c in self.preview.changes)
+        starts = self.deployment.options.start_stacks and any(not t.clear_only for t in self.reached)
         return bool(changes or self.to_remove or starts)
 
 
@@ -406,6 +412,7 @@ def execute(
             changes.extend(changes_of(event))
         if event.kind in ("failed", "unreachable") and result.failed_task is None and not (event.loop and event.item):
             result.failed_task = event.task
+            result.unreachable = event.kind == "unreachable"
             message = event.message
             if "host key verification failed" in message.lower():
                 message = f"{message} ({HOST_KEY_HINT.format(pinned=_fingerprint(pinned[event.host]))})"
@@ -466,7 +473,7 @@ def preview_lines(report: RunReport, removals: Collection[RemoveStack] = ()) -> 
     for result in unchecked:
         lines.append(f"  ! {result.name}: cannot check: {result.failed_task}: {result.message}")
     if not report.changes and not any(not r.keep for r in removals):
-        # Only a VM the preview checked can be said to need no change; one it could not reach is an error.
+        # Only a VM the preview checked to the end can be said to need no change.
         checked = [result.name for result in report.hosts.values() if result.ok]
         if not unchecked:
             lines.append("  (no file or package would change)")
@@ -512,21 +519,21 @@ def _preview_and_run(
         echo(line)
     if check_only:
         return
-    checked = result.checked
-    if not checked:
-        echo("Nothing to deploy: no VM could be checked.")
+    reached = result.reached
+    if not reached:
+        echo("Nothing to deploy: the preview could not reach any VM.")
     elif result.pending:
-        unchecked = [t.name for t in deployment.ready if t not in checked]
-        skipped = f" ({', '.join(unchecked)} could not be checked: not deployed)" if unchecked else ""
-        confirm(f"Deploy to {len(checked)} VM(s)?{skipped}")
-        # A VM the preview could not check gets nothing: the run changes only what was shown.
-        run = replace(deployment, targets=tuple(t for t in deployment.targets if t in checked))
-        if result.to_remove or unchecked:
+        unreached = [t.name for t in deployment.ready if t not in reached]
+        left_out = f" ({', '.join(unreached)} could not be reached: not deployed)" if unreached else ""
+        confirm(f"Deploy to {len(reached)} VM(s)?{left_out}")
+        # A VM the preview could not reach gets nothing: the run changes only what was shown.
+        run = replace(deployment, targets=tuple(t for t in deployment.targets if t in reached))
+        if result.to_remove or unreached:
             inventory_path = stage(run, key_file, where, result.removals)
         echo("Deploying:")
         result.run = execute(run, runner, inventory_path, where, check=False, on_event=progress_printer(echo))
-    elif len(checked) < len(deployment.ready):
-        echo(f"Nothing to change on {', '.join(t.name for t in checked)}.")
+    elif len(reached) < len(deployment.ready):
+        echo(f"Nothing to change on {', '.join(t.name for t in reached)}.")
     else:
         echo("Nothing to change.")
 
