@@ -28,6 +28,13 @@ class Host:
     host_key: str | None = None
     # Private key homelab logs in with; None: the lab's admin key (<state dir>/ssh/id_ed25519).
     key_file: str | None = None
+    # The VM this record was learned from; None in records written before homelab kept it.
+    vmid: int | None = None
+
+    def is_for(self, vmid: int) -> bool:
+        """Whether this record may describe the VM with ``vmid``: not when it was learned from another VM
+        (the lab's VM was replaced or re-created since), so its address and host key would be stale."""
+        return self.vmid is None or self.vmid == vmid
 
     def known_hosts_line(self) -> str:
         """The pinned entry for a known_hosts file."""

@@ -2,33 +2,91 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from homelab.errors import OperationError
+from homelab.errors import Aborted, OperationError
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter
 from homelab.provision.facts import Facts
+from homelab.provision.plan import Plan
 from homelab.proxmox.api import PveApi
+
+if TYPE_CHECKING:
+    from homelab.deploy.runner import PlaybookRunner
 
 Echo = Callable[[str], None]
 Confirm = Callable[[str], None]  # raises to refuse
 
 
+class Describes(Protocol):
+    """A planned step that says what it does."""
+
+    def describe(self) -> str: ...
+
+
+# What a stage did when its question was answered no (nothing of it happened).
+DECLINED = {
+    "templates": "declined, nothing built",
+    "VMs": "declined, nothing changed",
+    "deploy key": "declined, not installed",
+    "deploy": "declined, nothing deployed",
+}
+# A VM action's kind -> what the VM stage says it did.
+DONE = {
+    "create": "created",
+    "replace": "replaced",
+    "update": "updated",
+    "grow-disk": "disk grown",
+    "start": "started",
+    "remove": "removed",
+}
+DEPLOY_KEY = {
+    "skipped": "skipped (no repo: section)",
+    "generated": "new key made, to add to the git host",
+    "waiting": "the key cannot read the repo yet",
+}
+
+
 @dataclass
 class UpResult:
-    """What each stage did."""
+    """What each stage did: ``stages`` in words, for people, as (stage, what it did)."""
 
     built: list[str] = field(default_factory=list)
     vms: ApplyResult | None = None
     deploy_key: str = ""
     stacks: str = ""
+    stages: list[tuple[str, str]] = field(default_factory=list)
+    changed: bool = False  # a stage changed something (templates, VMs, a key, the VMs' stacks)
+
+    def summary(self, declined: str | None = None) -> str:
+        """One line: each stage that ran and what it did, then the one declined (if any)."""
+        parts = [f"{stage}: {what}" for stage, what in self.stages]
+        if not (self.changed or self.built):
+            return f"Nothing was changed ({'; '.join([*parts, f'{declined}: declined'] if declined else parts)})."
+        if declined == "templates":
+            parts.append(f"templates: built {', '.join(self.built)}, then declined the next, not built")
+        elif declined:
+            parts.append(f"{declined}: {DECLINED[declined]}")
+        return "; ".join(parts)
 
 
-def bake_missing(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm) -> tuple[list[str], Facts]:
+def vm_stage_words(plan: Plan) -> str:
+    """What applying ``plan`` did, counted by kind: "3 created", "1 updated, 1 disk grown"."""
+    counts = Counter(a.kind for a in plan.changes)
+    return ", ".join(f"{n} {DONE.get(kind, kind)}" for kind, n in counts.items()) or "nothing to change"
+
+
+def bake_missing(
+    api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, built: list[str] | None = None
+) -> tuple[list[str], Facts]:
     """Build a first version of every template a VM needs and Proxmox lacks.
 
-    Returns the versions built and the facts gathered before building (still current when none was built).
+    Returns the versions built (also appended to ``built`` as each is done, so a refusal of the next one
+    still leaves the record) and the facts gathered before building (still current when none was built).
     """
     from homelab.provision.facts import gather
     from homelab.provision.plan import resolve_version
@@ -38,16 +96,44 @@ def bake_missing(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm) -> tuple[l
     missing = sorted({lab.template_for(vm).name for vm in lab.vms if isinstance(resolve_version(lab, vm, facts), str)})
     if not missing:
         echo("Every template the VMs use has a version on Proxmox.")
-    built = []
+    built = [] if built is None else built
     for name in missing:
         plan, build_facts = plan_build(api, lab, name)
         for line in plan.describe():
             echo(f"  {line}")
         confirm(f"Build template {name}?")
-        result = run_build(api, lab, plan, build_facts, lambda line: echo(f"  {line}"))
+        result = run_build(api, lab, plan, build_facts, build_progress(plan.actions, echo))
         echo(result.summary())
         built.append(result.version.name)
     return built, facts
+
+
+def build_progress(steps: Sequence[Describes], echo: Echo) -> Callable[[str], None]:
+    """Progress of a build whose plan was just shown: a step as its number (its words are on screen already),
+    any other line (a failure, packer's own steps) in full; each with the seconds since the build started."""
+    started = time.monotonic()
+    numbers = {step.describe(): n for n, step in enumerate(steps, 1)}
+
+    def show(line: str) -> None:
+        n = numbers.get(line)
+        shown = f"step {n}/{len(steps)}: {line.split(' ', 1)[0]}" if n else line
+        echo(f"  [{time.monotonic() - started:6.1f}s] {shown}")
+
+    return show
+
+
+class StepsOnly:
+    """A reporter that shows each VM's steps but not its result line: the apply summary lists every VM's result
+    (vmid and address, or the error) once, so the reporter says only that the VM is done."""
+
+    def __init__(self, reporter: Reporter):
+        self._reporter = reporter
+
+    def step(self, vm: str, message: str) -> None:
+        self._reporter.step(vm, message)
+
+    def finished(self, vm: str, ok: bool, message: str) -> None:
+        self._reporter.step(vm, "done" if ok else "failed (the error is in the summary below)")
 
 
 def converge_vms(
@@ -58,8 +144,8 @@ def converge_vms(
     reporter: Reporter,
     concurrency: int | None = None,
     facts: Facts | None = None,
-) -> ApplyResult:
-    """Plan the VMs (from ``facts`` when they are current), show the plan, confirm, apply."""
+) -> tuple[Plan, ApplyResult]:
+    """Plan the VMs (from ``facts`` when they are current), show the plan, confirm, apply; the plan and result."""
     from homelab import ui
     from homelab.provision.service import carry_out, make_plan
 
@@ -69,11 +155,11 @@ def converge_vms(
         raise OperationError("the plan has blocked steps (see '!' lines); nothing was changed")
     if planned.plan.changes:
         confirm(f"Apply {len(planned.plan.changes)} change(s) to {lab.proxmox.url}?")
-    result = carry_out(planned, reporter, concurrency)
+    result = carry_out(planned, StepsOnly(reporter), concurrency)
     ui.render_apply(result)
     if not result.ok:
         raise OperationError("some VMs failed (see above); run `homelab up` again to finish them")
-    return result
+    return planned.plan, result
 
 
 def install_deploy_key(lab: Lab, echo: Echo, confirm: Confirm) -> str:
@@ -117,27 +203,48 @@ def up(
     stage: Callable[[int, int, str], None] | None = None,
     deploy: bool = True,
     skip_reason: str = "--no-deploy",
+    deploy_runner: PlaybookRunner | None = None,
 ) -> UpResult:
-    """Templates, then VMs, then the deploy key, then Docker and the service stacks."""
+    """Templates, then VMs, then the deploy key, then Docker and the service stacks.
+
+    A question answered no ends it with Aborted, whose message says what each stage did up to there.
+    ``deploy_runner`` runs the deploy's playbook (default: Ansible).
+    """
     from homelab.adminkey import ensure_admin_key
 
     stage = stage or (lambda n, total, title: echo(f"==> [{n}/{total}] {title}"))
     ensure_admin_key(lab)
     result = UpResult()
-    stage(1, 4, "templates")
-    result.built, facts = bake_missing(api, lab, echo, confirm)
-    stage(2, 4, "VMs")
-    # Building a template changed the cluster; otherwise the facts just gathered are still the truth.
-    result.vms = converge_vms(api, lab, echo, confirm, reporter, concurrency, None if result.built else facts)
-    stage(3, 4, "deploy key for the config repo")
-    result.deploy_key = install_deploy_key(lab, echo, confirm)
-    stage(4, 4, "Docker and the service stacks")
-    if deploy:
-        from homelab.deploy.service import deploy_stacks
+    current = "templates"
+    try:
+        stage(1, 4, "templates")
+        _, facts = bake_missing(api, lab, echo, confirm, result.built)
+        result.stages.append(("templates", f"built {', '.join(result.built)}" if result.built else "none missing"))
+        result.changed = bool(result.built)
+        current = "VMs"
+        stage(2, 4, "VMs")
+        # Building a template changed the cluster; otherwise the facts just gathered are still the truth.
+        vm_plan, result.vms = converge_vms(
+            api, lab, echo, confirm, reporter, concurrency, None if result.built else facts
+        )
+        result.stages.append(("VMs", vm_stage_words(vm_plan)))
+        result.changed = result.changed or bool(vm_plan.changes)
+        current = "deploy key"
+        stage(3, 4, "deploy key for the config repo")
+        result.deploy_key = install_deploy_key(lab, echo, confirm)
+        result.stages.append(("deploy key", DEPLOY_KEY.get(result.deploy_key, result.deploy_key)))
+        result.changed = result.changed or result.deploy_key in ("generated", "installed")
+        current = "deploy"
+        stage(4, 4, "Docker and the service stacks")
+        if deploy:
+            from homelab.deploy.service import deploy_stacks
 
-        deploy_stacks(lab, echo, confirm)
-        result.stacks = "deployed"
-    else:
-        echo(f"Skipped ({skip_reason}).")
-        result.stacks = "skipped"
+            deploy_stacks(lab, echo, confirm, runner=deploy_runner)
+            result.stacks = "deployed"
+        else:
+            echo(f"Skipped ({skip_reason}).")
+            result.stacks = "skipped"
+    except Aborted:
+        # "Nothing was changed." would be untrue once an earlier stage changed something: say what each did.
+        raise Aborted(result.summary(declined=current)) from None
     return result

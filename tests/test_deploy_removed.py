@@ -198,7 +198,7 @@ def test_a_host_the_preview_could_not_check_gets_no_removals() -> None:
         "  - web: stack media (folder removed; no compose down: --no-start)"
     ]
     assert runner.inventories[1]["web"]["homelab_remove_stacks"] == ["media"]
-    assert runner.inventories[1]["spare"]["homelab_remove_stacks"] == []
+    assert "spare" not in runner.inventories[1]  # the run never goes to a VM the preview could not reach
 
 
 def test_a_vm_that_lists_no_stacks_any_more_is_cleared_while_the_record_names_it() -> None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from homelab.cli import cli
 from homelab.deploy.runner import FileDiff, HostStats, RunOutcome, RunRequest, TaskEvent, to_host_stats, to_task_event
-from homelab.deploy.service import Change, DeployOptions, deploy_stacks, prepare
+from homelab.deploy.service import Change, DeployOptions, deploy_stacks, deployed_vms, prepare
 from homelab.errors import Aborted, InputError, OperationError
 from homelab.hosts import Host, save_hosts
 from homelab.lab.loader import parse_lab
@@ -159,6 +159,76 @@ def test_a_host_with_another_host_key_fails_by_name_and_the_other_deploys(lab: L
     assert summary[2].startswith("  db: FAILED at 'Stack files': Failed to connect to the host via ssh: Host key")
     assert "homelab apply" in summary[2]  # the hint says how to re-pin a rebuilt VM
     assert any(line.startswith("  ! db: cannot check: Stack files") for line in out.lines)
+
+
+def unreachable(*hosts: str) -> Script:
+    """The check run cannot reach ``hosts``; the others are fine and need no change."""
+
+    def script(request: RunRequest) -> tuple[list[TaskEvent], dict[str, HostStats]]:
+        names = list(json.loads(request.inventory.read_text())["all"]["hosts"])
+        events = [
+            TaskEvent("unreachable", h, "Stack files", message="Failed to connect to the host via ssh: timed out")
+            if h in hosts
+            else TaskEvent("ok", h, "Stack files")
+            for h in names
+        ]
+        return events, {h: HostStats(unreachable=1) if h in hosts else HostStats(ok=1) for h in names}
+
+    return script
+
+
+def test_a_preview_that_could_not_reach_the_vm_is_an_error_never_no_change(lab: Lab) -> None:
+    save_hosts(lab, [Host("web", "10.77.1.2", "homelab", host_key=KEY_A)])
+    runner = FakeRunner(unreachable("web"))
+    out = Recorder()
+    with pytest.raises(OperationError, match=r"^the deploy failed on web \(Stack files\)$"):
+        deploy_stacks(lab, out.echo, out.confirm, DeployOptions(vms=("web",)), runner=runner)
+    assert not any("would change" in line for line in out.lines)
+    assert "  ! web: cannot check: Stack files: Failed to connect to the host via ssh: timed out" in out.lines
+    assert out.questions == [] and [r.check for r in runner.requests] == [True]  # never asked, never run
+    assert "Nothing to deploy: the preview could not reach any VM." in out.lines
+    assert out.lines[-1].startswith("  web: FAILED at 'Stack files': Failed to connect")
+
+
+def test_no_change_is_said_only_of_the_vms_the_preview_reached(lab: Lab) -> None:
+    runner = FakeRunner(unreachable("db"))
+    out = Recorder()
+    with pytest.raises(OperationError, match=r"failed on db \(Stack files\); the other VMs are deployed"):
+        deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
+    assert "  (no file or package would change)" not in out.lines
+    assert "  (no file or package would change on web)" in out.lines and "Nothing to change on web." in out.lines
+    assert out.questions == [] and len(runner.requests) == 1
+    summary = out.lines[out.lines.index("Summary:") :]
+    assert summary[1] == "  web: ok (ok=1 changed=0 failed=0 unreachable=0)"
+    assert summary[2].startswith("  db: FAILED at 'Stack files': Failed to connect to the host via ssh")
+
+
+def test_the_deploy_asks_for_and_goes_to_only_the_vms_the_preview_could_reach(lab: Lab) -> None:
+    runner = FakeRunner(unreachable("db"))
+    out = Recorder()
+    with pytest.raises(OperationError, match=r"failed on db \(Stack files\); the other VMs are deployed"):
+        deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)  # starting stacks: a change
+    assert out.questions == ["Deploy to 1 VM(s)? (db could not be reached: not deployed)"]
+    assert [r.check for r in runner.requests] == [True, False]
+    assert sorted(runner.inventories[1]["all"]["hosts"]) == ["web"]  # db gets nothing it was not previewed for
+    assert deployed_vms(lab) == {"web"}
+
+
+def test_a_vm_the_preview_reached_is_deployed_even_if_its_check_stopped_at_a_task(lab: Lab) -> None:
+    def script(request: RunRequest) -> tuple[list[TaskEvent], dict[str, HostStats]]:
+        if not request.check:
+            return all_ok(request)
+        # on a fresh VM, check mode cannot chdir into a stack folder it did not make
+        stopped = TaskEvent("failed", "db", "Compose up", message="Unable to change directory before execution.")
+        return [TaskEvent("ok", "web", "Stack files"), stopped], {"web": HostStats(ok=1), "db": HostStats(failed=1)}
+
+    runner = FakeRunner(script)
+    out = Recorder()
+    result = deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
+    assert "  ! db: cannot check: Compose up: Unable to change directory before execution." in out.lines
+    assert "  (no file or package would change on web)" in out.lines  # db's check did not finish: not said of it
+    assert out.questions == ["Deploy to 2 VM(s)?"] and sorted(runner.inventories[1]["all"]["hosts"]) == ["db", "web"]
+    assert result.ok
 
 
 def test_vms_without_a_recorded_or_pinned_host_are_failures_and_are_never_contacted(lab: Lab) -> None:

@@ -46,6 +46,7 @@ def test_apply_then_deploy_key_over_pinned_ssh(
     code, out, err = homelab(lab, "apply", "--yes")
     assert code == 0, out + err
     hosts = json.loads((tmp_path / "state" / "test" / "hosts.json").read_text())["hosts"]
+    (vmid,) = [v["vmid"] for v in fake_pve.vms() if v["name"] == "web"]
     assert hosts == [
         {
             "name": "web",
@@ -54,6 +55,7 @@ def test_apply_then_deploy_key_over_pinned_ssh(
             "port": 22,
             "host_key": vm.host_key_pub,
             "key_file": None,
+            "vmid": vmid,
         }
     ]
     # cloud-init's part: homelab's admin key (which apply put in the VM's cloud-init sshkeys) is authorised

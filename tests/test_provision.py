@@ -194,6 +194,55 @@ def test_destroy_never_touches_an_unmanaged_namesake(lab_file: Path, fake_pve: F
     assert 9000 in left  # the template too
 
 
+def status_rows(lab_file: Path) -> dict[str, tuple[str, str | None]]:
+    """name -> (state, address) as `homelab status --json` shows them."""
+    code, out, err = homelab(lab_file, "status", "--json")
+    assert code == 0, out + err
+    return {r["name"]: (r["state"], r["address"]) for r in json.loads(out)}
+
+
+def test_status_never_shows_the_address_of_a_vm_that_is_gone(lab_file: Path, tmp_path: Path) -> None:
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert status_rows(lab_file)["web"] == ("running", "10.10.0.10")
+    assert homelab(lab_file, "destroy", "--yes")[0] == 0
+    assert status_rows(lab_file) == {"web": ("absent", None), "db": ("absent", None), "cache": ("absent", None)}
+    code, out, _ = homelab(lab_file, "status")
+    assert code == 0 and "10.10.0.1" not in out  # the table too: no address of web or db
+    assert json.loads((tmp_path / "state" / "test" / "hosts.json").read_text())["hosts"] == []
+
+    # A record destroy did not clear (written by an older homelab, or kept on another machine) is not shown either.
+    hosts_file = tmp_path / "state" / "test" / "hosts.json"
+    record = {"name": "web", "address": "10.10.0.10", "user": "homelab", "port": 22, "host_key": None}
+    hosts_file.write_text(json.dumps({"hosts": [record]}))
+    assert status_rows(lab_file)["web"] == ("absent", None)
+
+
+def test_status_shows_a_recorded_address_only_for_the_vm_it_was_learned_from(
+    lab_file: Path, fake_pve: FakeProxmox, tmp_path: Path
+) -> None:
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    hosts_file = tmp_path / "state" / "test" / "hosts.json"
+    recorded = hosts_file.read_text()  # what this machine learned
+    old = {name: vm["vmid"] for name, vm in managed(fake_pve).items()}
+    assert {h["name"]: h["vmid"] for h in json.loads(recorded)["hosts"]} == old
+
+    # The lab is re-created elsewhere (another machine's state): the VMs exist again, under other vmids.
+    assert homelab(lab_file, "destroy", "--yes")[0] == 0
+    for n, vmid in enumerate(sorted(old.values())):
+        fake_pve.call("add_vm", vmid=vmid, name=f"someone-else-{n}")  # so the new VMs get other vmids
+    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    new = {name: vm["vmid"] for name, vm in managed(fake_pve).items()}
+    assert not set(new.values()) & set(old.values())
+    hosts_file.write_text(recorded)
+    rows = status_rows(lab_file)
+    assert rows["web"] == ("running", None) and rows["cache"] == ("running", None)
+
+    # A record without a vmid (written before homelab kept one) is shown while its VM exists.
+    hosts = json.loads(recorded)["hosts"]
+    hosts_file.write_text(json.dumps({"hosts": [{k: v for k, v in h.items() if k != "vmid"} for h in hosts]}))
+    assert status_rows(lab_file)["web"] == ("running", "10.10.0.10")
+
+
 def test_a_tag_alone_does_not_make_a_vm_ours(tmp_path: Path, fake_pve: FakeProxmox, lab_file: Path) -> None:
     """Another lab's VM that carries this lab's tag (tags are free-form) is never changed or deleted."""
     other = lab_data(fake_pve, [{"name": "web", "ip": "10.10.0.10"}], name="prod")

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from homelab.cli import cli
 from homelab.demo.launcher import FakeProxmox
+from homelab.deploy.runner import FileDiff, HostStats, RunOutcome, RunRequest, TaskEvent
+from homelab.errors import Aborted
+from homelab.lab import load_lab
+from homelab.pipeline import up
+from homelab.provision.executor import SilentReporter
+from homelab.proxmox.api import connect
 from tests.harness.labs import lab_data, write_lab
 
 pytestmark = [pytest.mark.integration]
@@ -51,3 +60,62 @@ def test_up_bakes_the_template_then_brings_up_the_vms(lab: Path, fake_pve: FakeP
     assert code == 0
     assert "Every template the VMs use has a version on Proxmox." in out and "Plan: 2 unchanged." in out
     assert [r for r in fake_pve.requests() if r[0] != "GET"] == []
+
+
+class CheckOnly:
+    """A playbook runner whose check run finds a new file on each host; a real run would fail the test."""
+
+    def __init__(self) -> None:
+        self.requests: list[RunRequest] = []
+
+    def run(self, request: RunRequest, on_event: Callable[[TaskEvent], None]) -> RunOutcome:
+        assert request.check, "the deploy ran for real after it was declined"
+        self.requests.append(request)
+        hosts = json.loads(request.inventory.read_text())["all"]["hosts"]
+        for host in hosts:
+            diff = FileDiff("/home/homelab/stacks/traefik/.env", "new", "", "X=1\n")
+            on_event(TaskEvent("changed", host, "Stack files", diffs=(diff,)))
+        return RunOutcome("successful", 0, {host: HostStats(ok=1, changed=1) for host in hosts})
+
+
+def refuse(prefix: str, asked: list[str]) -> Callable[[str], None]:
+    """A user who says yes to every question but the one starting with ``prefix``."""
+
+    def confirm(question: str) -> None:
+        asked.append(question)
+        if question.startswith(prefix):
+            raise Aborted("Nothing was changed.")
+
+    return confirm
+
+
+@pytest.mark.fake_pve(guests=[], storages=STORAGES)
+def test_declining_the_deploy_says_what_the_earlier_stages_did(lab: Path, fake_pve: FakeProxmox) -> None:
+    data = yaml.safe_load(lab.read_text())
+    data["vms"][0]["stacks"] = ["traefik"]
+    model = load_lab(write_lab(lab, data))
+    asked: list[str] = []
+    runner = CheckOnly()
+    with pytest.raises(Aborted) as declined:
+        up(connect(model), model, lambda line: None, refuse("Deploy", asked), SilentReporter(), deploy_runner=runner)
+    template = next(vm["name"] for vm in fake_pve.vms() if vm["template"])
+    assert str(declined.value) == (
+        f"templates: built {template}; VMs: 2 created; deploy key: skipped (no repo: section); "
+        "deploy: declined, nothing deployed"
+    )
+    assert asked[-1] == "Deploy to 1 VM(s)?" and [r.check for r in runner.requests] == [True]
+    assert sorted(vm["name"] for vm in fake_pve.vms() if vm["status"] == "running") == ["db", "web"]
+
+
+@pytest.mark.fake_pve(guests=[], storages=STORAGES)
+def test_declining_the_vms_after_a_template_was_built(lab: Path, fake_pve: FakeProxmox) -> None:
+    model = load_lab(lab)
+    with pytest.raises(Aborted) as declined:
+        up(connect(model), model, lambda line: None, refuse("Apply", []), SilentReporter())
+    template = next(vm["name"] for vm in fake_pve.vms() if vm["template"])
+    assert str(declined.value) == f"templates: built {template}; VMs: declined, nothing changed"
+    assert [vm for vm in fake_pve.vms() if not vm["template"]] == []
+
+    with pytest.raises(Aborted) as declined:  # the template is there now: nothing is built, nothing changes
+        up(connect(model), model, lambda line: None, refuse("Apply", []), SilentReporter())
+    assert str(declined.value) == "Nothing was changed (templates: none missing; VMs: declined)."

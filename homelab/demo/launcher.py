@@ -123,8 +123,13 @@ def start_fake_proxmox(
     token_id: str = DEFAULT_TOKEN_ID,
     host: str | None = None,
     timeout: float = 30.0,
+    ignore_sigint: bool = False,
 ) -> FakeProxmox:
-    """Start the fake in its own process on a free loopback address, over HTTPS with a fresh certificate."""
+    """Start the fake in its own process on a free loopback address, over HTTPS with a fresh certificate.
+
+    ``ignore_sigint``: the fake ignores Ctrl-C (which a terminal sends to the whole process group), so that
+    the process that started it decides when to stop it.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     host = host or free_loopback()
     from fakepve.certs import make_cert  # the demo extra
@@ -150,6 +155,7 @@ def start_fake_proxmox(
         "host_keys": host_keys or {},
         "control": str(workdir / "control.sock"),
         "state_dir": str(workdir),
+        "ignore_sigint": ignore_sigint,
     }
     config_path = workdir / "fakepve.json"
     fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -163,31 +169,34 @@ def start_fake_proxmox(
             stderr=err,
             text=True,
         )
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line.startswith("READY "):
-        process.kill()
+    try:
+        deadline = time.monotonic() + timeout
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"the fake Proxmox did not start: {line.strip()} {log.read_text()[-2000:]}")
+        fake = FakeProxmox(
+            url=line.split()[1],
+            host=host,
+            port=8006,
+            cafile=cafile,
+            token_id=token_id,
+            token_secret=token_secret,
+            user="root@pam",
+            password=password,
+            control=config["control"],
+            process=process,
+            log=log,
+        )
+        while time.monotonic() < deadline:
+            try:
+                fake.call("ping")
+                return fake
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the fake Proxmox's control socket did not answer")
+    except BaseException:  # a failed start, or Ctrl-C while it starts: never leave the fake running
+        if process.poll() is None:
+            process.kill()
         process.wait()
-        raise RuntimeError(f"the fake Proxmox did not start: {line.strip()} {log.read_text()[-2000:]}")
-    fake = FakeProxmox(
-        url=line.split()[1],
-        host=host,
-        port=8006,
-        cafile=cafile,
-        token_id=token_id,
-        token_secret=token_secret,
-        user="root@pam",
-        password=password,
-        control=config["control"],
-        process=process,
-        log=log,
-    )
-    while time.monotonic() < deadline:
-        try:
-            fake.call("ping")
-            return fake
-        except OSError:
-            time.sleep(0.05)
-    fake.stop()
-    raise RuntimeError("the fake Proxmox's control socket did not answer")
+        raise

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import sys
 import time
 from typing import Any
@@ -288,6 +289,8 @@ def main() -> None:
     """Read the JSON config named on the command line and serve until killed."""
     with open(sys.argv[1], encoding="utf-8") as fh:
         config = json.load(fh)
+    if config.get("ignore_sigint"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         asyncio.run(Server(config).run())
     except KeyboardInterrupt:

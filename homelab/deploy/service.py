@@ -4,7 +4,9 @@ Each VM that lists stacks is a target, and so is a VM that lists none any more b
 earlier deploy (the deploy record says which). A target needs a host record with a pinned host key
 (written by `homelab apply`); one without is reported as failed and the others still deploy. The preview
 is the playbook in Ansible's check and diff mode, so it shows what would change on the VMs themselves
-(files that are new or differ, with their diff), not a guess from this machine.
+(files that are new or differ, with their diff), not a guess from this machine. A VM the preview could not
+reach (no route, a changed host key) has failed: it is never said to need no change, and the real run
+leaves it out.
 
 The deploy reconciles: the preview also reports the stack folders homelab made on each VM (their
 .homelab-stack markers), and those the VM no longer lists are planned for removal
@@ -17,7 +19,7 @@ import difflib
 import json
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -217,10 +219,16 @@ class HostResult:
     stats: HostStats = field(default_factory=HostStats)
     failed_task: str | None = None
     message: str = ""
+    unreachable: bool = False  # Ansible could not connect (or lost the connection): nothing ran there
 
     @property
     def ok(self) -> bool:
         return self.failed_task is None and not self.stats.failed and not self.stats.unreachable
+
+    @property
+    def reached(self) -> bool:
+        """Ansible got onto the host (whether or not its tasks succeeded)."""
+        return not self.unreachable and not self.stats.unreachable
 
     def describe(self) -> str:
         s = self.stats
@@ -277,9 +285,19 @@ class DeployResult:
         return self.run or self.preview
 
     @property
+    def reached(self) -> list[Target]:
+        """The targets the preview got onto: the only ones the real run goes to."""
+        report = self.preview
+        return [t for t in self.deployment.ready if report and t.name in report.hosts and report.hosts[t.name].reached]
+
+    @property
     def hosts(self) -> list[HostResult]:
-        report = self.final
-        results = [report.hosts[t.name] for t in self.deployment.ready if report and t.name in report.hosts]
+        """Each target's result: from the real run, else from the preview (one it could not reach failed there)."""
+        results = []
+        for t in self.deployment.ready:
+            report = self.run if self.run and t.name in self.run.hosts else self.preview
+            if report and t.name in report.hosts:
+                results.append(report.hosts[t.name])
         return results + [
             HostResult(t.name, failed_task="connect", message=t.problem or "") for t in self.deployment.blocked
         ]
@@ -295,9 +313,11 @@ class DeployResult:
 
     @property
     def pending(self) -> bool:
-        """The preview found something to change (files, packages, stacks to remove) or the stacks are to be started."""
-        starts = self.deployment.options.start_stacks and any(not t.clear_only for t in self.deployment.ready)
-        return bool(self.preview and (self.would_change or starts))
+        """On a VM the preview reached: something to change (files, packages, stacks to remove), or stacks to start."""
+        reached = {t.name for t in self.reached}
+        changes = self.preview is not None and any(c.host in reached for c in self.preview.changes)
+        starts = self.deployment.options.start_stacks and any(not t.clear_only for t in self.reached)
+        return bool(changes or self.to_remove or starts)
 
 
 def workdir(lab: Lab) -> Path:
@@ -392,6 +412,7 @@ def execute(
             changes.extend(changes_of(event))
         if event.kind in ("failed", "unreachable") and result.failed_task is None and not (event.loop and event.item):
             result.failed_task = event.task
+            result.unreachable = event.kind == "unreachable"
             message = event.message
             if "host key verification failed" in message.lower():
                 message = f"{message} ({HOST_KEY_HINT.format(pinned=_fingerprint(pinned[event.host]))})"
@@ -448,11 +469,16 @@ def preview_lines(report: RunReport, removals: Collection[RemoveStack] = ()) -> 
         lines.append(f"  {change.describe()}")
         lines += [f"      {line}" for line in change.diff_lines()]
     lines += [f"  {removal.describe()}" for removal in removals]
-    for result in report.hosts.values():
-        if not result.ok:
-            lines.append(f"  ! {result.name}: cannot check: {result.failed_task}: {result.message}")
+    unchecked = [result for result in report.hosts.values() if not result.ok]
+    for result in unchecked:
+        lines.append(f"  ! {result.name}: cannot check: {result.failed_task}: {result.message}")
     if not report.changes and not any(not r.keep for r in removals):
-        lines.append("  (no file or package would change)")
+        # Only a VM the preview checked to the end can be said to need no change.
+        checked = [result.name for result in report.hosts.values() if result.ok]
+        if not unchecked:
+            lines.append("  (no file or package would change)")
+        elif checked:
+            lines.append(f"  (no file or package would change on {', '.join(checked)})")
     return lines
 
 
@@ -493,12 +519,21 @@ def _preview_and_run(
         echo(line)
     if check_only:
         return
-    if result.pending:
-        confirm(f"Deploy to {len(deployment.ready)} VM(s)?")
-        if result.to_remove:
-            inventory_path = stage(deployment, key_file, where, result.removals)
+    reached = result.reached
+    if not reached:
+        echo("Nothing to deploy: the preview could not reach any VM.")
+    elif result.pending:
+        unreached = [t.name for t in deployment.ready if t not in reached]
+        left_out = f" ({', '.join(unreached)} could not be reached: not deployed)" if unreached else ""
+        confirm(f"Deploy to {len(reached)} VM(s)?{left_out}")
+        # A VM the preview could not reach gets nothing: the run changes only what was shown.
+        run = replace(deployment, targets=tuple(t for t in deployment.targets if t in reached))
+        if result.to_remove or unreached:
+            inventory_path = stage(run, key_file, where, result.removals)
         echo("Deploying:")
-        result.run = execute(deployment, runner, inventory_path, where, check=False, on_event=progress_printer(echo))
+        result.run = execute(run, runner, inventory_path, where, check=False, on_event=progress_printer(echo))
+    elif len(reached) < len(deployment.ready):
+        echo(f"Nothing to change on {', '.join(t.name for t in reached)}.")
     else:
         echo("Nothing to change.")
 
@@ -552,5 +587,6 @@ def deploy_stacks(
     failed = [h for h in result.hosts if not h.ok]
     if failed:
         names = ", ".join(f"{h.name} ({h.failed_task})" for h in failed)
-        raise OperationError(f"the deploy failed on {names}; the other VMs are deployed")
+        others = "; the other VMs are deployed" if len(failed) < len(result.hosts) else ""
+        raise OperationError(f"the deploy failed on {names}{others}")
     return result

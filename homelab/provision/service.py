@@ -35,11 +35,12 @@ def carry_out(planned: Planned, reporter: Reporter | None = None, concurrency: i
     """Apply a plan, then record the VMs' addresses for the later stages."""
     known = {h.name: h for h in load_hosts(planned.lab)}
     result = apply_plan(planned.api, planned.lab, planned.plan, planned.facts.used_vmids, reporter, concurrency, known)
-    _record_hosts(planned.lab, result, dict(known))
+    _record_hosts(planned.lab, planned.plan, result, dict(known))
     return result
 
 
-def _record_hosts(lab: Lab, result: ApplyResult, known: dict[str, Host]) -> None:
+def _record_hosts(lab: Lab, plan: Plan, result: ApplyResult, known: dict[str, Host]) -> None:
+    removed = {vm for vm, actions in plan.by_vm().items() if all(isinstance(a, RemoveVM) for a in actions)}
     for outcome in result.outcomes:
         if outcome.ok and outcome.address:
             old = known.get(outcome.vm)
@@ -49,9 +50,11 @@ def _record_hosts(lab: Lab, result: ApplyResult, known: dict[str, Host]) -> None
                 user=lab.access.user,
                 host_key=outcome.host_key,
                 key_file=old.key_file if old else None,
+                vmid=outcome.vmid,
             )
-        elif not outcome.ok:
-            known.pop(outcome.vm, None)  # what we knew may be stale: the VM may be half-replaced
+        elif not outcome.ok or outcome.vm in removed:
+            # what we knew may be stale: the VM may be half-replaced, or is gone
+            known.pop(outcome.vm, None)
     names = [vm.name for vm in lab.vms]
     save_hosts(lab, [known[n] for n in names if n in known])
 
@@ -96,13 +99,16 @@ def status(lab: Lab, api: PveApi | None = None) -> list[VmStatus]:
         actions = groups.get(vm.name, [])
         pending = [a.describe() for a in actions if a.changes_something]
         version = resolve_version(lab, vm, planned.facts)
+        # The address recorded by the last apply, only for the VM it was learned from: never for a VM that is
+        # gone, nor for one re-created since (another vmid).
+        host = hosts.get(vm.name)
         rows.append(
             VmStatus(
                 name=vm.name,
                 vmid=live.vmid if live else None,
                 node=live.node if live else None,
                 state=live.status if live else "absent",
-                address=hosts[vm.name].address if vm.name in hosts else None,
+                address=host.address if host and live and host.is_for(live.vmid) else None,
                 version=str((live.meta or {}).get("version")) if live and live.meta else None,
                 matches=not pending and not any(a.kind == "blocked" for a in actions),
                 note="; ".join(pending) if pending else ("" if not isinstance(version, str) else version),
