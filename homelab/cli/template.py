@@ -52,6 +52,7 @@ def build(ctx: click.Context, names: tuple[str, ...], yes: bool, dry_run: bool, 
     renders the Packer configuration and runs `packer build`, its output in the lab's log folder.
     """
     from homelab import ui
+    from homelab.pipeline import build_progress
     from homelab.templates.build import plan_build, run_build
     from homelab.templates.packer import PackerSettings
 
@@ -65,7 +66,8 @@ def build(ctx: click.Context, names: tuple[str, ...], yes: bool, dry_run: bool, 
         return
     ui.confirm(f"Build {len(plans)} template version(s)?", yes)
     for plan, facts in plans:
-        result = run_build(api, lab, plan, facts, _progress(), PackerSettings(packer=packer_path))
+        progress = build_progress(plan.actions, click.echo)
+        result = run_build(api, lab, plan, facts, progress, PackerSettings(packer=packer_path))
         click.echo(result.summary())
         if result.log_path:
             click.echo(f"packer's output: {result.log_path}")
