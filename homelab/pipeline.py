@@ -166,7 +166,7 @@ def install_deploy_key(lab: Lab, echo: Echo, confirm: Confirm) -> str:
     """Make the deploy key if there is none (and say where it goes); install it once it reads the repo."""
     from homelab.deploykeys import core
     from homelab.deploykeys.keys import KeyStore
-    from homelab.hosts import load_hosts
+    from homelab.state.hosts import load_hosts
 
     if lab.repo is None:
         echo("Skipped: the lab file has no repo: section.")
@@ -210,7 +210,7 @@ def up(
     A question answered no ends it with Aborted, whose message says what each stage did up to there.
     ``deploy_runner`` runs the deploy's playbook (default: Ansible).
     """
-    from homelab.adminkey import ensure_admin_key
+    from homelab.state.adminkey import ensure_admin_key
 
     stage = stage or (lambda n, total, title: echo(f"==> [{n}/{total}] {title}"))
     ensure_admin_key(lab)

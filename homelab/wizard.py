@@ -303,7 +303,7 @@ def run_init(
     from homelab.lab.loader import parse_lab
     from homelab.proxmox.api import PveApi
     from homelab.proxmox.client import ProxmoxerTransport
-    from homelab.secrets import ProxmoxAuth, write_atomic
+    from homelab.state.secrets import ProxmoxAuth, write_atomic
 
     if path.exists() and not force:
         raise InputError(f"{path}: already exists; pass --force to replace it (or --lab for another file)")

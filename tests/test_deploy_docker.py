@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from homelab.adminkey import ensure_admin_key
 from homelab.deploy.service import DeployOptions, deploy_stacks
-from homelab.hosts import Host, save_hosts
 from homelab.lab.loader import parse_lab
+from homelab.state.adminkey import ensure_admin_key
+from homelab.state.hosts import Host, save_hosts
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.hosts import SshHost
 

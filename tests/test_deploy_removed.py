@@ -21,9 +21,9 @@ from homelab.deploy.removed import MARKER, RemoveStack, marker_text, read_marker
 from homelab.deploy.runner import HostStats, RunOutcome, RunRequest, TaskEvent, to_task_event
 from homelab.deploy.service import DeployOptions, deploy_stacks, deployed_file, deployed_vms, prepare
 from homelab.errors import InputError, OperationError
-from homelab.hosts import Host, save_hosts
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
+from homelab.state.hosts import Host, save_hosts
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 LAB: dict[str, Any] = {

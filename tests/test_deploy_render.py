@@ -16,10 +16,10 @@ import yaml
 from homelab.deploy.inventory import host_vars, known_hosts_text, ssh_common_args
 from homelab.deploy.render import env_value, links, render_lab, write_tree
 from homelab.errors import InputError
-from homelab.hosts import Host
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.stacks import catalogue
+from homelab.state.hosts import Host
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 

@@ -16,9 +16,9 @@ from homelab.cli import cli
 from homelab.deploy.runner import FileDiff, HostStats, RunOutcome, RunRequest, TaskEvent, to_host_stats, to_task_event
 from homelab.deploy.service import Change, DeployOptions, deploy_stacks, deployed_vms, prepare
 from homelab.errors import Aborted, InputError, OperationError
-from homelab.hosts import Host, save_hosts
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
+from homelab.state.hosts import Host, save_hosts
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOr7xB0Q1YhYyH8nEIpwoZzvvz4cLyYWpaT3wKJ7rpv"

@@ -14,7 +14,7 @@ from homelab.errors import OperationTimeout, ProxmoxError, TaskFailed
 from homelab.lab.loader import parse_lab
 from homelab.proxmox.api import PveApi, RetryPolicy
 from homelab.proxmox.client import ProxmoxerTransport
-from homelab.secrets import ProxmoxAuth
+from homelab.state.secrets import ProxmoxAuth
 
 URL = "https://pve.test:8006/api2/json"
 LAB = """

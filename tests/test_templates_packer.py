@@ -15,7 +15,7 @@ import yaml
 
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import InputError, SecretError
-from homelab.secrets import ProxmoxAuth
+from homelab.state.secrets import ProxmoxAuth
 from homelab.templates import parse_description, resolve_template
 from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.cloudimage import BuildFailed

@@ -115,7 +115,7 @@ def verify(ctx: click.Context, yes: bool) -> None:
 def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: bool) -> None:
     """Replace the deploy key on the git host and every VM; no VM ever loses the ability to pull."""
     from homelab.deploykeys import core
-    from homelab.hosts import load_hosts
+    from homelab.state.hosts import load_hosts
 
     lab = _lab(ctx)
     if not yes and not ui.interactive():
@@ -176,7 +176,7 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
 def install(ctx: click.Context, yes: bool) -> None:
     """Put the deploy key on every VM and check the config repo out at ~/config there."""
     from homelab.deploykeys import core
-    from homelab.hosts import load_hosts
+    from homelab.state.hosts import load_hosts
 
     lab = _lab(ctx)
     hosts = load_hosts(lab)

@@ -50,9 +50,9 @@ def plan(ctx: click.Context, as_json: bool, prune: bool, no_replace: bool) -> No
 @click.pass_context
 def apply(ctx: click.Context, yes: bool, prune: bool, no_replace: bool, concurrency: int | None) -> None:
     """Make Proxmox match the lab file: show the plan, ask once, carry it out, summarise."""
-    from homelab.adminkey import ensure_admin_key
     from homelab.provision.plan import PlanOptions
     from homelab.provision.service import make_plan
+    from homelab.state.adminkey import ensure_admin_key
 
     lab = _lab(ctx)
     ensure_admin_key(lab)  # homelab's own login key goes onto the VMs with cloud-init

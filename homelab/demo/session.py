@@ -23,7 +23,7 @@ import yaml
 from homelab.demo.launcher import FakeProxmox, start_fake_proxmox
 from homelab.errors import InputError
 from homelab.paths import data_dir
-from homelab.secrets import TOKEN_ENV
+from homelab.state.secrets import TOKEN_ENV
 
 # The fake Proxmox's `local` storage as a PVE 9 node has it with imports enabled (cloud images land there).
 DEMO_STORAGES = {

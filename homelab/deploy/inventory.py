@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from homelab.deploy.render import VmRender
-from homelab.hosts import Host
+from homelab.state.hosts import Host
 
 
 def known_hosts_text(hosts: list[Host]) -> str:

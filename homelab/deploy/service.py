@@ -28,10 +28,10 @@ from homelab.deploy.removed import RemoveStack, removed_stacks
 from homelab.deploy.render import VmRender, missing_requirements, render_lab
 from homelab.deploy.runner import HostStats, PlaybookRunner, RunRequest, TaskEvent
 from homelab.errors import InputError, OperationError
-from homelab.hosts import Host, load_hosts
 from homelab.lab.models import Lab
 from homelab.paths import data_dir, state_dir
-from homelab.secrets import write_atomic
+from homelab.state.hosts import Host, load_hosts
+from homelab.state.secrets import write_atomic
 
 Echo = Callable[[str], None]
 Confirm = Callable[[str], None]  # raises to refuse
@@ -506,7 +506,7 @@ def _preview_and_run(
     confirm: Confirm,
     check_only: bool,
 ) -> None:
-    from homelab.adminkey import admin_key_path
+    from homelab.state.adminkey import admin_key_path
 
     where = workdir(deployment.lab)
     key_file = admin_key_path(deployment.lab)

@@ -15,8 +15,8 @@ from homelab.deploykeys.hostkeys import FirstContact, HostKey, Pin, ensure_pinne
 from homelab.deploykeys.install import HostOutcome, Progress, Target, install_key, switch_host
 from homelab.deploykeys.keys import CURRENT, PENDING, DeployKey, KeyStore
 from homelab.errors import InputError, OperationError, OperationTimeout
-from homelab.hosts import Host, hosts_file
 from homelab.lab.models import Lab
+from homelab.state.hosts import Host, hosts_file
 
 
 def _repo(lab: Lab) -> tuple[RepoUrl, str]:

@@ -16,7 +16,7 @@ from homelab.deploykeys.forge import RepoUrl, published_host_keys
 from homelab.deploykeys.keys import fingerprint
 from homelab.deploykeys.proc import last_lines, run
 from homelab.errors import Aborted, OperationError
-from homelab.secrets import write_atomic
+from homelab.state.secrets import write_atomic
 
 # Preferred first: the forges publish ed25519 fingerprints, and it is the strongest common type.
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")

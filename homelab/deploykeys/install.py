@@ -24,7 +24,7 @@ from homelab.deploykeys.git import CONNECT_TIMEOUT
 from homelab.deploykeys.keys import DeployKey
 from homelab.deploykeys.remote import Session, run_script
 from homelab.errors import OperationError
-from homelab.hosts import Host
+from homelab.state.hosts import Host
 
 KEY_NAME = "homelab_deploy_key"
 BEGIN = "# BEGIN homelab deploy key (managed by homelab; changes here are overwritten)"

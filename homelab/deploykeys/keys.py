@@ -21,7 +21,7 @@ from pathlib import Path
 from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
-from homelab.secrets import write_atomic, write_private
+from homelab.state.secrets import write_atomic, write_private
 
 CURRENT = "id_ed25519"
 PENDING = "pending_ed25519"

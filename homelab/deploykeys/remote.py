@@ -17,10 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from homelab.adminkey import admin_key_file
 from homelab.deploykeys.proc import last_lines
 from homelab.errors import OperationError, OperationTimeout
-from homelab.hosts import Host
+from homelab.state.adminkey import admin_key_file
+from homelab.state.hosts import Host
 
 if TYPE_CHECKING:
     import paramiko

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError, TaskFailed
-from homelab.hosts import Host
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.facts import boot_disk
@@ -31,6 +30,7 @@ from homelab.provision.plan import (
     encode_config,
 )
 from homelab.proxmox.api import PveApi
+from homelab.state.hosts import Host
 
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
 MAX_THREADS = 64

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from homelab.adminkey import read_admin_public
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size
 from homelab.provision.meta import parse_meta
 from homelab.proxmox.api import PveApi
+from homelab.state.adminkey import read_admin_public
 from homelab.templates.facts import Guest, TemplateVersion, find_versions
 from homelab.templates.naming import TEMPLATE_TAG, split_tags
 

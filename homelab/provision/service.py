@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from homelab.hosts import Host, load_hosts, save_hosts
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter, apply_plan
 from homelab.provision.facts import Facts, gather
 from homelab.provision.plan import Plan, PlanOptions, RemoveVM, desired_config, plan, resolve_version
 from homelab.proxmox.api import PveApi, connect
+from homelab.state.hosts import Host, load_hosts, save_hosts
 
 
 @dataclass

@@ -126,7 +126,7 @@ class PveApi:
 def connect(lab: Lab, retry: RetryPolicy | None = None) -> PveApi:
     """A PveApi for the lab's Proxmox, authenticated from the environment or the secrets file."""
     from homelab.proxmox.client import ProxmoxerTransport
-    from homelab.secrets import proxmox_auth
+    from homelab.state.secrets import proxmox_auth
 
     transport = ProxmoxerTransport.from_lab(lab, proxmox_auth(lab))
     return PveApi(transport, retry or RetryPolicy())

@@ -15,7 +15,7 @@ from proxmoxer.core import AuthenticationError, ResourceException
 from homelab.errors import InputError, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.proxmox.api import TRANSIENT
-from homelab.secrets import ProxmoxAuth
+from homelab.state.secrets import ProxmoxAuth
 
 log = logging.getLogger(__name__)
 

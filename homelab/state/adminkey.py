@@ -36,7 +36,7 @@ def ensure_admin_key(lab: Lab) -> str:
     if existing and admin_key_path(lab).is_file():
         return existing
     from homelab.deploykeys.keys import new_key_material
-    from homelab.secrets import write_atomic, write_private
+    from homelab.state.secrets import write_atomic, write_private
 
     private, public = new_key_material(f"homelab-admin-{lab.name}")
     path = admin_key_path(lab)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
-from homelab.secrets import write_atomic
+from homelab.state.secrets import write_atomic
 
 
 @dataclass(frozen=True)
