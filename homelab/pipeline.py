@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from homelab.errors import Aborted, OperationError
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter
 from homelab.provision.facts import Facts
-from homelab.provision.plan import Plan
+from homelab.provision.plan import Plan, PlanOptions
 from homelab.proxmox.api import PveApi
 
 if TYPE_CHECKING:
@@ -67,9 +68,7 @@ class UpResult:
         parts = [f"{stage}: {what}" for stage, what in self.stages]
         if not (self.changed or self.built):
             return f"Nothing was changed ({'; '.join([*parts, f'{declined}: declined'] if declined else parts)})."
-        if declined == "templates":
-            parts.append(f"templates: built {', '.join(self.built)}, then declined the next, not built")
-        elif declined:
+        if declined:
             parts.append(f"{declined}: {DECLINED[declined]}")
         return "; ".join(parts)
 
@@ -85,27 +84,55 @@ def bake_missing(
 ) -> tuple[list[str], Facts]:
     """Build a first version of every template a VM needs and Proxmox lacks.
 
-    Returns the versions built (also appended to ``built`` as each is done, so a refusal of the next one
+    Returns the versions built (also appended to ``built`` as each is done, so a failure of the next one
     still leaves the record) and the facts gathered before building (still current when none was built).
     """
     from homelab.provision.facts import gather
     from homelab.provision.plan import resolve_version
-    from homelab.templates.build import plan_build, run_build
 
     facts = gather(api, lab)
     missing = sorted({lab.template_for(vm).name for vm in lab.vms if isinstance(resolve_version(lab, vm, facts), str)})
     if not missing:
         echo("Every template the VMs use has a version on Proxmox.")
+        return [] if built is None else built, facts
+    return build_templates(api, lab, missing, echo, confirm, built=built), facts
+
+
+def build_templates(
+    api: PveApi,
+    lab: Lab,
+    names: Sequence[str],
+    echo: Echo,
+    confirm: Confirm,
+    *,
+    packer: str = "packer",
+    dry_run: bool = False,
+    built: list[str] | None = None,
+) -> list[str]:
+    """Plan a new version of each template in ``names``, show the plans, ask once, build them one by one.
+
+    Returns the versions built (appended to ``built`` as each finishes). ``dry_run`` stops after the plans.
+    """
+    from homelab.templates.build import plan_build, run_build
+    from homelab.templates.packer import PackerSettings
+
     built = [] if built is None else built
-    for name in missing:
-        plan, build_facts = plan_build(api, lab, name)
+    plans = [plan_build(api, lab, name) for name in names]
+    for plan, _ in plans:
         for line in plan.describe():
             echo(f"  {line}")
-        confirm(f"Build template {name}?")
-        result = run_build(api, lab, plan, build_facts, build_progress(plan.actions, echo))
+    if dry_run or not plans:
+        return built
+    confirm(f"Build {len(plans)} template version(s)?")
+    for plan, build_facts in plans:
+        result = run_build(
+            api, lab, plan, build_facts, build_progress(plan.actions, echo), PackerSettings(packer=packer)
+        )
         echo(result.summary())
+        if result.log_path:
+            echo(f"packer's output: {result.log_path}")
         built.append(result.version.name)
-    return built, facts
+    return built
 
 
 def build_progress(steps: Sequence[Describes], echo: Echo) -> Callable[[str], None]:
@@ -120,6 +147,12 @@ def build_progress(steps: Sequence[Describes], echo: Echo) -> Callable[[str], No
         echo(f"  [{time.monotonic() - started:6.1f}s] {shown}")
 
     return show
+
+
+def showing(reporter: Reporter) -> AbstractContextManager[Any]:
+    """A reporter that draws on the screen (a live table) is shown only while the VMs are worked on: the plan,
+    the question and the summary around it are plain lines."""
+    return reporter if isinstance(reporter, AbstractContextManager) else nullcontext()
 
 
 class StepsOnly:
@@ -142,31 +175,57 @@ def converge_vms(
     echo: Echo,
     confirm: Confirm,
     reporter: Reporter,
-    concurrency: int | None = None,
+    concurrency: int,
     facts: Facts | None = None,
+    options: PlanOptions | None = None,
+    again: str = "homelab up",
 ) -> tuple[Plan, ApplyResult]:
-    """Plan the VMs (from ``facts`` when they are current), show the plan, confirm, apply; the plan and result."""
+    """Plan the VMs (from ``facts`` when they are current), show the plan, confirm, apply; the plan and result.
+
+    ``again`` is the command that finishes what failed, named in the error.
+    """
     from homelab import ui
     from homelab.provision.service import carry_out, make_plan
 
-    planned = make_plan(lab, api=api, facts=facts)
+    planned = make_plan(lab, options, api=api, facts=facts)
     ui.render_plan(planned.plan)
     if planned.plan.blocked:
         raise OperationError("the plan has blocked steps (see '!' lines); nothing was changed")
     if planned.plan.changes:
         confirm(f"Apply {len(planned.plan.changes)} change(s) to {lab.proxmox.url}?")
-    result = carry_out(planned, StepsOnly(reporter), concurrency)
+    else:
+        echo("Nothing to change.")
+    with showing(reporter):
+        result = carry_out(planned, StepsOnly(reporter), concurrency)
     ui.render_apply(result)
     if not result.ok:
-        raise OperationError("some VMs failed (see above); run `homelab up` again to finish them")
+        raise OperationError(f"some VMs failed (see above); run `{again}` again to finish them")
     return planned.plan, result
+
+
+def destroy_vms(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, reporter: Reporter, concurrency: int) -> Plan:
+    """Plan removing every VM marked as the lab's, show it, confirm, remove them; the plan."""
+    from homelab import ui
+    from homelab.provision.service import carry_out, make_destroy_plan
+
+    planned = make_destroy_plan(lab, api)
+    ui.render_plan(planned.plan)
+    if not planned.plan.changes:
+        echo("Nothing to destroy.")
+        return planned.plan
+    confirm(f"Destroy {len(planned.plan.changes)} VM(s) of lab {lab.name}? This deletes their disks.")
+    with showing(reporter):
+        result = carry_out(planned, StepsOnly(reporter), concurrency)
+    ui.render_apply(result)
+    if not result.ok:
+        raise OperationError("some VMs could not be removed (see above)")
+    return planned.plan
 
 
 def install_deploy_key(lab: Lab, echo: Echo, confirm: Confirm) -> str:
     """Make the deploy key if there is none (and say where it goes); install it once it reads the repo."""
     from homelab.deploykeys import core
     from homelab.deploykeys.keys import KeyStore
-    from homelab.state.hosts import load_hosts
 
     if lab.repo is None:
         echo("Skipped: the lab file has no repo: section.")
@@ -183,14 +242,32 @@ def install_deploy_key(lab: Lab, echo: Echo, confirm: Confirm) -> str:
     if not core.can_read(lab, store.require_current()):
         echo("The deploy key cannot read the repo yet, or the git host's key is not pinned: homelab keys verify")
         return "waiting"
+    install_key_on_vms(lab, echo, confirm)
+    return "installed"
+
+
+def install_key_on_vms(lab: Lab, echo: Echo, confirm: Confirm) -> None:
+    """Show the VMs the deploy key goes to (and whether each host key is pinned), ask, install, report each."""
+    from homelab.deploykeys import core
+    from homelab.errors import InputError
+    from homelab.state.hosts import load_hosts
+
     hosts = load_hosts(lab)
+    if not hosts:
+        raise InputError("no VMs recorded yet: run `homelab apply` first")
+    key = core.show(lab).key
+    assert lab.repo is not None
+    echo(f"Will install deploy key {key.fingerprint} and check out {lab.repo.url} ({lab.repo.branch}) on:")
+    for host in hosts:
+        pinned = "host key pinned" if host.host_key else "HOST KEY NOT PINNED: will refuse"
+        echo(f"  {host.name} ({host.user}@{host.address}, {pinned})")
     confirm(f"Install the deploy key and check out {lab.repo.url} on {len(hosts)} VM(s)?")
     outcomes = core.install(lab, hosts)
     for outcome in outcomes:
         echo(f"  {outcome.host}: {'ok' if outcome.ok else 'FAILED'}: {outcome.detail}")
-    if not all(o.ok for o in outcomes):
-        raise OperationError("the deploy key could not be installed on every VM (see above)")
-    return "installed"
+    failed = [o.host for o in outcomes if not o.ok]
+    if failed:
+        raise OperationError(f"the deploy key could not be installed on {', '.join(failed)}")
 
 
 def up(
@@ -225,7 +302,7 @@ def up(
         stage(2, 4, "VMs")
         # Building a template changed the cluster; otherwise the facts just gathered are still the truth.
         vm_plan, result.vms = converge_vms(
-            api, lab, echo, confirm, reporter, concurrency, None if result.built else facts
+            api, lab, echo, confirm, reporter, concurrency or lab.settings.concurrency, None if result.built else facts
         )
         result.stages.append(("VMs", vm_stage_words(vm_plan)))
         result.changed = result.changed or bool(vm_plan.changes)

@@ -80,13 +80,13 @@ class LineReporter:
 
 
 class LiveReporter:
-    """A live table, one row per VM, on a terminal."""
+    """A live table, one row per VM (in the order they first report), on a terminal."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str] | None = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self._rows: dict[str, tuple[str, str]] = {n: ("waiting", "") for n in names}
+        self._rows: dict[str, tuple[str, str]] = {n: ("waiting", "") for n in names or []}
         self._start = time.monotonic()
         self._lock = threading.Lock()
         self._live = Live(self._table(), console=Console(stderr=True), refresh_per_second=8, transient=False)
@@ -137,3 +137,18 @@ def render_apply(result: Any) -> None:
         f"Applied in {result.seconds:.1f}s with {calls} API calls: "
         f"{len(result.outcomes) - len(failed)} ok, {len(failed)} failed."
     )
+
+
+def render_status(rows: list[Any], as_json: bool) -> None:
+    """`homelab status`: one row per VM, or JSON."""
+    from dataclasses import asdict
+
+    if as_json:
+        echo_json([asdict(r) for r in rows])
+        return
+    click.echo(f"{'VM':<16} {'VMID':>6} {'STATE':<9} {'ADDRESS':<16} {'VERSION':<13} MATCHES")
+    for r in rows:
+        click.echo(
+            f"{r.name:<16} {r.vmid or '-':>6} {r.state:<9} {r.address or '-':<16} {r.version or '-':<13} "
+            f"{'yes' if r.matches else 'no: ' + r.note}"
+        )

@@ -115,7 +115,7 @@ def test_real_command_exits_2_without_traceback(name: str) -> None:
 
 
 def test_unexpected_error_goes_to_debug_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import homelab.cli.labfile as labfile
+    import homelab.lab as labfile  # the App loads the lab through homelab.lab.load_lab
 
     def boom(path: Path) -> None:
         raise RuntimeError("disk on fire")

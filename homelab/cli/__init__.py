@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from homelab import __version__
+from homelab.cli.app import current_app
 
 # name -> (module, attribute, one-line help). Listing help does not import the modules.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -50,7 +51,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LabNotFound as exc:
-            raise exc.for_command(ctx.obj.get("command") or "homelab plan") from None
+            raise exc.for_command(current_app().command) from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -66,12 +67,11 @@ LAB_HELP = "The lab file (default: $HOMELAB_LAB, else ./lab.yml)."
 
 
 def _remember_lab(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    """`--lab` given after a subcommand overrides the one before it; both land in the root's obj."""
-    root = ctx.find_root()
-    root.ensure_object(dict)
-    root.obj["command"] = " ".join(["homelab", *ctx.command_path.split()[1:]])
+    """`--lab` given after a subcommand overrides the one before it; both land in the App."""
+    app = current_app()
+    app.command = " ".join(["homelab", *ctx.command_path.split()[1:]])
     if value:
-        root.obj["lab_path"] = value
+        app.lab_option = value
 
 
 def _accept_lab_option(command: click.Command) -> None:
@@ -92,8 +92,7 @@ def _accept_lab_option(command: click.Command) -> None:
 @click.pass_context
 def cli(ctx: click.Context, lab_path: str | None) -> None:
     """homelab: one YAML file in, a working Proxmox homelab out."""
-    ctx.ensure_object(dict)
-    ctx.obj["lab_path"] = lab_path
+    current_app().lab_option = lab_path
 
 
 def main(argv: list[str] | None = None) -> Any:

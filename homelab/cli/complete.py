@@ -14,8 +14,12 @@ from click.shell_completion import CompletionItem
 
 
 def _lab_path(ctx: click.Context) -> str | None:
+    # While completing, commands do not run: --lab after a subcommand is in the App (its option's callback
+    # ran), --lab before it only in the root's parameters.
+    from homelab.cli.app import App
+
     root = ctx.find_root()
-    after = (root.obj or {}).get("lab_path") if isinstance(root.obj, dict) else None
+    after = root.obj.lab_option if isinstance(root.obj, App) else None
     return after or root.params.get("lab_path")
 
 

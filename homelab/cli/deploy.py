@@ -9,11 +9,9 @@ from typing import Any
 import click
 
 from homelab import ui
+from homelab.cli.app import EXIT_CHANGES, App, pass_app, yes_option
 from homelab.cli.complete import complete_catalog_stack, complete_vm
 from homelab.errors import OperationError
-from homelab.lab import find_lab_path, load_lab
-
-EXIT_CHANGES = 3  # --check: something would change (as `homelab plan`)
 
 
 def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -31,7 +29,7 @@ def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
         is_flag=True,
         help="Do not install docker.io and compose where they are missing (the VM has its own Docker).",
     )(command)
-    return click.option("--yes", "-y", is_flag=True, help="Do not ask before changing things.")(command)
+    return yes_option(command)
 
 
 def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool, keep_removed: bool) -> Any:
@@ -48,10 +46,9 @@ def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool, keep
 @click.option(
     "--vm", "vms", multiple=True, metavar="NAME", shell_complete=complete_vm, help="Only this VM (repeat for more)."
 )
-@click.pass_context
+@pass_app
 def deploy(
-    ctx: click.Context,
-    yes: bool,
+    app: App,
     no_install_docker: bool,
     no_start: bool,
     keep_removed: bool,
@@ -67,11 +64,10 @@ def deploy(
     """
     from homelab.deploy.service import deploy_stacks
 
-    lab = load_lab(find_lab_path(ctx.obj.get("lab_path")))
     result = deploy_stacks(
-        lab,
-        click.echo,
-        lambda question: ui.confirm(question, yes),
+        app.lab,
+        app.echo,
+        app.confirm,
         _options(vms, no_install_docker, no_start, keep_removed),
         check_only=check,
     )
@@ -91,15 +87,14 @@ def stack() -> None:
 
 @stack.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def list_stacks(ctx: click.Context, as_json: bool) -> None:
+@pass_app
+def list_stacks(app: App, as_json: bool) -> None:
     """The stacks homelab can deploy; with a lab file, the VMs that run each and their addresses."""
     from dataclasses import asdict
 
     from homelab.deploy.listing import stack_rows
 
-    path = find_lab_path(ctx.obj.get("lab_path"))
-    lab = load_lab(path) if path.exists() else None
+    lab = app.lab if app.lab_path.exists() else None
     rows = stack_rows(lab)
     if as_json:
         ui.echo_json([asdict(row) for row in rows])
@@ -124,13 +119,12 @@ def list_stacks(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option("--no-deploy", is_flag=True, help="Only edit the lab file.")
 @deploy_options
-@click.pass_context
+@pass_app
 def add(
-    ctx: click.Context,
+    app: App,
     name: str,
     vm: str | None,
     no_deploy: bool,
-    yes: bool,
     no_install_docker: bool,
     no_start: bool,
     keep_removed: bool,
@@ -139,7 +133,7 @@ def add(
     from homelab.deploy.labedit import add_stack
     from homelab.deploy.service import deploy_stacks
 
-    path = find_lab_path(ctx.obj.get("lab_path"))
+    path = app.lab_path
     added = add_stack(path, name, vm)
     if added.changed:
         click.echo(f"{path}: added {added.stack} to {added.vm}.")
@@ -151,7 +145,7 @@ def add(
         return
     deploy_stacks(
         added.lab,
-        click.echo,
-        lambda question: ui.confirm(question, yes),
+        app.echo,
+        app.confirm,
         _options((added.vm,), no_install_docker, no_start, keep_removed),
     )

@@ -7,16 +7,16 @@ from pathlib import Path
 import click
 import yaml
 
+from homelab.cli.app import App, pass_app
 from homelab.errors import InputError
-from homelab.lab import find_lab_path
 
 
 @click.command()
 @click.option("--answers", type=click.Path(dir_okay=False), help="A YAML file of answers (keys like proxmox.node).")
 @click.option("--defaults", is_flag=True, help="Take the default for every question not answered.")
 @click.option("--force", is_flag=True, help="Replace an existing lab file.")
-@click.pass_context
-def init(ctx: click.Context, answers: str | None, defaults: bool, force: bool) -> None:
+@pass_app
+def init(app: App, answers: str | None, defaults: bool, force: bool) -> None:
     """Ask about your Proxmox and your lab, offering the nodes, storages and bridges it has; write lab.yml."""
     from homelab.wizard import run_init
 
@@ -28,7 +28,6 @@ def init(ctx: click.Context, answers: str | None, defaults: bool, force: bool) -
             raise InputError(f"{answers}: cannot read answers: {exc}") from None
         if not isinstance(given, dict):
             raise InputError(f"{answers}: must be a mapping of question keys to answers")
-    path = find_lab_path(ctx.obj.get("lab_path"))
-    result = run_init(path, given, defaults, force)
+    result = run_init(app.lab_path, given, defaults, force)
     click.echo(f"Wrote {result.path}: lab {result.lab_name!r} with {result.vms} VM(s).")
     click.echo("Next: homelab validate, then homelab plan.")

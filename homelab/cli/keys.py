@@ -8,18 +8,14 @@ from typing import TYPE_CHECKING
 import click
 
 from homelab import ui
+from homelab.cli.app import App, pass_app, yes_option
 from homelab.errors import Aborted, InputError, OperationError
-from homelab.lab import Lab, find_lab_path, load_lab
 
 if TYPE_CHECKING:
     from homelab.deploykeys.core import KeyReport
     from homelab.deploykeys.hostkeys import FirstContact
 
 POLL_INTERVAL = 2.0  # seconds between checks while waiting for the user to add or remove a key
-
-
-def _lab(ctx: click.Context) -> Lab:
-    return load_lab(find_lab_path(ctx.obj.get("lab_path")))
 
 
 def _render_key(report: KeyReport, *, heading: str, private_path: bool = True) -> None:
@@ -45,23 +41,23 @@ def keys() -> None:
 
 @keys.command()
 @click.option("--force", is_flag=True, help="Replace an existing key (prefer `homelab keys rotate`).")
-@click.pass_context
-def generate(ctx: click.Context, force: bool) -> None:
+@pass_app
+def generate(app: App, force: bool) -> None:
     """Create the lab's deploy key (ed25519) and say where to add it."""
     from homelab.deploykeys import core
 
-    report = core.generate(_lab(ctx), force=force)
+    report = core.generate(app.lab, force=force)
     _render_key(report, heading="Created a deploy key. Public key:")
     click.echo("Then run: homelab keys verify")
 
 
 @keys.command()
-@click.pass_context
-def show(ctx: click.Context) -> None:
+@pass_app
+def show(app: App) -> None:
     """Print the deploy key's public key and fingerprint again."""
     from homelab.deploykeys import core
 
-    _render_key(core.show(_lab(ctx)), heading="Deploy key. Public key:")
+    _render_key(core.show(app.lab), heading="Deploy key. Public key:")
 
 
 def _confirm_host_key(yes: bool) -> Callable[[FirstContact], bool]:
@@ -84,13 +80,13 @@ def _confirm_host_key(yes: bool) -> Callable[[FirstContact], bool]:
 
 
 @keys.command()
-@click.option("--yes", "-y", is_flag=True, help="Pin the git host's key on first contact without asking.")
-@click.pass_context
-def verify(ctx: click.Context, yes: bool) -> None:
+@yes_option
+@pass_app
+def verify(app: App) -> None:
     """Check that the deploy key can read the repo (only that key, only the pinned host key)."""
     from homelab.deploykeys import core
 
-    result = core.verify(_lab(ctx), _confirm_host_key(yes))
+    result = core.verify(app.lab, _confirm_host_key(app.yes))
     if result.pin.pinned_now == "published":
         click.echo(f"Pinned {result.repo.host}'s host key {result.pin.key.fingerprint} (matches the published one).")
     elif result.pin.pinned_now == "confirmed":
@@ -101,7 +97,7 @@ def verify(ctx: click.Context, yes: bool) -> None:
 
 
 @keys.command()
-@click.option("--yes", "-y", is_flag=True, help="Do not ask: poll until the new key works (see --wait-timeout).")
+@yes_option
 @click.option(
     "--wait-timeout",
     type=click.IntRange(min=1),
@@ -111,13 +107,13 @@ def verify(ctx: click.Context, yes: bool) -> None:
     help="With --yes: how long to wait for the new key to be added (and the old one removed).",
 )
 @click.option("--check-old-revoked", is_flag=True, help="After the switch, wait until the old key no longer works.")
-@click.pass_context
-def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: bool) -> None:
+@pass_app
+def rotate(app: App, wait_timeout: int, check_old_revoked: bool) -> None:
     """Replace the deploy key on the git host and every VM; no VM ever loses the ability to pull."""
     from homelab.deploykeys import core
     from homelab.state.hosts import load_hosts
 
-    lab = _lab(ctx)
+    lab, yes = app.lab, app.yes
     if not yes and not ui.interactive():
         raise InputError("rotate asks you to add the new key; without a terminal run it with --yes [--wait-timeout N]")
     hosts = load_hosts(lab)
@@ -171,27 +167,10 @@ def rotate(ctx: click.Context, yes: bool, wait_timeout: int, check_old_revoked: 
 
 
 @keys.command()
-@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
-@click.pass_context
-def install(ctx: click.Context, yes: bool) -> None:
+@yes_option
+@pass_app
+def install(app: App) -> None:
     """Put the deploy key on every VM and check the config repo out at ~/config there."""
-    from homelab.deploykeys import core
-    from homelab.state.hosts import load_hosts
+    from homelab.pipeline import install_key_on_vms
 
-    lab = _lab(ctx)
-    hosts = load_hosts(lab)
-    if not hosts:
-        raise InputError("no VMs recorded yet: run `homelab apply` first")
-    key = core.show(lab).key
-    assert lab.repo is not None
-    click.echo(f"Will install deploy key {key.fingerprint} and check out {lab.repo.url} ({lab.repo.branch}) on:")
-    for host in hosts:
-        pinned = "host key pinned" if host.host_key else "HOST KEY NOT PINNED: will refuse"
-        click.echo(f"  {host.name} ({host.user}@{host.address}, {pinned})")
-    ui.confirm(f"Install on {len(hosts)} VM(s)?", yes)
-    outcomes = core.install(lab, hosts)
-    for outcome in outcomes:
-        click.echo(f"  {outcome.host}: {'ok' if outcome.ok else 'FAILED'}: {outcome.detail}")
-    failed = [o.host for o in outcomes if not o.ok]
-    if failed:
-        raise OperationError(f"the deploy key could not be installed on {', '.join(failed)}")
+    install_key_on_vms(app.lab, app.echo, app.confirm)

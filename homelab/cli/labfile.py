@@ -6,16 +6,15 @@ import json
 
 import click
 
-from homelab.lab import find_lab_path, load_lab
+from homelab.cli.app import App, pass_app
 from homelab.lab.schema import lab_schema
 
 
 @click.command()
-@click.pass_context
-def validate(ctx: click.Context) -> None:
+@pass_app
+def validate(app: App) -> None:
     """Check the lab file. Exit 0 when valid; otherwise one line per problem and exit 2."""
-    path = find_lab_path(ctx.obj.get("lab_path"))
-    lab = load_lab(path)
+    lab, path = app.lab, app.lab_path
     click.echo(f"{path}: valid: lab {lab.name!r}, {len(lab.vms)} VM(s), {len(lab.templates)} template(s)")
 
 

@@ -10,19 +10,8 @@ from typing import Any
 
 import click
 
+from homelab.cli.app import App, pass_app, yes_option
 from homelab.cli.complete import complete_template
-
-
-def _lab(ctx: click.Context) -> Any:
-    from homelab.lab import find_lab_path, load_lab
-
-    return load_lab(find_lab_path((ctx.obj or {}).get("lab_path")))
-
-
-def _api(lab: Any) -> Any:
-    from homelab.proxmox.api import connect
-
-    return connect(lab)
 
 
 def _progress() -> Any:
@@ -41,48 +30,31 @@ def template() -> None:
 
 @template.command()
 @click.argument("names", nargs=-1, shell_complete=complete_template)
-@click.option("--yes", "-y", is_flag=True, help="Build without asking.")
+@yes_option
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
 @click.option("--packer", "packer_path", default="packer", show_default=True, help="The packer program.")
-@click.pass_context
-def build(ctx: click.Context, names: tuple[str, ...], yes: bool, dry_run: bool, packer_path: str) -> None:
+@pass_app
+def build(app: App, names: tuple[str, ...], dry_run: bool, packer_path: str) -> None:
     """Build a new version of each template the lab names (or of NAMES).
 
     Shows the plan first and asks. builder: cloud-image works through the Proxmox API alone; builder: packer
     renders the Packer configuration and runs `packer build`, its output in the lab's log folder.
     """
-    from homelab import ui
-    from homelab.pipeline import build_progress
-    from homelab.templates.build import plan_build, run_build
-    from homelab.templates.packer import PackerSettings
+    from homelab.pipeline import build_templates
 
-    lab = _lab(ctx)
-    api = _api(lab)
-    plans = [plan_build(api, lab, name) for name in names or [t.name for t in lab.templates]]
-    for plan, _facts in plans:
-        for line in plan.describe():
-            click.echo(line)
-    if dry_run:
-        return
-    ui.confirm(f"Build {len(plans)} template version(s)?", yes)
-    for plan, facts in plans:
-        progress = build_progress(plan.actions, click.echo)
-        result = run_build(api, lab, plan, facts, progress, PackerSettings(packer=packer_path))
-        click.echo(result.summary())
-        if result.log_path:
-            click.echo(f"packer's output: {result.log_path}")
+    wanted = names or [t.name for t in app.lab.templates]
+    build_templates(app.api, app.lab, wanted, app.echo, app.confirm, packer=packer_path, dry_run=dry_run)
 
 
 @template.command(name="list")
 @click.argument("names", nargs=-1, shell_complete=complete_template)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.pass_context
-def list_(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
+@pass_app
+def list_(app: App, names: tuple[str, ...], as_json: bool) -> None:
     """Show each template's versions on Proxmox and the VMs that use each."""
     from homelab.templates.inventory import list_templates
 
-    lab = _lab(ctx)
-    listings = list_templates(_api(lab), lab, names)
+    listings = list_templates(app.api, app.lab, names)
     if as_json:
         click.echo(json.dumps([item.as_dict() for item in listings], indent=2))
         return
@@ -103,17 +75,14 @@ def list_(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
 @template.command(name="prune")
 @click.argument("names", nargs=-1, shell_complete=complete_template)
 @click.option("--keep", type=click.IntRange(min=1), default=2, show_default=True, help="Newest versions to keep.")
-@click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
+@yes_option
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
-@click.pass_context
-def prune_(ctx: click.Context, names: tuple[str, ...], keep: int, yes: bool, dry_run: bool) -> None:
+@pass_app
+def prune_(app: App, names: tuple[str, ...], keep: int, dry_run: bool) -> None:
     """Delete old template versions that no VM uses (never one a VM was cloned from)."""
-    from homelab import ui
     from homelab.templates.inventory import gather_prune, prune
 
-    lab = _lab(ctx)
-    api = _api(lab)
-    plans = gather_prune(api, lab, names, keep)
+    plans = gather_prune(app.api, app.lab, names, keep)
     for plan in plans:
         for line in plan.describe():
             click.echo(line)
@@ -123,8 +92,8 @@ def prune_(ctx: click.Context, names: tuple[str, ...], keep: int, yes: bool, dry
         return
     if dry_run:
         return
-    ui.confirm(f"Delete {count} template version(s)?", yes)
-    deleted = prune(api, lab, plans, _progress())
+    app.confirm(f"Delete {count} template version(s)?")
+    deleted = prune(app.api, app.lab, plans, _progress())
     click.echo(f"Deleted {len(deleted)} template version(s).")
 
 
@@ -133,15 +102,15 @@ def prune_(ctx: click.Context, names: tuple[str, ...], keep: int, yes: bool, dry
 @click.option("--template", "name", help="The template to render (default: the lab's first packer template).")
 @click.option("--version", "version", help="The version to name the build (default: now, YYYYMMDDHHMM UTC).")
 @click.option("--vmid", type=int, default=0, help="vmid of the new template (default 0: Proxmox picks).")
-@click.pass_context
-def render(ctx: click.Context, directory: Path, name: str | None, version: str | None, vmid: int) -> None:
+@pass_app
+def render(app: App, directory: Path, name: str | None, version: str | None, vmid: int) -> None:
     """Write the Packer configuration into DIRECTORY, for running Packer yourself (no Proxmox needed)."""
     from homelab.errors import InputError
     from homelab.templates.facts import lab_template
     from homelab.templates.naming import describe_template, new_version
     from homelab.templates.packer import make_build_keys, render_files, render_private_dir, write_files
 
-    lab = _lab(ctx)
+    lab = app.lab
     if name is None:
         name = next((t.name for t in lab.templates if t.builder == "packer"), None)
         if name is None:

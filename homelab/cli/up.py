@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from homelab import ui
-from homelab.lab import find_lab_path, load_lab
+from homelab.cli.app import App, pass_app, yes_option
 
 
 def echo_stage(number: int, total: int, title: str) -> None:
@@ -13,26 +12,24 @@ def echo_stage(number: int, total: int, title: str) -> None:
 
 
 @click.command()
-@click.option("--yes", "-y", is_flag=True, help="Do not ask before changing things.")
+@yes_option
 @click.option("--concurrency", type=click.IntRange(1, 64), help="VMs worked on at once (default: settings).")
 @click.option("--no-deploy", is_flag=True, help="Stop after the deploy key: do not deploy Docker and the stacks.")
-@click.pass_context
-def up(ctx: click.Context, yes: bool, concurrency: int | None, no_deploy: bool) -> None:
+@pass_app
+def up(app: App, concurrency: int | None, no_deploy: bool) -> None:
     """Bring the lab up: bake missing templates, create/update the VMs, install the deploy key, deploy the stacks.
 
     Re-running it is safe: each stage plans first and does only what is missing.
     """
     from homelab.pipeline import up as run_up
-    from homelab.proxmox.api import connect
 
-    lab = load_lab(find_lab_path(ctx.obj.get("lab_path")))
     run_up(
-        connect(lab),
-        lab,
-        click.echo,
-        lambda question: ui.confirm(question, yes),
-        ui.LineReporter(),
-        concurrency,
+        app.api,
+        app.lab,
+        app.echo,
+        app.confirm,
+        app.reporter(),
+        app.concurrency(concurrency),
         echo_stage,
         deploy=not no_deploy,
     )

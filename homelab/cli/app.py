@@ -1,0 +1,104 @@
+"""The application object: what every command needs, made in one place and only when first used.
+
+A command is a few lines: it takes the App (``@pass_app``), calls one library function (the same one
+`homelab up` calls) and hands the result to ``homelab.ui``. Asking, ``--yes``, the terminal check, the
+lab file, the Proxmox connection and the exit codes live here, so every command behaves alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from homelab import ui
+
+if TYPE_CHECKING:
+    from homelab.lab.models import Lab
+    from homelab.provision.executor import Reporter
+    from homelab.proxmox.api import PveApi
+
+EXIT_CHANGES = 3  # `plan`, `deploy --check`: something would change
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class App:
+    """One per run of the command line: the lab file, the lab, the API and the console."""
+
+    def __init__(self, lab_option: str | None = None) -> None:
+        self.lab_option = lab_option  # --lab before or after the subcommand (after wins)
+        self.command = "homelab plan"  # the command being run, for messages that show how to run it
+        self.yes = False  # --yes: every question is answered yes
+
+    @property
+    def lab_path(self) -> Path:
+        """--lab, else $HOMELAB_LAB, else ./lab.yml."""
+        from homelab.lab import find_lab_path
+
+        return find_lab_path(self.lab_option)
+
+    @functools.cached_property
+    def lab(self) -> Lab:
+        """The lab file, loaded and validated once."""
+        from homelab.lab import load_lab
+
+        return load_lab(self.lab_path)
+
+    @functools.cached_property
+    def api(self) -> PveApi:
+        """The Proxmox API of the lab, connected once."""
+        from homelab.proxmox.api import connect
+
+        return connect(self.lab)
+
+    def echo(self, line: str = "") -> None:
+        """A line for people, on stdout."""
+        click.echo(line)
+
+    def confirm(self, question: str) -> None:
+        """Ask once; --yes answers for the user; declining raises Aborted (exit 1) everywhere."""
+        ui.confirm(question, self.yes)
+
+    def concurrency(self, option: int | None) -> int:
+        """VMs worked on at once: --concurrency, else the lab's setting (its model holds the one default)."""
+        return option or self.lab.settings.concurrency
+
+    def reporter(self) -> Reporter:
+        """Progress per VM: a live table on a terminal (shown only while VMs are worked on), else timestamped lines."""
+        return ui.LiveReporter() if sys.stderr.isatty() else ui.LineReporter()
+
+
+def pass_app(command: F) -> F:
+    """Give the command the App as its first argument."""
+
+    @functools.wraps(command)
+    def with_app(*args: Any, **kwargs: Any) -> Any:
+        return command(current_app(), *args, **kwargs)
+
+    return with_app  # type: ignore[return-value]
+
+
+def current_app() -> App:
+    """The App of the running command line (a new one for library callers outside a command)."""
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    if not isinstance(root.obj, App):
+        root.obj = App()
+    return root.obj
+
+
+def yes_option(command: F) -> F:
+    """`--yes`/`-y`: answer every question of this command yes."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        if value:
+            current_app().yes = True
+        return value
+
+    return click.option(
+        "--yes", "-y", is_flag=True, expose_value=False, callback=remember, help="Do not ask before changing things."
+    )(command)
