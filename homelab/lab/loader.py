@@ -1,6 +1,8 @@
 """Load lab.yml: safe YAML, line numbers for every key, validation into models, cross-field checks.
 
 Every problem becomes one line ``lab.yml:12: vms[1].memory: <what is wrong and what is expected>``.
+A file that would cost far more to load than any lab (too big, nested too deep, too many aliases or an
+alias "bomb") is refused the same way, before it costs time or memory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ from homelab.lab.models import Lab
 Loc = tuple[str | int, ...]
 SECRET_KEYS = {"password", "token", "secret", "token_secret", "api_token", "token_value", "private_key"}
 
+# Bounds far above any lab (a lab file is a few KB, nests five levels, uses a handful of aliases and holds a
+# few hundred values) and low enough that reaching one takes well under a second and a few MB.
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_ALIASES = 1_000
+MAX_VALUES = 10_000  # scalars, lists and mappings, each alias counted as all the values of its anchor
+
 
 def find_lab_path(option: str | os.PathLike[str] | None) -> Path:
     """The lab file: --lab, else $HOMELAB_LAB, else ./lab.yml."""
@@ -37,13 +46,15 @@ def load_lab(path: Path) -> Lab:
     """Read, parse and validate a lab file; raises LabFileError with every problem found."""
     name = str(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"{name}: no such file (run `homelab init` to write one, or pass --lab PATH)") from None
     except IsADirectoryError:
         raise InputError(f"{name}: is a folder, not a lab file") from None
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror}") from None
+    _refuse_oversize(raw, name)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -54,11 +65,18 @@ def load_lab(path: Path) -> Lab:
 
 def parse_lab(text: str, name: str = "lab.yml") -> Lab:
     """Validate lab text; ``name`` is the file name used in messages."""
-    root = _compose(text, name)
-    problems = _duplicate_keys(root, name)
-    if problems:
-        raise LabFileError(problems)
-    data = yaml.safe_load(text)
+    _refuse_oversize(text.encode("utf-8", "replace"), name)
+    loader = _BoundedLoader(text)
+    try:
+        root = _compose(loader, name)
+        problems = _duplicate_keys(root, name)
+        if problems:
+            raise LabFileError(problems)
+        # Built from the nodes just composed: the text is parsed once. Construction merges `<<` keys into
+        # these nodes, so the duplicate-key check (which must see the file as written) runs first.
+        data = loader.construct_document(root)
+    finally:
+        loader.dispose()
     try:
         lab = Lab.model_validate(data)
     except ValidationError as exc:
@@ -73,9 +91,107 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.line or 0, p.path))
 
 
-def _compose(text: str, name: str) -> yaml.MappingNode:
+def _refuse_oversize(raw: bytes, name: str) -> None:
+    if len(raw) > MAX_BYTES:
+        line = raw[:MAX_BYTES].count(b"\n") + 1
+        raise LabFileError(
+            [Problem(name, line, "", f"the file goes on past {MAX_BYTES // 1024**2} MiB here: a lab file is a few KB")]
+        )
+
+
+class _Refused(Exception):
+    """The YAML is well-formed but far beyond any lab file; where, and why."""
+
+    def __init__(self, line: int | None, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.loc = loc
+        self.message = message
+
+
+def _too_deep() -> str:
+    return f"nested more than {MAX_DEPTH} levels deep: a lab file needs fewer than 10"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that stops, at the first excess, at nesting deeper than MAX_DEPTH, more than
+    MAX_ALIASES aliases, or a document of more than MAX_VALUES values.
+
+    An alias shares its anchor's node, so composing a "billion laughs" is cheap: what walks the result
+    (construction, validation, the duplicate-key check) pays for every copy. So the values are counted
+    while composing, each alias as everything its anchor expands to, and the count stops the file there.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.values = 0
+        self.aliases = 0
+        self.depth = 0
+        self.loc: list[str | int] = []
+        self.expands_to: dict[int, int] = {}  # id(anchored node) -> values it stands for, once complete
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        # index: a list item's position, a mapping value's key node, None for a key (reported at its mapping)
+        step = index.value if isinstance(index, yaml.ScalarNode) else index if isinstance(index, int) else None
+        if step is not None:
+            self.loc.append(step)
+        try:
+            if isinstance(event, yaml.AliasEvent):
+                self._alias(event)
+                return super().compose_node(parent, index)
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self._refuse(event, _too_deep())
+            before = self.values
+            self._count(event, 1)
+            node = super().compose_node(parent, index)
+            self.depth -= 1
+            if event.anchor is not None:
+                self.expands_to[id(node)] = self.values - before
+            return node
+        finally:
+            if step is not None:
+                self.loc.pop()
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # Also refused while scanning: the scanner reads up to 1024 characters past each "[" or "{" (it may
+        # start a key), so a long run of them is slow before the composer sees the first.
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(self.get_mark().line + 1, tuple(self.loc), _too_deep())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def _alias(self, event: yaml.AliasEvent) -> None:
+        self.aliases += 1
+        if self.aliases > MAX_ALIASES:
+            self._refuse(event, f"more than {MAX_ALIASES} aliases (*name): a lab file needs a few")
+        target = self.anchors.get(event.anchor) if event.anchor is not None else None
+        if target is None:
+            return  # an undefined alias: PyYAML's own error says so
+        size = self.expands_to.get(id(target))
+        if size is None:
+            self._refuse(event, f"alias *{event.anchor} is inside its own anchor &{event.anchor}: a loop")
+        else:
+            self._count(event, size)
+
+    def _count(self, event: yaml.Event, values: int) -> None:
+        self.values += values
+        if self.values > MAX_VALUES:
+            how = "aliases expand the file to" if self.aliases else "the file has"
+            self._refuse(event, f"{how} more than {MAX_VALUES} values: a lab file has a few hundred")
+
+    def _refuse(self, event: yaml.Event, message: str) -> typing.NoReturn:
+        mark = event.start_mark
+        raise _Refused(mark.line + 1 if mark else None, tuple(self.loc), message)
+
+
+def _compose(loader: _BoundedLoader, name: str) -> yaml.MappingNode:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = loader.get_single_node()
+    except _Refused as exc:
+        # A path as deep as the nesting it reports would fill the screen; its start says where.
+        path = format_loc(exc.loc[:8]) + ("..." if len(exc.loc) > 8 else "")
+        raise LabFileError([Problem(name, exc.line, path, exc.message)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -137,7 +253,9 @@ def locate(root: yaml.Node, loc: Loc) -> int:
     line = root.start_mark.line + 1
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
+            # The last match is the value in effect: after construction a mapping with `<<` holds the merged
+            # keys first, then its own (duplicates written in the file are refused before this is used).
+            for key, value in reversed(node.value):
                 if key.value == str(part):
                     line = key.start_mark.line + 1
                     node = value
