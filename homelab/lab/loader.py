@@ -74,7 +74,7 @@ def parse_lab(text: str, name: str = "lab.yml") -> Lab:
             raise LabFileError(problems)
         # Built from the nodes just composed: the text is parsed once. Construction merges `<<` keys into
         # these nodes, so the duplicate-key check (which must see the file as written) runs first.
-        data = loader.construct_document(root)
+        data = _construct(loader, root, name)
     finally:
         loader.dispose()
     try:
@@ -161,6 +161,14 @@ class _BoundedLoader(yaml.SafeLoader):
             raise _Refused(self.get_mark().line + 1, tuple(self.loc), _too_deep())
         super().fetch_flow_collection_start(TokenClass)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:  # PyYAML lets datetime's and int's errors through (2024-13-45, !!int x)
+            kind = node.tag.rsplit(":", 1)[-1]
+            problem = f"{node.value!r} is not a valid {kind}: {exc}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
     def _alias(self, event: yaml.AliasEvent) -> None:
         self.aliases += 1
         if self.aliases > MAX_ALIASES:
@@ -192,13 +200,8 @@ def _compose(loader: _BoundedLoader, name: str) -> yaml.MappingNode:
         # A path as deep as the nesting it reports would fill the screen; its start says where.
         path = format_loc(exc.loc[:8]) + ("..." if len(exc.loc) > 8 else "")
         raise LabFileError([Problem(name, exc.line, path, exc.message)]) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        what = exc.problem or exc.context or "cannot be parsed"
-        raise LabFileError([Problem(name, line, "", f"not valid YAML: {what}")]) from None
     except yaml.YAMLError as exc:
-        raise LabFileError([Problem(name, None, "", f"not valid YAML: {exc}")]) from None
+        raise _not_yaml(exc, name) from None
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == "" and root.tag.endswith("null")):
         raise LabFileError(
             [Problem(name, 1, "", "the file is empty: a lab needs name, proxmox, network and templates")]
@@ -215,6 +218,22 @@ def _compose(loader: _BoundedLoader, name: str) -> yaml.MappingNode:
             ]
         )
     return root
+
+
+def _construct(loader: _BoundedLoader, root: yaml.Node, name: str) -> Any:
+    try:
+        return loader.construct_document(root)
+    except yaml.YAMLError as exc:  # an unknown or unsafe tag (!foo, !!python/...), a date that does not exist
+        raise _not_yaml(exc, name) from None
+
+
+def _not_yaml(exc: yaml.YAMLError, name: str) -> LabFileError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = exc.problem or exc.context or "cannot be parsed"
+        return LabFileError([Problem(name, line, "", f"not valid YAML: {what}")])
+    return LabFileError([Problem(name, None, "", f"not valid YAML: {exc}")])
 
 
 def _node_kind(node: yaml.Node) -> str:
