@@ -73,11 +73,48 @@ def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None
         f"{lab}:14: vms[0].memory: 12 is too small: must be at least 256 "
         "(an integer number of MiB, 256 or more, e.g. 4096)",
     ]
-    # cross-field checks run once the shapes are right
+    # vms[0] is not valid, so its address is not compared with the others' until it is
     lab.write_text(lab.read_text().replace("memory: 12", "memory: 1024").replace("name: db", "name: web"))
     code, _, err = run("--lab", str(lab), "validate")
     assert code == 2
     assert [line.split(": ")[1] for line in err.splitlines()] == ["vms[1].name", "vms[1].ip"]
+
+
+def test_model_errors_and_the_checks_of_the_valid_parts_are_reported_in_one_run(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yml"
+    text = (
+        (REPO / "tests" / "labs" / "base.yml")
+        .read_text()
+        .replace("memory: 2048", "memory: lots")
+        .replace("  - name: db\n", "  - name: db\n    vmid: 9001\n")
+        .replace("ip: 10.10.0.11", "ip: 10.10.1.11")
+    )
+    lab.write_text(text)
+    code, out, err = run("--lab", str(lab), "validate")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"{lab}:14: vms[0].memory: must be an integer, found the text 'lots' "
+        "(an integer number of MiB, 256 or more, e.g. 4096)",
+        f"{lab}:19: vms[1].vmid: 9001 is inside templates[0].vmid_range",
+        f"{lab}:21: vms[1].ip: 10.10.1.11 is outside network.subnet 10.10.0.0/24",
+    ]
+
+
+def test_checks_that_need_a_part_that_is_not_valid_wait_for_it(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yml"
+    text = (
+        (REPO / "tests" / "labs" / "base.yml")
+        .read_text()
+        .replace("subnet: 10.10.0.0/24", "subnet: 10.10.0.0/33")
+        .replace("  - name: base\n", "  - name: base\n    vmid_range: [9000]\n")
+        .replace("  - name: db\n", "  - name: db\n    vmid: 9001\n    template: base\n")
+        .replace("ip: 10.10.0.11", "ip: 10.10.1.11")
+    )
+    lab.write_text(text)
+    code, _, err = run("--lab", str(lab), "validate")
+    assert code == 2
+    # no address is compared with a subnet that is not valid, no vmid with a range, no template name looked up
+    assert [line.split(": ")[1] for line in err.splitlines()] == ["network.subnet", "templates[0].vmid_range[1]"]
 
 
 def test_lab_path_from_environment_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from homelab.errors import InputError, LabFileError, Problem
-from homelab.lab.checks import cross_check
-from homelab.lab.models import Lab
+from homelab.lab.checks import Found, LabParts, check_parts, cross_check
+from homelab.lab.models import DnsName, Lab, LabName, Network, Proxmox, Template, Vm
 
 Loc = tuple[str | int, ...]
 SECRET_KEYS = {"password", "token", "secret", "token_secret", "api_token", "token_value", "private_key"}
@@ -80,8 +80,10 @@ def parse_lab(text: str, name: str = "lab.yml") -> Lab:
     try:
         lab = Lab.model_validate(data)
     except ValidationError as exc:
-        raise LabFileError(_sorted(_from_pydantic(exc, root, name))) from None
-    found = [Problem(name, locate(root, loc), format_loc(loc), message) for loc, message in cross_check(lab)]
+        # The checks still look at every part that is valid on its own: one run reports all it can.
+        found = _from_pydantic(exc, root, name) + _pinned(check_parts(_valid_parts(data)), root, name)
+        raise LabFileError(_sorted(found)) from None
+    found = _pinned(cross_check(lab), root, name)
     if found:
         raise LabFileError(_sorted(found))
     return lab
@@ -89,6 +91,42 @@ def parse_lab(text: str, name: str = "lab.yml") -> Lab:
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.line or 0, p.path))
+
+
+def _pinned(found: list[Found], root: yaml.Node, name: str) -> list[Problem]:
+    return [Problem(name, locate(root, loc), format_loc(loc), message) for loc, message in found]
+
+
+def _valid_parts(data: Any) -> LabParts:
+    """The parts of a lab file that validate on their own (the file as a whole does not)."""
+    if not isinstance(data, dict):
+        return LabParts()
+    templates = _valid_items(Template, data.get("templates"))
+    stacks = data.get("stacks")
+    return LabParts(
+        name=_valid(LabName, data.get("name")),
+        proxmox=_valid(Proxmox, data.get("proxmox")),
+        network=_valid(Network, data.get("network")),
+        templates=templates,
+        all_templates=isinstance(data.get("templates"), list) and 0 < len(templates) == len(data["templates"]),
+        vms=_valid_items(Vm, data.get("vms")),
+        stacks=tuple(key for key in stacks if _valid(DnsName, key)) if isinstance(stacks, dict) else (),
+    )
+
+
+def _valid(kind: Any, value: Any) -> Any:
+    """value validated as kind, or None when it is not valid."""
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError:
+        return None
+
+
+def _valid_items(kind: type[BaseModel], items: Any) -> tuple[tuple[int, Any], ...]:
+    if not isinstance(items, list):
+        return ()
+    valid = ((index, _valid(kind, item)) for index, item in enumerate(items))
+    return tuple((index, item) for index, item in valid if item is not None)
 
 
 def _refuse_oversize(raw: bytes, name: str) -> None:
