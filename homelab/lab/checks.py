@@ -113,6 +113,14 @@ def _check_templates(templates: tuple[tuple[int, Template], ...]) -> list[Found]
             if tpl.image is not None:
                 found.append((("templates", i, "image"), "only for builder: cloud-image (this template uses packer)"))
             src = tpl.packer
+            if src is None:
+                found.append(
+                    (
+                        ("templates", i, "packer"),
+                        "required key is missing for builder: packer (clone_vm: the VM template to clone; "
+                        "or source: iso with iso_file, e.g. local:iso/debian-12.iso)",
+                    )
+                )
             if src is not None and src.source == "iso" and not src.iso_file:
                 found.append((("templates", i, "packer", "iso_file"), "required when source is iso"))
             if src is not None and src.source == "clone" and not src.clone_vm:
