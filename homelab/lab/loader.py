@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,31 +102,32 @@ def _valid_parts(data: Any) -> LabParts:
     """The parts of a lab file that validate on their own (the file as a whole does not)."""
     if not isinstance(data, dict):
         return LabParts()
-    templates = _valid_items(Template, data.get("templates"))
+    templates = _valid_items(Template.model_validate, data.get("templates"))
     stacks = data.get("stacks")
+    stack_name = TypeAdapter(DnsName).validate_python
     return LabParts(
-        name=_valid(LabName, data.get("name")),
-        proxmox=_valid(Proxmox, data.get("proxmox")),
-        network=_valid(Network, data.get("network")),
+        name=_valid(TypeAdapter(LabName).validate_python, data.get("name")),
+        proxmox=_valid(Proxmox.model_validate, data.get("proxmox")),
+        network=_valid(Network.model_validate, data.get("network")),
         templates=templates,
         all_templates=isinstance(data.get("templates"), list) and 0 < len(templates) == len(data["templates"]),
-        vms=_valid_items(Vm, data.get("vms")),
-        stacks=tuple(key for key in stacks if _valid(DnsName, key)) if isinstance(stacks, dict) else (),
+        vms=_valid_items(Vm.model_validate, data.get("vms")),
+        stacks=tuple(key for key in stacks if _valid(stack_name, key)) if isinstance(stacks, dict) else (),
     )
 
 
-def _valid(kind: Any, value: Any) -> Any:
-    """value validated as kind, or None when it is not valid."""
+def _valid(validate: Callable[[Any], Any], value: Any) -> Any:
+    """validate(value), or None when value is not valid."""
     try:
-        return TypeAdapter(kind).validate_python(value)
+        return validate(value)
     except ValidationError:
         return None
 
 
-def _valid_items(kind: type[BaseModel], items: Any) -> tuple[tuple[int, Any], ...]:
+def _valid_items(validate: Callable[[Any], Any], items: Any) -> tuple[tuple[int, Any], ...]:
     if not isinstance(items, list):
         return ()
-    valid = ((index, _valid(kind, item)) for index, item in enumerate(items))
+    valid = ((index, _valid(validate, item)) for index, item in enumerate(items))
     return tuple((index, item) for index, item in valid if item is not None)
 
 
@@ -204,7 +206,8 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().construct_object(node, deep)
         except ValueError as exc:  # PyYAML lets datetime's and int's errors through (2024-13-45, !!int x)
             kind = node.tag.rsplit(":", 1)[-1]
-            problem = f"{node.value!r} is not a valid {kind}: {exc}"
+            value = repr(node.value) if isinstance(node, yaml.ScalarNode) else "the value"
+            problem = f"{value} is not a valid {kind}: {exc}"
             raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
     def _alias(self, event: yaml.AliasEvent) -> None:
