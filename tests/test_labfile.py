@@ -6,7 +6,10 @@ import json
 import re
 import subprocess
 import sys
+import time
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -70,11 +73,48 @@ def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None
         f"{lab}:14: vms[0].memory: 12 is too small: must be at least 256 "
         "(an integer number of MiB, 256 or more, e.g. 4096)",
     ]
-    # cross-field checks run once the shapes are right
+    # vms[0] is not valid, so its address is not compared with the others' until it is
     lab.write_text(lab.read_text().replace("memory: 12", "memory: 1024").replace("name: db", "name: web"))
     code, _, err = run("--lab", str(lab), "validate")
     assert code == 2
     assert [line.split(": ")[1] for line in err.splitlines()] == ["vms[1].name", "vms[1].ip"]
+
+
+def test_model_errors_and_the_checks_of_the_valid_parts_are_reported_in_one_run(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yml"
+    text = (
+        (REPO / "tests" / "labs" / "base.yml")
+        .read_text()
+        .replace("memory: 2048", "memory: lots")
+        .replace("  - name: db\n", "  - name: db\n    vmid: 9001\n")
+        .replace("ip: 10.10.0.11", "ip: 10.10.1.11")
+    )
+    lab.write_text(text)
+    code, out, err = run("--lab", str(lab), "validate")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"{lab}:14: vms[0].memory: must be an integer, found the text 'lots' "
+        "(an integer number of MiB, 256 or more, e.g. 4096)",
+        f"{lab}:19: vms[1].vmid: 9001 is inside templates[0].vmid_range",
+        f"{lab}:21: vms[1].ip: 10.10.1.11 is outside network.subnet 10.10.0.0/24",
+    ]
+
+
+def test_checks_that_need_a_part_that_is_not_valid_wait_for_it(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yml"
+    text = (
+        (REPO / "tests" / "labs" / "base.yml")
+        .read_text()
+        .replace("subnet: 10.10.0.0/24", "subnet: 10.10.0.0/33")
+        .replace("  - name: base\n", "  - name: base\n    vmid_range: [9000]\n")
+        .replace("  - name: db\n", "  - name: db\n    vmid: 9001\n    template: base\n")
+        .replace("ip: 10.10.0.11", "ip: 10.10.1.11")
+    )
+    lab.write_text(text)
+    code, _, err = run("--lab", str(lab), "validate")
+    assert code == 2
+    # no address is compared with a subnet that is not valid, no vmid with a range, no template name looked up
+    assert [line.split(": ")[1] for line in err.splitlines()] == ["network.subnet", "templates[0].vmid_range[1]"]
 
 
 def test_lab_path_from_environment_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,3 +209,128 @@ def test_a_pasted_token_secret_is_never_echoed() -> None:
     code, out, err = run("--lab", str(REPO / "tests" / "labs" / "invalid" / "token_with_secret.yml"), "validate")
     assert code == 2 and "secret" in err
     assert "9f0c1d2e" not in out + err
+
+
+# Hostile lab files: each is refused in one line, quickly and in little memory. The bounds asserted are loose
+# (a noisy machine), yet far below what loading these files cost before they were refused: an alias bomb kept
+# validate busy for minutes, 10000 nested "[" ended in a RecursionError, a 16 MB file took 27 s.
+BASE = (REPO / "tests" / "labs" / "base.yml").read_text()
+WEB_TAGS = "    stacks: [traefik]\n"  # the line after which the first VM's tags go
+
+
+def _line_of(text: str, needle: str) -> int:
+    return text[: text.index(needle)].count("\n") + 1
+
+
+def alias_bomb() -> tuple[str, int, str, str]:
+    levels = ["  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    text = BASE.replace("vms:\n", "x-anchors:\n" + "\n".join(levels) + "\nvms:\n").replace(
+        WEB_TAGS, WEB_TAGS + "    tags: *l9\n"
+    )
+    # l0..l3 expand to 8302 values; l4's first alias passes 10000
+    return text, _line_of(text, "&l4"), "x-anchors.l4[0]", "aliases expand the file to more than 10000 values"
+
+
+def many_aliases() -> tuple[str, int, str, str]:
+    text = BASE.replace(WEB_TAGS, WEB_TAGS + "    tags: [&t web" + ", *t" * 100_000 + "]\n")
+    return text, _line_of(text, "tags:"), "vms[0].tags[1001]", "more than 1000 aliases"
+
+
+def many_values() -> tuple[str, int, str, str]:
+    text = BASE.replace(WEB_TAGS, WEB_TAGS + "    tags: [" + ", ".join(["web"] * 100_000) + "]\n")
+    return text, _line_of(text, "tags:"), "vms[0].tags[", "the file has more than 10000 values"
+
+
+def alias_loop() -> tuple[str, int, str, str]:
+    text = BASE.replace(WEB_TAGS, WEB_TAGS + "    tags: &loop [web, *loop]\n")
+    return text, _line_of(text, "tags:"), "vms[0].tags[1]", "alias *loop is inside its own anchor &loop"
+
+
+def deep_lists() -> tuple[str, int, str, str]:
+    text = BASE.replace(WEB_TAGS, WEB_TAGS + "    tags: " + "[" * 10_000 + "]" * 10_000 + "\n")
+    return text, _line_of(text, "tags:"), "vms[0].tags", "nested more than 64 levels deep"
+
+
+def deep_mappings() -> tuple[str, int, str, str]:
+    text = BASE.replace(WEB_TAGS, WEB_TAGS + "    tags: " + "{a: " * 10_000 + "b" + "}" * 10_000 + "\n")
+    return text, _line_of(text, "tags:"), "vms[0].tags", "nested more than 64 levels deep"
+
+
+def deep_block_lists() -> tuple[str, int, str, str]:
+    text = BASE.replace(WEB_TAGS, WEB_TAGS + "    tags:\n      " + "- " * 10_000 + "web\n")
+    return text, _line_of(text, "tags:") + 1, "vms[0].tags[0]", "nested more than 64 levels deep"
+
+
+HOSTILE = [alias_bomb, many_aliases, many_values, alias_loop, deep_lists, deep_mappings, deep_block_lists]
+
+
+def validate_measured(path: Path) -> tuple[int, str, str, float, int]:
+    """Run `homelab --lab PATH validate`: exit code, stdout, stderr, seconds, peak bytes allocated.
+
+    Timed in a run of its own: tracing every allocation makes Python several times slower.
+    """
+    start = time.perf_counter()
+    code, out, err = run("--lab", str(path), "validate")
+    seconds = time.perf_counter() - start
+    tracemalloc.start()
+    try:
+        assert run("--lab", str(path), "validate") == (code, out, err)
+        return code, out, err, seconds, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("make", HOSTILE, ids=[make.__name__ for make in HOSTILE])
+def test_a_hostile_lab_file_is_refused_in_one_line_quickly(tmp_path: Path, make: Any) -> None:
+    text, line, key, words = make()
+    lab = tmp_path / "lab.yml"
+    lab.write_text(text)
+    code, out, err, seconds, peak = validate_measured(lab)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1, err[:500]
+    assert err.startswith(f"{lab}:{line}: {key}"), err[:500]
+    assert words in err
+    assert seconds < 5, f"{seconds:.1f} s"
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_a_huge_lab_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yml"
+    filler = "".join(f"# note {i}: {'x' * 60}\n" for i in range(40_000))  # 2.8 MB of text
+    lab.write_text(BASE + filler)
+    with lab.open("r+b") as file:
+        file.truncate(4 * 2**30)  # and then 4 GiB, sparse: reading all of it would show in time and memory
+    limit_line = (BASE + filler).encode()[: 2**20].count(b"\n") + 1
+    code, out, err, seconds, peak = validate_measured(lab)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [f"{lab}:{limit_line}: the file goes on past 1 MiB here: a lab file is a few KB"]
+    assert seconds < 5, f"{seconds:.1f} s"
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_aliases_and_merge_keys_still_work_and_errors_point_where_the_value_is_written(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yml"
+    vms = (
+        "vms:\n"
+        "  - &web {name: web, cores: 1, memory: 100, tags: [front]}\n"
+        "  - {<<: *web, name: db, memory: 1024}\n"
+        "  - {<<: *web, name: cache}\n"
+    )
+    lab.write_text(BASE.split("vms:\n")[0] + vms)
+    code, _, err = run("--lab", str(lab), "validate")
+    assert code == 2
+    # cache's memory is web's (line 12); db's own memory overrides it
+    assert [line.split(": ")[:2] for line in err.splitlines()] == [
+        [f"{lab}:12", "vms[0].memory"],
+        [f"{lab}:12", "vms[2].memory"],
+    ]
+    lab.write_text(lab.read_text().replace("memory: 100", "memory: 512"))
+    code, _, err = run("--lab", str(lab), "validate")
+    assert (code, err) == (0, "")
+    loaded = load_lab(lab)
+    assert [(vm.name, vm.cores, vm.memory, vm.tags) for vm in loaded.vms] == [
+        ("web", 1, 512, ["front"]),
+        ("db", 1, 1024, ["front"]),
+        ("cache", 1, 512, ["front"]),
+    ]

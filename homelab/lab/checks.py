@@ -1,16 +1,51 @@
-"""Checks that span several keys of a validated lab: duplicates, addresses, references."""
+"""Checks that span several keys of a lab: duplicates, addresses, references.
+
+They look at LabParts: the whole of a valid lab, or, when the file does not validate, each part that does on
+its own, so one run of `validate` reports the model's errors and these together.
+"""
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from homelab.lab.models import Lab
+from homelab.lab.models import Lab, Network, Proxmox, Template, Vm
 from homelab.stacks import catalogue
 
 Found = tuple[tuple[str | int, ...], str]
+
+
+@dataclass(frozen=True)
+class LabParts:
+    """The parts of a lab the checks look at; a part that is missing or not valid is None or left out.
+
+    templates and vms are (index in the file, item) for the items that are valid; all_templates says
+    whether every template is, so that a VM's template name can be looked up.
+    """
+
+    name: str | None = None
+    proxmox: Proxmox | None = None
+    network: Network | None = None
+    templates: tuple[tuple[int, Template], ...] = ()
+    all_templates: bool = False
+    vms: tuple[tuple[int, Vm], ...] = ()
+    stacks: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, lab: Lab) -> LabParts:
+        """All the parts of a valid lab."""
+        return cls(
+            name=lab.name,
+            proxmox=lab.proxmox,
+            network=lab.network,
+            templates=tuple(enumerate(lab.templates)),
+            all_templates=True,
+            vms=tuple(enumerate(lab.vms)),
+            stacks=tuple(lab.stacks),
+        )
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -22,20 +57,26 @@ def _suggest(name: str, known: Iterable[str]) -> str:
 
 
 def cross_check(lab: Lab) -> list[Found]:
-    """Every problem that needs more than one key to see, as (loc, message)."""
+    """Every problem of a valid lab that needs more than one key to see, as (loc, message)."""
+    return check_parts(LabParts.of(lab))
+
+
+def check_parts(parts: LabParts) -> list[Found]:
+    """Every problem that needs more than one key to see and whose keys are all in ``parts``."""
     found: list[Found] = []
-    if lab.name == "template":
+    if parts.name == "template":
         found.append((("name",), "'template' is reserved (homelab-template marks template versions)"))
-    found += _check_proxmox(lab)
-    found += _check_templates(lab)
-    found += _check_network(lab)
-    found += _check_vms(lab)
-    found += _check_stacks(lab)
+    if parts.proxmox is not None:
+        found += _check_proxmox(parts.proxmox)
+    found += _check_templates(parts.templates)
+    if parts.network is not None:
+        found += _check_network(parts.network)
+    found += _check_vms(parts)
+    found += _check_stacks(parts.stacks)
     return found
 
 
-def _check_proxmox(lab: Lab) -> list[Found]:
-    px = lab.proxmox
+def _check_proxmox(px: Proxmox) -> list[Found]:
     try:
         port = urlparse(px.url).port or 8006
     except ValueError:
@@ -49,11 +90,11 @@ def _check_proxmox(lab: Lab) -> list[Found]:
     return []
 
 
-def _check_templates(lab: Lab) -> list[Found]:
+def _check_templates(templates: tuple[tuple[int, Template], ...]) -> list[Found]:
     found: list[Found] = []
     first: dict[str, int] = {}
     ranges: list[tuple[int, int, int]] = []
-    for i, tpl in enumerate(lab.templates):
+    for i, tpl in templates:
         if tpl.name in first:
             found.append(
                 (("templates", i, "name"), f"duplicate template name {tpl.name!r} (also templates[{first[tpl.name]}])")
@@ -62,7 +103,7 @@ def _check_templates(lab: Lab) -> list[Found]:
         lo, hi = tpl.vmid_range
         if lo > hi:
             found.append((("templates", i, "vmid_range"), f"first vmid {lo} is above last vmid {hi}"))
-        for j, (olo, ohi, _) in enumerate(ranges):
+        for olo, ohi, j in ranges:
             if lo <= ohi and olo <= hi:
                 found.append((("templates", i, "vmid_range"), f"overlaps templates[{j}].vmid_range {olo}-{ohi}"))
         ranges.append((lo, hi, i))
@@ -72,6 +113,14 @@ def _check_templates(lab: Lab) -> list[Found]:
             if tpl.image is not None:
                 found.append((("templates", i, "image"), "only for builder: cloud-image (this template uses packer)"))
             src = tpl.packer
+            if src is None:
+                found.append(
+                    (
+                        ("templates", i, "packer"),
+                        "required key is missing for builder: packer (clone_vm: the VM template to clone; "
+                        "or source: iso with iso_file, e.g. local:iso/debian-12.iso)",
+                    )
+                )
             if src is not None and src.source == "iso" and not src.iso_file:
                 found.append((("templates", i, "packer", "iso_file"), "required when source is iso"))
             if src is not None and src.source == "clone" and not src.clone_vm:
@@ -79,22 +128,21 @@ def _check_templates(lab: Lab) -> list[Found]:
     return found
 
 
-def _check_network(lab: Lab) -> list[Found]:
-    net = ipaddress.IPv4Network(lab.network.subnet)
-    if ipaddress.IPv4Address(lab.network.gateway) not in net:
-        return [(("network", "gateway"), f"{lab.network.gateway} is outside network.subnet {net}")]
+def _check_network(network: Network) -> list[Found]:
+    net = ipaddress.IPv4Network(network.subnet)
+    if ipaddress.IPv4Address(network.gateway) not in net:
+        return [(("network", "gateway"), f"{network.gateway} is outside network.subnet {net}")]
     return []
 
 
-def _check_vms(lab: Lab) -> list[Found]:
+def _check_vms(parts: LabParts) -> list[Found]:
     found: list[Found] = []
-    net = ipaddress.IPv4Network(lab.network.subnet)
     names: dict[str, int] = {}
     vmids: dict[int, int] = {}
     ips: dict[str, int] = {}
-    templates = {t.name for t in lab.templates}
+    templates = {t.name for _, t in parts.templates}
     stacks = catalogue()
-    for i, vm in enumerate(lab.vms):
+    for i, vm in parts.vms:
         if vm.name in names:
             found.append((("vms", i, "name"), f"duplicate VM name {vm.name!r} (also vms[{names[vm.name]}])"))
         names.setdefault(vm.name, i)
@@ -102,21 +150,16 @@ def _check_vms(lab: Lab) -> list[Found]:
             if vm.vmid in vmids:
                 found.append((("vms", i, "vmid"), f"duplicate vmid {vm.vmid} (also vms[{vmids[vm.vmid]}])"))
             vmids.setdefault(vm.vmid, i)
-            for j, tpl in enumerate(lab.templates):
+            for j, tpl in parts.templates:
                 if tpl.vmid_range[0] <= vm.vmid <= tpl.vmid_range[1]:
                     found.append((("vms", i, "vmid"), f"{vm.vmid} is inside templates[{j}].vmid_range"))
         if vm.ip != "dhcp":
-            addr = ipaddress.IPv4Address(vm.ip)
-            if addr not in net:
-                found.append((("vms", i, "ip"), f"{vm.ip} is outside network.subnet {net}"))
-            elif addr in (net.network_address, net.broadcast_address):
-                found.append((("vms", i, "ip"), f"{vm.ip} is the network's own or broadcast address"))
-            elif vm.ip == lab.network.gateway:
-                found.append((("vms", i, "ip"), f"{vm.ip} is the gateway's address"))
+            if parts.network is not None:
+                found += [(("vms", i, "ip"), problem) for problem in _address_problems(vm.ip, parts.network)]
             if vm.ip in ips:
                 found.append((("vms", i, "ip"), f"{vm.ip} is already used by vms[{ips[vm.ip]}]"))
             ips.setdefault(vm.ip, i)
-        if vm.template is not None and vm.template not in templates:
+        if vm.template is not None and parts.all_templates and vm.template not in templates:
             found.append(
                 (("vms", i, "template"), f"unknown template {vm.template!r}{_suggest(vm.template, templates)}")
             )
@@ -133,10 +176,22 @@ def _check_vms(lab: Lab) -> list[Found]:
     return found
 
 
-def _check_stacks(lab: Lab) -> list[Found]:
+def _address_problems(ip: str, network: Network) -> list[str]:
+    addr = ipaddress.IPv4Address(ip)
+    net = ipaddress.IPv4Network(network.subnet)
+    if addr not in net:
+        return [f"{ip} is outside network.subnet {net}"]
+    if addr in (net.network_address, net.broadcast_address):
+        return [f"{ip} is the network's own or broadcast address"]
+    if ip == network.gateway:
+        return [f"{ip} is the gateway's address"]
+    return []
+
+
+def _check_stacks(names: tuple[str, ...]) -> list[Found]:
     known = catalogue()
     return [
         (("stacks", name), f"settings for an unknown stack{_suggest(name, known)}")
-        for name in lab.stacks
+        for name in names
         if name not in known
     ]

@@ -1,6 +1,8 @@
 """Load lab.yml: safe YAML, line numbers for every key, validation into models, cross-field checks.
 
 Every problem becomes one line ``lab.yml:12: vms[1].memory: <what is wrong and what is expected>``.
+A file that would cost far more to load than any lab (too big, nested too deep, too many aliases or an
+alias "bomb") is refused the same way, before it costs time or memory.
 """
 
 from __future__ import annotations
@@ -8,19 +10,27 @@ from __future__ import annotations
 import difflib
 import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from homelab.errors import InputError, LabFileError, LabNotFound, Problem
-from homelab.lab.checks import cross_check
-from homelab.lab.models import Lab
+from homelab.lab.checks import Found, LabParts, check_parts, cross_check
+from homelab.lab.models import DnsName, Lab, LabName, Network, Proxmox, Template, Vm
 
 Loc = tuple[str | int, ...]
 SECRET_KEYS = {"password", "token", "secret", "token_secret", "api_token", "token_value", "private_key"}
+
+# Bounds far above any lab (a lab file is a few KB, nests five levels, uses a handful of aliases and holds a
+# few hundred values) and low enough that reaching one takes well under a second and a few MB.
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_ALIASES = 1_000
+MAX_VALUES = 10_000  # scalars, lists and mappings, each alias counted as all the values of its anchor
 
 
 def find_lab_path(option: str | os.PathLike[str] | None) -> Path:
@@ -37,13 +47,15 @@ def load_lab(path: Path) -> Lab:
     """Read, parse and validate a lab file; raises LabFileError with every problem found."""
     name = str(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise LabNotFound(name) from None
     except IsADirectoryError:
         raise InputError(f"{name}: is a folder, not a lab file") from None
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror}") from None
+    _refuse_oversize(raw, name)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -54,16 +66,25 @@ def load_lab(path: Path) -> Lab:
 
 def parse_lab(text: str, name: str = "lab.yml") -> Lab:
     """Validate lab text; ``name`` is the file name used in messages."""
-    root = _compose(text, name)
-    problems = _duplicate_keys(root, name)
-    if problems:
-        raise LabFileError(problems)
-    data = yaml.safe_load(text)
+    _refuse_oversize(text.encode("utf-8", "replace"), name)
+    loader = _BoundedLoader(text)
+    try:
+        root = _compose(loader, name)
+        problems = _duplicate_keys(root, name)
+        if problems:
+            raise LabFileError(problems)
+        # Built from the nodes just composed: the text is parsed once. Construction merges `<<` keys into
+        # these nodes, so the duplicate-key check (which must see the file as written) runs first.
+        data = _construct(loader, root, name)
+    finally:
+        loader.dispose()
     try:
         lab = Lab.model_validate(data)
     except ValidationError as exc:
-        raise LabFileError(_sorted(_from_pydantic(exc, root, name))) from None
-    found = [Problem(name, locate(root, loc), format_loc(loc), message) for loc, message in cross_check(lab)]
+        # The checks still look at every part that is valid on its own: one run reports all it can.
+        found = _from_pydantic(exc, root, name) + _pinned(check_parts(_valid_parts(data)), root, name)
+        raise LabFileError(_sorted(found)) from None
+    found = _pinned(cross_check(lab), root, name)
     if found:
         raise LabFileError(_sorted(found))
     return lab
@@ -73,16 +94,155 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.line or 0, p.path))
 
 
-def _compose(text: str, name: str) -> yaml.MappingNode:
+def _pinned(found: list[Found], root: yaml.Node, name: str) -> list[Problem]:
+    return [Problem(name, locate(root, loc), format_loc(loc), message) for loc, message in found]
+
+
+def _valid_parts(data: Any) -> LabParts:
+    """The parts of a lab file that validate on their own (the file as a whole does not)."""
+    if not isinstance(data, dict):
+        return LabParts()
+    templates = _valid_items(Template.model_validate, data.get("templates"))
+    stacks = data.get("stacks")
+    stack_name = TypeAdapter(DnsName).validate_python
+    return LabParts(
+        name=_valid(TypeAdapter(LabName).validate_python, data.get("name")),
+        proxmox=_valid(Proxmox.model_validate, data.get("proxmox")),
+        network=_valid(Network.model_validate, data.get("network")),
+        templates=templates,
+        all_templates=isinstance(data.get("templates"), list) and 0 < len(templates) == len(data["templates"]),
+        vms=_valid_items(Vm.model_validate, data.get("vms")),
+        stacks=tuple(key for key in stacks if _valid(stack_name, key)) if isinstance(stacks, dict) else (),
+    )
+
+
+def _valid(validate: Callable[[Any], Any], value: Any) -> Any:
+    """validate(value), or None when value is not valid."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        what = exc.problem or exc.context or "cannot be parsed"
-        raise LabFileError([Problem(name, line, "", f"not valid YAML: {what}")]) from None
+        return validate(value)
+    except ValidationError:
+        return None
+
+
+def _valid_items(validate: Callable[[Any], Any], items: Any) -> tuple[tuple[int, Any], ...]:
+    if not isinstance(items, list):
+        return ()
+    valid = ((index, _valid(validate, item)) for index, item in enumerate(items))
+    return tuple((index, item) for index, item in valid if item is not None)
+
+
+def _refuse_oversize(raw: bytes, name: str) -> None:
+    if len(raw) > MAX_BYTES:
+        line = raw[:MAX_BYTES].count(b"\n") + 1
+        raise LabFileError(
+            [Problem(name, line, "", f"the file goes on past {MAX_BYTES // 1024**2} MiB here: a lab file is a few KB")]
+        )
+
+
+class _Refused(Exception):
+    """The YAML is well-formed but far beyond any lab file; where, and why."""
+
+    def __init__(self, line: int | None, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.loc = loc
+        self.message = message
+
+
+def _too_deep() -> str:
+    return f"nested more than {MAX_DEPTH} levels deep: a lab file needs fewer than 10"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that stops, at the first excess, at nesting deeper than MAX_DEPTH, more than
+    MAX_ALIASES aliases, or a document of more than MAX_VALUES values.
+
+    An alias shares its anchor's node, so composing a "billion laughs" is cheap: what walks the result
+    (construction, validation, the duplicate-key check) pays for every copy. So the values are counted
+    while composing, each alias as everything its anchor expands to, and the count stops the file there.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.values = 0
+        self.aliases = 0
+        self.depth = 0
+        self.loc: list[str | int] = []
+        self.expands_to: dict[int, int] = {}  # id(anchored node) -> values it stands for, once complete
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        # index: a list item's position, a mapping value's key node, None for a key (reported at its mapping)
+        step = index.value if isinstance(index, yaml.ScalarNode) else index if isinstance(index, int) else None
+        if step is not None:
+            self.loc.append(step)
+        try:
+            if isinstance(event, yaml.AliasEvent):
+                self._alias(event)
+                return super().compose_node(parent, index)
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self._refuse(event, _too_deep())
+            before = self.values
+            self._count(event, 1)
+            node = super().compose_node(parent, index)
+            self.depth -= 1
+            if event.anchor is not None:
+                self.expands_to[id(node)] = self.values - before
+            return node
+        finally:
+            if step is not None:
+                self.loc.pop()
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # Also refused while scanning: the scanner reads up to 1024 characters past each "[" or "{" (it may
+        # start a key), so a long run of them is slow before the composer sees the first.
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(self.get_mark().line + 1, tuple(self.loc), _too_deep())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:  # PyYAML lets datetime's and int's errors through (2024-13-45, !!int x)
+            kind = node.tag.rsplit(":", 1)[-1]
+            value = repr(node.value) if isinstance(node, yaml.ScalarNode) else "the value"
+            problem = f"{value} is not a valid {kind}: {exc}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+    def _alias(self, event: yaml.AliasEvent) -> None:
+        self.aliases += 1
+        if self.aliases > MAX_ALIASES:
+            self._refuse(event, f"more than {MAX_ALIASES} aliases (*name): a lab file needs a few")
+        target = self.anchors.get(event.anchor) if event.anchor is not None else None
+        if target is None:
+            return  # an undefined alias: PyYAML's own error says so
+        size = self.expands_to.get(id(target))
+        if size is None:
+            self._refuse(event, f"alias *{event.anchor} is inside its own anchor &{event.anchor}: a loop")
+        else:
+            self._count(event, size)
+
+    def _count(self, event: yaml.Event, values: int) -> None:
+        self.values += values
+        if self.values > MAX_VALUES:
+            how = "aliases expand the file to" if self.aliases else "the file has"
+            self._refuse(event, f"{how} more than {MAX_VALUES} values: a lab file has a few hundred")
+
+    def _refuse(self, event: yaml.Event, message: str) -> typing.NoReturn:
+        mark = event.start_mark
+        raise _Refused(mark.line + 1 if mark else None, tuple(self.loc), message)
+
+
+def _compose(loader: _BoundedLoader, name: str) -> yaml.MappingNode:
+    try:
+        root = loader.get_single_node()
+    except _Refused as exc:
+        # A path as deep as the nesting it reports would fill the screen; its start says where.
+        path = format_loc(exc.loc[:8]) + ("..." if len(exc.loc) > 8 else "")
+        raise LabFileError([Problem(name, exc.line, path, exc.message)]) from None
     except yaml.YAMLError as exc:
-        raise LabFileError([Problem(name, None, "", f"not valid YAML: {exc}")]) from None
+        raise _not_yaml(exc, name) from None
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == "" and root.tag.endswith("null")):
         raise LabFileError(
             [Problem(name, 1, "", "the file is empty: a lab needs name, proxmox, network and templates")]
@@ -99,6 +259,22 @@ def _compose(text: str, name: str) -> yaml.MappingNode:
             ]
         )
     return root
+
+
+def _construct(loader: _BoundedLoader, root: yaml.Node, name: str) -> Any:
+    try:
+        return loader.construct_document(root)
+    except yaml.YAMLError as exc:  # an unknown or unsafe tag (!foo, !!python/...), a date that does not exist
+        raise _not_yaml(exc, name) from None
+
+
+def _not_yaml(exc: yaml.YAMLError, name: str) -> LabFileError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = exc.problem or exc.context or "cannot be parsed"
+        return LabFileError([Problem(name, line, "", f"not valid YAML: {what}")])
+    return LabFileError([Problem(name, None, "", f"not valid YAML: {exc}")])
 
 
 def _node_kind(node: yaml.Node) -> str:
@@ -137,7 +313,9 @@ def locate(root: yaml.Node, loc: Loc) -> int:
     line = root.start_mark.line + 1
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
+            # The last match is the value in effect: after construction a mapping with `<<` holds the merged
+            # keys first, then its own (duplicates written in the file are refused before this is used).
+            for key, value in reversed(node.value):
                 if key.value == str(part):
                     line = key.start_mark.line + 1
                     node = value
