@@ -115,6 +115,24 @@ LAB = [
         default="cloud-image",
     ),
     Question(
+        "template.packer_source",
+        "Packer starts from",
+        kind="select",
+        choices=lambda ctx: ["clone", "iso"],
+        default="clone",
+        when=lambda ctx: ctx["template.builder"] == "packer",
+    ),
+    Question(
+        "template.clone_vm",
+        "Name of the template VM Packer clones (e.g. a cloud-image template)",
+        when=lambda ctx: ctx["template.builder"] == "packer" and ctx["template.packer_source"] == "clone",
+    ),
+    Question(
+        "template.iso_file",
+        "Installer ISO already on a storage (e.g. local:iso/debian-12.iso)",
+        when=lambda ctx: ctx["template.builder"] == "packer" and ctx["template.packer_source"] == "iso",
+    ),
+    Question(
         "template.os",
         "Guest OS",
         kind="select",
@@ -245,19 +263,29 @@ def build_lab(ctx: Context) -> dict[str, Any]:
             "dns": [d.strip() for d in str(a["network.dns"]).split(",") if d.strip()],
             "domain": a["network.domain"],
         },
-        "templates": [
-            {
-                "name": f"{a['template.os'].split('-')[0]}-docker",
-                "builder": a["template.builder"],
-                "os": a["template.os"],
-            }
-        ],
+        "templates": [_template(a)],
         "access": {"user": "homelab", "ssh_keys": [a["access.ssh_key"]] if a.get("access.ssh_key") else []},
         "vms": vms,
     }
     if a.get("repo.url"):
         data["repo"] = {"url": a["repo.url"], "branch": "main"}
     return data
+
+
+def _template(a: dict[str, Any]) -> dict[str, Any]:
+    template: dict[str, Any] = {
+        "name": f"{a['template.os'].split('-')[0]}-docker",
+        "builder": a["template.builder"],
+        "os": a["template.os"],
+    }
+    if a["template.builder"] == "packer":
+        source = a.get("template.packer_source") or "clone"
+        template["packer"] = {"source": source}
+        if source == "clone":
+            template["packer"]["clone_vm"] = a.get("template.clone_vm")
+        else:
+            template["packer"]["iso_file"] = a.get("template.iso_file")
+    return template
 
 
 HEADER = """# Written by `homelab init`. Check it with `homelab validate`, preview with `homelab plan`.

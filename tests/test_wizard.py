@@ -132,3 +132,25 @@ def test_init_on_a_terminal_drives_the_real_prompts(
     assert lab.proxmox.node == "pve1" and lab.proxmox.bridge == "vmbr0"
     assert lab.vms[0].stacks == ["media", "portainer", "traefik"]
     assert fake_pve.token_secret not in result.path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "packer"),
+    [
+        ({"template.packer_source": "clone", "template.clone_vm": "debian-12-cloud"}, ("clone", "debian-12-cloud")),
+        ({"template.packer_source": "iso", "template.iso_file": "local:iso/debian-12.iso"}, ("iso", None)),
+    ],
+)
+def test_init_with_packer_asks_what_packer_starts_from(
+    tmp_path: Path,
+    fake_pve: FakeProxmox,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: dict[str, str],
+    packer: tuple[str, str | None],
+) -> None:
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    code, _, err = run_init(tmp_path, answers(fake_pve, **{"template.builder": "packer", **extra}), "--defaults")
+    assert code == 0, err
+    template = load_lab(tmp_path / "lab.yml").templates[0]
+    assert template.builder == "packer" and template.packer is not None
+    assert (template.packer.source, template.packer.clone_vm) == packer
