@@ -152,3 +152,52 @@ def render_status(rows: list[Any], as_json: bool) -> None:
             f"{r.name:<16} {r.vmid or '-':>6} {r.state:<9} {r.address or '-':<16} {r.version or '-':<13} "
             f"{'yes' if r.matches else 'no: ' + r.note}"
         )
+
+
+def render_template_list(listings: list[Any], as_json: bool) -> None:
+    """`homelab template list`: each template's versions, newest first, and the VMs cloned from each."""
+    if as_json:
+        click.echo(json.dumps([item.as_dict() for item in listings], indent=2))
+        return
+    for item in listings:
+        click.echo(f"template {item.template}" + (f": {item.problem}" if item.problem else ""))
+        if not item.versions:
+            continue
+        click.echo(f"  {'VERSION':<13} {'VMID':>6}  {'NODE':<10} {'BUILT':<20} USED BY")
+        for detail in reversed(item.versions):
+            v = detail.version
+            mark = "*" if item.selected and item.selected.vmid == v.vmid else " "
+            users = ", ".join(f"{u.name} ({u.vmid})" for u in detail.used_by) or "-"
+            built = str(detail.record.get("built", "?"))
+            click.echo(f"{mark} {v.version:<13} {v.vmid:>6}  {v.node:<10} {built:<20} {users}")
+        click.echo("  (* new VMs are cloned from this version)")
+
+
+def render_key(report: Any, *, heading: str, private_path: bool = True) -> None:
+    """A deploy key: its public line and fingerprint, where its private half is, where to add it."""
+    click.echo(heading)
+    click.echo(f"  {report.key.public_line}")
+    click.echo(f"  fingerprint: {report.key.fingerprint}")
+    if private_path:
+        click.echo(f"  private key: {report.key.private_path} (it goes nowhere but to your VMs)")
+    click.echo(f"Next: {report.page.hint}")
+
+
+def render_verified(result: Any) -> None:
+    """`homelab keys verify`: the host key pinned now (if any), then what the deploy key reads."""
+    if result.pin.pinned_now == "published":
+        click.echo(f"Pinned {result.repo.host}'s host key {result.pin.key.fingerprint} (matches the published one).")
+    elif result.pin.pinned_now == "confirmed":
+        click.echo(f"Pinned {result.repo.known_hosts_target}'s host key {result.pin.key.fingerprint}.")
+    click.echo(
+        f"OK: deploy key {result.key.fingerprint} reads {result.repo.url} ({result.branch} is at {result.commit[:12]})"
+    )
+
+
+def render_rotation(result: Any) -> None:
+    """`homelab keys rotate`: which key each VM uses now."""
+    for outcome in result.hosts:
+        state = "new key" if outcome.ok else ("OLD key" if outcome.uses == result.old.fingerprint else "UNKNOWN key")
+        click.echo(f"{outcome.host}: {state}: {outcome.detail}")
+    if result.complete:
+        click.echo(f"All {len(result.hosts)} VM(s) use the new key {result.new.fingerprint}.")

@@ -12,19 +12,9 @@ from homelab.cli.app import App, pass_app, yes_option
 from homelab.errors import Aborted, InputError, OperationError
 
 if TYPE_CHECKING:
-    from homelab.deploykeys.core import KeyReport
     from homelab.deploykeys.hostkeys import FirstContact
 
 POLL_INTERVAL = 2.0  # seconds between checks while waiting for the user to add or remove a key
-
-
-def _render_key(report: KeyReport, *, heading: str, private_path: bool = True) -> None:
-    click.echo(heading)
-    click.echo(f"  {report.key.public_line}")
-    click.echo(f"  fingerprint: {report.key.fingerprint}")
-    if private_path:
-        click.echo(f"  private key: {report.key.private_path} (it goes nowhere but to your VMs)")
-    click.echo(f"Next: {report.page.hint}")
 
 
 def _answered_yes(question: str) -> bool:
@@ -47,7 +37,7 @@ def generate(app: App, force: bool) -> None:
     from homelab.deploykeys import core
 
     report = core.generate(app.lab, force=force)
-    _render_key(report, heading="Created a deploy key. Public key:")
+    ui.render_key(report, heading="Created a deploy key. Public key:")
     click.echo("Then run: homelab keys verify")
 
 
@@ -57,7 +47,7 @@ def show(app: App) -> None:
     """Print the deploy key's public key and fingerprint again."""
     from homelab.deploykeys import core
 
-    _render_key(core.show(app.lab), heading="Deploy key. Public key:")
+    ui.render_key(core.show(app.lab), heading="Deploy key. Public key:")
 
 
 def _confirm_host_key(yes: bool) -> Callable[[FirstContact], bool]:
@@ -86,14 +76,7 @@ def verify(app: App) -> None:
     """Check that the deploy key can read the repo (only that key, only the pinned host key)."""
     from homelab.deploykeys import core
 
-    result = core.verify(app.lab, _confirm_host_key(app.yes))
-    if result.pin.pinned_now == "published":
-        click.echo(f"Pinned {result.repo.host}'s host key {result.pin.key.fingerprint} (matches the published one).")
-    elif result.pin.pinned_now == "confirmed":
-        click.echo(f"Pinned {result.repo.known_hosts_target}'s host key {result.pin.key.fingerprint}.")
-    click.echo(
-        f"OK: deploy key {result.key.fingerprint} reads {result.repo.url} ({result.branch} is at {result.commit[:12]})"
-    )
+    ui.render_verified(core.verify(app.lab, _confirm_host_key(app.yes)))
 
 
 @keys.command()
@@ -123,7 +106,7 @@ def rotate(app: App, wait_timeout: int, check_old_revoked: bool) -> None:
 
     def await_added(report: core.KeyReport) -> None:
         heading = "Taking up the new key of an unfinished rotation:" if not report.created else "New deploy key:"
-        _render_key(report, heading=heading, private_path=False)
+        ui.render_key(report, heading=heading, private_path=False)
         forge = core.add_through_api(lab, report.key)
         if forge:
             click.echo(f"Added it to the repo through the {forge} API.")
@@ -138,16 +121,13 @@ def rotate(app: App, wait_timeout: int, check_old_revoked: bool) -> None:
         click.echo(f"  {host + ': ' if host else ''}{step}: {detail}")
 
     result = core.rotate(lab, hosts, await_added=await_added, progress=progress)
-    for outcome in result.hosts:
-        state = "new key" if outcome.ok else ("OLD key" if outcome.uses == result.old.fingerprint else "UNKNOWN key")
-        click.echo(f"{outcome.host}: {state}: {outcome.detail}")
+    ui.render_rotation(result)
     if not result.complete:
         names = ", ".join(o.host for o in result.failed)
         raise OperationError(
             f"{len(result.failed)} VM(s) still use the old key {result.old.fingerprint}: {names}. Keep the old key "
             "on the git host. Fix them and run `homelab keys rotate` again: it takes up the same new key."
         )
-    click.echo(f"All {len(result.hosts)} VM(s) use the new key {result.new.fingerprint}.")
     where = f" at {result.page.url}" if result.page.url else " on the git host"
     click.echo(f"The old key {result.old.fingerprint} ({result.old.comment}) can now be removed{where}.")
     retired = result.retired

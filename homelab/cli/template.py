@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import click
 
+from homelab import ui
 from homelab.cli.app import App, pass_app, yes_option
 from homelab.cli.complete import complete_template
 
@@ -54,22 +54,7 @@ def list_(app: App, names: tuple[str, ...], as_json: bool) -> None:
     """Show each template's versions on Proxmox and the VMs that use each."""
     from homelab.templates.inventory import list_templates
 
-    listings = list_templates(app.api, app.lab, names)
-    if as_json:
-        click.echo(json.dumps([item.as_dict() for item in listings], indent=2))
-        return
-    for item in listings:
-        click.echo(f"template {item.template}" + (f": {item.problem}" if item.problem else ""))
-        if not item.versions:
-            continue
-        click.echo(f"  {'VERSION':<13} {'VMID':>6}  {'NODE':<10} {'BUILT':<20} USED BY")
-        for detail in reversed(item.versions):
-            v = detail.version
-            mark = "*" if item.selected and item.selected.vmid == v.vmid else " "
-            users = ", ".join(f"{u.name} ({u.vmid})" for u in detail.used_by) or "-"
-            built = str(detail.record.get("built", "?"))
-            click.echo(f"{mark} {v.version:<13} {v.vmid:>6}  {v.node:<10} {built:<20} {users}")
-        click.echo("  (* new VMs are cloned from this version)")
+    ui.render_template_list(list_templates(app.api, app.lab, names), as_json)
 
 
 @template.command(name="prune")
