@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
+from homelab.adapters.proxmox.connect import connect
 from homelab.demo.launcher import start_fake_proxmox
 from homelab.lab.loader import parse_lab
-from homelab.proxmox.api import connect
 from homelab.templates.build import build_template
 from homelab.templates.packer import PackerSettings
 

@@ -9,12 +9,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from homelab.adapters.proxmox.api import PveApi
 from homelab.errors import Aborted, OperationError
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter
 from homelab.provision.facts import Facts
 from homelab.provision.plan import Plan, PlanOptions
-from homelab.proxmox.api import PveApi
 
 if TYPE_CHECKING:
     from homelab.deploy.runner import PlaybookRunner

@@ -328,9 +328,9 @@ def run_init(
     terminal: Callable[[Question], dict[str, Any]] | None = None,
 ) -> InitResult:
     """Ask, read the cluster, write a validated lab file atomically. Never overwrites without ``force``."""
+    from homelab.adapters.proxmox.api import PveApi
+    from homelab.adapters.proxmox.client import ProxmoxerTransport
     from homelab.lab.loader import parse_lab
-    from homelab.proxmox.api import PveApi
-    from homelab.proxmox.client import ProxmoxerTransport
     from homelab.state.secrets import ProxmoxAuth, write_atomic
 
     if path.exists() and not force:

@@ -10,10 +10,10 @@ import pytest
 import requests
 import requests_mock
 
+from homelab.adapters.proxmox.api import PveApi, RetryPolicy
+from homelab.adapters.proxmox.client import ProxmoxerTransport
 from homelab.errors import OperationTimeout, ProxmoxError, TaskFailed
 from homelab.lab.loader import parse_lab
-from homelab.proxmox.api import PveApi, RetryPolicy
-from homelab.proxmox.client import ProxmoxerTransport
 from homelab.state.secrets import ProxmoxAuth
 
 URL = "https://pve.test:8006/api2/json"

@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 import yaml
 
+from homelab.adapters.proxmox.api import PveApi, RetryPolicy
+from homelab.adapters.proxmox.connect import connect
 from homelab.demo.launcher import FakeProxmox
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
-from homelab.proxmox.api import PveApi, RetryPolicy, connect
 
 SHA512 = "sha512:" + "ab" * 64
 IMAGE = {"url": "https://images.example/debian-12-genericcloud-amd64.qcow2", "checksum": SHA512}

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from homelab.adapters.proxmox.connect import connect
 from homelab.cli import cli
 from homelab.demo.launcher import FakeProxmox
 from homelab.deploy.runner import FileDiff, HostStats, RunOutcome, RunRequest, TaskEvent
@@ -17,7 +18,6 @@ from homelab.errors import Aborted
 from homelab.lab import load_lab
 from homelab.pipeline import up
 from homelab.provision.executor import SilentReporter
-from homelab.proxmox.api import connect
 from tests.harness.labs import lab_data, write_lab
 
 pytestmark = [pytest.mark.integration]

@@ -18,9 +18,9 @@ import click
 from homelab import ui
 
 if TYPE_CHECKING:
+    from homelab.adapters.proxmox.api import PveApi
     from homelab.lab.models import Lab
     from homelab.provision.executor import Reporter
-    from homelab.proxmox.api import PveApi
 
 EXIT_CHANGES = 3  # `plan`, `deploy --check`: something would change
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,7 +51,7 @@ class App:
     @functools.cached_property
     def api(self) -> PveApi:
         """The Proxmox API of the lab, connected once."""
-        from homelab.proxmox.api import connect
+        from homelab.adapters.proxmox.connect import connect
 
         return connect(self.lab)
 

@@ -93,10 +93,10 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 def _run(lab_path: os.PathLike[str]) -> None:
     """`homelab up --yes` without the deploy stage, then plan again (nothing to do) and status."""
+    from homelab.adapters.proxmox.connect import connect
     from homelab.lab.loader import parse_lab
     from homelab.pipeline import up
     from homelab.provision.service import make_plan, status
-    from homelab.proxmox.api import connect
 
     path = os.fspath(lab_path)
     with open(path, encoding="utf-8") as text:

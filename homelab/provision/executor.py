@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from homelab.adapters.proxmox.api import PveApi
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError, TaskFailed
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
@@ -29,7 +30,6 @@ from homelab.provision.plan import (
     UpdateVM,
     encode_config,
 )
-from homelab.proxmox.api import PveApi
 from homelab.state.hosts import Host
 
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from homelab.adapters.proxmox.api import PveApi
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size
 from homelab.provision.meta import parse_meta
-from homelab.proxmox.api import PveApi
 from homelab.state.adminkey import read_admin_public
 from homelab.templates.facts import Guest, TemplateVersion, find_versions
 from homelab.templates.naming import TEMPLATE_TAG, split_tags

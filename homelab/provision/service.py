@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.connect import connect
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter, apply_plan
 from homelab.provision.facts import Facts, gather
 from homelab.provision.plan import Plan, PlanOptions, RemoveVM, desired_config, plan, resolve_version
-from homelab.proxmox.api import PveApi, connect
 from homelab.state.hosts import Host, load_hosts, save_hosts
 
 

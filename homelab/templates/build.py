@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from homelab.adapters.proxmox.api import PveApi
 from homelab.errors import OperationError
 from homelab.lab.models import Lab, Template
 from homelab.paths import state_dir
-from homelab.proxmox.api import PveApi
 from homelab.templates.facts import (
     TemplateVersion,
     find_versions,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from homelab.adapters.proxmox.api import PveApi
 from homelab.errors import HomelabError, OperationError, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, parse_size
-from homelab.proxmox.api import PveApi
 from homelab.templates.naming import parse_description
 from homelab.templates.plan import BuildPlan, ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
 

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from homelab.adapters.proxmox.api import PveApi
 from homelab.errors import OperationError
 from homelab.lab.models import Lab, Template
-from homelab.proxmox.api import PveApi
 from homelab.templates.naming import TEMPLATE_TAG, parse_description, parse_version_name, split_tags, version_name
 
 _DRIVE = re.compile(r"^(ide|sata|scsi|virtio|efidisk|tpmstate|unused)\d+$")

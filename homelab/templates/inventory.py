@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from homelab.adapters.proxmox.api import PveApi
 from homelab.errors import InputError
 from homelab.lab.models import Lab, Template
-from homelab.proxmox.api import PveApi
 from homelab.templates.facts import (
     Guest,
     TemplateMissing,

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from homelab import __version__
+from homelab.adapters.proxmox.api import PveApi
 from homelab.errors import InputError, SecretError
 from homelab.lab.models import Lab, Template
 from homelab.lab.types import format_size
 from homelab.paths import data_dir, state_dir
-from homelab.proxmox.api import PveApi
 from homelab.state.secrets import ProxmoxAuth, proxmox_auth, write_atomic, write_private
 from homelab.templates.plan import BuildPlan, FinalizeTemplate, RenderPacker, RunPacker, check_packer_source
 from homelab.tools import run

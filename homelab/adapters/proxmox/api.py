@@ -1,8 +1,10 @@
-"""The Proxmox API as homelab uses it: a Protocol, retries, task waiting. Only client.py imports proxmoxer."""
+"""The Proxmox API as homelab uses it: a Transport Protocol, retries, task waiting.
+
+Knows no SDK: client.py (the only module that imports proxmoxer) provides the Transport, connect.py joins the two.
+"""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import Counter
@@ -11,14 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homelab.errors import Interrupted, OperationTimeout, ProxmoxError, TaskFailed
-from homelab.lab.models import Lab
-
-# PVE answers these with a 5xx when a retry a little later will likely succeed.
-TRANSIENT = re.compile(
-    r"can't lock file|got timeout|QEMU guest agent is not running|temporarily unavailable|"
-    r"connection (reset|refused|aborted)|no quorum|timed out|VM is locked",
-    re.IGNORECASE,
-)
 
 
 class Transport(Protocol):
@@ -121,12 +115,3 @@ class PveApi:
         upid = self.request(method, path, **params)
         if isinstance(upid, str) and upid.startswith("UPID:"):
             self.wait_task(node, upid, timeout, what)
-
-
-def connect(lab: Lab, retry: RetryPolicy | None = None) -> PveApi:
-    """A PveApi for the lab's Proxmox, authenticated from the environment or the secrets file."""
-    from homelab.proxmox.client import ProxmoxerTransport
-    from homelab.state.secrets import proxmox_auth
-
-    transport = ProxmoxerTransport.from_lab(lab, proxmox_auth(lab))
-    return PveApi(transport, retry or RetryPolicy())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from typing import Any
 from urllib.parse import urlparse
@@ -14,10 +15,16 @@ from proxmoxer.core import AuthenticationError, ResourceException
 
 from homelab.errors import InputError, ProxmoxError
 from homelab.lab.models import Lab
-from homelab.proxmox.api import TRANSIENT
 from homelab.state.secrets import ProxmoxAuth
 
 log = logging.getLogger(__name__)
+
+# PVE answers these with a 5xx when a retry a little later will likely succeed.
+TRANSIENT = re.compile(
+    r"can't lock file|got timeout|QEMU guest agent is not running|temporarily unavailable|"
+    r"connection (reset|refused|aborted)|no quorum|timed out|VM is locked",
+    re.IGNORECASE,
+)
 
 
 class ProxmoxerTransport:
