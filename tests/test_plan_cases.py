@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
+from homelab.adapters.proxmox.marks import describe_vm, parse_mark
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.lab.types import format_size, parse_size
 from homelab.provision.facts import Facts, LiveVm
-from homelab.provision.meta import describe, parse_meta
 from homelab.provision.plan import PlanOptions, desired_config, encode_config, plan
 from homelab.templates.facts import TemplateVersion
 
@@ -32,7 +32,7 @@ def live_vm(lab: Lab, spec: dict[str, Any], versions: dict[str, TemplateVersion]
     disk = parse_size(spec["disk"]) if "disk" in spec else (lab_vm.disk if lab_vm else 8 * 1024**3)
     if spec.get("bare") or lab_vm is None:
         config: dict[str, Any] = {"tags": lab.tag} if lab_vm is None else {}
-        config["description"] = describe(lab.name, spec["vm"], version.template, version.version, state)
+        config["description"] = describe_vm(lab.name, spec["vm"], version.template, version.version, state)
     else:
         config = encode_config(desired_config(lab, lab_vm, version, state))
     config.update({"name": spec["vm"], "scsi0": f"local-lvm:vm-{spec['vmid']}-disk-0,size={format_size(disk)}"})
@@ -44,7 +44,7 @@ def live_vm(lab: Lab, spec: dict[str, Any], versions: dict[str, TemplateVersion]
         status=spec.get("status", "running"),
         tags=tuple(str(config.get("tags", "")).split(";")) if config.get("tags") else (),
         config=config,
-        meta=parse_meta(config.get("description")),
+        meta=parse_mark(config.get("description")),
     )
 
 

@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from homelab.adapters.proxmox.marks import parse_mark
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import ProxmoxError
-from homelab.templates import parse_description, resolve_template
+from homelab.templates import resolve_template
 from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.cloudimage import BuildFailed
 from homelab.templates.facts import TemplateMissing
@@ -43,7 +44,7 @@ def test_builds_a_versioned_template_that_homelab_then_resolves(
     assert "cloudinit" in config["ide2"] or "media=cdrom" in config["ide2"]
     assert (config["serial0"], config["vga"], config["agent"]) == ("socket", "serial0", "enabled=1")
     assert (config["cores"], str(config["memory"])) == (4, "2048")
-    record = parse_description(config["description"])
+    record = parse_mark(config["description"])
     assert record is not None
     assert record["lab"] == "test" and record["template"] == "base" and record["version"] == "202611020815"
     assert record["image"] == IMAGE["url"] and record["checksum"] == IMAGE["checksum"]

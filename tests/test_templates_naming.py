@@ -13,19 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from homelab.errors import OperationTimeout
-from homelab.templates.facts import Guest, VmidRangeFull, find_versions, next_free_vmid
-from homelab.templates.images import Image, checksum_from_list, image_filename, image_for
-from homelab.templates.naming import (
+from homelab.adapters.proxmox.marks import (
     describe_template,
-    description_line,
     join_tags,
-    new_version,
-    parse_description,
-    parse_version_name,
+    mark_line,
+    parse_mark,
     split_tags,
     template_tags,
 )
+from homelab.errors import OperationTimeout
+from homelab.templates.facts import Guest, VmidRangeFull, find_versions, next_free_vmid
+from homelab.templates.images import Image, checksum_from_list, image_filename, image_for
+from homelab.templates.naming import new_version, parse_version_name
 from homelab.tools import ToolFailed, ToolMissing, run
 from tests.test_templates_support import lab_for
 
@@ -63,12 +62,12 @@ def test_the_description_line_round_trips_and_reads_apply_s_vm_lines() -> None:
     record = {"lab": "home", "template": "base", "version": "202611020815", "checksum": "sha256:" + "0" * 64}
     text = describe_template(record)
     assert text.splitlines()[0] == "homelab template base version 202611020815 (lab home)"
-    assert len(text.splitlines()) == 2 and parse_description(text) == record
-    assert description_line(record).startswith('homelab: {"lab": "home"')
+    assert len(text.splitlines()) == 2 and parse_mark(text) == record
+    assert mark_line(record).startswith('homelab: {"lab": "home"')
     vm = 'Managed by homelab.\nhomelab: {"lab":"home","state":"ready","template":"base","version":"1","vm":"web"}'
-    assert parse_description(vm) == {"lab": "home", "state": "ready", "template": "base", "version": "1", "vm": "web"}
-    assert parse_description("homelab: {broken") is None
-    assert parse_description(None) is None
+    assert parse_mark(vm) == {"lab": "home", "state": "ready", "template": "base", "version": "1", "vm": "web"}
+    assert parse_mark("homelab: {broken") is None
+    assert parse_mark(None) is None
 
 
 def test_versions_are_found_by_name_among_templates_only() -> None:

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
+from homelab.adapters.proxmox.marks import parse_mark
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import InputError, SecretError
 from homelab.state.secrets import ProxmoxAuth
-from homelab.templates import parse_description, resolve_template
+from homelab.templates import resolve_template
 from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.cloudimage import BuildFailed
 from homelab.templates.packer import (
@@ -255,7 +256,7 @@ def _assert_finished_version(fake: FakeProxmox, lab: object, api: object, result
     assert config is not None and config["template"] and config["name"] == f"golden-{version.version}"
     assert set(config["tags"].split(";")) == {"homelab-template", "homelab-test"}
     assert (config["serial0"], config["vga"], config["agent"]) == ("socket", "serial0", "1")
-    record = parse_description(config["description"])
+    record = parse_mark(config["description"])
     assert record is not None and record["builder"] == "packer" and record["source"] == source
     log = result.log_path.read_text()  # type: ignore[attr-defined]
     first = log.splitlines()[0]

@@ -90,9 +90,10 @@ def prune_(app: App, names: tuple[str, ...], keep: int, dry_run: bool) -> None:
 @pass_app
 def render(app: App, directory: Path, name: str | None, version: str | None, vmid: int) -> None:
     """Write the Packer configuration into DIRECTORY, for running Packer yourself (no Proxmox needed)."""
+    from homelab.adapters.proxmox.marks import describe_template
     from homelab.errors import InputError
     from homelab.templates.facts import lab_template
-    from homelab.templates.naming import describe_template, new_version
+    from homelab.templates.naming import new_version
     from homelab.templates.packer import make_build_keys, render_files, render_private_dir, write_files
 
     lab = app.lab

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.marks import describe_vm, parse_mark
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError, TaskFailed
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.facts import boot_disk
-from homelab.provision.meta import describe, parse_meta
 from homelab.provision.plan import (
     Action,
     CreateVM,
@@ -254,7 +254,7 @@ class Executor:
 
     def _create(self, action: CreateVM, start: bool) -> tuple[int, str]:
         tpl = action.template
-        creating = describe(self.lab.name, action.vm, tpl.template, tpl.version, "creating")
+        creating = describe_vm(self.lab.name, action.vm, tpl.template, tpl.version, "creating")
         vmid = None
         for _ in range(20):
             vmid = action.vmid or self.alloc.take()
@@ -313,7 +313,7 @@ class Executor:
             config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
         except ProxmoxError:
             return False
-        meta = parse_meta(config.get("description")) or {}
+        meta = parse_mark(config.get("description")) or {}
         return meta.get("lab") == self.lab.name and meta.get("vm") == vm and meta.get("state") == "creating"
 
     def _resize(self, node: str, vmid: int, disk_key: str, size: int, only_if_larger: str | None = None) -> None:
@@ -344,7 +344,7 @@ class Executor:
         config = encode_config({c.key: c.new for c in action.changes})
         if "description" in config:
             tpl_meta = self._current_meta(action.node, action.vmid)
-            config["description"] = describe(
+            config["description"] = describe_vm(
                 self.lab.name, action.vm, str(tpl_meta.get("template")), str(tpl_meta.get("version")), "ready"
             )
         self.api.put(f"/nodes/{action.node}/qemu/{action.vmid}/config", **config)
@@ -360,7 +360,7 @@ class Executor:
 
     def _current_meta(self, node: str, vmid: int) -> dict[str, Any]:
         config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
-        return parse_meta(config.get("description")) or {}
+        return parse_mark(config.get("description")) or {}
 
     def _wait_address(self, vm: str, node: str, vmid: int, quick: bool = False) -> str | None:
         """Poll the guest agent until it reports an address (skipping lo and link-local)."""
@@ -391,7 +391,7 @@ class Executor:
     def _remove(self, vm: str, node: str, vmid: int) -> None:
         # Re-check the mark right before deleting: never delete a VM this lab does not manage.
         config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
-        meta = parse_meta(config.get("description")) or {}
+        meta = parse_mark(config.get("description")) or {}
         if meta.get("lab") != self.lab.name:
             raise OperationError(
                 f"refusing to remove VM {vmid}: its description does not mark it as lab {self.lab.name}'s"

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.marks import TEMPLATE_TAG, parse_mark, split_tags
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size
-from homelab.provision.meta import parse_meta
 from homelab.state.adminkey import read_admin_public
 from homelab.templates.facts import Guest, TemplateVersion, find_versions
-from homelab.templates.naming import TEMPLATE_TAG, split_tags
 
 DISK_KEYS = ("scsi0", "virtio0", "sata0", "ide0")
 
@@ -113,7 +112,7 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
             status=str(res.get("status", "unknown")),
             tags=split_tags(config.get("tags", res.get("tags"))),
             config=config,
-            meta=parse_meta(config.get("description")),
+            meta=parse_mark(config.get("description")),
             lock=config.get("lock") or res.get("lock"),
         )
 

@@ -6,10 +6,10 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from homelab.adapters.proxmox.marks import describe_vm, parse_mark
 from homelab.lab.models import Lab, Vm
 from homelab.lab.types import format_size
 from homelab.provision.facts import Facts, LiveVm
-from homelab.provision.meta import describe, parse_meta
 from homelab.templates.facts import TemplateVersion
 
 # Changing these only takes effect at the next boot (cloud-init regenerates its drive then).
@@ -238,7 +238,7 @@ def desired_config(
         "ipconfig0": ipconfig,
         "onboot": "1",
         "agent": "1",
-        "description": describe(lab.name, vm.name, version.template, version.version, state),
+        "description": describe_vm(lab.name, vm.name, version.template, version.version, state),
     }
     keys = [*lab.access.ssh_keys, *([admin_key] if admin_key else [])]
     if keys:
@@ -266,7 +266,7 @@ def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[Change, ...]:
             if set(live.tags) == set(want.split(";")):
                 continue
         elif key == "description":
-            if (live.meta or {}) == (parse_meta(want) or {}):
+            if (live.meta or {}) == (parse_mark(want) or {}):
                 continue
             have = "state " + str((live.meta or {}).get("state", "unmarked"))
             want = "state ready"

@@ -12,10 +12,10 @@ import logging
 from collections.abc import Callable
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.marks import parse_mark
 from homelab.errors import HomelabError, OperationError, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, parse_size
-from homelab.templates.naming import parse_description
 from homelab.templates.plan import BuildPlan, ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def made_by(api: PveApi, plan: BuildPlan, node: str, vmid: int) -> bool | None:
         if "does not exist" in str(exc) or exc.status == 404:
             return None
         raise
-    record = parse_description(config.get("description")) or {}
+    record = parse_mark(config.get("description")) or {}
     return (
         config.get("name") == plan.name
         and record.get("lab") == plan.lab

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.marks import TEMPLATE_TAG, parse_mark, split_tags
 from homelab.errors import OperationError
 from homelab.lab.models import Lab, Template
-from homelab.templates.naming import TEMPLATE_TAG, parse_description, parse_version_name, split_tags, version_name
+from homelab.templates.naming import parse_version_name, version_name
 
 _DRIVE = re.compile(r"^(ide|sata|scsi|virtio|efidisk|tpmstate|unused)\d+$")
 
@@ -179,7 +180,7 @@ def version_usage(api: PveApi, guests: Iterable[Guest], versions: list[TemplateV
         if guest.kind != "qemu" or guest.vmid in by_vmid:
             continue
         config = api.get(f"/nodes/{guest.node}/qemu/{guest.vmid}/config") or {}
-        record = parse_description(config.get("description"))
+        record = parse_mark(config.get("description"))
         seen: set[int] = set()
         if record and "vm" in record and record.get("template") and record.get("version"):
             version = by_name.get(version_name(str(record["template"]), str(record["version"])))
@@ -198,7 +199,7 @@ def version_details(api: PveApi, guests: list[Guest], versions: list[TemplateVer
     details = []
     for version in versions:
         config = api.get(f"/nodes/{version.node}/qemu/{version.vmid}/config") or {}
-        record = parse_description(config.get("description")) or {}
+        record = parse_mark(config.get("description")) or {}
         details.append(VersionDetails(version, record, tuple(used.get(version.vmid, ()))))
     return details
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.marks import lab_tag
 from homelab.errors import InputError
 from homelab.lab.models import Lab, Template
 from homelab.templates.facts import (
@@ -24,7 +25,6 @@ from homelab.templates.facts import (
     pick_version,
     version_details,
 )
-from homelab.templates.naming import lab_tag
 
 Progress = Callable[[str], None]
 

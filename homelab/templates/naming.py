@@ -1,37 +1,16 @@
-"""How template versions are named, tagged and described.
+"""How template versions are named: ``<name>-<YYYYMMDDHHMM>``, the UTC minute the build started.
 
-A version is a Proxmox template named ``<name>-<YYYYMMDDHHMM>`` (UTC build time), tagged
-``homelab-template`` and ``homelab-<lab>``, and described with one machine-readable line::
-
-    homelab: {"lab": "home", "template": "base", "version": "202601010930", "builder": "cloud-image", ...}
-
-VMs that ``homelab apply`` clones carry a line of the same shape naming the version they came from
-(``{"lab": ..., "vm": ..., "template": ..., "version": ...}``); that line is how list and prune know which
-versions are in use.
+Their tags and description record are the lab's mark (homelab.adapters.proxmox.marks).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 VERSION_FORMAT = "%Y%m%d%H%M"
-TEMPLATE_TAG = "homelab-template"
-LINE_PREFIX = "homelab: "
 _VERSION = re.compile(r"^\d{12}$")
-
-
-def lab_tag(lab_name: str) -> str:
-    """The tag of everything a lab manages."""
-    return f"homelab-{lab_name}"
-
-
-def template_tags(lab_name: str) -> list[str]:
-    """Tags of a template version built for a lab."""
-    return [TEMPLATE_TAG, lab_tag(lab_name)]
 
 
 def version_name(template: str, version: str) -> str:
@@ -70,41 +49,3 @@ def new_version(now: datetime, taken: Iterable[str] = ()) -> str:
     if newest is not None and version <= newest:
         version = (version_time(newest) + timedelta(minutes=1)).strftime(VERSION_FORMAT)
     return version
-
-
-def split_tags(tags: str | None) -> tuple[str, ...]:
-    """PVE's tag string (``a;b``, sometimes with commas or spaces) as a tuple."""
-    return tuple(t for t in re.split(r"[;, ]+", tags or "") if t)
-
-
-def join_tags(tags: Iterable[str]) -> str:
-    """Tags as PVE takes them: sorted, unique, ``;``-separated."""
-    return ";".join(sorted(set(tags)))
-
-
-def description_line(record: dict[str, Any]) -> str:
-    """The machine-readable description line for a record (one line of compact JSON)."""
-    return LINE_PREFIX + json.dumps(record, separators=(", ", ": "), ensure_ascii=True)
-
-
-def describe_template(record: dict[str, Any]) -> str:
-    """A template version's description: a line for people, then the line for homelab."""
-    human = f"homelab template {record.get('template')} version {record.get('version')}"
-    if record.get("lab"):
-        human += f" (lab {record['lab']})"
-    return f"{human}\n{description_line(record)}"
-
-
-def parse_description(text: str | None) -> dict[str, Any] | None:
-    """The record of the first ``homelab: {...}`` line of a description, or None if it has none."""
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if not line.startswith(LINE_PREFIX + "{"):
-            continue
-        try:
-            record = json.loads(line[len(LINE_PREFIX) :])
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            return record
-    return None

@@ -397,7 +397,7 @@ def render_build(
     storage_type: str | None,
 ) -> None:
     """Write the configuration for this plan into its build folder (an ISO build also gets its login key)."""
-    from homelab.templates.naming import describe_template
+    from homelab.adapters.proxmox.marks import describe_template
 
     iso = action.source == "proxmox-iso"
     files = render_files(

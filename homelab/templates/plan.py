@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from homelab.adapters.proxmox.marks import describe_template, join_tags, template_tags
 from homelab.errors import InputError, OperationError
 from homelab.lab.models import Lab, Template
 from homelab.lab.types import format_size
 from homelab.templates.facts import Guest, TemplateVersion, find_versions, next_free_vmid, pick_version
 from homelab.templates.images import Image, image_filename
-from homelab.templates.naming import describe_template, join_tags, new_version, template_tags, version_name
+from homelab.templates.naming import new_version, version_name
 
 # The storage Proxmox installs put next to every node; preferred for downloads when it takes imports.
 PREFERRED_IMPORT_STORAGE = "local"
