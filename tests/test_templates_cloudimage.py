@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 import pytest
 
 from homelab.adapters.proxmox.marks import parse_mark
+from homelab.adapters.proxmox.versions import TemplateMissing
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import ProxmoxError
 from homelab.templates import resolve_template
 from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.cloudimage import BuildFailed
-from homelab.templates.facts import TemplateMissing
 from homelab.templates.plan import ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, vm_config, volumes
 

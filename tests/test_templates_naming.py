@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.marks import (
     describe_template,
     join_tags,
@@ -21,10 +22,11 @@ from homelab.adapters.proxmox.marks import (
     split_tags,
     template_tags,
 )
+from homelab.adapters.proxmox.versions import find_versions, parse_version_name
 from homelab.errors import OperationTimeout
-from homelab.templates.facts import Guest, VmidRangeFull, find_versions, next_free_vmid
+from homelab.templates.facts import VmidRangeFull, next_free_vmid
 from homelab.templates.images import Image, checksum_from_list, image_filename, image_for
-from homelab.templates.naming import new_version, parse_version_name
+from homelab.templates.naming import new_version
 from homelab.tools import ToolFailed, ToolMissing, run
 from tests.test_templates_support import lab_for
 

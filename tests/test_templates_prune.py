@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from homelab.adapters.proxmox.versions import TemplateVersion
 from homelab.cli import cli
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import InputError
 from homelab.templates.build import build_template
-from homelab.templates.facts import TemplateVersion, VersionDetails, VersionUse
+from homelab.templates.facts import VersionDetails, VersionUse
 from homelab.templates.inventory import gather_prune, list_templates, plan_prune, prune
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, lab_yaml, vm_config
 

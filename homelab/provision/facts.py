@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.guests import Guest, list_guests
 from homelab.adapters.proxmox.marks import TEMPLATE_TAG, parse_mark, split_tags
+from homelab.adapters.proxmox.versions import TemplateVersion, find_versions
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size
 from homelab.state.adminkey import read_admin_public
-from homelab.templates.facts import Guest, TemplateVersion, find_versions
 
 DISK_KEYS = ("scsi0", "virtio0", "sata0", "ide0")
 
@@ -75,45 +76,27 @@ class Facts:
 
 def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
     """One cluster resources call, then the configs of the VMs that may be this lab's, in parallel."""
-    resources = api.get("/cluster/resources", type="vm")
+    guests = list_guests(api)
     tag = lab.tag
     names = {vm.name for vm in lab.vms}
-    guests = [
-        Guest(
-            int(r["vmid"]),
-            str(r["node"]),
-            str(r.get("name") or ""),
-            bool(int(r.get("template") or 0)),
-            split_tags(r.get("tags")),
-            str(r.get("type") or "qemu"),
-        )
-        for r in resources
-        if "vmid" in r
-    ]
     templates = {
         t.name: tuple(v for v in find_versions(guests, t.name) if usable_version(v, lab, t.version))
         for t in lab.templates
     }
-    used = {int(r["vmid"]) for r in resources if "vmid" in r}
-    candidates = [
-        r
-        for r in resources
-        if r.get("type", "qemu") == "qemu"
-        and not int(r.get("template") or 0)
-        and (tag in split_tags(r.get("tags")) or r.get("name") in names)
-    ]
+    used = {g.vmid for g in guests}
+    candidates = [g for g in guests if g.is_vm and (tag in g.tags or g.name in names)]
 
-    def read(res: dict[str, Any]) -> LiveVm:
-        config = api.get(f"/nodes/{res['node']}/qemu/{res['vmid']}/config")
+    def read(guest: Guest) -> LiveVm:
+        config = api.get(f"/nodes/{guest.node}/qemu/{guest.vmid}/config")
         return LiveVm(
-            vmid=int(res["vmid"]),
-            name=str(res.get("name", "")),
-            node=str(res["node"]),
-            status=str(res.get("status", "unknown")),
-            tags=split_tags(config.get("tags", res.get("tags"))),
+            vmid=guest.vmid,
+            name=guest.name,
+            node=guest.node,
+            status=guest.status,
+            tags=split_tags(config["tags"]) if "tags" in config else guest.tags,
             config=config,
             meta=parse_mark(config.get("description")),
-            lock=config.get("lock") or res.get("lock"),
+            lock=config.get("lock") or guest.lock,
         )
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from homelab.adapters.proxmox.marks import describe_vm, parse_mark
+from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, pick_version
 from homelab.lab.models import Lab, Vm
 from homelab.lab.types import format_size
 from homelab.provision.facts import Facts, LiveVm
-from homelab.templates.facts import TemplateVersion
 
 # Changing these only takes effect at the next boot (cloud-init regenerates its drive then).
 NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain"}
@@ -277,17 +277,12 @@ def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[Change, ...]:
 
 
 def resolve_version(lab: Lab, vm: Vm, facts: Facts) -> TemplateVersion | str:
-    """The template version a VM should run, or why there is none."""
+    """The template version a VM should run, or why there is none (the one resolver's short reason)."""
     template = lab.template_for(vm)
-    versions = facts.templates.get(template.name, ())
-    if template.version:
-        for version in versions:
-            if version.version == template.version:
-                return version
-        return f"pinned version {template.name}-{template.version} is not on Proxmox"
-    if not versions:
-        return f"no version of template {template.name!r} on Proxmox (run `homelab template build`)"
-    return versions[-1]
+    try:
+        return pick_version(facts.templates.get(template.name, ()), template)
+    except TemplateMissing as missing:
+        return missing.reason
 
 
 def plan(lab: Lab, facts: Facts, options: PlanOptions | None = None) -> Plan:

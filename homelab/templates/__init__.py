@@ -1,8 +1,9 @@
 """Versioned VM templates: build (cloud image through the API, or Packer), list, prune, resolve.
 
-Other stages use :func:`resolve_template` to find the version a VM is cloned from.
+:func:`resolve_template` reads the cluster and names the version a template's VMs are cloned from (the one
+resolver, homelab.adapters.proxmox.versions.pick_version, which the VM stage uses too).
 """
 
-from homelab.templates.facts import TemplateMissing, TemplateVersion, resolve_template
+from homelab.templates.facts import resolve_template
 
-__all__ = ["TemplateMissing", "TemplateVersion", "resolve_template"]
+__all__ = ["resolve_template"]

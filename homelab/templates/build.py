@@ -9,17 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.guests import list_guests
+from homelab.adapters.proxmox.versions import TemplateVersion, find_versions
 from homelab.errors import OperationError
 from homelab.lab.models import Lab, Template
 from homelab.paths import state_dir
-from homelab.templates.facts import (
-    TemplateVersion,
-    find_versions,
-    import_storages,
-    lab_template,
-    list_guests,
-    storage_files,
-)
+from homelab.templates.facts import import_storages, lab_template, storage_files
 from homelab.templates.images import Fetch, fetch_text, image_for
 from homelab.templates.packer import PackerSettings, build_with_packer
 from homelab.templates.plan import BuildFacts, BuildPlan, choose_import_storage, plan_cloud_image, plan_packer

@@ -1,7 +1,7 @@
-"""Read-only facts about template versions, gathered once before planning.
+"""Read-only facts the template stage adds to the cluster's, gathered before planning.
 
-Everything here is a GET: the guests of the cluster (/cluster/resources), the versions of a template found
-among them by name, the VMs that use each version, and the storages an image can be downloaded to.
+Everything here is a GET: the VMs that use each version, and the storages an image can be downloaded to. The
+guests and the versions found among them are the cluster's (homelab.adapters.proxmox.guests, versions).
 """
 
 from __future__ import annotations
@@ -12,49 +12,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.adapters.proxmox.marks import TEMPLATE_TAG, parse_mark, split_tags
+from homelab.adapters.proxmox.guests import Guest, list_guests
+from homelab.adapters.proxmox.marks import parse_mark, split_tags
+from homelab.adapters.proxmox.versions import (
+    TemplateMissing,
+    TemplateVersion,
+    find_versions,
+    pick_version,
+    version_name,
+)
 from homelab.errors import OperationError
 from homelab.lab.models import Lab, Template
-from homelab.templates.naming import parse_version_name, version_name
 
 _DRIVE = re.compile(r"^(ide|sata|scsi|virtio|efidisk|tpmstate|unused)\d+$")
 
 
-class TemplateMissing(OperationError):
-    """No version of a template (or not the pinned one) exists on Proxmox."""
-
-
 class VmidRangeFull(OperationError):
     """Every vmid of a template's vmid_range is taken."""
-
-
-@dataclass(frozen=True)
-class Guest:
-    """One VM or container as /cluster/resources lists it."""
-
-    vmid: int
-    node: str
-    name: str
-    template: bool = False
-    tags: tuple[str, ...] = ()
-    kind: str = "qemu"
-
-
-@dataclass(frozen=True)
-class TemplateVersion:
-    """One built version of a template: the Proxmox template ``<template>-<version>``."""
-
-    vmid: int
-    node: str
-    name: str
-    version: str
-    template: str = ""
-    tags: tuple[str, ...] = ()
-
-    @property
-    def built_by_homelab(self) -> bool:
-        """True if homelab tagged it as one of its template versions."""
-        return TEMPLATE_TAG in self.tags
 
 
 @dataclass(frozen=True)
@@ -74,56 +48,6 @@ class VersionDetails:
     version: TemplateVersion
     record: dict[str, Any] = field(default_factory=dict)
     used_by: tuple[VersionUse, ...] = ()
-
-
-def list_guests(api: PveApi) -> list[Guest]:
-    """Every VM and container of the cluster (one GET)."""
-    guests = []
-    for item in api.get("/cluster/resources", type="vm") or []:
-        if "vmid" not in item:
-            continue
-        guests.append(
-            Guest(
-                vmid=int(item["vmid"]),
-                node=str(item.get("node", "")),
-                name=str(item.get("name") or ""),
-                template=bool(int(item.get("template") or 0)),
-                tags=split_tags(item.get("tags")),
-                kind=str(item.get("type") or "qemu"),
-            )
-        )
-    return guests
-
-
-def find_versions(guests: Iterable[Guest], template: str) -> list[TemplateVersion]:
-    """The versions of a template among the guests, oldest first: templates named ``<template>-<YYYYMMDDHHMM>``."""
-    found = []
-    for guest in guests:
-        if not guest.template or guest.kind != "qemu":
-            continue
-        version = parse_version_name(template, guest.name)
-        if version is not None:
-            found.append(TemplateVersion(guest.vmid, guest.node, guest.name, version, template, guest.tags))
-    return sorted(found, key=lambda v: (v.version, v.vmid))
-
-
-def pick_version(versions: list[TemplateVersion], template: Template) -> TemplateVersion:
-    """The pinned version if the lab pins one, else the newest; TemplateMissing when there is none."""
-    if template.version:
-        for candidate in versions:
-            if candidate.version == template.version:
-                return candidate
-        have = ", ".join(v.version for v in versions) or "none"
-        raise TemplateMissing(
-            f"template {template.name!r}: the lab pins version {template.version}, which is not on Proxmox "
-            f"(versions there: {have}); run `homelab template build {template.name}` or change the pin"
-        )
-    if not versions:
-        raise TemplateMissing(
-            f"template {template.name!r} has no version on Proxmox (no template named "
-            f"{template.name}-YYYYMMDDHHMM): run `homelab template build {template.name}`"
-        )
-    return versions[-1]
 
 
 def lab_template(lab: Lab, template: Template | str) -> Template:
@@ -193,7 +117,7 @@ def version_usage(api: PveApi, guests: Iterable[Guest], versions: list[TemplateV
     return used
 
 
-def version_details(api: PveApi, guests: list[Guest], versions: list[TemplateVersion]) -> list[VersionDetails]:
+def version_details(api: PveApi, guests: Iterable[Guest], versions: list[TemplateVersion]) -> list[VersionDetails]:
     """Each version with its description record and the guests that use it (oldest first)."""
     used = version_usage(api, guests, versions)
     details = []

@@ -11,20 +11,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.guests import Guest, list_guests
 from homelab.adapters.proxmox.marks import lab_tag
+from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, find_versions, pick_version
 from homelab.errors import InputError
 from homelab.lab.models import Lab, Template
-from homelab.templates.facts import (
-    Guest,
-    TemplateMissing,
-    TemplateVersion,
-    VersionDetails,
-    find_versions,
-    lab_template,
-    list_guests,
-    pick_version,
-    version_details,
-)
+from homelab.templates.facts import VersionDetails, lab_template, version_details
 
 Progress = Callable[[str], None]
 
@@ -150,7 +142,7 @@ def plan_prune(lab: Lab, template: Template, details: Iterable[VersionDetails], 
 def gather_prune(api: PveApi, lab: Lab, names: Iterable[str], keep: int) -> list[PrunePlan]:
     """Read the versions and their users, then plan prune for each template (or those named)."""
     models = [lab_template(lab, n) for n in names] or list(lab.templates)
-    guests: list[Guest] = list_guests(api)
+    guests: tuple[Guest, ...] = list_guests(api)
     plans = []
     for model in models:
         details = version_details(api, guests, find_versions(guests, model.name))

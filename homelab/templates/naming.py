@@ -5,32 +5,10 @@ Their tags and description record are the lab's mark (homelab.adapters.proxmox.m
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-VERSION_FORMAT = "%Y%m%d%H%M"
-_VERSION = re.compile(r"^\d{12}$")
-
-
-def version_name(template: str, version: str) -> str:
-    """The Proxmox VM name of a version: ``base-202601010930``."""
-    return f"{template}-{version}"
-
-
-def parse_version_name(template: str, vm_name: str) -> str | None:
-    """The version in a VM name of this template, or None if the name is not one of its versions."""
-    prefix = f"{template}-"
-    if not vm_name.startswith(prefix):
-        return None
-    version = vm_name[len(prefix) :]
-    if not _VERSION.match(version):
-        return None
-    try:
-        datetime.strptime(version, VERSION_FORMAT)
-    except ValueError:
-        return None
-    return version
+from homelab.adapters.proxmox.versions import VERSION_FORMAT
 
 
 def version_time(version: str) -> datetime:

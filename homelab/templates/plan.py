@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.marks import describe_template, join_tags, template_tags
+from homelab.adapters.proxmox.versions import TemplateVersion, find_versions, pick_version, version_name
 from homelab.errors import InputError, OperationError
 from homelab.lab.models import Lab, Template
 from homelab.lab.types import format_size
-from homelab.templates.facts import Guest, TemplateVersion, find_versions, next_free_vmid, pick_version
+from homelab.templates.facts import next_free_vmid
 from homelab.templates.images import Image, image_filename
-from homelab.templates.naming import new_version, version_name
+from homelab.templates.naming import new_version
 
 # The storage Proxmox installs put next to every node; preferred for downloads when it takes imports.
 PREFERRED_IMPORT_STORAGE = "local"
