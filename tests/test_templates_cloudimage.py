@@ -12,7 +12,7 @@ from homelab.demo.launcher import FakeProxmox
 from homelab.errors import ProxmoxError
 from homelab.templates import resolve_template
 from homelab.templates.build import build_template, plan_build, run_build
-from homelab.templates.cloudimage import BuildFailed
+from homelab.templates.leftovers import BuildFailed
 from homelab.templates.plan import ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, vm_config, volumes
 

@@ -19,7 +19,7 @@ from homelab.errors import InputError, SecretError
 from homelab.state.secrets import ProxmoxAuth
 from homelab.templates import resolve_template
 from homelab.templates.build import build_template, plan_build, run_build
-from homelab.templates.cloudimage import BuildFailed
+from homelab.templates.leftovers import BuildFailed
 from homelab.templates.packer import (
     MAIN_FILE,
     PLUGINS_FILE,

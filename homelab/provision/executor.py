@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.marks import describe_vm, parse_mark
-from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError, TaskFailed
+from homelab.adapters.proxmox.vms import delete_vm, start_vm, stop_vm
+from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.facts import boot_disk
@@ -327,17 +328,11 @@ class Executor:
 
     def _start(self, vm: str, node: str, vmid: int) -> None:
         self.report.step(vm, "starting")
-        path = f"/nodes/{node}/qemu/{vmid}/status/start"
-        try:
-            self.api.run_task("POST", path, node, self.timeouts.start, f"start of {vm}")
-        except TaskFailed as exc:
-            # A start whose answer was lost and that was sent again finds the VM running: that is success.
-            if "already running" not in str(exc):
-                raise
+        start_vm(self.api, node, vmid, self.timeouts.start, f"start of {vm}")
 
     def _stop(self, vm: str, node: str, vmid: int) -> None:
         self.report.step(vm, f"stopping {vmid}")
-        self.api.run_task("POST", f"/nodes/{node}/qemu/{vmid}/status/stop", node, self.timeouts.task, f"stop of {vmid}")
+        stop_vm(self.api, node, vmid, self.timeouts.task)
 
     def _update(self, action: UpdateVM) -> None:
         self.report.step(action.vm, "updating " + ", ".join(c.key for c in action.changes))
@@ -389,25 +384,9 @@ class Executor:
             delay = min(delay * 1.5, 3.0)
 
     def _remove(self, vm: str, node: str, vmid: int) -> None:
-        # Re-check the mark right before deleting: never delete a VM this lab does not manage.
-        config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
-        meta = parse_mark(config.get("description")) or {}
-        if meta.get("lab") != self.lab.name:
-            raise OperationError(
-                f"refusing to remove VM {vmid}: its description does not mark it as lab {self.lab.name}'s"
-            )
-        status = self.api.get(f"/nodes/{node}/qemu/{vmid}/status/current")
-        if status.get("status") == "running":
-            self._stop(vm, node, vmid)
-        self.report.step(vm, f"deleting {vmid}")
-        self.api.run_task(
-            "DELETE",
-            f"/nodes/{node}/qemu/{vmid}",
-            node,
-            self.timeouts.task,
-            f"delete of {vmid}",
-            purge=1,
-            **{"destroy-unreferenced-disks": 1},
+        # delete_vm re-checks the mark right before deleting: never a VM this lab does not manage.
+        delete_vm(
+            self.api, node, vmid, self.lab.name, timeout=self.timeouts.task, step=lambda m: self.report.step(vm, m)
         )
 
     def _replace(self, action: ReplaceVM) -> tuple[int, str, str | None]:

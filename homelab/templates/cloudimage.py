@@ -12,18 +12,14 @@ import logging
 from collections.abc import Callable
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.adapters.proxmox.marks import parse_mark
-from homelab.errors import HomelabError, OperationError, ProxmoxError
+from homelab.errors import HomelabError
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, parse_size
+from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm
 from homelab.templates.plan import BuildPlan, ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-
-
-class BuildFailed(OperationError):
-    """A build failed; says what was cleaned up (or what is left to clean by hand)."""
 
 
 def _download(api: PveApi, lab: Lab, action: DownloadImage) -> None:
@@ -78,44 +74,6 @@ def _convert(api: PveApi, lab: Lab, action: ConvertToTemplate) -> None:
     )
 
 
-def remove_vm(api: PveApi, lab: Lab, node: str, vmid: int) -> bool:
-    """Destroy a VM and every disk it owns; False if there was no such VM."""
-    try:
-        api.get(f"/nodes/{node}/qemu/{vmid}/status/current")
-    except ProxmoxError as exc:
-        if "does not exist" in str(exc) or exc.status == 404:
-            return False
-        raise
-    api.run_task(
-        "DELETE",
-        f"/nodes/{node}/qemu/{vmid}",
-        node,
-        lab.settings.timeouts.task,
-        f"removing VM {vmid}",
-        purge=1,
-        **{"destroy-unreferenced-disks": 1},
-    )
-    return True
-
-
-def made_by(api: PveApi, plan: BuildPlan, node: str, vmid: int) -> bool | None:
-    """Whether the VM at ``vmid`` is the one this plan made: its name is the planned version name and its
-    description record names this lab, template and version. None if there is no VM at ``vmid``."""
-    try:
-        config = api.get(f"/nodes/{node}/qemu/{vmid}/config") or {}
-    except ProxmoxError as exc:
-        if "does not exist" in str(exc) or exc.status == 404:
-            return None
-        raise
-    record = parse_mark(config.get("description")) or {}
-    return (
-        config.get("name") == plan.name
-        and record.get("lab") == plan.lab
-        and record.get("template") == plan.template
-        and record.get("version") == plan.version
-    )
-
-
 def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress) -> bool:
     """Carry out a cloud-image plan. Returns True if it downloaded the image (False: reused it).
 
@@ -146,21 +104,12 @@ def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress
             raise
         reason = str(exc) if isinstance(exc, HomelabError) else f"{type(exc).__name__}: {exc}"
         progress(f"build failed ({reason}); removing VM {created.vmid}")
-        try:
-            ours = made_by(api, plan, created.node, created.vmid)
-            removed = bool(ours) and remove_vm(api, lab, created.node, created.vmid)
-        except HomelabError as cleanup:
-            raise BuildFailed(
-                f"building {created.name} failed: {reason}; removing VM {created.vmid} failed too ({cleanup}): "
-                f"remove it by hand (qm destroy {created.vmid} --purge)"
-            ) from exc
+        with cleaning_up(plan, exc, reason):
+            removed = remove_build_vm(api, lab, plan, created.node)
         if not isinstance(exc, Exception):
             raise  # KeyboardInterrupt and the like: cleaned up, now let it through
-        if ours is False:
-            what = (
-                f"VM {created.vmid} is not the one this build made (its name or description differs), "
-                "so homelab left it alone"
-            )
+        if removed is None:
+            what = left_alone(created.vmid)
         else:
             what = f"VM {created.vmid} was removed" if removed else "no VM was left behind"
         raise BuildFailed(f"building {created.name} failed: {reason}; {what}") from exc

@@ -14,6 +14,7 @@ from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.guests import Guest, list_guests
 from homelab.adapters.proxmox.marks import lab_tag
 from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, find_versions, pick_version
+from homelab.adapters.proxmox.vms import delete_vm
 from homelab.errors import InputError
 from homelab.lab.models import Lab, Template
 from homelab.templates.facts import VersionDetails, lab_template, version_details
@@ -157,14 +158,15 @@ def prune(api: PveApi, lab: Lab, plans: Iterable[PrunePlan], progress: Progress)
         for action in plan.delete:
             version = action.version
             progress(action.describe())
-            api.run_task(
-                "DELETE",
-                f"/nodes/{version.node}/qemu/{version.vmid}",
+            # Re-checked right before: the version's record must still name this lab, template and version.
+            delete_vm(
+                api,
                 version.node,
-                lab.settings.timeouts.task,
-                f"deleting template {version.name}",
-                purge=1,
-                **{"destroy-unreferenced-disks": 1},
+                version.vmid,
+                lab.name,
+                timeout=lab.settings.timeouts.task,
+                name=version.name,
+                mark={"template": plan.template, "version": version.version},
             )
             deleted.append(version)
     return deleted

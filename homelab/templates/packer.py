@@ -19,11 +19,13 @@ from typing import Any
 
 from homelab import __version__
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.guests import list_guests
 from homelab.errors import InputError, SecretError
 from homelab.lab.models import Lab, Template
 from homelab.lab.types import format_size
 from homelab.paths import data_dir, state_dir
 from homelab.state.secrets import ProxmoxAuth, proxmox_auth, write_atomic, write_private
+from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm
 from homelab.templates.plan import BuildPlan, FinalizeTemplate, RenderPacker, RunPacker, check_packer_source
 from homelab.tools import run
 
@@ -469,9 +471,6 @@ def build_with_packer(
 
     Ctrl-C too: the VM is removed, then the KeyboardInterrupt goes on.
     """
-    from homelab.errors import HomelabError
-    from homelab.templates.cloudimage import BuildFailed, remove_vm
-
     started = False
     try:
         for action in plan.actions:
@@ -493,20 +492,14 @@ def build_with_packer(
         if not started:
             raise
         reason = str(exc) if isinstance(exc, Exception) else type(exc).__name__
-        try:
-            leftover = [
-                item
-                for item in api.get("/cluster/resources", type="vm") or []
-                if int(item.get("vmid", 0)) == plan.vmid and item.get("name") == plan.name
-            ]
+        removed = None
+        with cleaning_up(plan, exc, reason):
+            leftover = [g for g in list_guests(api) if g.vmid == plan.vmid and g.name == plan.name]
             if leftover:
                 progress(f"build failed; removing what Packer left at VM {plan.vmid}")
-                remove_vm(api, lab, str(leftover[0]["node"]), plan.vmid)
-        except HomelabError as cleanup:
-            raise BuildFailed(
-                f"building {plan.name} failed: {reason}; removing VM {plan.vmid} failed too ({cleanup}): "
-                f"remove it by hand (qm destroy {plan.vmid} --purge)"
-            ) from exc
+                # Packer describes the template only once it is done: a VM it is still making has no mark yet.
+                removed = remove_build_vm(api, lab, plan, leftover[0].node, unmarked=True)
         if not leftover or not isinstance(exc, Exception):
             raise  # nothing was left, or KeyboardInterrupt and the like: cleaned up, now let it through
-        raise BuildFailed(f"building {plan.name} failed: {exc}; VM {plan.vmid} was removed") from exc
+        what = left_alone(plan.vmid) if removed is None else f"VM {plan.vmid} was removed"
+        raise BuildFailed(f"building {plan.name} failed: {exc}; {what}") from exc
