@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from homelab.lab.types import format_size
+from homelab.lab.types import drive_size, format_size
 
 
 def _agent_enabled(config: dict[str, Any]) -> bool:
@@ -56,17 +56,6 @@ def _interfaces(vm: Any, dhcp_net: ipaddress.IPv4Network, addr_map: dict[str, st
     ]
 
 
-_SIZE = re.compile(r"^(\+)?(\d+(?:\.\d+)?)([KMGT]?)$")
-_UNIT = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def _bytes(text: str) -> int:
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(text)
-    return int(float(match.group(2)) * _UNIT[match.group(3)])
-
-
 def fake_class() -> type:
     """FakePve plus disk resize: fakepve 0.5.0 answers it from the schema without storing the new size."""
     from fakepve import FakePve, PveError
@@ -79,12 +68,15 @@ def fake_class() -> type:
             vm = self.find(v["node"], int(v["vmid"]))
             disk = v["disk"]
             drive = str(vm.config.get(disk, ""))
-            match = re.search(r"(?:^|,)size=([^,]+)", drive)
-            if not match:
+            old = drive_size(drive)
+            if old is None:
                 raise PveError(500, f"disk '{disk}' does not exist")
-            old = _bytes(match.group(1))
             wanted = str(v["size"])
-            new = old + _bytes(wanted[1:]) if wanted.startswith("+") else _bytes(wanted)
+            # PVE takes a size ("32G") or a growth ("+2G"): read either as a drive's size= field
+            size = drive_size(f"size={wanted.removeprefix('+')}")
+            if size is None:
+                raise PveError(400, f"size: invalid format {wanted!r}")
+            new = old + size if wanted.startswith("+") else size
             if new < old:
                 raise PveError(500, "shrinking disks is not supported")
             self._check_lock(vm)
