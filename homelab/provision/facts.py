@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.adapters.proxmox.guests import Guest, list_guests
+from homelab.adapters.proxmox.cluster import ClusterFacts, gather_cluster
+from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.marks import TEMPLATE_TAG, parse_mark, split_tags
-from homelab.adapters.proxmox.versions import TemplateVersion, find_versions
+from homelab.adapters.proxmox.versions import TemplateVersion
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size
 from homelab.state.adminkey import read_admin_public
@@ -60,31 +61,31 @@ class LiveVm:
         return urllib.parse.unquote(text) if key == "sshkeys" else text
 
 
-@dataclass(frozen=True)
-class Facts:
-    """Everything the planner needs to know about the cluster."""
+@dataclass(frozen=True, kw_only=True)
+class Facts(ClusterFacts):
+    """Everything the VM planner needs to know: the cluster's facts, plus the configs of the VMs that may be
+    this lab's and the template versions its VMs may be cloned from."""
 
     managed: tuple[LiveVm, ...]
     # VMs named like a lab VM but not marked as this lab's: never touched.
     unmanaged_namesakes: tuple[LiveVm, ...]
+    # per lab template, the versions VMs may be cloned from (usable_version), oldest first
     templates: dict[str, tuple[TemplateVersion, ...]]
-    used_vmids: frozenset[int]
-    nodes: tuple[str, ...] = ()
     # homelab's own login key (a local fact): cloud-init puts it on every VM beside access.ssh_keys.
     admin_key: str | None = None
 
 
-def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
-    """One cluster resources call, then the configs of the VMs that may be this lab's, in parallel."""
-    guests = list_guests(api)
+def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None = None) -> Facts:
+    """The cluster's facts (or those just gathered, ``cluster``), then the configs of the VMs that may be this
+    lab's, in parallel."""
+    cluster = cluster or gather_cluster(api)
     tag = lab.tag
     names = {vm.name for vm in lab.vms}
     templates = {
-        t.name: tuple(v for v in find_versions(guests, t.name) if usable_version(v, lab, t.version))
+        t.name: tuple(v for v in cluster.versions_of(t.name) if usable_version(v, lab, t.version))
         for t in lab.templates
     }
-    used = {g.vmid for g in guests}
-    candidates = [g for g in guests if g.is_vm and (tag in g.tags or g.name in names)]
+    candidates = [g for g in cluster.guests if g.is_vm and (tag in g.tags or g.name in names)]
 
     def read(guest: Guest) -> LiveVm:
         config = api.get(f"/nodes/{guest.node}/qemu/{guest.vmid}/config")
@@ -110,10 +111,11 @@ def gather(api: PveApi, lab: Lab, workers: int = 8) -> Facts:
         else:
             namesakes.append(vm)
     return Facts(
+        guests=cluster.guests,
+        used_vmids=cluster.used_vmids,
         managed=tuple(sorted(managed, key=lambda v: v.vmid)),
         unmanaged_namesakes=tuple(namesakes),
         templates=templates,
-        used_vmids=frozenset(used),
         admin_key=read_admin_public(lab),
     )
 

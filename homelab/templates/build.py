@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.adapters.proxmox.guests import list_guests
-from homelab.adapters.proxmox.versions import TemplateVersion, find_versions
+from homelab.adapters.proxmox.cluster import ClusterFacts, gather_cluster
+from homelab.adapters.proxmox.versions import TemplateVersion
 from homelab.errors import OperationError
 from homelab.lab.models import Lab, Template
 from homelab.paths import state_dir
@@ -41,22 +41,25 @@ class BuildResult:
         )
 
 
-def gather_build_facts(api: PveApi, lab: Lab, template: Template) -> BuildFacts:
-    """Read what planning a build needs (GETs only)."""
-    guests = tuple(list_guests(api))
-    versions = tuple(find_versions(guests, template.name))
+def gather_build_facts(api: PveApi, lab: Lab, template: Template, cluster: ClusterFacts | None = None) -> BuildFacts:
+    """Read what planning a build needs (GETs only): the cluster's facts (or those just gathered, ``cluster``)
+    and the node's storages."""
+    cluster = cluster or gather_cluster(api)
+    versions = tuple(cluster.versions_of(template.name))
     node = lab.proxmox.node
     if template.builder == "cloud-image":
         storages = tuple(import_storages(api, node))
         files: frozenset[str] = frozenset()
         if storages:
             files = frozenset(storage_files(api, node, choose_import_storage(storages, node), "import"))
-        return BuildFacts(guests, versions, import_storages=storages, import_files=files)
+        return BuildFacts(
+            cluster.guests, versions, import_storages=storages, import_files=files, used_vmids=cluster.used_vmids
+        )
     storage_type = None
     for item in api.get(f"/nodes/{node}/storage") or []:
         if item.get("storage") == lab.proxmox.storage:
             storage_type = str(item.get("type") or "") or None
-    return BuildFacts(guests, versions, storage_type=storage_type)
+    return BuildFacts(cluster.guests, versions, storage_type=storage_type, used_vmids=cluster.used_vmids)
 
 
 def build_paths(lab: Lab, template: Template, version: str) -> tuple[Path, Path]:
@@ -72,10 +75,12 @@ def plan_build(
     *,
     now: datetime | None = None,
     fetch: Fetch = fetch_text,
+    cluster: ClusterFacts | None = None,
 ) -> tuple[BuildPlan, BuildFacts]:
-    """Gather facts and plan the build of one template (nothing changes yet)."""
+    """Gather facts (the cluster's may be given, if nothing changed since they were read) and plan the build of
+    one template (nothing changes yet)."""
     model = lab_template(lab, template)
-    facts = gather_build_facts(api, lab, model)
+    facts = gather_build_facts(api, lab, model, cluster)
     now = now or datetime.now(UTC)
     if model.builder == "cloud-image":
         return plan_cloud_image(lab, model, facts, image_for(model, fetch), now), facts
@@ -108,7 +113,7 @@ def run_build(
         from homelab.templates.plan import RunPacker
 
         log_path = next((a.log_path for a in plan.actions if isinstance(a, RunPacker)), None)
-    versions = find_versions(list_guests(api), model.name)
+    versions = gather_cluster(api).versions_of(model.name)
     built = next((v for v in versions if v.vmid == plan.vmid and v.version == plan.version), None)
     if built is None:
         raise OperationError(f"the build finished but Proxmox shows no template {plan.name} at VM {plan.vmid}")

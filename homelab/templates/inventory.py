@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.adapters.proxmox.guests import Guest, list_guests
+from homelab.adapters.proxmox.cluster import gather_cluster
 from homelab.adapters.proxmox.marks import lab_tag
-from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, find_versions, pick_version
+from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, pick_version
 from homelab.adapters.proxmox.vms import delete_vm
 from homelab.errors import InputError
 from homelab.lab.models import Lab, Template
@@ -62,12 +62,14 @@ def _selected(versions: list[TemplateVersion], template: Template) -> tuple[Temp
 def list_templates(api: PveApi, lab: Lab, names: Iterable[str] = ()) -> list[TemplateListing]:
     """Each lab template (or those named) with its versions and the VMs that use each."""
     models = [lab_template(lab, n) for n in names] or list(lab.templates)
-    guests = list_guests(api)
+    cluster = gather_cluster(api)
     listings = []
     for model in models:
-        versions = find_versions(guests, model.name)
+        versions = cluster.versions_of(model.name)
         selected, problem = _selected(versions, model)
-        listings.append(TemplateListing(model.name, tuple(version_details(api, guests, versions)), selected, problem))
+        listings.append(
+            TemplateListing(model.name, tuple(version_details(api, cluster.guests, versions)), selected, problem)
+        )
     return listings
 
 
@@ -143,10 +145,10 @@ def plan_prune(lab: Lab, template: Template, details: Iterable[VersionDetails], 
 def gather_prune(api: PveApi, lab: Lab, names: Iterable[str], keep: int) -> list[PrunePlan]:
     """Read the versions and their users, then plan prune for each template (or those named)."""
     models = [lab_template(lab, n) for n in names] or list(lab.templates)
-    guests: tuple[Guest, ...] = list_guests(api)
+    cluster = gather_cluster(api)
     plans = []
     for model in models:
-        details = version_details(api, guests, find_versions(guests, model.name))
+        details = version_details(api, cluster.guests, cluster.versions_of(model.name))
         plans.append(plan_prune(lab, model, details, keep))
     return plans
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from homelab.adapters.proxmox.cluster import ClusterFacts
 from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.marks import describe_template, join_tags, template_tags
 from homelab.adapters.proxmox.versions import TemplateVersion, find_versions, pick_version, version_name
@@ -32,11 +33,11 @@ VM_NAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")  # PVE's own rule for VM nam
 
 
 @dataclass(frozen=True)
-class BuildFacts:
-    """What a build plan needs to know about the cluster, read once before planning."""
+class BuildFacts(ClusterFacts):
+    """What a build plan needs to know: the cluster's facts, plus what only a build reads."""
 
-    guests: tuple[Guest, ...]
-    versions: tuple[TemplateVersion, ...]
+    # the versions of the template being built, oldest first
+    versions: tuple[TemplateVersion, ...] = ()
     # cloud-image builds: storages of the node that take imports, and the image files already on them
     import_storages: tuple[str, ...] = ()
     import_files: frozenset[str] = frozenset()
