@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from homelab.provision.executor import first_address
+from homelab.provision.guestagent import first_address
 
 
 def iface(name: str, *addrs: tuple[str, str]) -> dict[str, object]:

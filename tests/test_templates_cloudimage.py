@@ -13,7 +13,7 @@ from homelab.errors import ProxmoxError
 from homelab.templates import resolve_template
 from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.leftovers import BuildFailed
-from homelab.templates.plan import ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
+from homelab.templates.plan import ConvertToTemplate, CreateTemplateVm, DownloadImage, GrowTemplateDisk, ReuseImage
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, vm_config, volumes
 
 pytestmark = [pytest.mark.integration, pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)]
@@ -31,7 +31,12 @@ def test_builds_a_versioned_template_that_homelab_then_resolves(
     lines: list[str] = []
     result = build_template(api, lab, "base", lines.append, now=NOW)
 
-    assert [type(a) for a in result.plan.actions] == [DownloadImage, CreateVm, GrowDisk, ConvertToTemplate]
+    assert [type(a) for a in result.plan.actions] == [
+        DownloadImage,
+        CreateTemplateVm,
+        GrowTemplateDisk,
+        ConvertToTemplate,
+    ]
     assert (result.version.vmid, result.version.name) == (9001, "base-202611020815")  # 9000 is taken
     assert resolve_template(api, lab, lab.templates[0]) == result.version
     assert any("download https://images.example/" in line for line in lines)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from homelab.errors import HomelabError, Interrupted, OperationError, OperationT
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.facts import boot_disk
+from homelab.provision.guestagent import GuestAgent
 from homelab.provision.plan import (
     Action,
     CreateVM,
@@ -33,7 +32,6 @@ from homelab.provision.plan import (
 )
 from homelab.state.hosts import Host
 
-HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
 MAX_THREADS = 64
 
 
@@ -112,34 +110,6 @@ class VmidAllocator:
             self._used.add(vmid)
 
 
-# Interfaces a VM grows once Docker or a hypervisor runs on it: their addresses are not the VM's.
-VIRTUAL_IFACES = ("docker", "br-", "veth", "virbr", "cni", "flannel", "cali", "tailscale", "zt")
-
-
-def first_address(interfaces: list[dict[str, Any]], prefer: str | None = None, subnet: str | None = None) -> str | None:
-    """The VM's IPv4 address from the agent's answer: not loopback, link-local or a container bridge;
-    the static IP if present, else one inside the lab's subnet, else the first."""
-    found: list[str] = []
-    for iface in interfaces:
-        name = str(iface.get("name", ""))
-        if name == "lo" or name.startswith(VIRTUAL_IFACES):
-            continue
-        for entry in iface.get("ip-addresses") or []:
-            if entry.get("ip-address-type") != "ipv4":
-                continue
-            addr = ipaddress.IPv4Address(entry["ip-address"])
-            if addr.is_loopback or addr.is_link_local:
-                continue
-            found.append(str(addr))
-    if prefer and prefer in found:
-        return prefer
-    if subnet:
-        inside = [a for a in found if ipaddress.IPv4Address(a) in ipaddress.IPv4Network(subnet)]
-        if inside:
-            return inside[0]
-    return found[0] if found else None
-
-
 class Executor:
     """Runs plan chains against one Proxmox."""
 
@@ -161,6 +131,7 @@ class Executor:
         self.report = reporter
         self.cancel = cancel
         self.timeouts = lab.settings.timeouts
+        self.agent = GuestAgent(api, lab, cancel, reporter.step)
 
     # ---------------------------------------------------------------- chains
 
@@ -183,28 +154,10 @@ class Executor:
     def _learn_host(self, vm: str, actions: list[Action], outcome: VmOutcome) -> None:
         """The VM's address and SSH host key, for the later stages (which pin that key)."""
         booted = any(isinstance(a, (CreateVM, ReplaceVM, StartVM)) or getattr(a, "reboot", False) for a in actions)
-        known = self.known.get(vm)
-        if not booted and known is not None and known.host_key and outcome.address in (None, known.address):
-            # Nothing restarted the VM: what the last apply learned still holds, at no API cost.
-            outcome.address, outcome.host_key = known.address, known.host_key
-            return
-        node = outcome.node or ""
         assert outcome.vmid is not None
-        if outcome.address is None:
-            outcome.address = self._wait_address(vm, node, outcome.vmid, quick=True)
-        if outcome.address is not None:
-            outcome.host_key = self._read_host_key(vm, node, outcome.vmid)
-
-    def _read_host_key(self, vm: str, node: str, vmid: int) -> str | None:
-        """The VM's ed25519 host key, read through the guest agent: an authenticated channel, so SSH can pin
-        the key before the first connection instead of trusting whatever answers."""
-        try:
-            answer = self.api.get(f"/nodes/{node}/qemu/{vmid}/agent/file-read", file=HOST_KEY_FILE)
-        except ProxmoxError as exc:
-            self.report.step(vm, f"host key not read through the agent ({exc}); SSH will refuse until it is pinned")
-            return None
-        match = re.match(r"^(ssh-ed25519) ([A-Za-z0-9+/=]+)", str((answer or {}).get("content", "")).strip())
-        return f"{match.group(1)} {match.group(2)}" if match else None
+        outcome.address, outcome.host_key = self.agent.learn(
+            vm, outcome.node or "", outcome.vmid, booted, outcome.address, self.known.get(vm)
+        )
 
     def _summary(self, outcome: VmOutcome) -> str:
         if outcome.vmid is None:
@@ -227,7 +180,7 @@ class Executor:
         if isinstance(action, CreateVM):
             with self._slot():
                 outcome.vmid, outcome.node = self._create(action, start=True)
-            outcome.address = self._wait_address(action.vm, action.node, outcome.vmid)
+            outcome.address = self.agent.wait_address(action.vm, action.node, outcome.vmid)
         elif isinstance(action, ReplaceVM):
             outcome.vmid, outcome.node, outcome.address = self._replace(action)
         elif isinstance(action, UpdateVM):
@@ -243,7 +196,7 @@ class Executor:
             outcome.vmid, outcome.node = action.vmid, action.node
             with self._slot():
                 self._start(action.vm, action.node, action.vmid)
-            outcome.address = self._wait_address(action.vm, action.node, action.vmid)
+            outcome.address = self.agent.wait_address(action.vm, action.node, action.vmid)
         elif isinstance(action, RemoveVM):
             with self._slot():
                 self._remove(action.vm, action.node, action.vmid)
@@ -357,32 +310,6 @@ class Executor:
         config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
         return parse_mark(config.get("description")) or {}
 
-    def _wait_address(self, vm: str, node: str, vmid: int, quick: bool = False) -> str | None:
-        """Poll the guest agent until it reports an address (skipping lo and link-local)."""
-        self.report.step(vm, "waiting for the guest agent")
-        want = next((v.ip for v in self.lab.vms if v.name == vm and v.ip != "dhcp"), None)
-        deadline = time.monotonic() + (5 if quick else self.timeouts.agent)
-        delay = 0.05
-        while True:
-            self._check_cancel()
-            try:
-                answer = self.api.get_once(f"/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces")
-                address = first_address(answer.get("result", []), want, self.lab.network.subnet)
-                if address:
-                    return address
-            except ProxmoxError as exc:
-                if not exc.transient:
-                    raise
-            if time.monotonic() >= deadline:
-                if quick:
-                    return None
-                raise OperationTimeout(
-                    f"{vm}: the guest agent reported no address within {self.timeouts.agent}s "
-                    "(is qemu-guest-agent installed in the template?)"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 3.0)
-
     def _remove(self, vm: str, node: str, vmid: int) -> None:
         # delete_vm re-checks the mark right before deleting: never a VM this lab does not manage.
         delete_vm(
@@ -404,13 +331,13 @@ class Executor:
             try:
                 with self._slot():
                     self._start(action.vm, node, vmid)
-                address = self._wait_address(action.vm, node, vmid)
+                address = self.agent.wait_address(action.vm, node, vmid)
             except HomelabError:
                 self.report.step(action.vm, f"new VM {vmid} did not come up; starting the old one again")
                 self._start(action.vm, action.old_node, action.old_vmid)
                 raise
         else:
-            address = self._wait_address(action.vm, node, vmid)
+            address = self.agent.wait_address(action.vm, node, vmid)
         with self._slot():
             self._remove(action.vm, action.old_node, action.old_vmid)
         return vmid, node, address

@@ -17,7 +17,7 @@ NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver
 
 
 @dataclass(frozen=True)
-class Change:
+class ConfigChange:
     """One config key that differs."""
 
     key: str
@@ -73,7 +73,7 @@ class UpdateVM(Action):
 
     vmid: int
     node: str
-    changes: tuple[Change, ...]
+    changes: tuple[ConfigChange, ...]
     reboot: bool
     kind: ClassVar[str] = "update"
 
@@ -258,7 +258,7 @@ def encode_config(config: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[Change, ...]:
+def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[ConfigChange, ...]:
     changes = []
     for key, want in desired.items():
         have = live.setting(key)
@@ -272,7 +272,7 @@ def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[Change, ...]:
             want = "state ready"
         elif have == want:
             continue
-        changes.append(Change(key, have, want))
+        changes.append(ConfigChange(key, have, want))
     return tuple(changes)
 
 

@@ -16,7 +16,14 @@ from homelab.errors import HomelabError
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, parse_size
 from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm
-from homelab.templates.plan import BuildPlan, ConvertToTemplate, CreateVm, DownloadImage, GrowDisk, ReuseImage
+from homelab.templates.plan import (
+    BuildPlan,
+    ConvertToTemplate,
+    CreateTemplateVm,
+    DownloadImage,
+    GrowTemplateDisk,
+    ReuseImage,
+)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -38,7 +45,7 @@ def _download(api: PveApi, lab: Lab, action: DownloadImage) -> None:
     )
 
 
-def _create(api: PveApi, lab: Lab, action: CreateVm) -> None:
+def _create(api: PveApi, lab: Lab, action: CreateTemplateVm) -> None:
     api.run_task(
         "POST",
         f"/nodes/{action.node}/qemu",
@@ -49,7 +56,7 @@ def _create(api: PveApi, lab: Lab, action: CreateVm) -> None:
     )
 
 
-def _grow(api: PveApi, lab: Lab, action: GrowDisk) -> None:
+def _grow(api: PveApi, lab: Lab, action: GrowTemplateDisk) -> None:
     config = api.get(f"/nodes/{action.node}/qemu/{action.vmid}/config") or {}
     if (drive_size(str(config.get(action.disk, ""))) or 0) >= parse_size(action.size):
         return  # the image is already this large; Proxmox never shrinks a disk
@@ -81,7 +88,7 @@ def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress
     and BuildFailed says so. A failed create removes nothing: the vmid may belong to someone else's VM.
     """
     downloaded = False
-    created: CreateVm | None = None
+    created: CreateTemplateVm | None = None
     try:
         for action in plan.actions:
             progress(action.describe())
@@ -90,10 +97,10 @@ def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress
                 downloaded = True
             elif isinstance(action, ReuseImage):
                 pass
-            elif isinstance(action, CreateVm):
+            elif isinstance(action, CreateTemplateVm):
                 _create(api, lab, action)
                 created = action  # only now: a create that failed ("already exists") made nothing of ours
-            elif isinstance(action, GrowDisk):
+            elif isinstance(action, GrowTemplateDisk):
                 _grow(api, lab, action)
             elif isinstance(action, ConvertToTemplate):
                 _convert(api, lab, action)

@@ -75,7 +75,7 @@ class ReuseImage:
 
 
 @dataclass(frozen=True)
-class CreateVm:
+class CreateTemplateVm:
     """Create the VM that becomes the template, its disk imported from the image."""
 
     node: str
@@ -95,7 +95,7 @@ class CreateVm:
 
 
 @dataclass(frozen=True)
-class GrowDisk:
+class GrowTemplateDisk:
     """Grow the imported disk to the template's size (never shrinks)."""
 
     node: str
@@ -161,8 +161,15 @@ class FinalizeTemplate:
         return f"set {keys} of template {self.vmid}"
 
 
-Action = (
-    DownloadImage | ReuseImage | CreateVm | GrowDisk | ConvertToTemplate | RenderPacker | RunPacker | FinalizeTemplate
+BuildAction = (
+    DownloadImage
+    | ReuseImage
+    | CreateTemplateVm
+    | GrowTemplateDisk
+    | ConvertToTemplate
+    | RenderPacker
+    | RunPacker
+    | FinalizeTemplate
 )
 
 
@@ -178,7 +185,7 @@ class BuildPlan:
     node: str
     name: str
     record: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
-    actions: tuple[Action, ...] = ()
+    actions: tuple[BuildAction, ...] = ()
 
     def describe(self) -> list[str]:
         """The plan as lines for people."""
@@ -222,7 +229,7 @@ def plan_cloud_image(lab: Lab, template: Template, facts: BuildFacts, image: Ima
     storage = choose_import_storage(facts.import_storages, node)
     filename = image_filename(image)
     volid = f"{storage}:import/{filename}"
-    fetch: Action
+    fetch: BuildAction
     if volid in facts.import_files:
         fetch = ReuseImage(volid)
     else:
@@ -245,10 +252,10 @@ def plan_cloud_image(lab: Lab, template: Template, facts: BuildFacts, image: Ima
         ("tags", join_tags(template_tags(lab.name))),
         ("description", describe_template(record)),
     )
-    actions: tuple[Action, ...] = (
+    actions: tuple[BuildAction, ...] = (
         fetch,
-        CreateVm(node, vmid, name, params),
-        GrowDisk(node, vmid, "scsi0", format_size(template.disk)),
+        CreateTemplateVm(node, vmid, name, params),
+        GrowTemplateDisk(node, vmid, "scsi0", format_size(template.disk)),
         ConvertToTemplate(node, vmid, name),
     )
     return BuildPlan(lab.name, template.name, "cloud-image", version, vmid, node, name, record, actions)
@@ -310,7 +317,7 @@ def plan_packer(
         ("serial0", "socket"),
         ("vga", "serial0"),
     )
-    actions: tuple[Action, ...] = (
+    actions: tuple[BuildAction, ...] = (
         RenderPacker(build_dir, source, clone_vm),
         RunPacker(build_dir, log_path, vmid, name, source, clone_vm, iso_file),
         FinalizeTemplate(node, vmid, finalize),
