@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.adapters.proxmox.marks import describe_vm, parse_mark
+from homelab.adapters.proxmox.marks import describe_vm, marks_as, parse_mark
 from homelab.adapters.proxmox.vms import delete_vm, start_vm, stop_vm
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError
 from homelab.lab.models import Lab
@@ -267,8 +267,7 @@ class Executor:
             config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
         except ProxmoxError:
             return False
-        meta = parse_mark(config.get("description")) or {}
-        return meta.get("lab") == self.lab.name and meta.get("vm") == vm and meta.get("state") == "creating"
+        return marks_as(parse_mark(config.get("description")), self.lab.name, vm=vm, state="creating")
 
     def _resize(self, node: str, vmid: int, disk_key: str, size: int, only_if_larger: str | None = None) -> None:
         if only_if_larger is not None:
