@@ -224,8 +224,8 @@ def destroy_vms(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, reporter: R
 
 def install_deploy_key(lab: Lab, echo: Echo, confirm: Confirm) -> str:
     """Make the deploy key if there is none (and say where it goes); install it once it reads the repo."""
-    from homelab.deploykeys import core
-    from homelab.deploykeys.keys import KeyStore
+    from homelab.repokeys import core
+    from homelab.repokeys.keys import KeyStore
 
     if lab.repo is None:
         echo("Skipped: the lab file has no repo: section.")
@@ -248,8 +248,8 @@ def install_deploy_key(lab: Lab, echo: Echo, confirm: Confirm) -> str:
 
 def install_key_on_vms(lab: Lab, echo: Echo, confirm: Confirm) -> None:
     """Show the VMs the deploy key goes to (and whether each host key is pinned), ask, install, report each."""
-    from homelab.deploykeys import core
     from homelab.errors import InputError
+    from homelab.repokeys import core
     from homelab.state.hosts import load_hosts
 
     hosts = load_hosts(lab)

@@ -12,7 +12,7 @@ from homelab.cli.app import App, pass_app, yes_option
 from homelab.errors import Aborted, InputError, OperationError
 
 if TYPE_CHECKING:
-    from homelab.deploykeys.hostkeys import FirstContact
+    from homelab.repokeys.hostkeys import FirstContact
 
 POLL_INTERVAL = 2.0  # seconds between checks while waiting for the user to add or remove a key
 
@@ -34,7 +34,7 @@ def keys() -> None:
 @pass_app
 def generate(app: App, force: bool) -> None:
     """Create the lab's deploy key (ed25519) and say where to add it."""
-    from homelab.deploykeys import core
+    from homelab.repokeys import core
 
     report = core.generate(app.lab, force=force)
     ui.render_key(report, heading="Created a deploy key. Public key:")
@@ -45,7 +45,7 @@ def generate(app: App, force: bool) -> None:
 @pass_app
 def show(app: App) -> None:
     """Print the deploy key's public key and fingerprint again."""
-    from homelab.deploykeys import core
+    from homelab.repokeys import core
 
     ui.render_key(core.show(app.lab), heading="Deploy key. Public key:")
 
@@ -74,7 +74,7 @@ def _confirm_host_key(yes: bool) -> Callable[[FirstContact], bool]:
 @pass_app
 def verify(app: App) -> None:
     """Check that the deploy key can read the repo (only that key, only the pinned host key)."""
-    from homelab.deploykeys import core
+    from homelab.repokeys import core
 
     ui.render_verified(core.verify(app.lab, _confirm_host_key(app.yes)))
 
@@ -93,7 +93,7 @@ def verify(app: App) -> None:
 @pass_app
 def rotate(app: App, wait_timeout: int, check_old_revoked: bool) -> None:
     """Replace the deploy key on the git host and every VM; no VM ever loses the ability to pull."""
-    from homelab.deploykeys import core
+    from homelab.repokeys import core
     from homelab.state.hosts import load_hosts
 
     lab, yes = app.lab, app.yes

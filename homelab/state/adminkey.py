@@ -1,6 +1,6 @@
 """homelab's own login key for the lab's VMs: made once, put on every VM by cloud-init, 0600 on disk.
 
-The deploy stage and key rotation log in with it (homelab.deploykeys.remote); the user's own keys from
+The deploy stage and key rotation log in with it (homelab.repokeys.remote); the user's own keys from
 access.ssh_keys sit beside it on the VMs.
 """
 
@@ -35,7 +35,7 @@ def ensure_admin_key(lab: Lab) -> str:
     existing = read_admin_public(lab)
     if existing and admin_key_path(lab).is_file():
         return existing
-    from homelab.deploykeys.keys import new_key_material
+    from homelab.repokeys.keys import new_key_material
     from homelab.state.secrets import write_atomic, write_private
 
     private, public = new_key_material(f"homelab-admin-{lab.name}")

@@ -95,7 +95,7 @@ class PublishedKey:
 
 @cache
 def _published() -> dict[str, dict[str, str]]:
-    text = resources.files("homelab.deploykeys").joinpath("forge_host_keys.json").read_text(encoding="utf-8")
+    text = resources.files("homelab.repokeys").joinpath("forge_host_keys.json").read_text(encoding="utf-8")
     data: dict[str, dict[str, str]] = {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
     return data
 

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from homelab.deploykeys.forge import RepoUrl
 from homelab.errors import OperationError
+from homelab.repokeys.forge import RepoUrl
 
 GITHUB_TOKEN_ENV = "HOMELAB_GITHUB_TOKEN"
 GITEA_TOKEN_ENV = "HOMELAB_GITEA_TOKEN"

@@ -7,10 +7,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from homelab.deploykeys.forge import RepoUrl
-from homelab.deploykeys.hostkeys import HostKeyMismatch, describe_mismatch
-from homelab.deploykeys.proc import last_lines, run
 from homelab.errors import OperationError
+from homelab.repokeys.forge import RepoUrl
+from homelab.repokeys.hostkeys import HostKeyMismatch, describe_mismatch
+from homelab.repokeys.proc import last_lines, run
 
 CONNECT_TIMEOUT = 10
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from homelab.deploykeys.forge import RepoUrl, published_host_keys
-from homelab.deploykeys.keys import fingerprint
-from homelab.deploykeys.proc import last_lines, run
 from homelab.errors import Aborted, OperationError
+from homelab.repokeys.forge import RepoUrl, published_host_keys
+from homelab.repokeys.keys import fingerprint
+from homelab.repokeys.proc import last_lines, run
 from homelab.state.secrets import write_atomic
 
 # Preferred first: the forges publish ed25519 fingerprints, and it is the strongest common type.

@@ -19,11 +19,11 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from homelab.deploykeys.forge import RepoUrl
-from homelab.deploykeys.git import CONNECT_TIMEOUT
-from homelab.deploykeys.keys import DeployKey
-from homelab.deploykeys.remote import Session, run_script
 from homelab.errors import OperationError
+from homelab.repokeys.forge import RepoUrl
+from homelab.repokeys.git import CONNECT_TIMEOUT
+from homelab.repokeys.keys import DeployKey
+from homelab.repokeys.remote import Session, run_script
 from homelab.state.hosts import Host
 
 KEY_NAME = "homelab_deploy_key"

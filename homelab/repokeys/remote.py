@@ -17,15 +17,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from homelab.deploykeys.proc import last_lines
 from homelab.errors import OperationError, OperationTimeout
+from homelab.repokeys.proc import last_lines
 from homelab.state.adminkey import admin_key_file
 from homelab.state.hosts import Host
 
 if TYPE_CHECKING:
     import paramiko
 
-log = logging.getLogger("homelab.deploykeys")
+log = logging.getLogger("homelab.repokeys")
 
 CONNECT_TIMEOUT = 10
 
@@ -149,7 +149,7 @@ class Session:
 
 
 def _fp(key: Any) -> str:
-    from homelab.deploykeys.keys import fingerprint
+    from homelab.repokeys.keys import fingerprint
 
     try:
         return fingerprint(f"{key.get_name()} {key.get_base64()}")

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from homelab.cli import cli
-from homelab.deploykeys import core
-from homelab.deploykeys.hostkeys import FirstContact, HostKeyMismatch
-from homelab.deploykeys.keys import KeyStore, fingerprint
 from homelab.errors import Aborted, OperationError
 from homelab.lab import Lab, load_lab
+from homelab.repokeys import core
+from homelab.repokeys.hostkeys import FirstContact, HostKeyMismatch
+from homelab.repokeys.keys import KeyStore, fingerprint
 from tests.harness.gitserver import GitServer, git_server_fixture, write_lab  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -143,7 +143,7 @@ def test_cli_rotate_through_the_forge_api(
 ) -> None:
     """With an API token the new key is added and the old one removed without the user; a lab with no VMs."""
     import homelab.cli.keys as cli_keys
-    from homelab.deploykeys import forgeapi
+    from homelab.repokeys import forgeapi
 
     lab, path = _lab(tmp_path, git_server, vms=[])
     forge = FakeForge(git_server)
@@ -171,7 +171,7 @@ def test_cli_rotate_refuses_when_the_lab_has_vms_but_no_hosts_recorded(
     git_server: GitServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lab's VM is not in hosts.json (apply failed, or never ran): rotating would strand it on the old key."""
-    from homelab.deploykeys import forgeapi
+    from homelab.repokeys import forgeapi
 
     lab, path = _lab(tmp_path, git_server)  # the example lab: VM docker-01
     forge = FakeForge(git_server)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from homelab.errors import OperationError, OperationTimeout
 
-log = logging.getLogger("homelab.deploykeys")
+log = logging.getLogger("homelab.repokeys")
 
 
 def run(
