@@ -331,7 +331,8 @@ def run_init(
     from homelab.adapters.proxmox.api import PveApi
     from homelab.adapters.proxmox.client import ProxmoxerTransport
     from homelab.lab.loader import parse_lab
-    from homelab.state.secrets import ProxmoxAuth, write_atomic
+    from homelab.state.files import write_atomic
+    from homelab.state.secrets import ProxmoxAuth
 
     if path.exists() and not force:
         raise InputError(f"{path}: already exists; pass --force to replace it (or --lab for another file)")

@@ -16,7 +16,7 @@ from homelab.errors import InputError, LabNotFound
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.stacks import catalogue
-from homelab.state.secrets import write_atomic
+from homelab.state.files import write_atomic
 
 # (mapping indent, sequence indent, dash offset): the styles of `homelab init` (PyYAML) and the example.
 _STYLES = ((2, 2, 0), (2, 4, 2), (4, 4, 2), (4, 6, 4), (4, 4, 0))

@@ -30,8 +30,8 @@ from homelab.deploy.runner import HostStats, PlaybookRunner, RunRequest, TaskEve
 from homelab.errors import InputError, OperationError
 from homelab.lab.models import Lab
 from homelab.paths import data_dir, state_dir
+from homelab.state.files import write_atomic
 from homelab.state.hosts import Host, load_hosts
-from homelab.state.secrets import write_atomic
 
 Echo = Callable[[str], None]
 Confirm = Callable[[str], None]  # raises to refuse

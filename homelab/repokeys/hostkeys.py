@@ -16,7 +16,7 @@ from homelab.errors import Aborted, OperationError
 from homelab.repokeys.forge import RepoUrl, published_host_keys
 from homelab.repokeys.keys import fingerprint
 from homelab.repokeys.proc import last_lines, run
-from homelab.state.secrets import write_atomic
+from homelab.state.files import write_atomic
 
 # Preferred first: the forges publish ed25519 fingerprints, and it is the strongest common type.
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")

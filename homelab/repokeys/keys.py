@@ -21,7 +21,7 @@ from pathlib import Path
 from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
-from homelab.state.secrets import write_atomic, write_private
+from homelab.state.files import write_atomic, write_secret
 
 CURRENT = "id_ed25519"
 PENDING = "pending_ed25519"
@@ -141,7 +141,7 @@ class KeyStore:
         private, public = new_key_material(comment)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The private key is 0600 from birth (O_EXCL temp file created 0600, then renamed).
-        write_private(path, private)
+        write_secret(path, private)
         write_atomic(path.with_name(name + ".pub"), public + "\n")
         return DeployKey(path, public)
 

@@ -36,10 +36,10 @@ def ensure_admin_key(lab: Lab) -> str:
     if existing and admin_key_path(lab).is_file():
         return existing
     from homelab.repokeys.keys import new_key_material
-    from homelab.state.secrets import write_atomic, write_private
+    from homelab.state.files import write_atomic, write_secret
 
     private, public = new_key_material(f"homelab-admin-{lab.name}")
     path = admin_key_path(lab)
-    write_private(path, private)
+    write_secret(path, private)
     write_atomic(path.with_suffix(".pub"), public + "\n")
     return public

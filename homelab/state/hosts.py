@@ -13,7 +13,7 @@ from pathlib import Path
 
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
-from homelab.state.secrets import write_atomic
+from homelab.state.files import write_atomic
 
 
 @dataclass(frozen=True)

@@ -69,29 +69,3 @@ def proxmox_auth(lab: Lab) -> ProxmoxAuth:
             f"'{lab.name}: {{proxmox_password: ...}}' to {secrets_file()} (mode 0600)"
         )
     return ProxmoxAuth(user=px.user, password=password)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file atomically, 0600 from birth (never briefly readable by others)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_atomic(path, data, 0o600)
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write a text file atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, text.encode("utf-8"), mode)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

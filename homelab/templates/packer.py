@@ -24,7 +24,8 @@ from homelab.errors import InputError, SecretError
 from homelab.lab.models import Lab, Template
 from homelab.lab.types import format_size
 from homelab.paths import data_dir, state_dir
-from homelab.state.secrets import ProxmoxAuth, proxmox_auth, write_atomic, write_private
+from homelab.state.files import write_atomic, write_secret
+from homelab.state.secrets import ProxmoxAuth, proxmox_auth
 from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm
 from homelab.templates.plan import BuildPlan, FinalizeTemplate, RenderPacker, RunPacker, check_packer_source
 from homelab.tools import run
@@ -342,7 +343,7 @@ def write_files(directory: Path, files: Mapping[str, str], private_dir: Path | N
         private = is_private(relative)
         path = (private_dir if private and private_dir else directory) / relative
         if private:
-            write_private(path, text.encode("utf-8"))
+            write_secret(path, text.encode("utf-8"))
         else:
             write_atomic(path, text)
         written.append(path)
