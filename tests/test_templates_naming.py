@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from homelab.adapters.process import ToolFailed, ToolMissing, run
 from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.marks import (
     describe_template,
@@ -27,7 +28,6 @@ from homelab.errors import OperationTimeout
 from homelab.templates.facts import VmidRangeFull, next_free_vmid
 from homelab.templates.images import Image, checksum_from_list, image_filename, image_for
 from homelab.templates.naming import new_version
-from homelab.tools import ToolFailed, ToolMissing, run
 from tests.test_templates_support import lab_for
 
 
@@ -124,7 +124,7 @@ def test_run_streams_output_logs_argv_and_masks_secrets(tmp_path: Path, caplog: 
     lines: list[str] = []
     log = tmp_path / "logs" / "tool.log"
     code = "import os, sys; print('hello; $(rm -rf /)'); print('pw=' + os.environ['PW'], file=sys.stderr)"
-    with caplog.at_level(logging.INFO, logger="homelab.tools"):
+    with caplog.at_level(logging.INFO, logger="homelab.adapters.process"):
         result = run(
             [sys.executable, "-c", code],
             env={"PLAIN": "1"},
@@ -173,9 +173,9 @@ TOOL_WITH_CHILD = "(trap '' TERM; exec sleep 60) & echo child $!; wait"
 
 @pytest.mark.parametrize("how", ["interrupt", "timeout"])
 def test_stopping_a_tool_stops_its_children_too(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import homelab.tools
+    import homelab.adapters.process
 
-    monkeypatch.setattr(homelab.tools, "STOP_GRACE", 0.5, raising=False)
+    monkeypatch.setattr(homelab.adapters.process, "STOP_GRACE", 0.5, raising=False)
     children: list[int] = []
 
     def on_line(line: str) -> None:

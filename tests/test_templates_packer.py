@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from homelab.adapters.process import ToolFailed
 from homelab.adapters.proxmox.marks import parse_mark
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import InputError, SecretError
@@ -35,7 +36,6 @@ from homelab.templates.packer import (
     write_files,
 )
 from homelab.templates.plan import BuildFacts, plan_packer
-from homelab.tools import ToolFailed
 from tests.harness.hosts import SshHost
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, vm_config
 

@@ -7,10 +7,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from homelab.adapters.process import last_lines, run
 from homelab.errors import OperationError
 from homelab.repokeys.forge import RepoUrl
 from homelab.repokeys.hostkeys import HostKeyMismatch, describe_mismatch
-from homelab.repokeys.proc import last_lines, run
 
 CONNECT_TIMEOUT = 10
 
@@ -76,8 +76,11 @@ def ls_remote(repo: RepoUrl, branch: str, key_file: Path, known_hosts: Path, *, 
     """
     proc = run(
         ["git", "ls-remote", "--", repo.url, f"refs/heads/{branch}"],
-        env=git_env(key_file, known_hosts),
+        base_env=git_env(key_file, known_hosts),
+        capture=True,
+        check=False,
         timeout=timeout,
+        what="read the config repo",
     )
     if proc.returncode == 0:
         fields = proc.stdout.split()

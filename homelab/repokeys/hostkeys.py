@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from homelab.adapters.process import last_lines, run
 from homelab.errors import Aborted, OperationError
 from homelab.repokeys.forge import RepoUrl, published_host_keys
 from homelab.repokeys.keys import fingerprint
-from homelab.repokeys.proc import last_lines, run
 from homelab.state.files import write_atomic
 
 # Preferred first: the forges publish ed25519 fingerprints, and it is the strongest common type.
@@ -84,7 +84,10 @@ def scan_host_keys(repo: RepoUrl, timeout: int = 5) -> list[HostKey]:
     """Ask the git host for its host keys (ssh-keyscan), strongest type first. Not trusted by itself."""
     proc = run(
         ["ssh-keyscan", "-T", str(timeout), "-p", str(repo.port), "-t", "ed25519,ecdsa,rsa", repo.host],
+        capture=True,
+        check=False,
         timeout=timeout * 4 + 5,
+        what="read the git host's SSH host key",
     )
     keys = []
     for line in proc.stdout.splitlines():

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from homelab.adapters.process import last_lines
 from homelab.errors import OperationError, OperationTimeout
-from homelab.repokeys.proc import last_lines
 from homelab.state.adminkey import admin_key_file
 from homelab.state.hosts import Host
 

@@ -1,4 +1,4 @@
-"""The Packer builder: render HCL2 from templates/, run `packer build` through homelab.tools.
+"""The Packer builder: render HCL2 from templates/, run `packer build` through homelab.adapters.process.
 
 The rendered configuration works with Debian's Packer 1.6 (proxmox builders built in) and with current
 Packer plus the proxmox and ansible plugins. The ``required_plugins`` block, which 1.6 rejects, lives in
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from homelab import __version__
+from homelab.adapters.process import run
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.guests import list_guests
 from homelab.errors import InputError, SecretError
@@ -28,7 +29,6 @@ from homelab.state.files import write_atomic, write_secret
 from homelab.state.secrets import ProxmoxAuth, proxmox_auth
 from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm
 from homelab.templates.plan import BuildPlan, FinalizeTemplate, RenderPacker, RunPacker, check_packer_source
-from homelab.tools import run
 
 Progress = Callable[[str], None]
 
