@@ -7,12 +7,12 @@ import os
 import random
 import secrets
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from homelab.adapters.process import Process, start_python, terminate
 
 DEFAULT_TOKEN_ID = "root@pam!homelab"
 
@@ -69,7 +69,7 @@ class FakeProxmox:
     user: str
     password: str = field(repr=False)
     control: str
-    process: subprocess.Popen[str]
+    process: Process
     log: Path
 
     def call(self, op: str, **params: Any) -> Any:
@@ -99,13 +99,7 @@ class FakeProxmox:
 
     def stop(self) -> None:
         """Stop the server; safe to call twice."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
 
 
 def start_fake_proxmox(
@@ -163,12 +157,7 @@ def start_fake_proxmox(
         json.dump(config, out)
     log = workdir / "fakepve.log"
     with log.open("w", encoding="utf-8") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "homelab.demo.serve", str(config_path)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
+        process = start_python("homelab.demo.serve", str(config_path), stderr=err)
     try:
         deadline = time.monotonic() + timeout
         assert process.stdout is not None
