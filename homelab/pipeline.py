@@ -287,7 +287,7 @@ def up(
     A question answered no ends it with Aborted, whose message says what each stage did up to there.
     ``deploy_runner`` runs the deploy's playbook (default: Ansible).
     """
-    from homelab.state.adminkey import ensure_admin_key
+    from homelab.adapters.sshkeys import ensure_admin_key
 
     stage = stage or (lambda n, total, title: echo(f"==> [{n}/{total}] {title}"))
     ensure_admin_key(lab)

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.service import DeployOptions, deploy_stacks
 from homelab.lab.loader import parse_lab
-from homelab.state.adminkey import ensure_admin_key
 from homelab.state.hosts import Host, save_hosts
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.hosts import SshHost

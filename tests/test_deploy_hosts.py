@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.cli import cli
 from homelab.deploy.render import render_lab
 from homelab.deploy.runner import AnsibleRunner
 from homelab.deploy.service import DeployOptions, execute, prepare, stage, workdir
 from homelab.lab import load_lab
 from homelab.lab.models import Lab
-from homelab.state.adminkey import ensure_admin_key
 from homelab.state.hosts import Host, hosts_file, save_hosts
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.hosts import SshHost

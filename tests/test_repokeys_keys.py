@@ -12,6 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from homelab.adapters.sshkeys import fingerprint
 from homelab.cli import cli
 from homelab.errors import InputError
 from homelab.lab import Lab, load_lab
@@ -20,7 +21,7 @@ from homelab.repokeys.forge import deploy_key_page, parse_repo_url, published_ho
 from homelab.repokeys.git import ssh_command
 from homelab.repokeys.hostkeys import HostKey, HostKeyMismatch, ensure_pinned
 from homelab.repokeys.install import NOT_INSTALLED_EXIT, Switch, Target, _install_body, _prelude, _switch
-from homelab.repokeys.keys import KeyStore, fingerprint
+from homelab.repokeys.keys import KeyStore
 from homelab.repokeys.remote import ScriptResult
 from tests.harness.gitserver import write_lab
 

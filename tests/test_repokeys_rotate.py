@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from homelab.adapters.sshkeys import fingerprint
 from homelab.cli import cli
 from homelab.lab import Lab, load_lab
 from homelab.repokeys import core
-from homelab.repokeys.keys import DeployKey, KeyStore, fingerprint
+from homelab.repokeys.keys import DeployKey, KeyStore
 from homelab.state.hosts import Host, save_hosts
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.gitserver import GitServer, git_server_fixture, write_lab  # noqa: F401

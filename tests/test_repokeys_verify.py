@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from homelab.adapters.sshkeys import fingerprint
 from homelab.cli import cli
 from homelab.errors import Aborted, OperationError
 from homelab.lab import Lab, load_lab
 from homelab.repokeys import core
 from homelab.repokeys.hostkeys import FirstContact, HostKeyMismatch
-from homelab.repokeys.keys import KeyStore, fingerprint
+from homelab.repokeys.keys import KeyStore
 from tests.harness.gitserver import GitServer, git_server_fixture, write_lab  # noqa: F401
 
 pytestmark = pytest.mark.integration

@@ -37,9 +37,9 @@ def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
 @pass_app
 def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None) -> None:
     """Make Proxmox match the lab file: show the plan, ask once, carry it out, summarise."""
+    from homelab.adapters.sshkeys import ensure_admin_key
     from homelab.pipeline import converge_vms
     from homelab.provision.plan import PlanOptions
-    from homelab.state.adminkey import ensure_admin_key
 
     ensure_admin_key(app.lab)  # homelab's own login key goes onto the VMs with cloud-init
     converge_vms(

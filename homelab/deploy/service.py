@@ -454,7 +454,7 @@ def plan_removals(deployment: Deployment, preview: RunReport) -> tuple[RemoveSta
 
 
 def _fingerprint(public_line: str) -> str:
-    from homelab.repokeys.keys import fingerprint
+    from homelab.adapters.sshkeys import fingerprint
 
     try:
         return fingerprint(public_line)

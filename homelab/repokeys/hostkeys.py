@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from homelab.adapters.process import last_lines, run
+from homelab.adapters.sshkeys import fingerprint
 from homelab.errors import Aborted, OperationError
 from homelab.repokeys.forge import RepoUrl, published_host_keys
-from homelab.repokeys.keys import fingerprint
 from homelab.state.files import write_atomic
 
 # Preferred first: the forges publish ed25519 fingerprints, and it is the strongest common type.

@@ -11,13 +11,12 @@ Layout of ``<state dir>/deploy-keys/``::
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from homelab.adapters.sshkeys import fingerprint, new_key_pair, public_line_of
 from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
@@ -25,15 +24,6 @@ from homelab.state.files import write_atomic, write_secret
 
 CURRENT = "id_ed25519"
 PENDING = "pending_ed25519"
-
-
-def fingerprint(public_line: str) -> str:
-    """The SHA256 fingerprint of an OpenSSH public key line, as ``ssh-keygen -l`` shows it."""
-    fields = public_line.split()
-    if len(fields) < 2:
-        raise ValueError("not an OpenSSH public key line")
-    blob = base64.b64decode(fields[1], validate=True)
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
 
 
 @dataclass(frozen=True)
@@ -64,27 +54,6 @@ class DeployKey:
         return self.private_path.read_bytes()
 
 
-def new_key_material(comment: str) -> tuple[bytes, str]:
-    """A fresh ed25519 pair: (OpenSSH private key file content, public key line with comment)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, f"{public.decode('ascii')} {comment}"
-
-
-def _public_from_private(path: Path) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode("ascii")
-
-
 class KeyStore:
     """The deploy keys of one lab, in ``<state dir>/deploy-keys``."""
 
@@ -110,7 +79,7 @@ class KeyStore:
         try:
             line = pub.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            line = _public_from_private(path)
+            line = public_line_of(path)
         return DeployKey(path, line)
 
     def current(self) -> DeployKey | None:
@@ -138,7 +107,7 @@ class KeyStore:
                 "(VMs and the git host that use it will stop working: `homelab keys rotate` is the safe way)"
             )
         comment = f"homelab-{self.lab_name}-{datetime.now(UTC):%Y-%m-%d}"
-        private, public = new_key_material(comment)
+        private, public = new_key_pair(comment)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The private key is 0600 from birth (O_EXCL temp file created 0600, then renamed).
         write_secret(path, private)

@@ -149,7 +149,7 @@ class Session:
 
 
 def _fp(key: Any) -> str:
-    from homelab.repokeys.keys import fingerprint
+    from homelab.adapters.sshkeys import fingerprint
 
     try:
         return fingerprint(f"{key.get_name()} {key.get_base64()}")

@@ -21,6 +21,7 @@ from homelab import __version__
 from homelab.adapters.process import run
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.guests import list_guests
+from homelab.adapters.sshkeys import new_key_pair
 from homelab.errors import InputError, SecretError
 from homelab.lab.models import Lab, Template
 from homelab.lab.types import format_size
@@ -117,15 +118,7 @@ def _environment() -> Any:
 
 def make_build_key(comment: str = "homelab-template-build") -> tuple[bytes, str]:
     """A throwaway ed25519 key pair: (private OpenSSH PEM, public line). By default an ISO build's login key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, f"{public.decode()} {comment}"
+    return new_key_pair(comment)
 
 
 @dataclass(frozen=True)
