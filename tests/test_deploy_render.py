@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from homelab.deploy.inventory import host_vars, known_hosts_text, ssh_common_args
+from homelab.adapters.ssh import ssh_args as ssh_common_args
+from homelab.deploy.inventory import host_vars, known_hosts_text
 from homelab.deploy.render import env_value, links, render_lab, write_tree
 from homelab.errors import InputError
 from homelab.lab.loader import parse_lab

@@ -2,17 +2,18 @@
 
 Each host logs in as its recorded user with homelab's admin key (or the host's own key file), and SSH
 checks the host key against a known_hosts file that holds exactly the pinned keys of this deploy's
-hosts: StrictHostKeyChecking=yes, no global known_hosts, so nothing else can vouch for a host.
+hosts, with the strict options of :func:`homelab.adapters.ssh.ssh_args` (no global known_hosts, so
+nothing else can vouch for a host).
 """
 
 from __future__ import annotations
 
 import base64
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from homelab.adapters.ssh import ssh_args
 from homelab.deploy.render import VmRender
 from homelab.state.hosts import Host
 
@@ -20,20 +21,6 @@ from homelab.state.hosts import Host
 def known_hosts_text(hosts: list[Host]) -> str:
     """A known_hosts file with the pinned key of every host (all must be pinned)."""
     return "".join(host.known_hosts_line() + "\n" for host in hosts)
-
-
-def ssh_common_args(known_hosts: Path) -> str:
-    """The SSH options every connection gets: the pinned keys only, strictly, and our key only."""
-    return " ".join(
-        [
-            "-o",
-            shlex.quote(f"UserKnownHostsFile={known_hosts}"),
-            "-o StrictHostKeyChecking=yes",
-            "-o GlobalKnownHostsFile=/dev/null",
-            "-o IdentitiesOnly=yes",
-            "-o BatchMode=yes",
-        ]
-    )
 
 
 def host_vars(
@@ -45,7 +32,7 @@ def host_vars(
         "ansible_port": host.port,
         "ansible_user": host.user,
         "ansible_ssh_private_key_file": str(key_file),
-        "ansible_ssh_common_args": ssh_common_args(known_hosts),
+        "ansible_ssh_common_args": ssh_args(known_hosts),
         "homelab_user": render.user,
         "homelab_lab": lab,
         "homelab_stacks": [stack.name for stack in render.stacks],

@@ -3,47 +3,14 @@
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from homelab.adapters.process import last_lines, run
+from homelab.adapters.ssh import ssh_command
 from homelab.errors import OperationError
 from homelab.repokeys.forge import RepoUrl
 from homelab.repokeys.hostkeys import HostKeyMismatch, describe_mismatch
-
-CONNECT_TIMEOUT = 10
-
-
-def ssh_command(key_file: str, known_hosts: str) -> str:
-    """The GIT_SSH_COMMAND that offers only ``key_file`` and accepts only the host keys in ``known_hosts``.
-
-    ``-F none``: no ssh config can add identities, agents or relaxed host checking.
-    """
-    options = [
-        "ssh",
-        "-F",
-        "none",
-        "-i",
-        key_file,
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        f"UserKnownHostsFile={known_hosts}",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "UpdateHostKeys=no",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        f"ConnectTimeout={CONNECT_TIMEOUT}",
-    ]
-    return " ".join(shlex.quote(o) for o in options)
 
 
 def git_env(key_file: Path, known_hosts: Path) -> dict[str, str]:

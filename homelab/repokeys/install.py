@@ -19,11 +19,10 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from homelab.adapters.ssh import Session, config_lines, run_script, ssh_args
 from homelab.errors import OperationError
 from homelab.repokeys.forge import RepoUrl
-from homelab.repokeys.git import CONNECT_TIMEOUT
 from homelab.repokeys.keys import DeployKey
-from homelab.repokeys.remote import Session, run_script
 from homelab.state.hosts import Host
 
 KEY_NAME = "homelab_deploy_key"
@@ -73,11 +72,10 @@ def _q(value: str) -> str:
 
 def _prelude(t: Target) -> str:
     """Shell variables and helpers every script starts with."""
-    ssh_opts = (
-        f"-F none -o IdentitiesOnly=yes -o IdentityAgent=none -o UserKnownHostsFile={t.home}/.ssh/known_hosts "
-        f"-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes "
-        f"-o ConnectTimeout={CONNECT_TIMEOUT}"
-    )
+    # The VM's git gets the same strict options as ours: its known_hosts holds only what pin() puts there.
+    known_hosts = f"{t.home}/.ssh/known_hosts"
+    ssh_opts = ssh_args(known_hosts, no_config=True)
+    config = " ".join(_q(f"    {line}") for line in config_lines(known_hosts))
     return f"""\
 umask 077
 H={_q(t.home)}; S="$H/.ssh"; K="$S/{KEY_NAME}"; R={_q(t.checkout)}
@@ -96,9 +94,7 @@ pin() {{
 }}
 use_key() {{
   touch "$S/config"
-  {{ printf '%s\\n' "$BEGIN" {_q("Host " + t.repo.host)} "    IdentityFile $1" "    IdentitiesOnly yes" \\
-      "    IdentityAgent none" "    UserKnownHostsFile $S/known_hosts" "    StrictHostKeyChecking yes" \\
-      "    BatchMode yes" "    ConnectTimeout {CONNECT_TIMEOUT}" "Host *" "$END"
+  {{ printf '%s\\n' "$BEGIN" {_q("Host " + t.repo.host)} "    IdentityFile $1" {config} "Host *" "$END"
     awk -v b="$BEGIN" -v e="$END" '$0 == b {{ skip = 1 }} !skip {{ print }} $0 == e {{ skip = 0 }}' "$S/config"
   }} > "$S/config.homelab-tmp"
   chmod 600 "$S/config.homelab-tmp"; mv -f "$S/config.homelab-tmp" "$S/config"

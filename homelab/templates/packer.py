@@ -21,6 +21,7 @@ from homelab import __version__
 from homelab.adapters.process import run
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.guests import list_guests
+from homelab.adapters.ssh import ssh_args
 from homelab.adapters.sshkeys import new_key_pair
 from homelab.errors import InputError, SecretError
 from homelab.lab.models import Lab, Template
@@ -41,12 +42,9 @@ KNOWN_HOSTS = "build-known-hosts"
 HTTP_DIR = "http"
 # Files that hold a private key: written 0600, removed once Packer is done.
 PRIVATE_FILES = frozenset({BUILD_KEY, PROXY_HOST_KEY, f"{HTTP_DIR}/preseed.cfg", f"{HTTP_DIR}/user-data"})
-# Ansible accepts only the pinned host key. ControlPath=none: a master connection an earlier run left
-# open to the same address would otherwise be reused without any host key check.
-ANSIBLE_SSH_ARGS = (
-    f"-o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o GlobalKnownHostsFile=/dev/null "
-    "-o StrictHostKeyChecking=yes -o HostKeyAlgorithms=ssh-ed25519 -o ControlPath=none"
-)
+# Ansible accepts only the pinned host key (an ed25519 key). ControlPath=none: a master connection an
+# earlier run left open to the same address would otherwise be reused without any host key check.
+ANSIBLE_SSH_ARGS = ssh_args(KNOWN_HOSTS, extra=("HostKeyAlgorithms=ssh-ed25519", "ControlPath=none"))
 # Keeps cloud-init from replacing an ISO build's host key on the installed system's first boot; the bake
 # removes it again.
 BUILD_CLOUD_CFG = "/etc/cloud/cloud.cfg.d/50-homelab-build.cfg"
