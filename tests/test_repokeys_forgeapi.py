@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import requests_mock
 
+from homelab.adapters.forge import GITEA_TOKEN_ENV, GITHUB_TOKEN_ENV, forge_keys
+from homelab.adapters.git import parse_repo_url
 from homelab.errors import OperationError
-from homelab.repokeys.forge import parse_repo_url
-from homelab.repokeys.forgeapi import GITEA_TOKEN_ENV, GITHUB_TOKEN_ENV, forge_keys
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl homelab-lab-2026-01-01"
 OTHER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIVIC02vnjFyL+I4RHfvIGNtOgJMe769VTF1VR4EB3ZB"

@@ -12,13 +12,14 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from homelab.adapters.forge import deploy_key_page, published_host_keys
+from homelab.adapters.git import parse_repo_url
 from homelab.adapters.ssh import HostKey, ScriptResult, ssh_command
 from homelab.adapters.sshkeys import fingerprint
 from homelab.cli import cli
 from homelab.errors import InputError
 from homelab.lab import Lab, load_lab
 from homelab.repokeys import core, hostkeys
-from homelab.repokeys.forge import deploy_key_page, parse_repo_url, published_host_keys
 from homelab.repokeys.hostkeys import HostKeyMismatch, ensure_pinned
 from homelab.repokeys.install import NOT_INSTALLED_EXIT, Switch, Target, _install_body, _prelude, _switch
 from homelab.repokeys.keys import KeyStore

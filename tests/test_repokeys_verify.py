@@ -144,7 +144,7 @@ def test_cli_rotate_through_the_forge_api(
 ) -> None:
     """With an API token the new key is added and the old one removed without the user; a lab with no VMs."""
     import homelab.cli.keys as cli_keys
-    from homelab.repokeys import forgeapi
+    from homelab.adapters import forge as forgeapi
 
     lab, path = _lab(tmp_path, git_server, vms=[])
     forge = FakeForge(git_server)
@@ -172,7 +172,7 @@ def test_cli_rotate_refuses_when_the_lab_has_vms_but_no_hosts_recorded(
     git_server: GitServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lab's VM is not in hosts.json (apply failed, or never ran): rotating would strand it on the old key."""
-    from homelab.repokeys import forgeapi
+    from homelab.adapters import forge as forgeapi
 
     lab, path = _lab(tmp_path, git_server)  # the example lab: VM docker-01
     forge = FakeForge(git_server)

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from homelab.adapters.forge import KeyPage, deploy_key_page
+from homelab.adapters.git import RepoUrl, parse_repo_url
 from homelab.errors import InputError, OperationError, OperationTimeout
 from homelab.lab.models import Lab
-from homelab.repokeys.forge import KeyPage, RepoUrl, deploy_key_page, parse_repo_url
-from homelab.repokeys.git import ls_remote, require_access
+from homelab.repokeys.access import ls_remote, require_access
 from homelab.repokeys.hostkeys import FirstContact, HostKey, Pin, ensure_pinned, pinned_keys
 from homelab.repokeys.install import HostOutcome, Progress, Target, install_key, switch_host
 from homelab.repokeys.keys import CURRENT, PENDING, DeployKey, KeyStore
@@ -114,7 +115,7 @@ def is_revoked(lab: Lab, key: DeployKey) -> bool:
 
 def add_through_api(lab: Lab, key: DeployKey) -> str | None:
     """Add the key to the repo through the forge's API when a token is set; the forge's name, or None."""
-    from homelab.repokeys.forgeapi import forge_keys
+    from homelab.adapters.forge import forge_keys
 
     repo, _ = _repo(lab)
     api = forge_keys(repo)
@@ -127,7 +128,7 @@ def add_through_api(lab: Lab, key: DeployKey) -> str | None:
 
 def remove_through_api(lab: Lab, key: DeployKey) -> str | None:
     """Remove the key from the repo through the forge's API when a token is set; the forge's name, or None."""
-    from homelab.repokeys.forgeapi import forge_keys
+    from homelab.adapters.forge import forge_keys
 
     repo, _ = _repo(lab)
     api = forge_keys(repo)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from homelab.adapters import ssh
+from homelab.adapters.forge import published_host_keys
+from homelab.adapters.git import RepoUrl
 from homelab.adapters.ssh import HostKey
 from homelab.errors import Aborted, OperationError
-from homelab.repokeys.forge import RepoUrl, published_host_keys
 
 
 class HostKeyMismatch(OperationError):

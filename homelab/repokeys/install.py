@@ -19,9 +19,9 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from homelab.adapters.git import RepoUrl
 from homelab.adapters.ssh import Session, config_lines, run_script, ssh_args
 from homelab.errors import OperationError
-from homelab.repokeys.forge import RepoUrl
 from homelab.repokeys.keys import DeployKey
 from homelab.state.hosts import Host
 

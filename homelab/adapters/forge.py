@@ -1,4 +1,5 @@
-"""Adding and removing deploy keys through a forge's API, when a token is in the environment.
+"""The forges (GitHub, GitLab, Gitea/Forgejo): where a repo's deploy keys are set, their published host
+keys, and adding and removing deploy keys through their APIs when a token is in the environment.
 
 GitHub: ``HOMELAB_GITHUB_TOKEN`` (a fine-grained token with "Administration: write" on the repo).
 Gitea/Forgejo (codeberg.org, gitea.*, forgejo.* hosts): ``HOMELAB_GITEA_TOKEN``.
@@ -7,12 +8,73 @@ Keys are added read-only. The token is sent only to the repo's own forge and nev
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any, Protocol
 
+from homelab.adapters.git import RepoUrl
 from homelab.errors import OperationError
-from homelab.repokeys.forge import RepoUrl
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    """Where the user adds a deploy key: a forge's settings page, or a hint when the forge is unknown."""
+
+    forge: str | None
+    url: str | None
+    hint: str
+
+
+def deploy_key_page(repo: RepoUrl) -> KeyPage:
+    """The deploy-key settings page of the repo, for GitHub, GitLab and Gitea/Forgejo hosts."""
+    host = repo.host.lower()
+    project = repo.project
+    base = f"https://{host}/{project}"
+    if host == "github.com":
+        url = f"{base}/settings/keys"
+        return KeyPage("GitHub", url, f"add it as a deploy key (read-only, no write access) at {url}")
+    if host == "gitlab.com" or host.startswith("gitlab."):
+        url = f"{base}/-/settings/repository"
+        return KeyPage("GitLab", url, f"add it under Deploy keys (no write access) at {url}")
+    if host == "codeberg.org" or host.startswith(("gitea.", "forgejo.")):
+        url = f"{base}/settings/keys"
+        return KeyPage("Gitea/Forgejo", url, f"add it as a deploy key (read-only) at {url}")
+    return KeyPage(
+        None,
+        None,
+        f"add it as a read-only deploy key in the settings of {project} on {repo.host} "
+        f"(or to the authorized_keys of {repo.user or 'the git user'} there)",
+    )
+
+
+@dataclass(frozen=True)
+class PublishedKey:
+    """A forge's published host key fingerprint, shipped with homelab."""
+
+    forge: str
+    key_type: str
+    fingerprint: str
+
+
+@cache
+def _published() -> dict[str, dict[str, str]]:
+    text = resources.files("homelab.adapters").joinpath("forge_host_keys.json").read_text(encoding="utf-8")
+    data: dict[str, dict[str, str]] = {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    return data
+
+
+def published_host_keys(host: str, port: int = 22) -> list[PublishedKey]:
+    """The published host key fingerprints of a well-known forge; empty for any other host."""
+    entry = _published().get(host.lower()) if port == 22 else None
+    if not entry:
+        return []
+    return [PublishedKey(entry["name"], kind, fp) for kind, fp in entry.items() if kind != "name"]
+
+
+# --- the APIs ---------------------------------------------------------------------------------------
 
 GITHUB_TOKEN_ENV = "HOMELAB_GITHUB_TOKEN"
 GITEA_TOKEN_ENV = "HOMELAB_GITEA_TOKEN"
