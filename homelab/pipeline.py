@@ -17,7 +17,7 @@ from homelab.provision.facts import Facts
 from homelab.provision.plan import Plan, PlanOptions
 
 if TYPE_CHECKING:
-    from homelab.deploy.runner import PlaybookRunner
+    from homelab.adapters.ansible import PlaybookRunner
 
 Echo = Callable[[str], None]
 Confirm = Callable[[str], None]  # raises to refuse

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from homelab.adapters.ansible import AnsibleRunner
 from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.cli import cli
 from homelab.deploy.render import render_lab
-from homelab.deploy.runner import AnsibleRunner
 from homelab.deploy.service import DeployOptions, execute, prepare, stage, workdir
 from homelab.lab import load_lab
 from homelab.lab.models import Lab

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from homelab.adapters.ansible import HostStats, RunOutcome, RunRequest, TaskEvent, to_task_event
 from homelab.cli import cli
 from homelab.deploy.removed import MARKER, RemoveStack, marker_text, read_marker, removed_stacks
-from homelab.deploy.runner import HostStats, RunOutcome, RunRequest, TaskEvent, to_task_event
 from homelab.deploy.service import DeployOptions, deploy_stacks, deployed_file, deployed_vms, prepare
 from homelab.errors import InputError, OperationError
 from homelab.lab.loader import parse_lab
@@ -158,8 +158,8 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
 
     lab_file = tmp_path / "lab.yml"
     lab_file.write_text(yaml.safe_dump(LAB))
-    monkeypatch.setattr("homelab.deploy.runner.AnsibleRunner", lambda: runner)
-    monkeypatch.setattr("homelab.deploy.runner.ansible_available", lambda: None)
+    monkeypatch.setattr("homelab.adapters.ansible.AnsibleRunner", lambda: runner)
+    monkeypatch.setattr("homelab.adapters.ansible.ansible_available", lambda: None)
     result = CliRunner().invoke(
         cli, ["--lab", str(lab_file), "deploy", "--check", "--no-start"], catch_exceptions=False
     )

@@ -12,8 +12,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from homelab.adapters.ansible import (
+    FileDiff,
+    HostStats,
+    RunOutcome,
+    RunRequest,
+    TaskEvent,
+    to_host_stats,
+    to_task_event,
+)
 from homelab.cli import cli
-from homelab.deploy.runner import FileDiff, HostStats, RunOutcome, RunRequest, TaskEvent, to_host_stats, to_task_event
 from homelab.deploy.service import Change, DeployOptions, deploy_stacks, deployed_vms, prepare
 from homelab.errors import Aborted, InputError, OperationError
 from homelab.lab.loader import parse_lab
@@ -375,8 +383,8 @@ def lab_file(lab: Lab, tmp_path: Path) -> Path:
 
 def use_runner(monkeypatch: pytest.MonkeyPatch, script: Script) -> FakeRunner:
     fake = FakeRunner(script)
-    monkeypatch.setattr("homelab.deploy.runner.AnsibleRunner", lambda: fake)
-    monkeypatch.setattr("homelab.deploy.runner.ansible_available", lambda: None)
+    monkeypatch.setattr("homelab.adapters.ansible.AnsibleRunner", lambda: fake)
+    monkeypatch.setattr("homelab.adapters.ansible.ansible_available", lambda: None)
     return fake
 
 

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from homelab.adapters.ansible import FileDiff, HostStats, RunOutcome, RunRequest, TaskEvent
 from homelab.adapters.proxmox.connect import connect
 from homelab.cli import cli
 from homelab.demo.launcher import FakeProxmox
-from homelab.deploy.runner import FileDiff, HostStats, RunOutcome, RunRequest, TaskEvent
 from homelab.errors import Aborted
 from homelab.lab import load_lab
 from homelab.pipeline import up

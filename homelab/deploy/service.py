@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from homelab.adapters.ansible import HostStats, PlaybookRunner, RunRequest, TaskEvent
 from homelab.deploy.inventory import host_vars, inventory, known_hosts_text
 from homelab.deploy.removed import RemoveStack, removed_stacks
 from homelab.deploy.render import VmRender, missing_requirements, render_lab
-from homelab.deploy.runner import HostStats, PlaybookRunner, RunRequest, TaskEvent
 from homelab.errors import InputError, OperationError
 from homelab.lab.models import Lab
 from homelab.paths import data_dir, state_dir
@@ -562,7 +562,7 @@ def deploy_stacks(
     if deployment.ready:
         own_runner = None
         if runner is None:
-            from homelab.deploy.runner import AnsibleRunner, ansible_available
+            from homelab.adapters.ansible import AnsibleRunner, ansible_available
 
             missing = ansible_available()
             if missing:
