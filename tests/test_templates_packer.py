@@ -21,17 +21,16 @@ from homelab.state.secrets import ProxmoxAuth
 from homelab.templates import resolve_template
 from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.leftovers import BuildFailed
-from homelab.templates.packer import (
+from homelab.templates.packer import PackerSettings, packer_credentials
+from homelab.templates.packer_config import (
     MAIN_FILE,
     PLUGINS_FILE,
     PRIVATE_FILES,
     BuildKeys,
-    PackerSettings,
     hcl_string,
     known_hosts_line,
     make_build_key,
     make_build_keys,
-    packer_credentials,
     render_files,
     write_files,
 )

@@ -94,7 +94,7 @@ def render(app: App, directory: Path, name: str | None, version: str | None, vmi
     from homelab.errors import InputError
     from homelab.templates.facts import lab_template
     from homelab.templates.naming import new_version
-    from homelab.templates.packer import make_build_keys, render_files, render_private_dir, write_files
+    from homelab.templates.packer_config import make_build_keys, render_files, render_private_dir, write_files
 
     lab = app.lab
     if name is None:
