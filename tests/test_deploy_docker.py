@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from homelab.adapters.sshkeys import ensure_admin_key
-from homelab.deploy.service import DeployOptions, deploy_stacks
+from homelab.deploy.plan import DeployOptions
+from homelab.deploy.service import deploy_stacks
 from homelab.lab.loader import parse_lab
 from homelab.state.hosts import Host, save_hosts
 from tests.harness.fixtures_hosts import HostFactory

@@ -18,8 +18,9 @@ from click.testing import CliRunner
 from homelab.adapters.ansible import AnsibleRunner
 from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.cli import cli
+from homelab.deploy.plan import DeployOptions, prepare, workdir
 from homelab.deploy.render import render_lab
-from homelab.deploy.service import DeployOptions, execute, prepare, stage, workdir
+from homelab.deploy.service import execute, stage
 from homelab.lab import load_lab
 from homelab.lab.models import Lab
 from homelab.state.hosts import Host, hosts_file, save_hosts

@@ -18,8 +18,9 @@ from click.testing import CliRunner
 
 from homelab.adapters.ansible import HostStats, RunOutcome, RunRequest, TaskEvent, to_task_event
 from homelab.cli import cli
+from homelab.deploy.plan import DeployOptions, deployed_file, deployed_vms, prepare
 from homelab.deploy.removed import MARKER, RemoveStack, marker_text, read_marker, removed_stacks
-from homelab.deploy.service import DeployOptions, deploy_stacks, deployed_file, deployed_vms, prepare
+from homelab.deploy.service import deploy_stacks
 from homelab.errors import InputError, OperationError
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab

@@ -22,7 +22,9 @@ from homelab.adapters.ansible import (
     to_task_event,
 )
 from homelab.cli import cli
-from homelab.deploy.service import Change, DeployOptions, deploy_stacks, deployed_vms, prepare
+from homelab.deploy.plan import DeployOptions, deployed_vms, prepare
+from homelab.deploy.report import Change
+from homelab.deploy.service import deploy_stacks
 from homelab.errors import Aborted, InputError, OperationError
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab

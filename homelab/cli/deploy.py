@@ -33,7 +33,7 @@ def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool, keep_removed: bool) -> Any:
-    from homelab.deploy.service import DeployOptions
+    from homelab.deploy.plan import DeployOptions
 
     return DeployOptions(
         install_packages=not no_install_docker, start_stacks=not no_start, vms=vms, keep_removed=keep_removed

@@ -1,0 +1,170 @@
+"""What a deploy will do, before it touches anything: its options, its target VMs and the deploy record.
+
+Each VM that lists stacks is a target, and so is a VM that lists none any more but got stacks from an
+earlier deploy (the deploy record says which). A target needs a host record with a pinned host key
+(written by `homelab apply`); one without is reported as failed and the others still deploy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from homelab.deploy.render import VmRender, missing_requirements, render_lab
+from homelab.errors import InputError
+from homelab.lab.models import Lab
+from homelab.paths import state_dir
+from homelab.state.hosts import Host, load_hosts
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What a deploy does besides copying the stacks' files."""
+
+    install_packages: bool = True  # install docker.io + compose from the distribution where missing
+    start_stacks: bool = True  # create the homelab network and run `docker compose up -d`
+    vms: tuple[str, ...] = ()  # only these VMs; empty: every VM that lists stacks (or must be cleared of them)
+    keep_removed: bool = False  # leave stacks the lab file no longer lists where they are (and say so)
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)
+
+    def extravars(self) -> dict[str, Any]:
+        return {
+            "homelab_install_packages": self.install_packages,
+            "homelab_start_stacks": self.start_stacks,
+            **self.extra_vars,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """A VM to deploy to: what it gets, and its host record (or why it cannot be reached)."""
+
+    render: VmRender
+    host: Host | None
+    problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.render.vm
+
+    @property
+    def clear_only(self) -> bool:
+        """The VM lists no stacks any more: it is only cleared of those homelab put there."""
+        return not self.render.stacks
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What a deploy will do, before it touches anything."""
+
+    lab: Lab
+    targets: tuple[Target, ...]
+    options: DeployOptions
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> list[Target]:
+        return [t for t in self.targets if t.problem is None]
+
+    @property
+    def blocked(self) -> list[Target]:
+        return [t for t in self.targets if t.problem is not None]
+
+    def describe(self) -> list[str]:
+        """The plan in words: hosts, their stacks, what happens to Docker and the stacks."""
+        user = self.lab.access.user
+        lines = [f"Deploy to {len(self.targets)} VM(s), as {user}, into /home/{user}/stacks:"]
+        for t in self.targets:
+            stacks = ", ".join(s.name for s in t.render.stacks) or "no stacks (those deployed before are removed)"
+            where = f" ({t.host.address})" if t.host else ""
+            lines.append(f"  {t.name}{where}: {stacks}" + (f"  ! {t.problem}" if t.problem else ""))
+        lines += [f"  note: {w}" for w in self.warnings]
+        opts = self.options
+        lines.append(
+            "Docker: "
+            + (
+                "docker.io and compose installed from the distribution where missing"
+                if opts.install_packages
+                else "left as it is (not installed by this deploy)"
+            )
+        )
+        lines.append(
+            "Stacks: "
+            + (
+                "the homelab network made, then `docker compose up -d` in each"
+                if opts.start_stacks
+                else "files only, not started"
+            )
+        )
+        if opts.keep_removed:
+            gone = "kept as they are (--keep-removed)"
+        elif opts.start_stacks:
+            gone = "`docker compose down`, then their folder is deleted with everything in it"
+        else:
+            gone = "their folder is deleted with everything in it (compose not run: --no-start)"
+        lines.append(f"Stacks no longer listed: {gone}")
+        return lines
+
+
+def prepare(
+    lab: Lab,
+    options: DeployOptions | None = None,
+    hosts: list[Host] | None = None,
+    deployed: Collection[str] | None = None,
+) -> Deployment:
+    """The targets of a deploy, from the lab, the recorded hosts and the deploy record; renders every VM's files.
+
+    A VM that lists no stacks is a target only when an earlier deploy put stacks on it (``deployed``,
+    read from the deploy record when not given): the deploy then clears it of them.
+    """
+    options = options or DeployOptions()
+    renders = render_lab(lab)
+    deployed = deployed_vms(lab) if deployed is None else deployed
+    for vm in lab.vms:
+        if vm.name not in renders and vm.name in deployed:
+            renders[vm.name] = VmRender(vm.name, lab.access.user, ())
+    known_vms = {vm.name for vm in lab.vms}
+    for name in options.vms:
+        if name not in known_vms:
+            raise InputError(f"no VM named {name!r} in the lab (VMs: {', '.join(sorted(known_vms)) or 'none'})")
+        if name not in renders:
+            raise InputError(f"VM {name!r} lists no stacks: add one with `homelab stack add NAME --vm {name}`")
+    recorded = {h.name: h for h in (load_hosts(lab) if hosts is None else hosts)}
+    targets = []
+    warnings = []
+    for vm in lab.vms:
+        if vm.name not in renders or (options.vms and vm.name not in options.vms):
+            continue
+        host = recorded.get(vm.name)
+        problem = None
+        if host is None:
+            problem = "no address recorded yet: run `homelab apply` first"
+        elif not host.host_key:
+            problem = "its SSH host key is not pinned: run `homelab apply` to read it through the guest agent"
+        targets.append(Target(renders[vm.name], host, problem))
+        for stack, needed in missing_requirements(lab, vm):
+            warnings.append(f"{vm.name}: {stack} is reached through {needed}, which this VM does not run")
+    return Deployment(lab, tuple(targets), options, tuple(warnings))
+
+
+def workdir(lab: Lab) -> Path:
+    """Where the last deploy's staged files, inventory and Ansible artifacts are kept."""
+    return state_dir(lab.name) / "deploy"
+
+
+def deployed_file(lab: Lab) -> Path:
+    """The deploy record: the VMs an earlier deploy put stacks on."""
+    return workdir(lab) / "deployed.json"
+
+
+def deployed_vms(lab: Lab) -> frozenset[str]:
+    """The VMs the deploy record names (none when there is no record, or it cannot be read)."""
+    try:
+        data = json.loads(deployed_file(lab).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return frozenset()
+    vms = data.get("vms") if isinstance(data, dict) else None
+    return frozenset(str(vm) for vm in vms) if isinstance(vms, list) else frozenset()
