@@ -23,7 +23,7 @@ from homelab.adapters.ansible import (
 )
 from homelab.cli import cli
 from homelab.deploy.plan import DeployOptions, deployed_vms, prepare
-from homelab.deploy.report import Change
+from homelab.deploy.report import HostChange as Change
 from homelab.deploy.service import deploy_stacks
 from homelab.errors import Aborted, InputError, OperationError
 from homelab.lab.loader import parse_lab

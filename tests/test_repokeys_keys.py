@@ -21,7 +21,8 @@ from homelab.errors import InputError
 from homelab.lab import Lab, load_lab
 from homelab.repokeys import core, hostkeys
 from homelab.repokeys.hostkeys import HostKeyMismatch, ensure_pinned
-from homelab.repokeys.install import NOT_INSTALLED_EXIT, Switch, Target, _install_body, _prelude, _switch
+from homelab.repokeys.install import NOT_INSTALLED_EXIT, Switch, _install_body, _prelude, _switch
+from homelab.repokeys.install import Checkout as Target
 from homelab.repokeys.keys import KeyStore
 from tests.harness.gitserver import write_lab
 

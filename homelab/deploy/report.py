@@ -17,7 +17,7 @@ Echo = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class Change:
+class HostChange:
     """Something a run changed (or, in check mode, would change) on a host."""
 
     host: str
@@ -49,11 +49,11 @@ class Change:
         return lines[:limit] + ([f"... {len(lines) - limit} more line(s)"] if len(lines) > limit else [])
 
 
-def changes_of(event: TaskEvent) -> list[Change]:
+def changes_of(event: TaskEvent) -> list[HostChange]:
     """The changes one changed task reports: one per file when it gave diffs, else the task itself."""
     if event.diffs:
-        return [Change(event.host, d.path, d.change, d.before, d.after) for d in event.diffs]
-    return [Change(event.host, f"{event.task}: {event.item}" if event.item else event.task)]
+        return [HostChange(event.host, d.path, d.change, d.before, d.after) for d in event.diffs]
+    return [HostChange(event.host, f"{event.task}: {event.item}" if event.item else event.task)]
 
 
 @dataclass
@@ -93,7 +93,7 @@ class RunReport:
 
     check: bool
     hosts: dict[str, HostResult]
-    changes: list[Change]
+    changes: list[HostChange]
     markers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property

@@ -24,9 +24,9 @@ from homelab.deploy.inventory import host_vars, inventory, known_hosts_text
 from homelab.deploy.plan import Deployment, DeployOptions, deployed_file, deployed_vms, prepare, workdir
 from homelab.deploy.removed import RemoveStack, removed_stacks
 from homelab.deploy.report import (
-    Change,
     DeployResult,
     Echo,
+    HostChange,
     HostResult,
     RunReport,
     changes_of,
@@ -83,7 +83,7 @@ def execute(
     """Run the playbook once over the ready targets; collect changes, failures and stats."""
     pinned = {t.name: t.host.host_key for t in deployment.ready if t.host and t.host.host_key}
     results = {name: HostResult(name) for name in pinned}
-    changes: list[Change] = []
+    changes: list[HostChange] = []
     markers: dict[str, dict[str, str]] = {}
 
     def collect(event: TaskEvent) -> None:

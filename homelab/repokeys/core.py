@@ -15,7 +15,7 @@ from homelab.errors import InputError, OperationError, OperationTimeout
 from homelab.lab.models import Lab
 from homelab.repokeys.access import ls_remote, require_access
 from homelab.repokeys.hostkeys import FirstContact, HostKey, Pin, ensure_pinned, pinned_keys
-from homelab.repokeys.install import HostOutcome, Progress, Target, install_key, switch_host
+from homelab.repokeys.install import Checkout, HostOutcome, Progress, install_key, switch_host
 from homelab.repokeys.keys import CURRENT, PENDING, DeployKey, KeyStore
 from homelab.state.hosts import Host, hosts_file
 
@@ -69,12 +69,12 @@ def verify(lab: Lab, confirm: Callable[[FirstContact], bool]) -> Verified:
     return Verified(key, repo, branch, commit, pin)
 
 
-def _target(lab: Lab) -> Target:
+def _target(lab: Lab) -> Checkout:
     repo, branch = _repo(lab)
     pinned = pinned_keys(KeyStore(lab).known_hosts, repo)
     if not pinned:
         raise InputError(f"the host key of {repo.known_hosts_target} is not pinned yet; run: homelab keys verify")
-    return Target(repo, branch, pinned[0].line, lab.access.user)
+    return Checkout(repo, branch, pinned[0].line, lab.access.user)
 
 
 def install(lab: Lab, hosts: list[Host]) -> list[HostOutcome]:

@@ -31,8 +31,8 @@ END = "# END homelab deploy key"
 
 
 @dataclass(frozen=True)
-class Target:
-    """What a VM needs to know: the repo, the branch, the pinned host key line, the user."""
+class Checkout:
+    """The config repo's checkout on a VM: the repo, the branch, the pinned host key line, the user."""
 
     repo: RepoUrl
     branch: str
@@ -70,7 +70,7 @@ def _q(value: str) -> str:
     return shlex.quote(value)
 
 
-def _prelude(t: Target) -> str:
+def _prelude(t: Checkout) -> str:
     """Shell variables and helpers every script starts with."""
     # The VM's git gets the same strict options as ours: its known_hosts holds only what pin() puts there.
     known_hosts = f"{t.home}/.ssh/known_hosts"
@@ -151,7 +151,7 @@ NOT_INSTALLED_EXIT = 10
 class Switch:
     """The steps of switching one VM from its current key to ``new``; each returns None or an error detail."""
 
-    def __init__(self, session: Session, target: Target, new: DeployKey):
+    def __init__(self, session: Session, target: Checkout, new: DeployKey):
         self.session = session
         self.target = target
         self.new = new
@@ -208,7 +208,7 @@ Progress = Callable[[str, str, str], None]
 
 
 def switch_host(
-    host: Host, lab_name: str, target: Target, new: DeployKey, old_fp: str, progress: Progress
+    host: Host, lab_name: str, target: Checkout, new: DeployKey, old_fp: str, progress: Progress
 ) -> HostOutcome:
     """Switch one VM to ``new``; on any failure roll it back to the old key and say so."""
     try:
@@ -260,7 +260,7 @@ def _switch(s: Switch, name: str, old_fp: str, progress: Progress) -> HostOutcom
     return HostOutcome(name, False, old_fp, detail, rolled_back=True)
 
 
-def install_key(host: Host, lab_name: str, target: Target, key: DeployKey) -> HostOutcome:
+def install_key(host: Host, lab_name: str, target: Checkout, key: DeployKey) -> HostOutcome:
     """Install ``key`` on one VM and check out the repo; a failure is reported, not raised."""
     try:
         result = run_script(host, lab_name, _prelude(target) + _install_body(key), as_user=target.user)
