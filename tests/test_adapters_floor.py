@@ -1,8 +1,8 @@
-"""The import rules of the adapters floor, for processes, SSH, Ansible and the config repo's keys.
+"""The import rules of the adapters floor.
 
-Only homelab/adapters talks to subprocess, paramiko and ansible_runner; the deploy and repokeys stages
-import neither each other nor the CLI or the pipeline; state imports no adapter and no stage. Lazy
-imports inside functions count too.
+Only homelab/adapters talks to subprocess, proxmoxer, paramiko and ansible_runner; a stage (provision,
+templates, deploy, repokeys) imports no other stage, nor the CLI or the pipeline; state and the adapters
+import no stage, and state imports no adapter. Lazy imports inside functions count too.
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ def _importers(prefixes: tuple[str, ...]) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("library", ["subprocess", "paramiko", "ansible_runner"])
+@pytest.mark.parametrize("library", ["subprocess", "proxmoxer", "paramiko", "ansible_runner"])
 def test_only_the_adapters_import_the_outside_systems(library: str) -> None:
     outside = [m for m in _importers((library,)) if not m.startswith("homelab.adapters")]
     assert outside == [], f"{library} imported outside homelab/adapters: {outside}"
 
 
-@pytest.mark.parametrize("stage", ["deploy", "repokeys"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_a_stage_imports_no_other_stage_nor_the_cli(stage: str) -> None:
     others = (*(f"homelab.{s}" for s in STAGES if s != stage), "homelab.cli", "homelab.pipeline")
     wrong = {
