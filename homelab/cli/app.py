@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 EXIT_CHANGES = 3  # `plan`, `deploy --check`: something would change
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class App:
@@ -66,6 +67,13 @@ class App:
     def concurrency(self, option: int | None) -> int:
         """VMs worked on at once: --concurrency, else the lab's setting (its model holds the one default)."""
         return option or self.lab.settings.concurrency
+
+    def run_stage(self, run: Callable[..., T], concurrency: int | None, /, **options: Any) -> T:
+        """Run a pipeline stage with what every stage takes: the API, the lab, how to print and ask, progress,
+        and how many VMs at once."""
+        return run(
+            self.api, self.lab, self.echo, self.confirm, self.reporter(), self.concurrency(concurrency), **options
+        )
 
     def reporter(self) -> Reporter:
         """Progress per VM: a live table on a terminal (shown only while VMs are worked on), else timestamped lines."""

@@ -23,13 +23,4 @@ def up(app: App, concurrency: int | None, no_deploy: bool) -> None:
     """
     from homelab.pipeline import up as run_up
 
-    run_up(
-        app.api,
-        app.lab,
-        app.echo,
-        app.confirm,
-        app.reporter(),
-        app.concurrency(concurrency),
-        echo_stage,
-        deploy=not no_deploy,
-    )
+    app.run_stage(run_up, concurrency, stage=echo_stage, deploy=not no_deploy)

@@ -42,15 +42,8 @@ def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None) -> N
     from homelab.provision.plan import PlanOptions
 
     ensure_admin_key(app.lab)  # homelab's own login key goes onto the VMs with cloud-init
-    converge_vms(
-        app.api,
-        app.lab,
-        app.echo,
-        app.confirm,
-        app.reporter(),
-        app.concurrency(concurrency),
-        options=PlanOptions(prune=prune, replace=not no_replace),
-        again="homelab apply",
+    app.run_stage(
+        converge_vms, concurrency, options=PlanOptions(prune=prune, replace=not no_replace), again="homelab apply"
     )
 
 
@@ -61,7 +54,7 @@ def destroy(app: App) -> None:
     """Remove the VMs this lab manages (and only those: unmarked VMs are never touched)."""
     from homelab.pipeline import destroy_vms
 
-    destroy_vms(app.api, app.lab, app.echo, app.confirm, app.reporter(), app.concurrency(None))
+    app.run_stage(destroy_vms, None)
 
 
 @click.command()

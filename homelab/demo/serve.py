@@ -133,17 +133,21 @@ class Server:
         for node in config.get("nodes", []):
             self.pve.add_node(node)
         for guest in config.get("guests", []):
-            vm = self.pve.add_vm(
-                guest["vmid"],
-                guest["name"],
-                node=guest.get("node", "pve1"),
-                status=guest.get("status", "stopped"),
-                config=guest.get("config", {}),
-                template=guest.get("template", False),
-            )
+            vm = self.add_guest(guest)
             for key in ("start_secs", "shutdown_secs", "stop_secs"):
                 if key in guest:
                     setattr(vm, key, guest[key])
+
+    def add_guest(self, guest: dict[str, Any]) -> Any:
+        """A VM in the fake, from a test's or the demo's description of it."""
+        return self.pve.add_vm(
+            guest["vmid"],
+            guest["name"],
+            node=guest.get("node", "pve1"),
+            status=guest.get("status", "stopped"),
+            config=guest.get("config", {}),
+            template=guest.get("template", False),
+        )
 
     async def run(self) -> None:
         from fakepve.certs import make_cert
@@ -236,15 +240,7 @@ class Server:
                 setattr(vm, key, value)
             return None
         if op == "add_vm":
-            guest = msg
-            pve.add_vm(
-                guest["vmid"],
-                guest["name"],
-                node=guest.get("node", "pve1"),
-                status=guest.get("status", "stopped"),
-                config=guest.get("config", {}),
-                template=guest.get("template", False),
-            )
+            self.add_guest(msg)
             return None
         if op == "requests":
             seen = [[m, p] for m, p, _ in pve.requests]
