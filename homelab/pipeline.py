@@ -175,7 +175,7 @@ def converge_vms(
     echo: Echo,
     confirm: Confirm,
     reporter: Reporter,
-    concurrency: int,
+    concurrency: int | None = None,
     facts: Facts | None = None,
     options: PlanOptions | None = None,
     again: str = "homelab up",
@@ -203,7 +203,9 @@ def converge_vms(
     return planned.plan, result
 
 
-def destroy_vms(api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, reporter: Reporter, concurrency: int) -> Plan:
+def destroy_vms(
+    api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, reporter: Reporter, concurrency: int | None = None
+) -> Plan:
     """Plan removing every VM marked as the lab's, show it, confirm, remove them; the plan."""
     from homelab import ui
     from homelab.provision.service import carry_out, make_destroy_plan
@@ -302,7 +304,7 @@ def up(
         stage(2, 4, "VMs")
         # Building a template changed the cluster; otherwise the facts just gathered are still the truth.
         vm_plan, result.vms = converge_vms(
-            api, lab, echo, confirm, reporter, concurrency or lab.settings.concurrency, None if result.built else facts
+            api, lab, echo, confirm, reporter, concurrency, None if result.built else facts
         )
         result.stages.append(("VMs", vm_stage_words(vm_plan)))
         result.changed = result.changed or bool(vm_plan.changes)

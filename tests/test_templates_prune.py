@@ -16,7 +16,7 @@ from homelab.demo.launcher import FakeProxmox
 from homelab.errors import InputError
 from homelab.templates.build import build_template
 from homelab.templates.facts import VersionDetails, VersionUse
-from homelab.templates.inventory import gather_prune, list_templates, plan_prune, prune
+from homelab.templates.usage import gather_prune, list_templates, plan_prune, prune
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, lab_yaml, vm_config
 
 NOW = datetime(2026, 11, 2, 8, 15, tzinfo=UTC)

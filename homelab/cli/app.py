@@ -64,16 +64,10 @@ class App:
         """Ask once; --yes answers for the user; declining raises Aborted (exit 1) everywhere."""
         ui.confirm(question, self.yes)
 
-    def concurrency(self, option: int | None) -> int:
-        """VMs worked on at once: --concurrency, else the lab's setting (its model holds the one default)."""
-        return option or self.lab.settings.concurrency
-
     def run_stage(self, run: Callable[..., T], concurrency: int | None, /, **options: Any) -> T:
         """Run a pipeline stage with what every stage takes: the API, the lab, how to print and ask, progress,
-        and how many VMs at once."""
-        return run(
-            self.api, self.lab, self.echo, self.confirm, self.reporter(), self.concurrency(concurrency), **options
-        )
+        and how many VMs at once (--concurrency; None: the lab's setting)."""
+        return run(self.api, self.lab, self.echo, self.confirm, self.reporter(), concurrency, **options)
 
     def reporter(self) -> Reporter:
         """Progress per VM: a live table on a terminal (shown only while VMs are worked on), else timestamped lines."""

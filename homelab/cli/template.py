@@ -52,7 +52,7 @@ def build(app: App, names: tuple[str, ...], dry_run: bool, packer_path: str) -> 
 @pass_app
 def list_(app: App, names: tuple[str, ...], as_json: bool) -> None:
     """Show each template's versions on Proxmox and the VMs that use each."""
-    from homelab.templates.inventory import list_templates
+    from homelab.templates.usage import list_templates
 
     ui.render_template_list(list_templates(app.api, app.lab, names), as_json)
 
@@ -65,7 +65,7 @@ def list_(app: App, names: tuple[str, ...], as_json: bool) -> None:
 @pass_app
 def prune_(app: App, names: tuple[str, ...], keep: int, dry_run: bool) -> None:
     """Delete old template versions that no VM uses (never one a VM was cloned from)."""
-    from homelab.templates.inventory import gather_prune, prune
+    from homelab.templates.usage import gather_prune, prune
 
     plans = gather_prune(app.api, app.lab, names, keep)
     for plan in plans:

@@ -102,64 +102,38 @@ class FakeProxmox:
         terminate(self.process)
 
 
-def start_fake_proxmox(
-    workdir: Path,
-    *,
-    guests: list[dict[str, Any]] | None = None,
-    nodes: list[str] | None = None,
-    storages: dict[str, Any] | None = None,
-    time_scale: float = 0.0,
-    agent_delay: float = 5.0,
-    start_secs: float = 0.0,
-    latency: float = 0.0,
-    address_map: dict[str, str] | None = None,
-    host_keys: dict[str, str] | None = None,
-    token_id: str = DEFAULT_TOKEN_ID,
-    host: str | None = None,
-    timeout: float = 30.0,
-    ignore_sigint: bool = False,
-) -> FakeProxmox:
-    """Start the fake in its own process on a free loopback address, over HTTPS with a fresh certificate.
+@dataclass(frozen=True)
+class FakeSettings:
+    """How the fake Proxmox behaves: its guests, nodes and storages, and how slow and how kind it is."""
 
-    ``ignore_sigint``: the fake ignores Ctrl-C (which a terminal sends to the whole process group), so that
-    the process that started it decides when to stop it.
-    """
+    guests: list[dict[str, Any]] | None = None  # None: the demo's default guests
+    nodes: list[str] | None = None
+    storages: dict[str, Any] | None = None
+    time_scale: float = 0.0  # real seconds per PVE second (0: instant)
+    agent_delay: float = 5.0
+    start_secs: float = 0.0
+    latency: float = 0.0
+    address_map: dict[str, str] | None = None
+    host_keys: dict[str, str] | None = None
+    token_id: str = DEFAULT_TOKEN_ID
+    # The fake ignores Ctrl-C (which a terminal sends to the whole process group), so that the process that
+    # started it decides when to stop it.
+    ignore_sigint: bool = False
+
+
+def start_fake_proxmox(
+    workdir: Path, *, host: str | None = None, timeout: float = 30.0, **settings: Any
+) -> FakeProxmox:
+    """Start the fake in its own process on a free loopback address (or ``host``), over HTTPS with a fresh
+    certificate; ``settings`` are FakeSettings' fields."""
+    options = FakeSettings(**settings)
     workdir.mkdir(parents=True, exist_ok=True)
     host = host or free_loopback()
-    from fakepve.certs import make_cert  # the demo extra
-
-    cafile, keyfile, _ = make_cert(str(workdir), hosts=(host,))
-    token_secret = secrets.token_hex(16)
-    password = secrets.token_hex(12)
-    config = {
-        "host": host,
-        "port": 8006,
-        "cert": cafile,
-        "key": keyfile,
-        "password": password,
-        "tokens": {token_id: token_secret},
-        "guests": default_guests() if guests is None else guests,
-        "nodes": nodes or [],
-        "storages": storages or {},
-        "time_scale": time_scale,
-        "agent_delay": agent_delay,
-        "start_secs": start_secs,
-        "latency": latency,
-        "address_map": address_map or {},
-        "host_keys": host_keys or {},
-        "control": str(workdir / "control.sock"),
-        "state_dir": str(workdir),
-        "ignore_sigint": ignore_sigint,
-    }
-    config_path = workdir / "fakepve.json"
-    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(config, out)
+    config = _write_config(workdir, host, options)
     log = workdir / "fakepve.log"
     with log.open("w", encoding="utf-8") as err:
-        process = start_python("homelab.demo.serve", str(config_path), stderr=err)
+        process = start_python("homelab.demo.serve", str(workdir / "fakepve.json"), stderr=err)
     try:
-        deadline = time.monotonic() + timeout
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line.startswith("READY "):
@@ -168,24 +142,60 @@ def start_fake_proxmox(
             url=line.split()[1],
             host=host,
             port=8006,
-            cafile=cafile,
-            token_id=token_id,
-            token_secret=token_secret,
+            cafile=config["cert"],
+            token_id=options.token_id,
+            token_secret=config["tokens"][options.token_id],
             user="root@pam",
-            password=password,
+            password=config["password"],
             control=config["control"],
             process=process,
             log=log,
         )
-        while time.monotonic() < deadline:
-            try:
-                fake.call("ping")
-                return fake
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the fake Proxmox's control socket did not answer")
+        _wait_for_control(fake, time.monotonic() + timeout)
+        return fake
     except BaseException:  # a failed start, or Ctrl-C while it starts: never leave the fake running
         if process.poll() is None:
             process.kill()
         process.wait()
         raise
+
+
+def _write_config(workdir: Path, host: str, options: FakeSettings) -> dict[str, Any]:
+    """The fake's configuration (with its fresh certificate, token secret and password), written 0600."""
+    from fakepve.certs import make_cert  # the demo extra
+
+    cafile, keyfile, _ = make_cert(str(workdir), hosts=(host,))
+    config = {
+        "host": host,
+        "port": 8006,
+        "cert": cafile,
+        "key": keyfile,
+        "password": secrets.token_hex(12),
+        "tokens": {options.token_id: secrets.token_hex(16)},
+        "guests": default_guests() if options.guests is None else options.guests,
+        "nodes": options.nodes or [],
+        "storages": options.storages or {},
+        "time_scale": options.time_scale,
+        "agent_delay": options.agent_delay,
+        "start_secs": options.start_secs,
+        "latency": options.latency,
+        "address_map": options.address_map or {},
+        "host_keys": options.host_keys or {},
+        "control": str(workdir / "control.sock"),
+        "state_dir": str(workdir),
+        "ignore_sigint": options.ignore_sigint,
+    }
+    fd = os.open(workdir / "fakepve.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(config, out)
+    return config
+
+
+def _wait_for_control(fake: FakeProxmox, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            fake.call("ping")
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the fake Proxmox's control socket did not answer")

@@ -121,7 +121,8 @@ class Executor:
         reporter: Reporter,
         cancel: threading.Event,
         known: dict[str, Host] | None = None,
-        concurrency: int = 4,
+        *,
+        concurrency: int,
     ):
         self.known = known or {}
         self.slots = threading.Semaphore(concurrency)
@@ -351,14 +352,15 @@ def apply_plan(
     concurrency: int | None = None,
     known: dict[str, Host] | None = None,
 ) -> ApplyResult:
-    """Run every VM's chain, at most ``concurrency`` at once. Ctrl-C stops chains at their next step."""
+    """Run every VM's chain, at most ``concurrency`` at once (None: the lab's ``settings.concurrency``, the one
+    place that default is taken). Ctrl-C stops chains at their next step."""
     if plan.blocked:
         raise OperationError("; ".join(b.describe() for b in plan.blocked))
     started = time.monotonic()
     reporter = reporter or SilentReporter()
     cancel = threading.Event()
     slots = concurrency or lab.settings.concurrency
-    executor = Executor(api, lab, VmidAllocator(api, used_vmids), reporter, cancel, known, slots)
+    executor = Executor(api, lab, VmidAllocator(api, used_vmids), reporter, cancel, known, concurrency=slots)
     chains = list(plan.by_vm().items())
     # A thread per chain (capped): threads mostly wait; the slots bound the load on Proxmox.
     workers = max(1, min(len(chains), MAX_THREADS))
