@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,35 +89,12 @@ def prune_(app: App, names: tuple[str, ...], keep: int, dry_run: bool) -> None:
 @pass_app
 def render(app: App, directory: Path, name: str | None, version: str | None, vmid: int) -> None:
     """Write the Packer configuration into DIRECTORY, for running Packer yourself (no Proxmox needed)."""
-    from homelab.adapters.proxmox.marks import describe_template
-    from homelab.errors import InputError
-    from homelab.templates.facts import lab_template
-    from homelab.templates.naming import new_version
-    from homelab.templates.packer_config import make_build_keys, render_files, render_private_dir, write_files
+    from homelab.templates.packer import render_for_user
 
-    lab = app.lab
-    if name is None:
-        name = next((t.name for t in lab.templates if t.builder == "packer"), None)
-        if name is None:
-            raise InputError("the lab has no template with builder: packer; name one with --template")
-    model = lab_template(lab, name)
-    if model.builder != "packer":
-        raise InputError(f"template {model.name!r} uses builder: {model.builder}, not packer")
-    now = datetime.now(UTC)
-    version = version or new_version(now)
-    record = {"lab": lab.name, "template": model.name, "version": version, "builder": "packer", "os": model.os}
-    iso = model.packer is not None and model.packer.source == "iso"
-    private_dir = render_private_dir(lab, model, directory)
-    files = render_files(
-        lab,
-        model,
-        version=version,
-        vm_id=vmid,
-        description=describe_template(record),
-        keys=make_build_keys(iso),
-        private_dir=private_dir,
-    )
-    for path in write_files(directory, files, private_dir):
+    rendered = render_for_user(app.lab, name, directory, version, vmid)
+    for path in rendered.files:
         click.echo(f"wrote {path}")
-    click.echo(f"the build's private keys are in {private_dir} (outside the lab repo); delete it after the build")
-    click.echo(f"see {directory / 'README.md'} for how to run Packer")
+    click.echo(
+        f"the build's private keys are in {rendered.private_dir} (outside the lab repo); delete it after the build"
+    )
+    click.echo(f"see {rendered.readme} for how to run Packer")

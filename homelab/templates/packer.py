@@ -152,3 +152,46 @@ def build_with_packer(
             raise  # nothing was left, or KeyboardInterrupt and the like: cleaned up, now let it through
         what = left_alone(plan.vmid) if removed is None else f"VM {plan.vmid} was removed"
         raise BuildFailed(f"building {plan.name} failed: {exc}; {what}") from exc
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A Packer configuration written for a person to run: the files, and where the build's private keys are."""
+
+    files: list[Path]
+    private_dir: Path
+    readme: Path
+
+
+def render_for_user(lab: Lab, name: str | None, directory: Path, version: str | None, vmid: int) -> Rendered:
+    """`homelab template render`: the Packer configuration of template ``name`` (default: the lab's first packer
+    template) in ``directory``, its private keys in the lab's state folder; no Proxmox needed."""
+    from datetime import UTC, datetime
+
+    from homelab.adapters.proxmox.marks import describe_template
+    from homelab.errors import InputError
+    from homelab.templates.facts import lab_template
+    from homelab.templates.naming import new_version
+    from homelab.templates.packer_config import make_build_keys, render_private_dir
+
+    if name is None:
+        name = next((t.name for t in lab.templates if t.builder == "packer"), None)
+        if name is None:
+            raise InputError("the lab has no template with builder: packer; name one with --template")
+    model = lab_template(lab, name)
+    if model.builder != "packer":
+        raise InputError(f"template {model.name!r} uses builder: {model.builder}, not packer")
+    version = version or new_version(datetime.now(UTC))
+    record = {"lab": lab.name, "template": model.name, "version": version, "builder": "packer", "os": model.os}
+    iso = model.packer is not None and model.packer.source == "iso"
+    private_dir = render_private_dir(lab, model, directory)
+    files = render_files(
+        lab,
+        model,
+        version=version,
+        vm_id=vmid,
+        description=describe_template(record),
+        keys=make_build_keys(iso),
+        private_dir=private_dir,
+    )
+    return Rendered(write_files(directory, files, private_dir), private_dir, directory / "README.md")
