@@ -6,17 +6,12 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from homelab.cli import COMMANDS, cli
+from tests.harness.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "inventories" / "example" / "lab.yml"
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False, env=env, prog_name="homelab")
-    return result.exit_code, result.stdout, result.stderr
 
 
 def all_commands() -> list[tuple[str, click.Command]]:
@@ -47,21 +42,21 @@ def all_commands() -> list[tuple[str, click.Command]]:
     ids=["before", "after", "after-nested", "on-the-group"],
 )
 def test_lab_option_before_or_after_the_subcommand(args: list[str], tmp_path: Path) -> None:
-    code, out, err = run(*args)
-    assert code == 0, err
-    assert "example" in out or "docker-01" in out
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.stderr
+    assert "example" in result.stdout or "docker-01" in result.stdout
 
 
 def test_lab_option_after_the_subcommand_wins(tmp_path: Path) -> None:
-    code, out, err = run("--lab", str(tmp_path / "nowhere.yml"), "validate", "--lab", str(EXAMPLE))
-    assert code == 0 and str(EXAMPLE) in out, err
+    result = run_cli("--lab", str(tmp_path / "nowhere.yml"), "validate", "--lab", str(EXAMPLE))
+    assert result.exit_code == 0 and str(EXAMPLE) in result.stdout, result.stderr
 
 
 def test_missing_lab_file_shows_the_exact_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, err = run("keys", "rotate", "--yes")
-    assert code == 2 and out == ""
-    assert err.splitlines() == [
+    result = run_cli("keys", "rotate", "--yes")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
         "lab.yml: no such file. Write a lab file with `homelab init`, or name yours: "
         "`homelab keys rotate --lab PATH` (or export HOMELAB_LAB=PATH)"
     ]
@@ -83,17 +78,15 @@ def test_every_yes_has_a_short_y_and_every_command_takes_lab() -> None:
 def test_version(flag: str) -> None:
     from homelab import __version__
 
-    code, out, _ = run(flag)
-    assert code == 0 and out.strip() == f"homelab, version {__version__}"
+    result = run_cli(flag)
+    assert result.exit_code == 0 and result.stdout.strip() == f"homelab, version {__version__}"
 
 
 def complete(words: str) -> list[str]:
     parts = words.split(" ")
-    code, out, _ = run(
-        env={"_HOMELAB_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1)}
-    )
-    assert code == 0
-    return [line.split(",", 1)[1] for line in out.splitlines() if line]
+    result = run_cli(env={"_HOMELAB_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1)})
+    assert result.exit_code == 0
+    return [line.split(",", 1)[1] for line in result.stdout.splitlines() if line]
 
 
 def test_completion_reads_names_from_the_lab_file(monkeypatch: pytest.MonkeyPatch) -> None:

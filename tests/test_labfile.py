@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from homelab.cli import cli
 from homelab.lab import load_lab
 from homelab.lab.schema import lab_schema
+from tests.harness.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "inventories" / "example" / "lab.yml"
@@ -24,15 +23,10 @@ INVALID = sorted((REPO / "tests" / "labs" / "invalid").glob("*.yml"))
 EXPECT = re.compile(r"^# expect: (\d+): ([^:]*): (.*)$")
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
 def test_example_lab_validates() -> None:
-    code, out, err = run("--lab", str(EXAMPLE), "validate")
-    assert (code, err) == (0, "")
-    assert "valid" in out
+    result = run_cli("validate", lab=EXAMPLE)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert "valid" in result.stdout
     lab = load_lab(EXAMPLE)
     assert lab.vms[0].stacks == ["traefik", "portainer", "media", "homepage"]
     assert lab.vms[0].disk == 64 * 1024**3
@@ -48,15 +42,15 @@ def test_invalid_lab_gets_one_clear_line(path: Path) -> None:
     match = EXPECT.match(header)
     assert match, f"{path.name} needs a '# expect: LINE: PATH: TEXT' first line"
     line, key, text = match.groups()
-    code, out, err = run("--lab", str(path), "validate")
-    assert code == 2
-    assert out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
+    result = run_cli("validate", lab=path)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
     prefix = f"{path}:{line}: " + (f"{key}: " if key else "")
     assert lines[0].startswith(prefix), f"{lines[0]!r} does not start with {prefix!r}"
     assert text in lines[0]
-    assert "Traceback" not in err
+    assert "Traceback" not in result.stderr
 
 
 def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None:
@@ -67,17 +61,17 @@ def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None
         .replace("memory: 2048", "memory: 12")
         .replace("ip: 10.10.0.11", "ip: 10.10.0.10")
     )
-    code, _, err = run("--lab", str(lab), "validate")
-    assert code == 2
-    assert err.splitlines() == [
+    result = run_cli("validate", lab=lab)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
         f"{lab}:14: vms[0].memory: 12 is too small: must be at least 256 "
         "(an integer number of MiB, 256 or more, e.g. 4096)",
     ]
     # vms[0] is not valid, so its address is not compared with the others' until it is
     lab.write_text(lab.read_text().replace("memory: 12", "memory: 1024").replace("name: db", "name: web"))
-    code, _, err = run("--lab", str(lab), "validate")
-    assert code == 2
-    assert [line.split(": ")[1] for line in err.splitlines()] == ["vms[1].name", "vms[1].ip"]
+    result = run_cli("validate", lab=lab)
+    assert result.exit_code == 2
+    assert [line.split(": ")[1] for line in result.stderr.splitlines()] == ["vms[1].name", "vms[1].ip"]
 
 
 def test_model_errors_and_the_checks_of_the_valid_parts_are_reported_in_one_run(tmp_path: Path) -> None:
@@ -90,9 +84,9 @@ def test_model_errors_and_the_checks_of_the_valid_parts_are_reported_in_one_run(
         .replace("ip: 10.10.0.11", "ip: 10.10.1.11")
     )
     lab.write_text(text)
-    code, out, err = run("--lab", str(lab), "validate")
-    assert (code, out) == (2, "")
-    assert err.splitlines() == [
+    result = run_cli("validate", lab=lab)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
         f"{lab}:14: vms[0].memory: must be an integer, found the text 'lots' "
         "(an integer number of MiB, 256 or more, e.g. 4096)",
         f"{lab}:19: vms[1].vmid: 9001 is inside templates[0].vmid_range",
@@ -111,35 +105,38 @@ def test_checks_that_need_a_part_that_is_not_valid_wait_for_it(tmp_path: Path) -
         .replace("ip: 10.10.0.11", "ip: 10.10.1.11")
     )
     lab.write_text(text)
-    code, _, err = run("--lab", str(lab), "validate")
-    assert code == 2
+    result = run_cli("validate", lab=lab)
+    assert result.exit_code == 2
     # no address is compared with a subnet that is not valid, no vmid with a range, no template name looked up
-    assert [line.split(": ")[1] for line in err.splitlines()] == ["network.subnet", "templates[0].vmid_range[1]"]
+    assert [line.split(": ")[1] for line in result.stderr.splitlines()] == [
+        "network.subnet",
+        "templates[0].vmid_range[1]",
+    ]
 
 
 def test_lab_path_from_environment_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, _, err = run("validate")
-    assert code == 2 and err.startswith("lab.yml: no such file")
+    result = run_cli("validate")
+    assert result.exit_code == 2 and result.stderr.startswith("lab.yml: no such file")
     monkeypatch.setenv("HOMELAB_LAB", str(EXAMPLE))
-    code, out, _ = run("validate")
-    assert code == 0 and str(EXAMPLE) in out
+    result = run_cli("validate")
+    assert result.exit_code == 0 and str(EXAMPLE) in result.stdout
 
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
-    code, _, err = run("--lab", str(tmp_path), "validate")
-    assert (code, err.strip()) == (2, f"{tmp_path}: is a folder, not a lab file")
+    result = run_cli("validate", lab=tmp_path)
+    assert (result.exit_code, result.stderr.strip()) == (2, f"{tmp_path}: is a folder, not a lab file")
     binary = tmp_path / "lab.yml"
     binary.write_bytes(b"name: x\n\xff\xfe\n")
-    code, _, err = run("--lab", str(binary), "validate")
-    assert (code, err.strip()) == (2, f"{binary}:2: not UTF-8 text")
+    result = run_cli("validate", lab=binary)
+    assert (result.exit_code, result.stderr.strip()) == (2, f"{binary}:2: not UTF-8 text")
 
 
 def test_validate_never_changes_the_file(tmp_path: Path) -> None:
     lab = tmp_path / "lab.yml"
     original = (REPO / "tests" / "labs" / "invalid" / "memory_not_int.yml").read_bytes()
     lab.write_bytes(original)
-    run("--lab", str(lab), "validate")
+    run_cli("validate", lab=lab)
     assert lab.read_bytes() == original
 
 
@@ -161,18 +158,18 @@ def test_unexpected_error_goes_to_debug_log(monkeypatch: pytest.MonkeyPatch, tmp
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(labfile, "load_lab", boom)
-    code, _, err = run("--lab", str(EXAMPLE), "validate")
-    assert code == 1
-    assert "unexpected error: RuntimeError: disk on fire" in err
+    result = run_cli("validate", lab=EXAMPLE)
+    assert result.exit_code == 1
+    assert "unexpected error: RuntimeError: disk on fire" in result.stderr
     log = tmp_path / "state" / "debug.log"
-    assert str(log) in err
-    assert "Traceback" in log.read_text() and "Traceback" not in err
+    assert str(log) in result.stderr
+    assert "Traceback" in log.read_text() and "Traceback" not in result.stderr
 
 
 def test_schema_matches_models_and_the_committed_copy() -> None:
-    code, out, _ = run("schema")
-    assert code == 0
-    schema = json.loads(out)
+    result = run_cli("schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
     assert schema == lab_schema()
     assert set(schema["required"]) == {"name", "proxmox", "network", "templates"}
     assert schema["additionalProperties"] is False
@@ -201,14 +198,14 @@ def test_help_lists_commands_without_importing_heavy_modules() -> None:
 
 
 def test_version() -> None:
-    code, out, _ = run("--version")
-    assert code == 0 and re.match(r"homelab, version \d+\.\d+\.\d+", out)
+    result = run_cli("--version")
+    assert result.exit_code == 0 and re.match(r"homelab, version \d+\.\d+\.\d+", result.stdout)
 
 
 def test_a_pasted_token_secret_is_never_echoed() -> None:
-    code, out, err = run("--lab", str(REPO / "tests" / "labs" / "invalid" / "token_with_secret.yml"), "validate")
-    assert code == 2 and "secret" in err
-    assert "9f0c1d2e" not in out + err
+    result = run_cli("validate", lab=REPO / "tests" / "labs" / "invalid" / "token_with_secret.yml")
+    assert result.exit_code == 2 and "secret" in result.stderr
+    assert "9f0c1d2e" not in result.stdout + result.stderr
 
 
 # Hostile lab files: each is refused in one line, quickly and in little memory. The bounds asserted are loose
@@ -271,12 +268,13 @@ def validate_measured(path: Path) -> tuple[int, str, str, float, int]:
     Timed in a run of its own: tracing every allocation makes Python several times slower.
     """
     start = time.perf_counter()
-    code, out, err = run("--lab", str(path), "validate")
+    result = run_cli("validate", lab=path)
     seconds = time.perf_counter() - start
     tracemalloc.start()
     try:
-        assert run("--lab", str(path), "validate") == (code, out, err)
-        return code, out, err, seconds, tracemalloc.get_traced_memory()[1]
+        again = run_cli("validate", lab=path)
+        assert (again.exit_code, again.stdout, again.stderr) == (result.exit_code, result.stdout, result.stderr)
+        return result.exit_code, result.stdout, result.stderr, seconds, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
@@ -318,16 +316,16 @@ def test_aliases_and_merge_keys_still_work_and_errors_point_where_the_value_is_w
         "  - {<<: *web, name: cache}\n"
     )
     lab.write_text(BASE.split("vms:\n")[0] + vms)
-    code, _, err = run("--lab", str(lab), "validate")
-    assert code == 2
+    result = run_cli("validate", lab=lab)
+    assert result.exit_code == 2
     # cache's memory is web's (line 12); db's own memory overrides it
-    assert [line.split(": ")[:2] for line in err.splitlines()] == [
+    assert [line.split(": ")[:2] for line in result.stderr.splitlines()] == [
         [f"{lab}:12", "vms[0].memory"],
         [f"{lab}:12", "vms[2].memory"],
     ]
     lab.write_text(lab.read_text().replace("memory: 100", "memory: 512"))
-    code, _, err = run("--lab", str(lab), "validate")
-    assert (code, err) == (0, "")
+    result = run_cli("validate", lab=lab)
+    assert (result.exit_code, result.stderr) == (0, "")
     loaded = load_lab(lab)
     assert [(vm.name, vm.cores, vm.memory, vm.tags) for vm in loaded.vms] == [
         ("web", 1, 512, ["front"]),
