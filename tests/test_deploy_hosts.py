@@ -13,17 +13,16 @@ import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from homelab.adapters.ansible import AnsibleRunner
 from homelab.adapters.sshkeys import ensure_admin_key
-from homelab.cli import cli
 from homelab.deploy.plan import DeployOptions, prepare, workdir
 from homelab.deploy.render import render_lab
 from homelab.deploy.service import execute, stage
 from homelab.lab import load_lab
 from homelab.lab.models import Lab
 from homelab.state.hosts import Host, hosts_file, save_hosts
+from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.hosts import SshHost
 
@@ -56,11 +55,6 @@ stacks:
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 
-def homelab(lab: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--lab", str(lab), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
 def provision(lab: Lab, vms: dict[str, SshHost]) -> None:
     """What apply and cloud-init leave behind: the homelab user with the admin key, hosts.json with pinned keys."""
     admin_pub = ensure_admin_key(lab)
@@ -89,11 +83,11 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     web, db = ssh_hosts(2, per_user_keys=True)
     provision(lab, {"web": web, "db": db})
 
-    code, out, err = homelab(lab_path, "deploy", "--yes", "--no-install-docker", "--no-start")
-    assert code == 0, out + err
-    assert "+ web: /home/homelab/stacks/portainer/.env (new file)" in out  # the preview came first
-    assert out.index("Changes:") < out.index("Deploying:") < out.index("Summary:")
-    assert "  web: ok (ok=1 changed=1 failed=0 unreachable=0)" in out
+    result = run_cli("deploy", "--yes", "--no-install-docker", "--no-start", lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "+ web: /home/homelab/stacks/portainer/.env (new file)" in result.stdout  # the preview came first
+    assert result.stdout.index("Changes:") < result.stdout.index("Deploying:") < result.stdout.index("Summary:")
+    assert "  web: ok (ok=1 changed=1 failed=0 unreachable=0)" in result.stdout
     rendered = render_lab(lab)
     for name, vm in (("web", web), ("db", db)):
         expected = {f.path: f.content for f in rendered[name].files}
@@ -111,10 +105,10 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     assert "http://docker.lab.example" in services and "http://traefik.lab.example" in services
     assert sorted(os.listdir("/home")) == machine_home  # the machine's own /home is untouched
 
-    code, out, err = homelab(lab_path, "deploy", "--yes", "--no-install-docker", "--no-start")
-    assert code == 0, out + err
-    assert "(no file or package would change)" in out and "Nothing to change." in out
-    assert "  db: ok (ok=1 changed=0 failed=0 unreachable=0)" in out
+    result = run_cli("deploy", "--yes", "--no-install-docker", "--no-start", lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
+    assert "  db: ok (ok=1 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The real run (not only check mode) is idempotent too: Ansible's own stats say changed=0.
     deployment = prepare(lab, DeployOptions(install_packages=False, start_stacks=False))
@@ -131,13 +125,15 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     records = json.loads(hosts_file(lab).read_text())
     records["hosts"][1]["host_key"] = OTHER_KEY
     hosts_file(lab).write_text(json.dumps(records))
-    code, out, err = homelab(lab_path, "deploy", "--yes", "--no-install-docker", "--no-start")
-    assert code == 1
-    assert "the deploy failed on db (Stack files); the other VMs are deployed" in err
-    assert "  ~ web: /home/homelab/stacks/traefik/.env" in out and "      +TRAEFIK_VERSION=v3.2" in out
-    failed = next(line for line in out.splitlines() if line.startswith("  db: FAILED"))
+    result = run_cli("deploy", "--yes", "--no-install-docker", "--no-start", lab=lab_path)
+    assert result.exit_code == 1
+    assert "the deploy failed on db (Stack files); the other VMs are deployed" in result.stderr
+    assert (
+        "  ~ web: /home/homelab/stacks/traefik/.env" in result.stdout and "      +TRAEFIK_VERSION=v3.2" in result.stdout
+    )
+    failed = next(line for line in result.stdout.splitlines() if line.startswith("  db: FAILED"))
     assert "Host key verification failed" in failed
-    assert "web: ok (ok=1 changed=1" in out
+    assert "web: ok (ok=1 changed=1" in result.stdout
     assert "TRAEFIK_VERSION=v3.2" in (web.home_dir / "homelab/stacks/traefik/.env").read_text()
     assert "TRAEFIK_VERSION" not in (db.home_dir / "homelab/stacks/traefik/.env").read_text()
 
@@ -148,13 +144,13 @@ def test_stack_add_keeps_the_comments_and_deploys_the_new_stack(tmp_path: Path, 
     (vm,) = ssh_hosts(1, per_user_keys=True)
     provision(load_lab(lab_path), {"db": vm})
 
-    code, out, err = homelab(
-        lab_path, "stack", "add", "portainer", "--vm", "db", "--yes", "--no-install-docker", "--no-start"
+    result = run_cli(
+        "stack", "add", "portainer", "--vm", "db", "--yes", "--no-install-docker", "--no-start", lab=lab_path
     )
-    assert code == 0, out + err
+    assert result.exit_code == 0, result.stdout + result.stderr
     text = lab_path.read_text()
     assert text == LAB.replace("stacks: [traefik, homepage]", "stacks: [traefik, homepage, portainer]")
-    assert "added portainer to db." in out and "Deploy to 1 VM(s)" in out
+    assert "added portainer to db." in result.stdout and "Deploy to 1 VM(s)" in result.stdout
     assert "PORTAINER_HOST=docker.lab.example" in (vm.home_dir / "homelab/stacks/portainer/.env").read_text()
     services = (vm.home_dir / "homelab/stacks/homepage/config/services.yaml").read_text()
     assert "Portainer" in services  # Homepage lists the new stack too
@@ -205,8 +201,8 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     lab_path.write_text(ONE_VM)
     (vm,) = ssh_hosts(1, per_user_keys=True)
     provision(load_lab(lab_path), {"web": vm})
-    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY)
-    assert code == 0, out + err
+    result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
     stacks = vm.home_dir / "homelab" / "stacks"
     # Folders homelab did not make: by hand, by another lab, a copy of a stack's folder under another name.
     by_hand = "mkdir mine && echo 'services: {}' > mine/compose.yml && echo 'lab=test' > mine/.homelab-stack"
@@ -218,36 +214,38 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     traefik = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (stacks / "traefik").iterdir()}
 
     lab_path.write_text(ONE_VM.replace("[traefik, portainer]", "[traefik]"))
-    code, out, _ = homelab(lab_path, "deploy", "--check", "--no-install-docker", "--no-start")
-    assert code == 3, out  # something would change
-    assert "  - web: stack portainer (folder removed; no compose down: --no-start)" in out
-    assert "stack mine" not in out and "elsewhere" not in out and "portainer-old" not in out
+    result = run_cli("deploy", "--check", "--no-install-docker", "--no-start", lab=lab_path)
+    assert result.exit_code == 3, result.stdout  # something would change
+    assert "  - web: stack portainer (folder removed; no compose down: --no-start)" in result.stdout
+    assert (
+        "stack mine" not in result.stdout and "elsewhere" not in result.stdout and "portainer-old" not in result.stdout
+    )
 
-    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY, "--keep-removed")
-    assert code == 0, out + err
-    assert "  = web: stack portainer kept (no longer in the lab file; --keep-removed)" in out
-    assert "note: web: stack portainer is no longer in the lab file; kept there (--keep-removed)" in out
+    result = run_cli("deploy", *FILES_ONLY, "--keep-removed", lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "  = web: stack portainer kept (no longer in the lab file; --keep-removed)" in result.stdout
+    assert "note: web: stack portainer is no longer in the lab file; kept there (--keep-removed)" in result.stdout
     assert (stacks / "portainer" / "compose.yml").is_file()
 
-    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY)
-    assert code == 0, out + err
-    assert "  - web: stack portainer (folder removed; no compose down: --no-start)" in out
-    assert "web: changed Remove stack folders" in out and "web: ok (ok=2 changed=1" in out
+    result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "  - web: stack portainer (folder removed; no compose down: --no-start)" in result.stdout
+    assert "web: changed Remove stack folders" in result.stdout and "web: ok (ok=2 changed=1" in result.stdout
     assert not (stacks / "portainer").exists()
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (stacks / "traefik").iterdir()} == traefik
     assert {name: sorted(p.name for p in (stacks / name).iterdir()) for name in theirs} == theirs
 
-    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY)
-    assert code == 0, out + err
-    assert "(no file or package would change)" in out and "Nothing to change." in out
-    assert "  web: ok (ok=1 changed=0 failed=0 unreachable=0)" in out
+    result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
+    assert "  web: ok (ok=1 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The VM lists no stacks at all: the deploy record says homelab put some there, so it is cleared too.
     lab_path.write_text(ONE_VM.replace("    stacks: [traefik, portainer]\n", ""))
-    code, out, err = homelab(lab_path, "deploy", *FILES_ONLY)
-    assert code == 0, out + err
-    assert "  web (" in out and "): no stacks (those deployed before are removed)" in out
-    assert "  - web: stack traefik (folder removed; no compose down: --no-start)" in out
+    result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "  web (" in result.stdout and "): no stacks (those deployed before are removed)" in result.stdout
+    assert "  - web: stack traefik (folder removed; no compose down: --no-start)" in result.stdout
     assert sorted(p.name for p in stacks.iterdir()) == ["elsewhere", "mine", "portainer-old"]
-    code, out, _ = homelab(lab_path, "deploy", *FILES_ONLY)
-    assert code == 0 and "Skipped: no VM in the lab file lists stacks." in out
+    result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0 and "Skipped: no VM in the lab file lists stacks." in result.stdout

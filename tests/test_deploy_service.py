@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from homelab.adapters.ansible import (
     FileDiff,
@@ -21,7 +20,6 @@ from homelab.adapters.ansible import (
     to_host_stats,
     to_task_event,
 )
-from homelab.cli import cli
 from homelab.deploy.plan import DeployOptions, deployed_vms, prepare
 from homelab.deploy.report import HostChange as Change
 from homelab.deploy.service import deploy_stacks
@@ -29,6 +27,7 @@ from homelab.errors import Aborted, InputError, OperationError
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.state.hosts import Host, save_hosts
+from tests.harness.cli import run_cli
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOr7xB0Q1YhYyH8nEIpwoZzvvz4cLyYWpaT3wKJ7rpv"
@@ -371,11 +370,6 @@ def test_runner_stats_become_host_stats() -> None:
     assert to_host_stats(None) == {}
 
 
-def homelab(lab: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--lab", str(lab), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
 @pytest.fixture
 def lab_file(lab: Lab, tmp_path: Path) -> Path:
     path = tmp_path / "lab.yml"
@@ -392,44 +386,51 @@ def use_runner(monkeypatch: pytest.MonkeyPatch, script: Script) -> FakeRunner:
 
 def test_cli_deploy_check_exits_3_when_something_would_change(lab_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = use_runner(monkeypatch, fresh_then_done)
-    code, out, _ = homelab(lab_file, "deploy", "--check")
-    assert code == 3 and "+ web: /home/homelab/stacks/web/.env (new file)" in out
+    result = run_cli("deploy", "--check", lab=lab_file)
+    assert result.exit_code == 3 and "+ web: /home/homelab/stacks/web/.env (new file)" in result.stdout
     assert [r.check for r in fake.requests] == [True]
     use_runner(monkeypatch, all_ok)
-    assert homelab(lab_file, "deploy", "--check", "--no-start")[0] == 0
+    assert run_cli("deploy", "--check", "--no-start", lab=lab_file).exit_code == 0
 
 
 def test_cli_deploy_without_a_terminal_needs_yes(lab_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = use_runner(monkeypatch, fresh_then_done)
-    code, _, err = homelab(lab_file, "deploy", "--no-install-docker")
-    assert code == 2 and "pass --yes" in err
+    result = run_cli("deploy", "--no-install-docker", lab=lab_file)
+    assert result.exit_code == 2 and "pass --yes" in result.stderr
     assert [r.check for r in fake.requests] == [True]  # only the read-only preview ran
     assert fake.requests[0].extravars["homelab_install_packages"] is False
-    code, _, _ = homelab(lab_file, "deploy", "--yes", "--vm", "web")
-    assert code == 0 and [r.check for r in fake.requests] == [True, True, False]
+    result = run_cli("deploy", "--yes", "--vm", "web", lab=lab_file)
+    assert result.exit_code == 0 and [r.check for r in fake.requests] == [True, True, False]
     assert list(fake.inventories[-1]["all"]["hosts"]) == ["web"]
 
 
 def test_cli_stack_list_with_and_without_a_lab(lab_file: Path, tmp_path: Path) -> None:
-    code, out, _ = homelab(tmp_path / "missing.yml", "stack", "list")
-    assert code == 0 and "portainer  Portainer CE" in out and "on:" not in out
-    code, out, _ = homelab(lab_file, "stack", "list")
-    assert code == 0 and "on: web, db  http://portainer.lab.example" in out and "on: not in the lab" in out
-    code, out, _ = homelab(lab_file, "stack", "list", "--json")
-    rows = {row["name"]: row for row in json.loads(out)}
+    result = run_cli("stack", "list", lab=tmp_path / "missing.yml")
+    assert result.exit_code == 0 and "portainer  Portainer CE" in result.stdout and "on:" not in result.stdout
+    result = run_cli("stack", "list", lab=lab_file)
+    assert (
+        result.exit_code == 0
+        and "on: web, db  http://portainer.lab.example" in result.stdout
+        and "on: not in the lab" in result.stdout
+    )
+    result = run_cli("stack", "list", "--json", lab=lab_file)
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["traefik"]["vms"] == ["web"] and rows["media"]["requires"] == ["traefik"]
 
 
 def test_cli_stack_add_then_deploys_only_that_vm(lab_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = use_runner(monkeypatch, fresh_then_done)
-    code, out, _ = homelab(lab_file, "stack", "add", "traefik", "--vm", "db", "--yes", "--no-start")
-    assert code == 0, out
-    assert "added traefik to db." in out
+    result = run_cli("stack", "add", "traefik", "--vm", "db", "--yes", "--no-start", lab=lab_file)
+    assert result.exit_code == 0, result.stdout
+    assert "added traefik to db." in result.stdout
     assert yaml.safe_load(lab_file.read_text())["vms"][1]["stacks"] == ["portainer", "traefik"]
     assert list(fake.inventories[-1]["all"]["hosts"]) == ["db"]
-    code, out, _ = homelab(lab_file, "stack", "add", "traefik", "--vm", "db", "--no-deploy")
-    assert code == 0 and "db already runs traefik; the file is unchanged." in out
-    code, out, _ = homelab(lab_file, "stack", "add", "homepage", "--vm", "spare", "--no-deploy")
-    assert code == 0 and "note: homepage is reached through traefik: homelab stack add traefik --vm spare" in out
-    code, _, err = homelab(lab_file, "stack", "add", "portaner", "--no-deploy")
-    assert code == 2 and "unknown stack 'portaner'; did you mean 'portainer'?" in err
+    result = run_cli("stack", "add", "traefik", "--vm", "db", "--no-deploy", lab=lab_file)
+    assert result.exit_code == 0 and "db already runs traefik; the file is unchanged." in result.stdout
+    result = run_cli("stack", "add", "homepage", "--vm", "spare", "--no-deploy", lab=lab_file)
+    assert (
+        result.exit_code == 0
+        and "note: homepage is reached through traefik: homelab stack add traefik --vm spare" in result.stdout
+    )
+    result = run_cli("stack", "add", "portaner", "--no-deploy", lab=lab_file)
+    assert result.exit_code == 2 and "unknown stack 'portaner'; did you mean 'portainer'?" in result.stderr

@@ -11,20 +11,14 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from homelab.cli import cli
 from homelab.demo.launcher import FakeProxmox
+from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.gitserver import GitServer, git_server_fixture  # noqa: F401
 from tests.harness.labs import lab_data, write_lab
 
 pytestmark = pytest.mark.e2e
-
-
-def homelab(lab: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--lab", str(lab), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_apply_then_deploy_key_over_pinned_ssh(
@@ -43,8 +37,8 @@ def test_apply_then_deploy_key_over_pinned_ssh(
     data = lab_data(fake_pve, [{"name": "web", "ip": "10.10.0.10"}], repo={"url": git_server.url, "branch": "main"})
     lab = write_lab(tmp_path / "lab.yml", data)
 
-    code, out, err = homelab(lab, "apply", "--yes")
-    assert code == 0, out + err
+    result = run_cli("apply", "--yes", lab=lab)
+    assert result.exit_code == 0, result.stdout + result.stderr
     hosts = json.loads((tmp_path / "state" / "test" / "hosts.json").read_text())["hosts"]
     (vmid,) = [v["vmid"] for v in fake_pve.vms() if v["name"] == "web"]
     assert hosts == [
@@ -64,15 +58,15 @@ def test_apply_then_deploy_key_over_pinned_ssh(
         ["sh", "-c", "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"], input=admin_pub
     )
 
-    code, out, _ = homelab(lab, "keys", "generate")
-    assert code == 0
-    pub = next(line.strip() for line in out.splitlines() if line.strip().startswith("ssh-ed25519"))
+    result = run_cli("keys", "generate", lab=lab)
+    assert result.exit_code == 0
+    pub = next(line.strip() for line in result.stdout.splitlines() if line.strip().startswith("ssh-ed25519"))
     git_server.add_key(pub)
-    assert homelab(lab, "keys", "verify", "--yes")[0] == 0
+    assert run_cli("keys", "verify", "--yes", lab=lab).exit_code == 0
 
-    code, out, err = homelab(lab, "keys", "install", "--yes")
-    assert code == 0, out + err + vm.log()
-    assert "web: ok" in out
+    result = run_cli("keys", "install", "--yes", lab=lab)
+    assert result.exit_code == 0, result.stdout + result.stderr + vm.log()
+    assert "web: ok" in result.stdout
     head = git_server.head()
     assert vm.run("runuser -u homelab -- git -C /home/homelab/config rev-parse HEAD").stdout.strip() == head
     assert (vm.home_dir / "homelab" / "config" / ".git").is_dir()
@@ -82,5 +76,5 @@ def test_apply_then_deploy_key_over_pinned_ssh(
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
     hosts[0]["host_key"] = other
     (tmp_path / "state" / "test" / "hosts.json").write_text(json.dumps({"hosts": hosts}))
-    code, out, err = homelab(lab, "keys", "install", "--yes")
-    assert code == 1 and "web: FAILED" in out
+    result = run_cli("keys", "install", "--yes", lab=lab)
+    assert result.exit_code == 1 and "web: FAILED" in result.stdout

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from homelab.cli import cli
 from homelab.demo.launcher import FakeProxmox
 from homelab.lab import load_lab
 from homelab.provision.service import carry_out, make_plan
+from tests.harness.cli import run_cli
 from tests.harness.labs import SSH_KEY, lab_data, write_lab
 
 pytestmark = pytest.mark.integration
@@ -36,11 +35,6 @@ VMS = [
 def lab_file(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
     return write_lab(tmp_path / "lab.yml", lab_data(fake_pve, VMS))
-
-
-def homelab(lab: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--lab", str(lab), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def managed(fake: FakeProxmox, lab: str = "test") -> dict[str, dict[str, Any]]:
@@ -60,10 +54,10 @@ def writes(fake: FakeProxmox) -> list[tuple[str, str]]:
 
 
 def test_create_from_empty_then_noop(lab_file: Path, fake_pve: FakeProxmox, tmp_path: Path) -> None:
-    code, out, _ = homelab(lab_file, "plan")
-    assert code == 3 and out.count("+ create") == 3
-    code, out, err = homelab(lab_file, "apply", "--yes")
-    assert code == 0, err
+    result = run_cli("plan", lab=lab_file)
+    assert result.exit_code == 3 and result.stdout.count("+ create") == 3
+    result = run_cli("apply", "--yes", lab=lab_file)
+    assert result.exit_code == 0, result.stderr
     vms = managed(fake_pve)
     assert sorted(vms) == ["cache", "db", "web"]
     web = vms["web"]
@@ -91,16 +85,16 @@ def test_create_from_empty_then_noop(lab_file: Path, fake_pve: FakeProxmox, tmp_
 
     # A second run changes nothing: no write call at all.
     fake_pve.requests(clear=True)
-    code, out, _ = homelab(lab_file, "plan")
-    assert code == 0 and out.count("= ") == 3
-    code, out, _ = homelab(lab_file, "apply", "--yes")
-    assert code == 0 and "Nothing to change." in out
+    result = run_cli("plan", lab=lab_file)
+    assert result.exit_code == 0 and result.stdout.count("= ") == 3
+    result = run_cli("apply", "--yes", lab=lab_file)
+    assert result.exit_code == 0 and "Nothing to change." in result.stdout
     assert writes(fake_pve) == []
     # and no agent call either: nothing restarted, what the last apply learned still holds
     assert [r for r in fake_pve.requests() if "/agent/" in r[1]] == []
 
-    code, out, _ = homelab(lab_file, "status", "--json")
-    rows = json.loads(out)
+    result = run_cli("status", "--json", lab=lab_file)
+    rows = json.loads(result.stdout)
     assert [(r["name"], r["state"], r["matches"]) for r in rows] == [
         ("web", "running", True),
         ("db", "running", True),
@@ -109,30 +103,34 @@ def test_create_from_empty_then_noop(lab_file: Path, fake_pve: FakeProxmox, tmp_
 
 
 def test_plan_json_and_exit_codes(lab_file: Path) -> None:
-    code, out, _ = homelab(lab_file, "plan", "--json")
-    assert code == 3
-    data = json.loads(out)
+    result = run_cli("plan", "--json", lab=lab_file)
+    assert result.exit_code == 3
+    data = json.loads(result.stdout)
     assert data["changes"] == 3 and {a["action"] for a in data["actions"]} == {"create"}
 
 
 def test_update_in_place_and_grow_disk(lab_file: Path, fake_pve: FakeProxmox) -> None:
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     before = managed(fake_pve)
     data = lab_data(fake_pve, [dict(VMS[0], memory=4096, disk="40G", tags=["docker", "web"]), *VMS[1:]])
     write_lab(lab_file, data)
-    code, out, _ = homelab(lab_file, "plan")
-    assert code == 3
-    assert "~ update web" in out and "memory: 2048 -> 4096" in out and out.count("(reboot)") == 1
-    assert "~ grow web" in out and "20G -> 40G" in out
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    result = run_cli("plan", lab=lab_file)
+    assert result.exit_code == 3
+    assert (
+        "~ update web" in result.stdout
+        and "memory: 2048 -> 4096" in result.stdout
+        and result.stdout.count("(reboot)") == 1
+    )
+    assert "~ grow web" in result.stdout and "20G -> 40G" in result.stdout
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     after = managed(fake_pve)
     assert after["web"]["vmid"] == before["web"]["vmid"]
     assert str(after["web"]["config"]["memory"]) == "4096" and "size=40G" in after["web"]["config"]["scsi0"]
-    assert homelab(lab_file, "plan")[0] == 0
+    assert run_cli("plan", lab=lab_file).exit_code == 0
 
 
 def test_replace_on_new_template_version(lab_file: Path, fake_pve: FakeProxmox, tmp_path: Path) -> None:
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     old = {n: v["vmid"] for n, v in managed(fake_pve).items()}
     disk = {"agent": "1", "ostype": "l26"}
     # Newer versions nobody marked, or that another lab built, are never cloned from.
@@ -150,7 +148,7 @@ def test_replace_on_new_template_version(lab_file: Path, fake_pve: FakeProxmox, 
         template=True,
         config=dict(disk, scsi0="local-lvm:base-9002-disk-0,size=8G", tags="homelab-template;homelab-other"),
     )
-    assert homelab(lab_file, "plan")[0] == 0
+    assert run_cli("plan", lab=lab_file).exit_code == 0
     fake_pve.call(
         "add_vm",
         vmid=9001,
@@ -158,13 +156,13 @@ def test_replace_on_new_template_version(lab_file: Path, fake_pve: FakeProxmox, 
         template=True,
         config=dict(disk, scsi0="local-lvm:base-9001-disk-0,size=8G", tags="homelab-template;homelab-test"),
     )
-    code, out, _ = homelab(lab_file, "plan", "--no-replace")
-    assert code == 3 and out.count("! cannot apply") == 3
-    code, _, err = homelab(lab_file, "apply", "--yes", "--no-replace")
-    assert code == 1 and "nothing was changed" in err
-    code, out, _ = homelab(lab_file, "plan")
-    assert out.count("± replace") == 3 and "202611010930 -> 202611201200" in out
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    result = run_cli("plan", "--no-replace", lab=lab_file)
+    assert result.exit_code == 3 and result.stdout.count("! cannot apply") == 3
+    result = run_cli("apply", "--yes", "--no-replace", lab=lab_file)
+    assert result.exit_code == 1 and "nothing was changed" in result.stderr
+    result = run_cli("plan", lab=lab_file)
+    assert result.stdout.count("± replace") == 3 and "202611010930 -> 202611201200" in result.stdout
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     new = managed(fake_pve)
     assert sorted(new) == sorted(old)
     for name, vm in new.items():
@@ -174,20 +172,20 @@ def test_replace_on_new_template_version(lab_file: Path, fake_pve: FakeProxmox, 
     assert not remaining & set(old.values())
     hosts = json.loads((tmp_path / "state" / "test" / "hosts.json").read_text())["hosts"]
     assert {h["name"]: h["address"] for h in hosts}["web"] == "10.10.0.10"
-    assert homelab(lab_file, "plan")[0] == 0
+    assert run_cli("plan", lab=lab_file).exit_code == 0
 
 
 def test_destroy_never_touches_an_unmanaged_namesake(lab_file: Path, fake_pve: FakeProxmox) -> None:
     fake_pve.call("add_vm", vmid=555, name="web", status="running", config={"memory": 1024})
-    code, out, _ = homelab(lab_file, "plan")
-    assert "+ create web" in out  # the namesake is not adopted
-    assert "? VM 555 is also named web but is not marked as this lab's: left alone" in out
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    result = run_cli("plan", lab=lab_file)
+    assert "+ create web" in result.stdout  # the namesake is not adopted
+    assert "? VM 555 is also named web but is not marked as this lab's: left alone" in result.stdout
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     assert len(managed(fake_pve)) == 3
-    code, _, err = homelab(lab_file, "destroy")
-    assert code == 2 and "pass --yes" in err and len(managed(fake_pve)) == 3  # nothing happened
-    code, out, _ = homelab(lab_file, "destroy", "--yes")
-    assert code == 0
+    result = run_cli("destroy", lab=lab_file)
+    assert result.exit_code == 2 and "pass --yes" in result.stderr and len(managed(fake_pve)) == 3  # nothing happened
+    result = run_cli("destroy", "--yes", lab=lab_file)
+    assert result.exit_code == 0
     assert managed(fake_pve) == {}
     left = {vm["vmid"]: vm for vm in fake_pve.vms()}
     assert left[555]["status"] == "running" and left[555]["name"] == "web"
@@ -196,18 +194,18 @@ def test_destroy_never_touches_an_unmanaged_namesake(lab_file: Path, fake_pve: F
 
 def status_rows(lab_file: Path) -> dict[str, tuple[str, str | None]]:
     """name -> (state, address) as `homelab status --json` shows them."""
-    code, out, err = homelab(lab_file, "status", "--json")
-    assert code == 0, out + err
-    return {r["name"]: (r["state"], r["address"]) for r in json.loads(out)}
+    result = run_cli("status", "--json", lab=lab_file)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return {r["name"]: (r["state"], r["address"]) for r in json.loads(result.stdout)}
 
 
 def test_status_never_shows_the_address_of_a_vm_that_is_gone(lab_file: Path, tmp_path: Path) -> None:
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     assert status_rows(lab_file)["web"] == ("running", "10.10.0.10")
-    assert homelab(lab_file, "destroy", "--yes")[0] == 0
+    assert run_cli("destroy", "--yes", lab=lab_file).exit_code == 0
     assert status_rows(lab_file) == {"web": ("absent", None), "db": ("absent", None), "cache": ("absent", None)}
-    code, out, _ = homelab(lab_file, "status")
-    assert code == 0 and "10.10.0.1" not in out  # the table too: no address of web or db
+    result = run_cli("status", lab=lab_file)
+    assert result.exit_code == 0 and "10.10.0.1" not in result.stdout  # the table too: no address of web or db
     assert json.loads((tmp_path / "state" / "test" / "hosts.json").read_text())["hosts"] == []
 
     # A record destroy did not clear (written by an older homelab, or kept on another machine) is not shown either.
@@ -220,17 +218,17 @@ def test_status_never_shows_the_address_of_a_vm_that_is_gone(lab_file: Path, tmp
 def test_status_shows_a_recorded_address_only_for_the_vm_it_was_learned_from(
     lab_file: Path, fake_pve: FakeProxmox, tmp_path: Path
 ) -> None:
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     hosts_file = tmp_path / "state" / "test" / "hosts.json"
     recorded = hosts_file.read_text()  # what this machine learned
     old = {name: vm["vmid"] for name, vm in managed(fake_pve).items()}
     assert {h["name"]: h["vmid"] for h in json.loads(recorded)["hosts"]} == old
 
     # The lab is re-created elsewhere (another machine's state): the VMs exist again, under other vmids.
-    assert homelab(lab_file, "destroy", "--yes")[0] == 0
+    assert run_cli("destroy", "--yes", lab=lab_file).exit_code == 0
     for n, vmid in enumerate(sorted(old.values())):
         fake_pve.call("add_vm", vmid=vmid, name=f"someone-else-{n}")  # so the new VMs get other vmids
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     new = {name: vm["vmid"] for name, vm in managed(fake_pve).items()}
     assert not set(new.values()) & set(old.values())
     hosts_file.write_text(recorded)
@@ -246,26 +244,26 @@ def test_status_shows_a_recorded_address_only_for_the_vm_it_was_learned_from(
 def test_a_tag_alone_does_not_make_a_vm_ours(tmp_path: Path, fake_pve: FakeProxmox, lab_file: Path) -> None:
     """Another lab's VM that carries this lab's tag (tags are free-form) is never changed or deleted."""
     other = lab_data(fake_pve, [{"name": "web", "ip": "10.10.0.10"}], name="prod")
-    assert homelab(write_lab(tmp_path / "prod.yml", other), "apply", "--yes")[0] == 0
+    assert run_cli("apply", "--yes", lab=write_lab(tmp_path / "prod.yml", other)).exit_code == 0
     (prod_web,) = [vm for vm in fake_pve.vms() if not vm["template"]]
     fake_pve.call("vm_set", vmid=prod_web["vmid"], config=dict(prod_web["config"], tags="homelab-prod;homelab-test"))
     write_lab(lab_file, lab_data(fake_pve, []))
-    code, out, _ = homelab(lab_file, "destroy", "--yes")
-    assert code == 0 and "Nothing to destroy." in out
-    code, out, _ = homelab(lab_file, "apply", "--yes", "--prune")
-    assert code == 0 and "remove" not in out
+    result = run_cli("destroy", "--yes", lab=lab_file)
+    assert result.exit_code == 0 and "Nothing to destroy." in result.stdout
+    result = run_cli("apply", "--yes", "--prune", lab=lab_file)
+    assert result.exit_code == 0 and "remove" not in result.stdout
     assert [vm["vmid"] for vm in fake_pve.vms() if not vm["template"]] == [prod_web["vmid"]]
 
 
 def test_prune_removes_what_the_file_dropped(lab_file: Path, fake_pve: FakeProxmox) -> None:
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     write_lab(lab_file, lab_data(fake_pve, VMS[:2]))
-    code, out, _ = homelab(lab_file, "plan")
-    assert code == 0 and "? cache" in out  # reported, not a change
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    result = run_cli("plan", lab=lab_file)
+    assert result.exit_code == 0 and "? cache" in result.stdout  # reported, not a change
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     assert "cache" in managed(fake_pve)
-    code, out, _ = homelab(lab_file, "apply", "--yes", "--prune")
-    assert code == 0 and "- remove cache" in out
+    result = run_cli("apply", "--yes", "--prune", lab=lab_file)
+    assert result.exit_code == 0 and "- remove cache" in result.stdout
     assert sorted(managed(fake_pve)) == ["db", "web"]
 
 
@@ -299,26 +297,26 @@ def test_nextid_race_between_two_labs(tmp_path: Path, fake_pve: FakeProxmox, mon
 
 def test_task_error_shows_pve_message(lab_file: Path, fake_pve: FakeProxmox) -> None:
     fake_pve.call("fail", method="POST", suffix="/nodes/{node}/qemu/{vmid}/status/start", error="qemu_exited_code")
-    code, out, _ = homelab(lab_file, "apply", "--yes")
-    assert code == 1
-    assert "start of web failed on Proxmox: QEMU exited with code 1" in out
+    result = run_cli("apply", "--yes", lab=lab_file)
+    assert result.exit_code == 1
+    assert "start of web failed on Proxmox: QEMU exited with code 1" in result.stdout
     fake_pve.call("clear_failures")
     # The re-run finishes the job: the VMs exist, only the start is left.
-    code, out, _ = homelab(lab_file, "plan")
-    assert out.count("> start") == 3 and "+ create" not in out
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    result = run_cli("plan", lab=lab_file)
+    assert result.stdout.count("> start") == 3 and "+ create" not in result.stdout
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     assert all(vm["status"] == "running" for vm in managed(fake_pve).values())
 
 
 @pytest.mark.fake_pve(time_scale=0.01)
 def test_waits_out_a_config_lock(lab_file: Path, fake_pve: FakeProxmox) -> None:
-    assert homelab(lab_file, "apply", "--yes")[0] == 0
+    assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     web = managed(fake_pve)["web"]["vmid"]
     fake_pve.call("hold_config_lock", vmid=web, secs=150)  # 1.5 s real; PVE's lock wait is 10 s (0.1 s)
     write_lab(lab_file, lab_data(fake_pve, [dict(VMS[0], tags=["docker", "locked"]), *VMS[1:]]))
     start = time.monotonic()
-    code, out, err = homelab(lab_file, "apply", "--yes")
-    assert code == 0, out + err
+    result = run_cli("apply", "--yes", lab=lab_file)
+    assert result.exit_code == 0, result.stdout + result.stderr
     assert time.monotonic() - start > 1.0
     assert "locked" in managed(fake_pve)["web"]["config"]["tags"]
     puts = [r for r in fake_pve.requests() if r == ("PUT", f"/api2/json/nodes/pve1/qemu/{web}/config")]
@@ -327,22 +325,22 @@ def test_waits_out_a_config_lock(lab_file: Path, fake_pve: FakeProxmox) -> None:
 
 def test_flaky_network(lab_file: Path, fake_pve: FakeProxmox) -> None:
     fake_pve.call("flaky_network", drop_rate=0.15, seed=7)
-    code, out, err = homelab(lab_file, "apply", "--yes")
+    result = run_cli("apply", "--yes", lab=lab_file)
     fake_pve.call("flaky_network", drop_rate=0.0)
-    assert code == 0, out + err
+    assert result.exit_code == 0, result.stdout + result.stderr
     vms = managed(fake_pve)
     assert sorted(vms) == ["cache", "db", "web"]
     assert all(vm["status"] == "running" for vm in vms.values())
-    assert homelab(lab_file, "plan")[0] == 0
+    assert run_cli("plan", lab=lab_file).exit_code == 0
 
 
 @pytest.mark.fake_pve(time_scale=0.001, agent_delay=100_000)
 def test_agent_timeout_is_clear(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
     data = lab_data(fake_pve, VMS[:1], settings={"timeouts": {"agent": 1}})
-    code, out, _ = homelab(write_lab(tmp_path / "lab.yml", data), "apply", "--yes")
-    assert code == 1
-    assert "web: the guest agent reported no address within 1s" in out
+    result = run_cli("apply", "--yes", lab=write_lab(tmp_path / "lab.yml", data))
+    assert result.exit_code == 1
+    assert "web: the guest agent reported no address within 1s" in result.stdout
 
 
 @pytest.mark.fake_pve(time_scale=0.05)
@@ -370,31 +368,35 @@ def test_ctrl_c_then_rerun_finishes_without_duplicates(
     assert proc.returncode == 130, err
     half = managed(fake_pve)
     assert 0 < len(half) <= 6
-    code, out, err = homelab(lab, "apply", "--yes")
-    assert code == 0, out + err
+    result = run_cli("apply", "--yes", lab=lab)
+    assert result.exit_code == 0, result.stdout + result.stderr
     done = managed(fake_pve)
     assert sorted(done) == [f"vm{i}" for i in range(6)]
     assert all(vm["status"] == "running" and '"state":"ready"' in vm["config"]["description"] for vm in done.values())
-    assert homelab(lab, "plan")[0] == 0
+    assert run_cli("plan", lab=lab).exit_code == 0
 
 
 def test_secret_missing_is_clear(tmp_path: Path, fake_pve: FakeProxmox) -> None:
-    code, _, err = homelab(write_lab(tmp_path / "lab.yml", lab_data(fake_pve, VMS)), "plan")
-    assert code == 2 and "HOMELAB_PROXMOX_TOKEN" in err and "Traceback" not in err
+    result = run_cli("plan", lab=write_lab(tmp_path / "lab.yml", lab_data(fake_pve, VMS)))
+    assert result.exit_code == 2 and "HOMELAB_PROXMOX_TOKEN" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_wrong_token_fails_cleanly(lab_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", "not-the-secret")
-    code, _, err = homelab(lab_file, "plan")
-    assert code == 1 and "401" in err and "not-the-secret" not in err
+    result = run_cli("plan", lab=lab_file)
+    assert result.exit_code == 1 and "401" in result.stderr and "not-the-secret" not in result.stderr
 
 
 def test_tls_is_verified_by_default(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
     data = lab_data(fake_pve, VMS)
     del data["proxmox"]["ca_bundle"]
-    code, _, err = homelab(write_lab(tmp_path / "lab.yml", data), "plan")
-    assert code == 1 and "TLS certificate not trusted" in err and "set proxmox.ca_bundle" in err
+    result = run_cli("plan", lab=write_lab(tmp_path / "lab.yml", data))
+    assert (
+        result.exit_code == 1
+        and "TLS certificate not trusted" in result.stderr
+        and "set proxmox.ca_bundle" in result.stderr
+    )
 
 
 def test_password_login(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -403,7 +405,7 @@ def test_password_login(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pyte
     del data["proxmox"]["token_id"]
     data["proxmox"]["user"] = fake_pve.user
     lab = write_lab(tmp_path / "lab.yml", data)
-    assert homelab(lab, "apply", "--yes")[0] == 0
+    assert run_cli("apply", "--yes", lab=lab).exit_code == 0
     assert sorted(managed(fake_pve)) == ["web"]
 
 
@@ -415,18 +417,22 @@ def test_secrets_file_must_be_private(
     secrets.parent.mkdir(parents=True)
     secrets.write_text(f"test: {{proxmox_token: {fake_pve.token_secret}}}\n")
     secrets.chmod(0o644)
-    code, _, err = homelab(lab_file, "plan")
-    assert code == 2 and "readable by other users (mode 0644)" in err and fake_pve.token_secret not in err
+    result = run_cli("plan", lab=lab_file)
+    assert (
+        result.exit_code == 2
+        and "readable by other users (mode 0644)" in result.stderr
+        and fake_pve.token_secret not in result.stderr
+    )
     secrets.chmod(0o600)
-    assert homelab(lab_file, "plan")[0] == 3
+    assert run_cli("plan", lab=lab_file).exit_code == 3
 
 
 def test_full_clone_per_vm(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
     data = lab_data(fake_pve, [dict(VMS[0], full=True), VMS[1]])
-    code, out, _ = homelab(write_lab(tmp_path / "lab.yml", data), "apply", "--yes")
-    assert code == 0
-    assert "full clone of debian-docker" in out and "linked clone of debian-docker" in out
+    result = run_cli("apply", "--yes", lab=write_lab(tmp_path / "lab.yml", data))
+    assert result.exit_code == 0
+    assert "full clone of debian-docker" in result.stdout and "linked clone of debian-docker" in result.stdout
     vms = managed(fake_pve)
     assert "base-9000" not in vms["web"]["config"]["scsi0"]  # its own disk
     clones = [r for r in fake_pve.requests() if r[1].endswith("/clone")]

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from homelab.adapters.ansible import FileDiff, HostStats, RunOutcome, RunRequest, TaskEvent
 from homelab.adapters.proxmox.connect import connect
-from homelab.cli import cli
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import Aborted
 from homelab.lab import load_lab
 from homelab.pipeline import up
 from homelab.provision.executor import SilentReporter
+from tests.harness.cli import run_cli
 from tests.harness.labs import lab_data, write_lab
 
 pytestmark = [pytest.mark.integration]
@@ -25,11 +24,6 @@ STORAGES = {
     "local": {"type": "dir", "active": 1, "content": "iso,vztmpl,backup,import", "files": [], "path": "/var/lib/vz"}
 }
 IMAGE = {"url": "https://images.example/debian-12-genericcloud-amd64.qcow2", "checksum": "sha512:" + "ab" * 64}
-
-
-def homelab(lab: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--lab", str(lab), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture
@@ -42,23 +36,26 @@ def lab(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.fake_pve(guests=[], storages=STORAGES)
 def test_up_bakes_the_template_then_brings_up_the_vms(lab: Path, fake_pve: FakeProxmox) -> None:
-    code, _, err = homelab(lab, "up")
-    assert code == 2 and "pass --yes" in err
+    result = run_cli("up", lab=lab)
+    assert result.exit_code == 2 and "pass --yes" in result.stderr
     assert [vm for vm in fake_pve.vms()] == []  # refused before changing anything
 
-    code, out, err = homelab(lab, "up", "--yes")
-    assert code == 0, out + err
+    result = run_cli("up", "--yes", lab=lab)
+    assert result.exit_code == 0, result.stdout + result.stderr
     templates = [vm for vm in fake_pve.vms() if vm["template"]]
     assert len(templates) == 1 and templates[0]["name"].startswith("debian-docker-")
     running = sorted(vm["name"] for vm in fake_pve.vms() if vm["status"] == "running")
     assert running == ["db", "web"]
-    assert "Skipped: the lab file has no repo" in out
-    assert "Skipped: no VM in the lab file lists stacks." in out
+    assert "Skipped: the lab file has no repo" in result.stdout
+    assert "Skipped: no VM in the lab file lists stacks." in result.stdout
 
     fake_pve.requests(clear=True)
-    code, out, _ = homelab(lab, "up", "--yes")
-    assert code == 0
-    assert "Every template the VMs use has a version on Proxmox." in out and "Plan: 2 unchanged." in out
+    result = run_cli("up", "--yes", lab=lab)
+    assert result.exit_code == 0
+    assert (
+        "Every template the VMs use has a version on Proxmox." in result.stdout
+        and "Plan: 2 unchanged." in result.stdout
+    )
     assert [r for r in fake_pve.requests() if r[0] != "GET"] == []
 
 
