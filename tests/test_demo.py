@@ -20,9 +20,8 @@ from typing import IO
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from homelab.cli import cli
+from tests.harness.cli import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +87,7 @@ def test_the_demo_prints_no_line_twice_leaves_nothing_behind_and_says_what_next(
 
 def test_without_the_demo_extra_the_hint_names_the_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "fakepve", None)  # import fakepve raises ImportError
-    result = CliRunner().invoke(cli, ["demo"], catch_exceptions=False)
+    result = run_cli("demo")
     assert result.exit_code == 2
     assert "pip install 'homelab-pve[demo]'" in result.stderr
 

@@ -14,10 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from homelab.adapters.ansible import HostStats, RunOutcome, RunRequest, TaskEvent, to_task_event
-from homelab.cli import cli
 from homelab.deploy.plan import DeployOptions, deployed_file, deployed_vms, prepare
 from homelab.deploy.removed import MARKER, RemoveStack, marker_text, read_marker, removed_stacks
 from homelab.deploy.service import deploy_stacks
@@ -25,6 +23,7 @@ from homelab.errors import InputError, OperationError
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.state.hosts import Host, save_hosts
+from tests.harness.cli import run_cli
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 LAB: dict[str, Any] = {
@@ -161,15 +160,11 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
     lab_file.write_text(yaml.safe_dump(LAB))
     monkeypatch.setattr("homelab.adapters.ansible.AnsibleRunner", lambda: runner)
     monkeypatch.setattr("homelab.adapters.ansible.ansible_available", lambda: None)
-    result = CliRunner().invoke(
-        cli, ["--lab", str(lab_file), "deploy", "--check", "--no-start"], catch_exceptions=False
-    )
+    result = run_cli("deploy", "--check", "--no-start", lab=lab_file)
     assert (
         result.exit_code == 3 and "  - web: stack media (folder removed; no compose down: --no-start)" in result.stdout
     )
-    result = CliRunner().invoke(
-        cli, ["--lab", str(lab_file), "deploy", "--check", "--no-start", "--keep-removed"], catch_exceptions=False
-    )
+    result = run_cli("deploy", "--check", "--no-start", "--keep-removed", lab=lab_file)
     assert result.exit_code == 0 and "  = web: stack media kept (no longer in the lab file; --keep-removed)" in (
         result.stdout
     )

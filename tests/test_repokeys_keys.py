@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
 
 from homelab.adapters.forge import deploy_key_page, published_host_keys
 from homelab.adapters.git import parse_repo_url
 from homelab.adapters.ssh import HostKey, ScriptResult, ssh_command
 from homelab.adapters.sshkeys import fingerprint
-from homelab.cli import cli
 from homelab.errors import InputError
 from homelab.lab import Lab, load_lab
 from homelab.repokeys import core, hostkeys
@@ -24,6 +22,7 @@ from homelab.repokeys.hostkeys import HostKeyMismatch, ensure_pinned
 from homelab.repokeys.install import NOT_INSTALLED_EXIT, Switch, _install_body, _prelude, _switch
 from homelab.repokeys.install import Checkout as Target
 from homelab.repokeys.keys import KeyStore
+from tests.harness.cli import run_cli
 from tests.harness.gitserver import write_lab
 
 # GitHub's ed25519 host key as GitHub publishes it (docs.github.com, "GitHub's SSH key fingerprints").
@@ -38,10 +37,6 @@ def lab_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def lab(lab_path: Path) -> Lab:
     return load_lab(lab_path)
-
-
-def _keys(lab_path: Path, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["--lab", str(lab_path), "keys", *args], catch_exceptions=False)
 
 
 # --- key files --------------------------------------------------------------------------------
@@ -90,7 +85,7 @@ def test_private_key_is_0600_from_birth_whatever_the_umask(lab: Lab, monkeypatch
 
 
 def test_generate_prints_key_fingerprint_and_page_and_refuses_to_overwrite(lab_path: Path, lab: Lab) -> None:
-    first = _keys(lab_path, "generate")
+    first = run_cli("keys", "generate", lab=lab_path)
     assert first.exit_code == 0, first.output
     key = KeyStore(lab).require_current()
     assert key.public_line in first.output
@@ -98,25 +93,25 @@ def test_generate_prints_key_fingerprint_and_page_and_refuses_to_overwrite(lab_p
     assert "https://github.com/me/homelab-config/settings/keys" in first.output
     assert "PRIVATE KEY" not in first.output
 
-    again = _keys(lab_path, "generate")
+    again = run_cli("keys", "generate", lab=lab_path)
     assert again.exit_code == 2
     assert "already exists" in again.output and "--force" in again.output
     assert KeyStore(lab).require_current().fingerprint == key.fingerprint  # untouched
 
-    forced = _keys(lab_path, "generate", "--force")
+    forced = run_cli("keys", "generate", "--force", lab=lab_path)
     assert forced.exit_code == 0
     assert KeyStore(lab).require_current().fingerprint != key.fingerprint
 
 
 def test_show_prints_the_same_key_again(lab_path: Path, lab: Lab) -> None:
-    missing = _keys(lab_path, "show")
+    missing = run_cli("keys", "show", lab=lab_path)
     assert missing.exit_code == 2
     assert "homelab keys generate" in missing.output
 
-    _keys(lab_path, "generate")
+    run_cli("keys", "generate", lab=lab_path)
     key = KeyStore(lab).require_current()
     key.public_path.unlink()  # the .pub file is a convenience: the private key has the public half
-    shown = _keys(lab_path, "show")
+    shown = run_cli("keys", "show", lab=lab_path)
     assert shown.exit_code == 0
     assert " ".join(key.public_line.split()[:2]) in shown.output
     assert key.fingerprint in shown.output
@@ -340,14 +335,14 @@ def test_verify_without_a_repo_section_says_what_is_missing(tmp_path: Path) -> N
     data = yaml.safe_load(path.read_text())
     del data["repo"]
     path.write_text(yaml.safe_dump(data))
-    result = CliRunner().invoke(cli, ["--lab", str(path), "keys", "verify"], catch_exceptions=False)
+    result = run_cli("keys", "verify", lab=path)
     assert result.exit_code == 2
     assert "no repo: section" in result.output
 
 
 def test_rotate_without_a_terminal_needs_yes_and_changes_nothing(lab_path: Path, lab: Lab) -> None:
-    _keys(lab_path, "generate")
-    result = _keys(lab_path, "rotate")
+    run_cli("keys", "generate", lab=lab_path)
+    result = run_cli("keys", "rotate", lab=lab_path)
     assert result.exit_code == 2
     assert "--yes" in result.output
     assert KeyStore(lab).pending() is None

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from homelab.adapters.sshkeys import fingerprint
-from homelab.cli import cli
 from homelab.lab import Lab, load_lab
 from homelab.repokeys import core
 from homelab.repokeys.keys import DeployKey, KeyStore
 from homelab.state.hosts import Host, save_hosts
+from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.gitserver import GitServer, git_server_fixture, write_lab  # noqa: F401
 from tests.harness.hosts import SshHost
@@ -28,6 +27,7 @@ from tests.harness.hosts import SshHost
 pytestmark = pytest.mark.integration
 
 USER = "homelab"
+ROTATE = ("keys", "rotate", "--yes", "--wait-timeout", "20")  # the CLI run the CLI tests make
 HOME = f"/home/{USER}"
 
 
@@ -181,7 +181,7 @@ def test_rotation_with_an_unreachable_host_leaves_it_on_the_old_key(setup: Setup
     setup.server.disconnect(h2)  # h2 cannot reach the git server any more
 
     with _forge_user(store, setup.server):
-        first = _rotate_cli(setup)
+        first = run_cli(*ROTATE, lab=setup.lab_path)
 
     assert first.exit_code == 1, first.output
     new = store.pending()
@@ -205,7 +205,7 @@ def test_rotation_with_an_unreachable_host_leaves_it_on_the_old_key(setup: Setup
     # Once h2 is back it pulls with the old key; rotate again takes up the same new key and finishes.
     setup.server.connect(h2)
     assert _pull_all(setup.vms) == [head, head]
-    second = _rotate_cli(setup)
+    second = run_cli(*ROTATE, lab=setup.lab_path)
     assert second.exit_code == 0, second.output
     assert "Taking up the new key of an unfinished rotation" in second.output
     assert store.require_current().fingerprint == new.fingerprint and store.pending() is None
@@ -240,14 +240,6 @@ def _forge_user(store: KeyStore, server: GitServer, remove_old: DeployKey | None
         thread.join(5)
 
 
-def _rotate_cli(setup: Setup, *options: str) -> Result:
-    return CliRunner().invoke(
-        cli,
-        ["--lab", str(setup.lab_path), "keys", "rotate", "--yes", "--wait-timeout", "20", *options],
-        catch_exceptions=False,
-    )
-
-
 def test_cli_rotate_non_interactive(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     """--yes polls until the key is added, --check-old-revoked until the old one is removed."""
     import homelab.cli.keys as cli_keys
@@ -259,7 +251,7 @@ def test_cli_rotate_non_interactive(setup: Setup, monkeypatch: pytest.MonkeyPatc
     old = store.require_current()
 
     with _forge_user(store, setup.server, remove_old=old):
-        result = _rotate_cli(setup, "--check-old-revoked")
+        result = run_cli(*ROTATE, "--check-old-revoked", lab=setup.lab_path)
 
     assert result.exit_code == 0, result.output
     new = store.require_current()
@@ -283,7 +275,7 @@ def test_cli_rotate_refuses_while_a_lab_vm_has_no_host_record(setup: Setup, reco
     old = store.require_current()
 
     with _forge_user(store, setup.server, remove_old=old):
-        result = _rotate_cli(setup)
+        result = run_cli(*ROTATE, lab=setup.lab_path)
 
     assert result.exit_code == 2, result.output
     missing = "h2" if recorded else "h1, h2"

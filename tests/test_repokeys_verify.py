@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from homelab.adapters.sshkeys import fingerprint
-from homelab.cli import cli
 from homelab.errors import Aborted, OperationError
 from homelab.lab import Lab, load_lab
 from homelab.repokeys import core
 from homelab.repokeys.hostkeys import FirstContact, HostKeyMismatch
 from homelab.repokeys.keys import KeyStore
+from tests.harness.cli import run_cli
 from tests.harness.gitserver import GitServer, git_server_fixture, write_lab  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -99,19 +98,18 @@ def test_first_contact_declined_pins_nothing(git_server: GitServer, tmp_path: Pa
 
 def test_cli_verify_needs_yes_without_a_terminal_then_pins(git_server: GitServer, tmp_path: Path) -> None:
     _, path = _lab(tmp_path, git_server)
-    runner = CliRunner()
-    generated = runner.invoke(cli, ["--lab", str(path), "keys", "generate"], catch_exceptions=False)
+    generated = run_cli("keys", "generate", lab=path)
     assert generated.exit_code == 0, generated.output
     git_server.add_key(next(line.strip() for line in generated.output.splitlines() if "ssh-ed25519" in line))
     server_fp = fingerprint(git_server.host.host_key_pub)
 
-    refused = runner.invoke(cli, ["--lab", str(path), "keys", "verify"], catch_exceptions=False)
+    refused = run_cli("keys", "verify", lab=path)
     assert refused.exit_code == 2
     assert server_fp in refused.output
     assert "--yes" in refused.output
     assert not (tmp_path / "state" / "example" / "deploy-keys" / "known_hosts").exists()
 
-    ok = runner.invoke(cli, ["--lab", str(path), "keys", "verify", "--yes"], catch_exceptions=False)
+    ok = run_cli("keys", "verify", "--yes", lab=path)
     assert ok.exit_code == 0, ok.output
     assert f"Pinned {git_server.address}'s host key {server_fp}" in ok.output
     assert f"main is at {git_server.head()[:12]}" in ok.output
@@ -154,9 +152,7 @@ def test_cli_rotate_through_the_forge_api(
     forge.add(old.comment, old.public_line)
     core.verify(lab, lambda contact: True)
 
-    result = CliRunner().invoke(
-        cli, ["--lab", str(path), "keys", "rotate", "--yes", "--check-old-revoked"], catch_exceptions=False
-    )
+    result = run_cli("keys", "rotate", "--yes", "--check-old-revoked", lab=path)
 
     assert result.exit_code == 0, result.output
     new = KeyStore(lab).require_current()
@@ -181,9 +177,7 @@ def test_cli_rotate_refuses_when_the_lab_has_vms_but_no_hosts_recorded(
     forge.add(old.comment, old.public_line)
     core.verify(lab, lambda contact: True)
 
-    result = CliRunner().invoke(
-        cli, ["--lab", str(path), "keys", "rotate", "--yes", "--check-old-revoked"], catch_exceptions=False
-    )
+    result = run_cli("keys", "rotate", "--yes", "--check-old-revoked", lab=path)
 
     assert result.exit_code == 2, result.output
     assert "no host record for docker-01" in result.output

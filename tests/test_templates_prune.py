@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from homelab.adapters.proxmox.versions import TemplateVersion
-from homelab.cli import cli
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import InputError
 from homelab.templates.build import build_template
 from homelab.templates.facts import VersionDetails, VersionUse
 from homelab.templates.usage import gather_prune, list_templates, plan_prune, prune
+from tests.harness.cli import run_cli
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, lab_yaml, vm_config
 
 NOW = datetime(2026, 11, 2, 8, 15, tzinfo=UTC)
@@ -174,10 +173,6 @@ def test_list_shows_versions_and_their_vms(fake_pve: FakeProxmox, monkeypatch: p
     assert listing.versions[-1].record["checksum"] == IMAGE["checksum"]
 
 
-def _cli(lab_file: Path, *args: str) -> Any:
-    return CliRunner().invoke(cli, ["--lab", str(lab_file), "template", *args], catch_exceptions=False)
-
-
 @pytest.mark.integration
 @pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
 def test_cli_build_list_prune(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -185,36 +180,37 @@ def test_cli_build_list_prune(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyP
     lab_file.write_text(lab_yaml(fake_pve, [{"name": "base", "image": IMAGE}]))
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
 
-    dry = _cli(lab_file, "build", "--dry-run")
+    dry = run_cli("template", "build", "--dry-run", lab=lab_file)
     assert dry.exit_code == 0, dry.output
     assert "build version" in dry.output and "1. download https://images.example/" in dry.output
     assert vm_config(fake_pve, 9001) is None
 
-    unconfirmed = _cli(lab_file, "build")  # no terminal, no --yes: the plan is shown, nothing is built
+    # no terminal, no --yes: the plan is shown, nothing is built
+    unconfirmed = run_cli("template", "build", lab=lab_file)
     assert unconfirmed.exit_code == 2 and "pass --yes" in unconfirmed.stderr
     assert "build version" in unconfirmed.output and vm_config(fake_pve, 9001) is None
 
     for _ in range(3):
-        done = _cli(lab_file, "build", "-y")
+        done = run_cli("template", "build", "-y", lab=lab_file)
         assert done.exit_code == 0, done.output
     assert "template base: version" in done.output and "API calls" in done.output
 
-    listed = _cli(lab_file, "list")
+    listed = run_cli("template", "list", lab=lab_file)
     assert listed.exit_code == 0 and listed.output.count("base") >= 1
     rows = [line for line in listed.output.splitlines() if line[2:3].isdigit()]
     assert len(rows) == 3 and rows[0].startswith("* ")
-    as_json = json.loads(_cli(lab_file, "list", "--json").output)
+    as_json = json.loads(run_cli("template", "list", "--json", lab=lab_file).output)
     assert [v["vmid"] for v in as_json[0]["versions"]] == [9001, 9002, 9003]
 
-    refused = _cli(lab_file, "prune", "--keep", "1")
+    refused = run_cli("template", "prune", "--keep", "1", lab=lab_file)
     assert refused.exit_code == 2 and "pass --yes" in refused.stderr
     assert "delete base-" in refused.output
     assert vm_config(fake_pve, 9001) is not None
 
-    pruned = _cli(lab_file, "prune", "--keep", "1", "--yes")
+    pruned = run_cli("template", "prune", "--keep", "1", "--yes", lab=lab_file)
     assert pruned.exit_code == 0 and "Deleted 2 template version(s)." in pruned.output
     assert vm_config(fake_pve, 9001) is None and vm_config(fake_pve, 9003) is not None
-    assert "Nothing to delete." in _cli(lab_file, "prune", "--keep", "1").output
+    assert "Nothing to delete." in run_cli("template", "prune", "--keep", "1", lab=lab_file).output
 
 
 @pytest.mark.parametrize("source", ["iso", "clone"])
@@ -229,7 +225,7 @@ def test_cli_render_writes_the_packer_folder_and_keeps_private_keys_in_the_state
     )
     lab_file.write_text(lab_yaml(None, [{"name": "golden", "builder": "packer", "packer": settings}], password=True))
     out = tmp_path / "repo" / "packer"
-    result = _cli(lab_file, "render", str(out), "--version", "202611020815", "--vmid", "9010")
+    result = run_cli("template", "render", str(out), "--version", "202611020815", "--vmid", "9010", lab=lab_file)
     assert result.exit_code == 0, result.output
     names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert names == [
@@ -260,5 +256,5 @@ def test_cli_render_writes_the_packer_folder_and_keeps_private_keys_in_the_state
     assert folder.stat().st_mode & 0o777 == 0o700
     assert str(folder) in (out / "README.md").read_text() and str(folder) in result.output
     assert 'default     = "202611020815"' in hcl and "default     = 9010" in hcl
-    not_packer = _cli(lab_file, "render", str(out), "--template", "nope")
+    not_packer = run_cli("template", "render", str(out), "--template", "nope", lab=lab_file)
     assert not_packer.exit_code != 0

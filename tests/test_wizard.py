@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from click.testing import Result
 
-from homelab.cli import cli
 from homelab.demo.launcher import FakeProxmox
 from homelab.lab import load_lab
+from tests.harness.cli import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -32,21 +32,19 @@ def answers(fake: FakeProxmox, **extra: object) -> dict[str, object]:
     return data
 
 
-def run_init(tmp_path: Path, data: dict[str, object], *flags: str) -> tuple[int, str, str]:
+def run_init(tmp_path: Path, data: dict[str, object], *flags: str) -> Result:
+    """`homelab init` with ``data`` as its answers file, writing tmp_path/lab.yml."""
     path = tmp_path / "answers.yml"
     path.write_text(yaml.safe_dump(data))
-    result = CliRunner().invoke(
-        cli, ["--lab", str(tmp_path / "lab.yml"), "init", "--answers", str(path), *flags], catch_exceptions=False
-    )
-    return result.exit_code, result.stdout, result.stderr
+    return run_cli("init", "--answers", str(path), *flags, lab=tmp_path / "lab.yml")
 
 
 def test_init_writes_a_valid_lab_from_live_choices(
     tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
-    code, _, err = run_init(tmp_path, answers(fake_pve), "--defaults")
-    assert code == 0, err
+    result = run_init(tmp_path, answers(fake_pve), "--defaults")
+    assert result.exit_code == 0, result.stderr
     lab = load_lab(tmp_path / "lab.yml")
     assert (lab.proxmox.node, lab.proxmox.storage, lab.proxmox.bridge) == ("pve1", "local-lvm", "vmbr0")
     # subnet and gateway default to what the bridge has
@@ -56,7 +54,7 @@ def test_init_writes_a_valid_lab_from_live_choices(
     text = (tmp_path / "lab.yml").read_text()
     assert fake_pve.token_secret not in text
     # and it plans against the same cluster
-    result = CliRunner().invoke(cli, ["--lab", str(tmp_path / "lab.yml"), "plan"], catch_exceptions=False)
+    result = run_cli("plan", lab=tmp_path / "lab.yml")
     assert result.exit_code == 3 and "+ create docker-01" in result.stdout
 
 
@@ -64,9 +62,9 @@ def test_init_refuses_a_choice_the_cluster_does_not_offer(
     tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
-    code, _, err = run_init(tmp_path, answers(fake_pve, **{"proxmox.storage": "ceph"}), "--defaults")
-    assert code == 2
-    assert err.strip() == "init: proxmox.storage: 'ceph' is not offered here; choose from local-lvm"
+    result = run_init(tmp_path, answers(fake_pve, **{"proxmox.storage": "ceph"}), "--defaults")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "init: proxmox.storage: 'ceph' is not offered here; choose from local-lvm"
     assert not (tmp_path / "lab.yml").exists()
 
 
@@ -75,23 +73,23 @@ def test_init_never_overwrites_without_force(
 ) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
     (tmp_path / "lab.yml").write_text("mine\n")
-    code, _, err = run_init(tmp_path, answers(fake_pve), "--defaults")
-    assert code == 2 and "already exists" in err
+    result = run_init(tmp_path, answers(fake_pve), "--defaults")
+    assert result.exit_code == 2 and "already exists" in result.stderr
     assert (tmp_path / "lab.yml").read_text() == "mine\n"
-    assert run_init(tmp_path, answers(fake_pve), "--defaults", "--force")[0] == 0
+    assert run_init(tmp_path, answers(fake_pve), "--defaults", "--force").exit_code == 0
 
 
 def test_init_without_terminal_or_answers_fails_fast(tmp_path: Path, fake_pve: FakeProxmox) -> None:
-    code, _, err = run_init(
+    result = run_init(
         tmp_path,
         {},
     )
-    assert code == 2 and "not on a terminal" in err and "--answers" in err
+    assert result.exit_code == 2 and "not on a terminal" in result.stderr and "--answers" in result.stderr
 
 
 def test_init_needs_the_secret_from_the_environment(tmp_path: Path, fake_pve: FakeProxmox) -> None:
-    code, _, err = run_init(tmp_path, answers(fake_pve), "--defaults")
-    assert code == 2 and "HOMELAB_PROXMOX_TOKEN" in err
+    result = run_init(tmp_path, answers(fake_pve), "--defaults")
+    assert result.exit_code == 2 and "HOMELAB_PROXMOX_TOKEN" in result.stderr
 
 
 def test_init_on_a_terminal_drives_the_real_prompts(
@@ -149,8 +147,8 @@ def test_init_with_packer_asks_what_packer_starts_from(
     packer: tuple[str, str | None],
 ) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
-    code, _, err = run_init(tmp_path, answers(fake_pve, **{"template.builder": "packer", **extra}), "--defaults")
-    assert code == 0, err
+    result = run_init(tmp_path, answers(fake_pve, **{"template.builder": "packer", **extra}), "--defaults")
+    assert result.exit_code == 0, result.stderr
     template = load_lab(tmp_path / "lab.yml").templates[0]
     assert template.builder == "packer" and template.packer is not None
     assert (template.packer.source, template.packer.clone_vm) == packer

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from homelab.cli import cli
+from tests.harness.cli import run_cli
 
 
 @pytest.mark.parametrize(
@@ -25,9 +24,7 @@ def test_bad_connection_answers(
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", "x")
     path = tmp_path / "answers.yml"
     path.write_text(yaml.safe_dump(answers))
-    result = CliRunner().invoke(
-        cli, ["--lab", str(tmp_path / "lab.yml"), "init", "--defaults", "--answers", str(path)], catch_exceptions=False
-    )
+    result = run_cli("init", "--defaults", "--answers", str(path), lab=tmp_path / "lab.yml")
     assert result.exit_code == 2
     assert result.stderr.startswith("init: ") and expected in result.stderr
     assert "unexpected" not in result.stderr
