@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from homelab.adapters.ansible import HostStats, RunOutcome, RunRequest, TaskEvent, to_task_event
+from homelab.adapters.ansible import HostStats, RunRequest, TaskEvent, to_task_event
 from homelab.deploy.plan import DeployOptions, deployed_file, deployed_vms, prepare
 from homelab.deploy.removed import MARKER, RemoveStack, marker_text, read_marker, removed_stacks
 from homelab.deploy.service import deploy_stacks
@@ -24,6 +23,7 @@ from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.state.hosts import Host, save_hosts
 from tests.harness.cli import run_cli
+from tests.harness.playbooks import FakeRunner, inventory_hosts, use_fake_runner
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 LAB: dict[str, Any] = {
@@ -68,36 +68,27 @@ def test_removals_describe_what_happens() -> None:
     assert [r.describe() for r in kept] == ["= web: stack media kept (no longer in the lab file; --keep-removed)"]
 
 
-class FakeRunner:
-    """Plays the playbook: the check run reports ``markers`` per host; the real run removes what it is told."""
+def with_markers(markers: dict[str, dict[str, str]], fail: tuple[str, ...] = ()) -> FakeRunner:
+    """Plays the playbook: each run reports ``markers`` per host; the real run removes what it is told;
+    the hosts in ``fail`` cannot be reached."""
 
-    def __init__(self, markers: dict[str, dict[str, str]], fail: tuple[str, ...] = ()):
-        self.markers = markers
-        self.fail = fail
-        self.requests: list[RunRequest] = []
-        self.inventories: list[dict[str, Any]] = []
-
-    def close(self) -> None:  # as AnsibleRunner, which the CLI test replaces with this
-        pass
-
-    def run(self, request: RunRequest, on_event: Callable[[TaskEvent], None]) -> RunOutcome:
-        self.requests.append(request)
-        hosts = json.loads(request.inventory.read_text())["all"]["hosts"]
-        self.inventories.append(hosts)
-        stats = {}
-        for name, entry in hosts.items():
-            if name in self.fail:
-                on_event(TaskEvent("unreachable", name, "Stack files", message="No route to host"))
+    def script(request: RunRequest) -> tuple[list[TaskEvent], dict[str, HostStats]]:
+        events: list[TaskEvent] = []
+        stats: dict[str, HostStats] = {}
+        for name, entry in inventory_hosts(request).items():
+            if name in fail:
+                events.append(TaskEvent("unreachable", name, "Stack files", message="No route to host"))
                 stats[name] = HostStats(unreachable=1)
                 continue
-            found = tuple(sorted(self.markers.get(name, {}).items()))
-            on_event(TaskEvent("ok", name, "Stack files", markers=found))
+            found = tuple(sorted(markers.get(name, {}).items()))
+            events.append(TaskEvent("ok", name, "Stack files", markers=found))
             removed = entry["homelab_remove_stacks"]
             if removed and not request.check:
-                on_event(TaskEvent("changed", name, "Remove stack folders"))
+                events.append(TaskEvent("changed", name, "Remove stack folders"))
             stats[name] = HostStats(ok=1 + bool(removed), changed=int(bool(removed)))
-        failed = any(s.unreachable for s in stats.values())
-        return RunOutcome("failed" if failed else "successful", 2 if failed else 0, stats)
+        return events, stats
+
+    return FakeRunner(script)
 
 
 class Recorder:
@@ -131,7 +122,7 @@ FILES_ONLY = DeployOptions(install_packages=False, start_stacks=False)
 
 def test_a_dropped_stack_is_previewed_confirmed_and_removed_exactly_as_previewed() -> None:
     lab = make_lab()
-    runner = FakeRunner({"web": {"traefik": MARK["traefik"], "media": MARK["media"], "mine": "lab=test\n"}})
+    runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"], "mine": "lab=test\n"}})
     out = Recorder()
     result = deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
     assert "  - web: stack media (compose down, folder removed)" in out.lines
@@ -139,9 +130,9 @@ def test_a_dropped_stack_is_previewed_confirmed_and_removed_exactly_as_previewed
         out.lines
     )
     assert out.questions == ["Deploy to 1 VM(s)?"] and [r.check for r in runner.requests] == [True, False]
-    assert runner.inventories[0]["web"]["homelab_remove_stacks"] == []  # the check run removes nothing
-    assert runner.inventories[1]["web"]["homelab_remove_stacks"] == ["media"]
-    assert runner.inventories[1]["web"]["homelab_lab"] == "test"
+    assert runner.hosts[0]["web"]["homelab_remove_stacks"] == []  # the check run removes nothing
+    assert runner.hosts[1]["web"]["homelab_remove_stacks"] == ["media"]
+    assert runner.hosts[1]["web"]["homelab_lab"] == "test"
     assert result.ok and [r.stack for r in result.to_remove] == ["media"]
 
 
@@ -149,7 +140,7 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lab = make_lab()
-    runner = FakeRunner({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
+    runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
     out = Recorder()
     deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
     assert "  - web: stack media (folder removed; no compose down: --no-start)" in out.lines
@@ -158,8 +149,7 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
 
     lab_file = tmp_path / "lab.yml"
     lab_file.write_text(yaml.safe_dump(LAB))
-    monkeypatch.setattr("homelab.adapters.ansible.AnsibleRunner", lambda: runner)
-    monkeypatch.setattr("homelab.adapters.ansible.ansible_available", lambda: None)
+    use_fake_runner(monkeypatch, runner)
     result = run_cli("deploy", "--check", "--no-start", lab=lab_file)
     assert (
         result.exit_code == 3 and "  - web: stack media (folder removed; no compose down: --no-start)" in result.stdout
@@ -172,7 +162,7 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
 
 def test_keep_removed_leaves_them_and_says_so() -> None:
     lab = make_lab()
-    runner = FakeRunner({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
+    runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
     out = Recorder()
     result = deploy_stacks(
         lab, out.echo, out.confirm, DeployOptions(start_stacks=False, keep_removed=True), runner=runner
@@ -186,20 +176,20 @@ def test_keep_removed_leaves_them_and_says_so() -> None:
 
 def test_a_host_the_preview_could_not_check_gets_no_removals() -> None:
     lab = make_lab(spare=["traefik"])
-    runner = FakeRunner({"web": {"media": MARK["media"]}, "spare": {"media": MARK["media"]}}, fail=("spare",))
+    runner = with_markers({"web": {"media": MARK["media"]}, "spare": {"media": MARK["media"]}}, fail=("spare",))
     out = Recorder()
     with pytest.raises(OperationError, match="failed on spare"):
         deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
     assert [line for line in out.lines if line.startswith("  - ")] == [
         "  - web: stack media (folder removed; no compose down: --no-start)"
     ]
-    assert runner.inventories[1]["web"]["homelab_remove_stacks"] == ["media"]
-    assert "spare" not in runner.inventories[1]  # the run never goes to a VM the preview could not reach
+    assert runner.hosts[1]["web"]["homelab_remove_stacks"] == ["media"]
+    assert "spare" not in runner.hosts[1]  # the run never goes to a VM the preview could not reach
 
 
 def test_a_vm_that_lists_no_stacks_any_more_is_cleared_while_the_record_names_it() -> None:
     lab = make_lab(spare=["traefik"])
-    runner = FakeRunner({})
+    runner = with_markers({})
     deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=runner)
     assert deployed_vms(lab) == {"web", "spare"}  # both got stacks
 
@@ -208,21 +198,18 @@ def test_a_vm_that_lists_no_stacks_any_more_is_cleared_while_the_record_names_it
     assert [(t.name, t.clear_only) for t in deployment.targets] == [("web", False), ("spare", True)]
     assert prepare(lab, DeployOptions(vms=("spare",))).targets[0].clear_only
 
-    kept = FakeRunner({"spare": {"traefik": MARK["traefik"]}})
+    kept = with_markers({"spare": {"traefik": MARK["traefik"]}})
     out = Recorder()
     deploy_stacks(lab, out.echo, out.confirm, DeployOptions(start_stacks=False, keep_removed=True), runner=kept)
     assert "  spare (10.77.3.2): no stacks (those deployed before are removed)" in out.lines
-    assert (
-        kept.inventories[0]["spare"]["homelab_stacks"] == []
-        and kept.inventories[0]["spare"]["homelab_stack_files"] == []
-    )
+    assert kept.hosts[0]["spare"]["homelab_stacks"] == [] and kept.hosts[0]["spare"]["homelab_stack_files"] == []
     assert deployed_vms(lab) == {"web", "spare"}  # its stack was kept: still homelab's to clear later
 
-    cleared = FakeRunner({"spare": {"traefik": MARK["traefik"]}})
+    cleared = with_markers({"spare": {"traefik": MARK["traefik"]}})
     out = Recorder()
     deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=cleared)
     assert "  - spare: stack traefik (folder removed; no compose down: --no-start)" in out.lines
-    assert cleared.inventories[1]["spare"]["homelab_remove_stacks"] == ["traefik"]
+    assert cleared.hosts[1]["spare"]["homelab_remove_stacks"] == ["traefik"]
     assert deployed_vms(lab) == {"web"}
     assert json.loads(deployed_file(lab).read_text()) == {"vms": ["web"]}
     assert [t.name for t in prepare(lab, FILES_ONLY).targets] == ["web"]  # spare is left alone from now on
@@ -232,10 +219,10 @@ def test_a_vm_that_lists_no_stacks_any_more_is_cleared_while_the_record_names_it
 
 def test_a_vm_that_failed_keeps_its_record() -> None:
     lab = make_lab(spare=["traefik"])
-    deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=FakeRunner({}))
+    deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=with_markers({}))
     lab = make_lab(spare=[])
     with pytest.raises(OperationError, match="failed on spare"):
-        deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=FakeRunner({}, fail=("spare",)))
+        deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=with_markers({}, fail=("spare",)))
     assert deployed_vms(lab) == {"web", "spare"}
     deployed_file(lab).write_text("not json")
     assert deployed_vms(lab) == frozenset()  # an unreadable record clears nothing

@@ -4,9 +4,7 @@ and the conversion of ansible-runner's job events."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -14,7 +12,6 @@ import yaml
 from homelab.adapters.ansible import (
     FileDiff,
     HostStats,
-    RunOutcome,
     RunRequest,
     TaskEvent,
     to_host_stats,
@@ -28,6 +25,7 @@ from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.state.hosts import Host, save_hosts
 from tests.harness.cli import run_cli
+from tests.harness.playbooks import FakeRunner, Script, inventory_hosts, use_fake_runner
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOr7xB0Q1YhYyH8nEIpwoZzvvz4cLyYWpaT3wKJ7rpv"
@@ -42,28 +40,6 @@ LAB = {
         {"name": "spare", "ip": "10.10.0.12"},
     ],
 }
-Script = Callable[[RunRequest], tuple[list[TaskEvent], dict[str, HostStats]]]
-
-
-class FakeRunner:
-    """A PlaybookRunner that plays back scripted events and stats, recording each request."""
-
-    def __init__(self, script: Script):
-        self.script = script
-        self.requests: list[RunRequest] = []
-        self.inventories: list[dict[str, Any]] = []
-
-    def close(self) -> None:  # as AnsibleRunner, which the CLI tests replace with this
-        self.closed = True
-
-    def run(self, request: RunRequest, on_event: Callable[[TaskEvent], None]) -> RunOutcome:
-        self.requests.append(request)
-        self.inventories.append(json.loads(request.inventory.read_text()))
-        events, stats = self.script(request)
-        for event in events:
-            on_event(event)
-        failed = any(s.failed or s.unreachable for s in stats.values())
-        return RunOutcome("failed" if failed else "successful", 2 if failed else 0, stats)
 
 
 def new_file(host: str, path: str) -> TaskEvent:
@@ -124,7 +100,7 @@ def test_preview_then_confirm_then_run_with_pinned_inventory(lab: Lab, tmp_path:
     assert "  web: ok (ok=1 changed=1 failed=0 unreachable=0)" in out.lines
     assert runner.requests[0].extravars == {"homelab_install_packages": False, "homelab_start_stacks": False}
     assert runner.requests[0].playbook.name == "deploy.yml" and runner.requests[0].playbook.is_file()
-    hosts = runner.inventories[1]["all"]["hosts"]
+    hosts = runner.hosts[1]
     assert sorted(hosts) == ["db", "web"]  # spare lists no stacks
     known_hosts = tmp_path / "state" / "test" / "deploy" / "known_hosts"
     assert known_hosts.read_text() == f"10.77.1.2 {KEY_A}\n10.77.2.2 {KEY_B}\n"
@@ -174,7 +150,7 @@ def unreachable(*hosts: str) -> Script:
     """The check run cannot reach ``hosts``; the others are fine and need no change."""
 
     def script(request: RunRequest) -> tuple[list[TaskEvent], dict[str, HostStats]]:
-        names = list(json.loads(request.inventory.read_text())["all"]["hosts"])
+        names = list(inventory_hosts(request))
         events = [
             TaskEvent("unreachable", h, "Stack files", message="Failed to connect to the host via ssh: timed out")
             if h in hosts
@@ -219,7 +195,7 @@ def test_the_deploy_asks_for_and_goes_to_only_the_vms_the_preview_could_reach(la
         deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)  # starting stacks: a change
     assert out.questions == ["Deploy to 1 VM(s)? (db could not be reached: not deployed)"]
     assert [r.check for r in runner.requests] == [True, False]
-    assert sorted(runner.inventories[1]["all"]["hosts"]) == ["web"]  # db gets nothing it was not previewed for
+    assert sorted(runner.hosts[1]) == ["web"]  # db gets nothing it was not previewed for
     assert deployed_vms(lab) == {"web"}
 
 
@@ -236,7 +212,7 @@ def test_a_vm_the_preview_reached_is_deployed_even_if_its_check_stopped_at_a_tas
     result = deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
     assert "  ! db: cannot check: Compose up: Unable to change directory before execution." in out.lines
     assert "  (no file or package would change on web)" in out.lines  # db's check did not finish: not said of it
-    assert out.questions == ["Deploy to 2 VM(s)?"] and sorted(runner.inventories[1]["all"]["hosts"]) == ["db", "web"]
+    assert out.questions == ["Deploy to 2 VM(s)?"] and sorted(runner.hosts[1]) == ["db", "web"]
     assert result.ok
 
 
@@ -272,12 +248,9 @@ def test_check_only_stops_after_the_preview(lab: Lab) -> None:
 
 
 def test_a_play_that_never_starts_is_an_error_with_ansibles_last_lines(lab: Lab) -> None:
-    class Broken(FakeRunner):
-        def run(self, request: RunRequest, on_event: Callable[[TaskEvent], None]) -> RunOutcome:
-            return RunOutcome("failed", 4, {}, ("ERROR! the role 'docker' was not found",))
-
+    broken = FakeRunner(all_ok, never_starts=("ERROR! the role 'docker' was not found",))
     with pytest.raises(OperationError, match="before the play started") as caught:
-        deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=Broken(all_ok))
+        deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=broken)
     assert "role 'docker' was not found" in str(caught.value)
 
 
@@ -377,31 +350,24 @@ def lab_file(lab: Lab, tmp_path: Path) -> Path:
     return path
 
 
-def use_runner(monkeypatch: pytest.MonkeyPatch, script: Script) -> FakeRunner:
-    fake = FakeRunner(script)
-    monkeypatch.setattr("homelab.adapters.ansible.AnsibleRunner", lambda: fake)
-    monkeypatch.setattr("homelab.adapters.ansible.ansible_available", lambda: None)
-    return fake
-
-
 def test_cli_deploy_check_exits_3_when_something_would_change(lab_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = use_runner(monkeypatch, fresh_then_done)
+    fake = use_fake_runner(monkeypatch, FakeRunner(fresh_then_done))
     result = run_cli("deploy", "--check", lab=lab_file)
     assert result.exit_code == 3 and "+ web: /home/homelab/stacks/web/.env (new file)" in result.stdout
     assert [r.check for r in fake.requests] == [True]
-    use_runner(monkeypatch, all_ok)
+    use_fake_runner(monkeypatch, FakeRunner(all_ok))
     assert run_cli("deploy", "--check", "--no-start", lab=lab_file).exit_code == 0
 
 
 def test_cli_deploy_without_a_terminal_needs_yes(lab_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = use_runner(monkeypatch, fresh_then_done)
+    fake = use_fake_runner(monkeypatch, FakeRunner(fresh_then_done))
     result = run_cli("deploy", "--no-install-docker", lab=lab_file)
     assert result.exit_code == 2 and "pass --yes" in result.stderr
     assert [r.check for r in fake.requests] == [True]  # only the read-only preview ran
     assert fake.requests[0].extravars["homelab_install_packages"] is False
     result = run_cli("deploy", "--yes", "--vm", "web", lab=lab_file)
     assert result.exit_code == 0 and [r.check for r in fake.requests] == [True, True, False]
-    assert list(fake.inventories[-1]["all"]["hosts"]) == ["web"]
+    assert list(fake.hosts[-1]) == ["web"]
 
 
 def test_cli_stack_list_with_and_without_a_lab(lab_file: Path, tmp_path: Path) -> None:
@@ -419,12 +385,12 @@ def test_cli_stack_list_with_and_without_a_lab(lab_file: Path, tmp_path: Path) -
 
 
 def test_cli_stack_add_then_deploys_only_that_vm(lab_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = use_runner(monkeypatch, fresh_then_done)
+    fake = use_fake_runner(monkeypatch, FakeRunner(fresh_then_done))
     result = run_cli("stack", "add", "traefik", "--vm", "db", "--yes", "--no-start", lab=lab_file)
     assert result.exit_code == 0, result.stdout
     assert "added traefik to db." in result.stdout
     assert yaml.safe_load(lab_file.read_text())["vms"][1]["stacks"] == ["portainer", "traefik"]
-    assert list(fake.inventories[-1]["all"]["hosts"]) == ["db"]
+    assert list(fake.hosts[-1]) == ["db"]
     result = run_cli("stack", "add", "traefik", "--vm", "db", "--no-deploy", lab=lab_file)
     assert result.exit_code == 0 and "db already runs traefik; the file is unchanged." in result.stdout
     result = run_cli("stack", "add", "homepage", "--vm", "spare", "--no-deploy", lab=lab_file)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from homelab.adapters.ansible import FileDiff, HostStats, RunOutcome, RunRequest, TaskEvent
+from homelab.adapters.ansible import FileDiff, HostStats, RunRequest, TaskEvent
 from homelab.adapters.proxmox.connect import connect
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import Aborted
@@ -18,6 +17,7 @@ from homelab.pipeline import up
 from homelab.provision.executor import SilentReporter
 from tests.harness.cli import run_cli
 from tests.harness.labs import lab_data, write_lab
+from tests.harness.playbooks import FakeRunner, inventory_hosts
 
 pytestmark = [pytest.mark.integration]
 STORAGES = {
@@ -59,20 +59,13 @@ def test_up_bakes_the_template_then_brings_up_the_vms(lab: Path, fake_pve: FakeP
     assert [r for r in fake_pve.requests() if r[0] != "GET"] == []
 
 
-class CheckOnly:
-    """A playbook runner whose check run finds a new file on each host; a real run would fail the test."""
-
-    def __init__(self) -> None:
-        self.requests: list[RunRequest] = []
-
-    def run(self, request: RunRequest, on_event: Callable[[TaskEvent], None]) -> RunOutcome:
-        assert request.check, "the deploy ran for real after it was declined"
-        self.requests.append(request)
-        hosts = json.loads(request.inventory.read_text())["all"]["hosts"]
-        for host in hosts:
-            diff = FileDiff("/home/homelab/stacks/traefik/.env", "new", "", "X=1\n")
-            on_event(TaskEvent("changed", host, "Stack files", diffs=(diff,)))
-        return RunOutcome("successful", 0, {host: HostStats(ok=1, changed=1) for host in hosts})
+def check_only(request: RunRequest) -> tuple[list[TaskEvent], dict[str, HostStats]]:
+    """The check run finds a new file on each host; a real run fails the test."""
+    assert request.check, "the deploy ran for real after it was declined"
+    hosts = inventory_hosts(request)
+    diff = FileDiff("/home/homelab/stacks/traefik/.env", "new", "", "X=1\n")
+    events = [TaskEvent("changed", host, "Stack files", diffs=(diff,)) for host in hosts]
+    return events, {host: HostStats(ok=1, changed=1) for host in hosts}
 
 
 def refuse(prefix: str, asked: list[str]) -> Callable[[str], None]:
@@ -92,7 +85,7 @@ def test_declining_the_deploy_says_what_the_earlier_stages_did(lab: Path, fake_p
     data["vms"][0]["stacks"] = ["traefik"]
     model = load_lab(write_lab(lab, data))
     asked: list[str] = []
-    runner = CheckOnly()
+    runner = FakeRunner(check_only)
     with pytest.raises(Aborted) as declined:
         up(connect(model), model, lambda line: None, refuse("Deploy", asked), SilentReporter(), deploy_runner=runner)
     template = next(vm["name"] for vm in fake_pve.vms() if vm["template"])
