@@ -14,7 +14,8 @@ from homelab.templates import resolve_template
 from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.leftovers import BuildFailed
 from homelab.templates.plan import ConvertToTemplate, CreateTemplateVm, DownloadImage, GrowTemplateDisk, ReuseImage
-from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, vm_config, volumes
+from tests.harness.labs import make_lab
+from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, vm_config, volumes
 
 pytestmark = [pytest.mark.integration, pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)]
 NOW = datetime(2026, 11, 2, 8, 15, 42, tzinfo=UTC)
@@ -23,7 +24,7 @@ NOW = datetime(2026, 11, 2, 8, 15, 42, tzinfo=UTC)
 def test_builds_a_versioned_template_that_homelab_then_resolves(
     fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE, "disk": "10G", "cores": 4}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE, "disk": "10G", "cores": 4}])
     api = api_for(fake_pve, lab, monkeypatch)
     with pytest.raises(TemplateMissing, match="run `homelab template build base`"):
         resolve_template(api, lab, "base")
@@ -63,7 +64,7 @@ def test_builds_a_versioned_template_that_homelab_then_resolves(
 def test_a_second_build_reuses_the_verified_image_and_becomes_the_newest(
     fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
     api = api_for(fake_pve, lab, monkeypatch)
     first = build_template(api, lab, "base", now=NOW)
     fake_pve.requests(clear=True)
@@ -77,13 +78,13 @@ def test_a_second_build_reuses_the_verified_image_and_becomes_the_newest(
 
 
 def test_a_pinned_version_wins_over_the_newest(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
     api = api_for(fake_pve, lab, monkeypatch)
     first = build_template(api, lab, "base", now=NOW)
     build_template(api, lab, "base", now=NOW)
-    pinned = lab_for(fake_pve, [{"name": "base", "image": IMAGE, "version": first.version.version}])
+    pinned = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE, "version": first.version.version}])
     assert resolve_template(api, pinned, "base") == first.version
-    gone = lab_for(fake_pve, [{"name": "base", "image": IMAGE, "version": "202001010000"}])
+    gone = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE, "version": "202001010000"}])
     with pytest.raises(TemplateMissing, match="pins version 202001010000"):
         resolve_template(api, gone, "base")
 
@@ -91,7 +92,7 @@ def test_a_pinned_version_wins_over_the_newest(fake_pve: FakeProxmox, monkeypatc
 def test_a_bad_checksum_fails_the_download_and_leaves_no_vm(
     fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
     api = api_for(fake_pve, lab, monkeypatch)
     # PVE's own words when the downloaded file does not match the checksum it was given.
     mismatch = f"checksum mismatch: got '{'cd' * 64}' != expect '{'ab' * 64}'"
@@ -116,7 +117,7 @@ def test_a_bad_checksum_fails_the_download_and_leaves_no_vm(
 def test_a_failure_after_the_vm_exists_removes_it_and_its_disks(
     fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, method: str, suffix: str
 ) -> None:
-    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
     api = api_for(fake_pve, lab, monkeypatch)
     fake_pve.call("fail", method=method, suffix=suffix, status=500, message="storage went away")
     lines: list[str] = []
@@ -131,7 +132,7 @@ def test_a_failure_after_the_vm_exists_removes_it_and_its_disks(
 
 
 def test_a_failed_create_task_leaves_nothing_to_clean(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
     api = api_for(fake_pve, lab, monkeypatch)
     fake_pve.call("fail", method="POST", suffix="/nodes/pve1/qemu", error="live_restore_failed")
 
@@ -144,7 +145,7 @@ def test_a_failed_create_task_leaves_nothing_to_clean(fake_pve: FakeProxmox, mon
 def test_a_vm_that_took_the_planned_vmid_is_never_removed(
     fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
     api = api_for(fake_pve, lab, monkeypatch)
     plan, facts = plan_build(api, lab, "base", now=NOW)
     # Between planning and creating, someone else's VM takes the vmid: create fails with "already exists".
@@ -171,7 +172,7 @@ def test_a_vm_that_took_the_planned_vmid_is_never_removed(
 def test_a_failed_build_leaves_a_vm_alone_that_is_not_the_one_it_made(
     fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, change: dict[str, str]
 ) -> None:
-    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
     api = api_for(fake_pve, lab, monkeypatch)
     fake_pve.call("fail", method="PUT", suffix="/nodes/pve1/qemu/9001/resize", status=500, message="storage went away")
 
@@ -192,7 +193,7 @@ def test_a_failed_build_leaves_a_vm_alone_that_is_not_the_one_it_made(
 
 def test_no_storage_for_imports_is_a_clear_error(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_pve.call("set", storages={"local-lvm": fake_pve.call("storages")["local-lvm"]})
-    lab = lab_for(fake_pve, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
     api = api_for(fake_pve, lab, monkeypatch)
     with pytest.raises(Exception, match=r"content type 'import'.*pvesm set local"):
         plan_build(api, lab, "base", now=NOW)

@@ -28,7 +28,7 @@ from homelab.errors import OperationTimeout
 from homelab.templates.facts import VmidRangeFull, next_free_vmid
 from homelab.templates.images import Image, checksum_from_list, image_filename, image_for
 from homelab.templates.naming import new_version
-from tests.test_templates_support import lab_for
+from tests.harness.labs import make_lab
 
 
 def test_a_version_is_the_utc_minute_and_only_ever_grows() -> None:
@@ -102,12 +102,12 @@ def test_checksums_come_from_the_list_beside_the_image() -> None:
         fetched.append(url)
         return SUMS
 
-    lab = lab_for(None, [{"name": "base", "os": "ubuntu-24.04"}])
+    lab = make_lab(templates=[{"name": "base", "os": "ubuntu-24.04"}])
     image = image_for(lab.templates[0], fetch)
     assert image.algorithm == "sha256" and image.checksum == "3" * 64 and image.url.endswith("amd64.img")
     assert fetched == [fetched[0]] and fetched[0].endswith("/SHA256SUMS")
-    pinned = lab_for(
-        None, [{"name": "base", "image": {"url": "https://x.example/a.raw", "checksum": "sha256:" + "f" * 64}}]
+    pinned = make_lab(
+        templates=[{"name": "base", "image": {"url": "https://x.example/a.raw", "checksum": "sha256:" + "f" * 64}}]
     )
     assert image_for(pinned.templates[0], fetch) == Image("https://x.example/a.raw", "sha256", "f" * 64)
     assert len(fetched) == 1

@@ -36,7 +36,8 @@ from homelab.templates.packer_config import (
 )
 from homelab.templates.plan import BuildFacts, plan_packer
 from tests.harness.hosts import SshHost
-from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, vm_config
+from tests.harness.labs import make_lab
+from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, vm_config
 
 PACKER = shutil.which("packer")
 needs_packer = pytest.mark.skipif(PACKER is None, reason="packer is not installed (Debian: apt-get install packer)")
@@ -56,7 +57,7 @@ def rendered(
     os_name: str, source: dict[str, str], communicator: str = "ssh", keys: BuildKeys | None = None, **extra: Any
 ) -> dict[str, str]:
     templates = [{"name": "golden", "builder": "packer", "os": os_name, "packer": source}]
-    lab = lab_for(None, templates, password=True, **extra)
+    lab = make_lab(templates=templates, password=True, **extra)
     return render_files(
         lab,
         lab.templates[0],
@@ -188,9 +189,9 @@ def test_an_iso_file_or_clone_vm_that_is_not_a_plain_name_is_refused_before_rend
 
     # The lab file refuses it ...
     with pytest.raises(LabFileError, match=rf"templates\[0\]\.packer\.{field}: .* is not valid"):
-        lab_for(None, [{"name": "golden", "builder": "packer", "packer": source}], password=True)
+        make_lab(templates=[{"name": "golden", "builder": "packer", "packer": source}], password=True)
     # ... and so do render and plan, for a model that was built without validation (defence in depth).
-    lab = lab_for(None, [{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
+    lab = make_lab(templates=[{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
     fields = {"source": "clone", "iso_file": None, "clone_vm": None, **source}
     template = lab.templates[0].model_copy(update={"packer": PackerSource.model_construct(**fields)})
     with pytest.raises(InputError, match=rf"packer\.{field} .* is not"):
@@ -209,7 +210,7 @@ def test_lab_values_never_appear_raw_in_hcl_comments(source: dict[str, str]) -> 
 
 
 def test_packer_1_6_with_an_api_token_is_refused_clearly() -> None:
-    lab = lab_for(None, [{"name": "golden", "builder": "packer", "packer": CLONE}])
+    lab = make_lab(templates=[{"name": "golden", "builder": "packer", "packer": CLONE}])
     auth = ProxmoxAuth(token_id="root@pam!homelab", token_secret="s3cret")
     with pytest.raises(SecretError, match=r"Packer 1\.6\.6 logs in with a user and password only"):
         packer_credentials(lab, auth, (1, 6, 6))
@@ -276,9 +277,9 @@ def _assert_finished_version(fake: FakeProxmox, lab: object, api: object, result
 def test_packer_clone_build_on_top_of_a_cloud_image_version(
     fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = lab_for(
+    lab = make_lab(
         fake_pve,
-        [
+        templates=[
             {"name": "cloud", "image": IMAGE, "vmid_range": [9100, 9199]},
             {"name": "golden", "builder": "packer", "packer": {"source": "clone", "clone_vm": "cloud"}},
         ],
@@ -304,7 +305,7 @@ def test_packer_clone_build_on_top_of_a_cloud_image_version(
 def test_packer_iso_build_with_the_iso_already_on_storage(
     fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = lab_for(fake_pve, [{"name": "golden", "builder": "packer", "packer": ISO}], password=True)
+    lab = make_lab(fake_pve, templates=[{"name": "golden", "builder": "packer", "packer": ISO}], password=True)
     api = api_for(fake_pve, lab, monkeypatch)
     result = build_template(
         api, lab, "golden", packer=PackerSettings(packer=PACKER or "packer", communicator="none"), now=NOW
@@ -318,7 +319,7 @@ def test_packer_iso_build_with_the_iso_already_on_storage(
 @needs_packer
 @pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
 def test_a_failing_packer_build_leaves_no_template(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = lab_for(fake_pve, [{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
+    lab = make_lab(fake_pve, templates=[{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
     api = api_for(fake_pve, lab, monkeypatch)
     fake_pve.call("fail", method="POST", suffix="/nodes/pve1/qemu/9001/template", status=500, message="disk full")
     settings = PackerSettings(packer=PACKER or "packer", communicator="none")
@@ -332,7 +333,7 @@ def test_a_failing_packer_build_leaves_no_template(fake_pve: FakeProxmox, monkey
 @needs_packer
 @pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
 def test_a_template_homelab_cannot_tag_is_removed(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = lab_for(fake_pve, [{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
+    lab = make_lab(fake_pve, templates=[{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
     api = api_for(fake_pve, lab, monkeypatch)
     fake_pve.call("fail", method="PUT", suffix="/nodes/pve1/qemu/9001/config", status=500, message="no quorum")
     settings = PackerSettings(packer=PACKER or "packer", communicator="none")
@@ -399,7 +400,7 @@ def test_the_bake_connects_only_to_the_pinned_host_key(
 def test_ctrl_c_during_packer_removes_the_half_built_vm_then_stops(
     fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    lab = lab_for(fake_pve, [{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
+    lab = make_lab(fake_pve, templates=[{"name": "golden", "builder": "packer", "packer": CLONE}], password=True)
     api = api_for(fake_pve, lab, monkeypatch)
     fake_pve.call("add_vm", vmid=8000, name="debian-docker-202611010930", template=True)
     # A stand-in for Packer that creates the VM, then works on until it is stopped.

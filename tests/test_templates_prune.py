@@ -16,7 +16,8 @@ from homelab.templates.build import build_template
 from homelab.templates.facts import VersionDetails, VersionUse
 from homelab.templates.usage import gather_prune, list_templates, plan_prune, prune
 from tests.harness.cli import run_cli
-from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, lab_for, lab_yaml, vm_config
+from tests.harness.labs import lab_data, make_lab, write_lab
+from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, vm_config
 
 NOW = datetime(2026, 11, 2, 8, 15, tzinfo=UTC)
 
@@ -98,7 +99,7 @@ CASES: list[tuple[str, list[VersionDetails], int, str | None, list[int]]] = [
 
 @pytest.mark.parametrize(("versions", "keep", "pin", "deleted"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_prune_plan(versions: list[VersionDetails], keep: int, pin: str | None, deleted: list[int]) -> None:
-    lab = lab_for(None, [{"name": "base", "image": IMAGE, **({"version": pin} if pin else {})}])
+    lab = make_lab(templates=[{"name": "base", "image": IMAGE, **({"version": pin} if pin else {})}])
     plan = plan_prune(lab, lab.templates[0], versions, keep)
     assert sorted(a.version.vmid for a in plan.delete) == deleted
     assert len(plan.keep) + len(plan.delete) == len(versions)
@@ -108,7 +109,7 @@ def test_prune_plan(versions: list[VersionDetails], keep: int, pin: str | None, 
 
 
 def test_keep_zero_is_refused() -> None:
-    lab = lab_for(None, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(templates=[{"name": "base", "image": IMAGE}])
     with pytest.raises(InputError, match="--keep must be 1 or more"):
         plan_prune(lab, lab.templates[0], [], 0)
 
@@ -116,7 +117,7 @@ def test_keep_zero_is_refused() -> None:
 def _cluster(fake: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, list[TemplateVersion]]:
     """Four versions of base: the oldest cloned by `web` (as apply describes it), the second the base of a
     hand-made linked clone, the third unused, the fourth the newest. Plus an untagged old one."""
-    lab = lab_for(fake, [{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake, templates=[{"name": "base", "image": IMAGE}])
     api = api_for(fake, lab, monkeypatch)
     built = [build_template(api, lab, "base", now=NOW).version for _ in range(4)]
     api.run_task("POST", f"/nodes/pve1/qemu/{built[0].vmid}/clone", "pve1", 30, "clone", newid=120, name="web")
@@ -177,7 +178,7 @@ def test_list_shows_versions_and_their_vms(fake_pve: FakeProxmox, monkeypatch: p
 @pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
 def test_cli_build_list_prune(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     lab_file = tmp_path / "lab.yml"
-    lab_file.write_text(lab_yaml(fake_pve, [{"name": "base", "image": IMAGE}]))
+    write_lab(lab_file, lab_data(fake_pve, templates=[{"name": "base", "image": IMAGE}]))
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
 
     dry = run_cli("template", "build", "--dry-run", lab=lab_file)
@@ -223,7 +224,9 @@ def test_cli_render_writes_the_packer_folder_and_keeps_private_keys_in_the_state
         if source == "iso"
         else {"source": "clone", "clone_vm": "debian-docker"}
     )
-    lab_file.write_text(lab_yaml(None, [{"name": "golden", "builder": "packer", "packer": settings}], password=True))
+    write_lab(
+        lab_file, lab_data(templates=[{"name": "golden", "builder": "packer", "packer": settings}], password=True)
+    )
     out = tmp_path / "repo" / "packer"
     result = run_cli("template", "render", str(out), "--version", "202611020815", "--vmid", "9010", lab=lab_file)
     assert result.exit_code == 0, result.output

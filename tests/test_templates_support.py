@@ -1,16 +1,14 @@
-"""Shared helpers of the template tests (no tests here): labs aimed at the fake Proxmox."""
+"""Shared helpers of the template tests (no tests here): images, storages, and looking at the fake Proxmox."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-import yaml
 
 from homelab.adapters.proxmox.api import PveApi, RetryPolicy
 from homelab.adapters.proxmox.connect import connect
 from homelab.demo.launcher import FakeProxmox
-from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 
 SHA512 = "sha512:" + "ab" * 64
@@ -25,33 +23,6 @@ LOCAL_WITH_IMPORT = {
         "path": "/var/lib/vz",
     }
 }
-
-
-def lab_yaml(fake: FakeProxmox | None, templates: list[dict[str, Any]], *, password: bool = False, **extra: Any) -> str:
-    """The text of a lab file whose proxmox section points at the fake (verifying TLS against its CA)."""
-    proxmox: dict[str, Any] = {
-        "url": fake.url if fake else "https://pve.example:8006",
-        "node": "pve1",
-    }
-    if fake:
-        proxmox["ca_bundle"] = fake.cafile
-    if password:
-        proxmox["user"] = fake.user if fake else "root@pam"
-    else:
-        proxmox["token_id"] = fake.token_id if fake else "root@pam!homelab"
-    data = {
-        "name": "test",
-        "proxmox": proxmox,
-        "network": {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1"},
-        "templates": templates,
-        **extra,
-    }
-    return yaml.safe_dump(data, sort_keys=False)
-
-
-def lab_for(fake: FakeProxmox | None, templates: list[dict[str, Any]], *, password: bool = False, **extra: Any) -> Lab:
-    """A validated lab aimed at the fake (see lab_yaml)."""
-    return parse_lab(lab_yaml(fake, templates, password=password, **extra))
 
 
 def api_for(fake: FakeProxmox, lab: Lab, monkeypatch: pytest.MonkeyPatch) -> PveApi:
