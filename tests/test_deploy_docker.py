@@ -24,15 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.plan import DeployOptions
 from homelab.deploy.service import deploy_stacks
-from homelab.lab.loader import parse_lab
 from homelab.state.hosts import Host, save_hosts
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.hosts import SshHost
+from tests.harness.labs import make_lab
 
 pytestmark = pytest.mark.integration
 
@@ -120,15 +119,9 @@ def test_deploy_starts_the_stacks_with_compose_takes_a_dropped_one_down_and_a_se
     reason = why_not()
     if reason:
         pytest.skip(reason)
-    data = {
-        "name": "test",
-        "proxmox": {"url": "https://pve.test:8006", "node": "pve1", "token_id": "root@pam!homelab"},
-        "network": {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1", "domain": "lab.example"},
-        "templates": [{"name": "debian-docker"}],
-        "vms": [{"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer"]}],
-        "stacks": {"traefik": {"version": "test"}, "portainer": {"version": "test"}},
-    }
-    lab = parse_lab(yaml.safe_dump(data))
+    web = {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer"]}
+    stacks = {"traefik": {"version": "test"}, "portainer": {"version": "test"}}
+    lab = make_lab(vms=[web], domain="lab.example", stacks=stacks)
     (vm,) = ssh_hosts(1, per_user_keys=True)
     vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
     vm.exec(["usermod", "-p", "*", "homelab"])
@@ -158,8 +151,7 @@ def test_deploy_starts_the_stacks_with_compose_takes_a_dropped_one_down_and_a_se
         assert all(line.split()[1] == "Up" and line.endswith("homelab") for line in running if line)
 
         # portainer leaves the lab file: its container goes, then its folder; traefik keeps running.
-        data["vms"][0]["stacks"] = ["traefik"]
-        lab = parse_lab(yaml.safe_dump(data))
+        lab = make_lab(vms=[dict(web, stacks=["traefik"])], domain="lab.example", stacks=stacks)
         lines.clear()
         dropped = deploy_stacks(lab, lines.append, lambda question: None, options)
         assert dropped.ok and "  - web: stack portainer (compose down, folder removed)" in lines, "\n".join(lines)

@@ -12,30 +12,21 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
 
 from homelab.adapters.ansible import HostStats, RunRequest, TaskEvent, to_task_event
 from homelab.deploy.plan import DeployOptions, deployed_file, deployed_vms, prepare
 from homelab.deploy.removed import MARKER, RemoveStack, marker_text, read_marker, removed_stacks
 from homelab.deploy.service import deploy_stacks
 from homelab.errors import InputError, OperationError
-from homelab.lab.loader import parse_lab
-from homelab.lab.models import Lab
 from homelab.state.hosts import Host, save_hosts
 from tests.harness.cli import run_cli
+from tests.harness.labs import lab_data, make_lab, write_lab
 from tests.harness.playbooks import FakeRunner, inventory_hosts, use_fake_runner
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-LAB: dict[str, Any] = {
-    "name": "test",
-    "proxmox": {"url": "https://pve.test:8006", "node": "pve1", "token_id": "root@pam!homelab"},
-    "network": {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1", "domain": "lab.example"},
-    "templates": [{"name": "debian-docker"}],
-    "vms": [
-        {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik"]},
-        {"name": "spare", "ip": "10.10.0.12"},
-    ],
-}
+WEB = {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik"]}
+SPARE = {"name": "spare", "ip": "10.10.0.12"}  # lists no stacks
+SPARE_WITH_TRAEFIK = dict(SPARE, stacks=["traefik"])
 MARK = {name: marker_text("test", name) for name in ("traefik", "media", "portainer")}
 
 # (what the VM lists, the markers found under its stacks folder) -> the stacks to remove
@@ -103,25 +94,18 @@ class Recorder:
         self.questions.append(question)
 
 
-def make_lab(**vm_stacks: list[str]) -> Lab:
-    data = json.loads(json.dumps(LAB))
-    for vm in data["vms"]:
-        if vm["name"] in vm_stacks:
-            vm["stacks"] = vm_stacks[vm["name"]]
-            if not vm["stacks"]:
-                del vm["stacks"]
-    lab = parse_lab(yaml.safe_dump(data))
-    save_hosts(
-        lab, [Host("web", "10.77.1.2", "homelab", host_key=KEY), Host("spare", "10.77.3.2", "homelab", host_key=KEY)]
-    )
-    return lab
+@pytest.fixture(autouse=True)
+def recorded_hosts(isolated_homelab_dirs: Path) -> None:
+    """Both VMs as apply leaves them: recorded, with their host keys pinned (the record is the lab "test"'s)."""
+    hosts = [Host("web", "10.77.1.2", "homelab", host_key=KEY), Host("spare", "10.77.3.2", "homelab", host_key=KEY)]
+    save_hosts(make_lab(vms=[WEB, SPARE]), hosts)
 
 
 FILES_ONLY = DeployOptions(install_packages=False, start_stacks=False)
 
 
 def test_a_dropped_stack_is_previewed_confirmed_and_removed_exactly_as_previewed() -> None:
-    lab = make_lab()
+    lab = make_lab(vms=[WEB, SPARE])
     runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"], "mine": "lab=test\n"}})
     out = Recorder()
     result = deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
@@ -139,7 +123,7 @@ def test_a_dropped_stack_is_previewed_confirmed_and_removed_exactly_as_previewed
 def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = make_lab()
+    lab = make_lab(vms=[WEB, SPARE])
     runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
     out = Recorder()
     deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
@@ -148,7 +132,7 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
     assert [r.check for r in runner.requests] == [True, False]
 
     lab_file = tmp_path / "lab.yml"
-    lab_file.write_text(yaml.safe_dump(LAB))
+    write_lab(lab_file, lab_data(vms=[WEB, SPARE]))
     use_fake_runner(monkeypatch, runner)
     result = run_cli("deploy", "--check", "--no-start", lab=lab_file)
     assert (
@@ -161,7 +145,7 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
 
 
 def test_keep_removed_leaves_them_and_says_so() -> None:
-    lab = make_lab()
+    lab = make_lab(vms=[WEB, SPARE])
     runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
     out = Recorder()
     result = deploy_stacks(
@@ -175,7 +159,7 @@ def test_keep_removed_leaves_them_and_says_so() -> None:
 
 
 def test_a_host_the_preview_could_not_check_gets_no_removals() -> None:
-    lab = make_lab(spare=["traefik"])
+    lab = make_lab(vms=[WEB, SPARE_WITH_TRAEFIK])
     runner = with_markers({"web": {"media": MARK["media"]}, "spare": {"media": MARK["media"]}}, fail=("spare",))
     out = Recorder()
     with pytest.raises(OperationError, match="failed on spare"):
@@ -188,12 +172,12 @@ def test_a_host_the_preview_could_not_check_gets_no_removals() -> None:
 
 
 def test_a_vm_that_lists_no_stacks_any_more_is_cleared_while_the_record_names_it() -> None:
-    lab = make_lab(spare=["traefik"])
+    lab = make_lab(vms=[WEB, SPARE_WITH_TRAEFIK])
     runner = with_markers({})
     deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=runner)
     assert deployed_vms(lab) == {"web", "spare"}  # both got stacks
 
-    lab = make_lab(spare=[])
+    lab = make_lab(vms=[WEB, SPARE])
     deployment = prepare(lab, FILES_ONLY)
     assert [(t.name, t.clear_only) for t in deployment.targets] == [("web", False), ("spare", True)]
     assert prepare(lab, DeployOptions(vms=("spare",))).targets[0].clear_only
@@ -218,9 +202,9 @@ def test_a_vm_that_lists_no_stacks_any_more_is_cleared_while_the_record_names_it
 
 
 def test_a_vm_that_failed_keeps_its_record() -> None:
-    lab = make_lab(spare=["traefik"])
+    lab = make_lab(vms=[WEB, SPARE_WITH_TRAEFIK])
     deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=with_markers({}))
-    lab = make_lab(spare=[])
+    lab = make_lab(vms=[WEB, SPARE])
     with pytest.raises(OperationError, match="failed on spare"):
         deploy_stacks(lab, Recorder().echo, Recorder().confirm, FILES_ONLY, runner=with_markers({}, fail=("spare",)))
     assert deployed_vms(lab) == {"web", "spare"}

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -17,33 +16,24 @@ from homelab.adapters.ssh import ssh_args as ssh_common_args
 from homelab.deploy.inventory import host_vars, known_hosts_text
 from homelab.deploy.render import env_value, links, render_lab, write_tree
 from homelab.errors import InputError
-from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.stacks import catalogue
 from homelab.state.hosts import Host
+from tests.harness.labs import make_lab
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 
-def make_lab(**changes: Any) -> Lab:
-    data: dict[str, Any] = {
-        "name": "test",
-        "proxmox": {"url": "https://pve.test:8006", "node": "pve1", "token_id": "root@pam!homelab"},
-        "network": {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1", "domain": "lab.example"},
-        "templates": [{"name": "debian-docker"}],
-        "vms": [
-            {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer", "homepage"]},
-            {"name": "media", "ip": "10.10.0.11", "stacks": ["traefik", "media"]},
-            {"name": "spare", "ip": "10.10.0.12"},
-        ],
-        "stacks": {
-            "traefik": {"version": "v3.2"},
-            "portainer": {"subdomain": "docker"},
-            "media": {"env": {"TZ": "Europe/Berlin", "PUID": "1001", "SONARR_VERSION": "4.0.10"}},
-        },
-    }
-    data.update(changes)
-    return parse_lab(yaml.safe_dump(data))
+VMS = [
+    {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer", "homepage"]},
+    {"name": "media", "ip": "10.10.0.11", "stacks": ["traefik", "media"]},
+    {"name": "spare", "ip": "10.10.0.12"},
+]
+STACKS = {
+    "traefik": {"version": "v3.2"},
+    "portainer": {"subdomain": "docker"},
+    "media": {"env": {"TZ": "Europe/Berlin", "PUID": "1001", "SONARR_VERSION": "4.0.10"}},
+}
 
 
 def env_of(lab: Lab, vm: str, stack: str) -> dict[str, str]:
@@ -53,7 +43,7 @@ def env_of(lab: Lab, vm: str, stack: str) -> dict[str, str]:
 
 
 def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
-    lab = make_lab()
+    lab = make_lab(vms=VMS, domain="lab.example", stacks=STACKS)
     rendered = render_lab(lab)
     assert list(rendered) == ["web", "media"]  # a VM without stacks gets nothing
     assert [f.path for f in rendered["media"].files] == [
@@ -81,18 +71,18 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
 
 
 def test_compose_files_are_copied_as_shipped() -> None:
-    rendered = render_lab(make_lab())
+    rendered = render_lab(make_lab(vms=VMS, domain="lab.example", stacks=STACKS))
     compose = next(f for f in rendered["web"].files if f.path == "portainer/compose.yml")
     assert compose.content == (catalogue()["portainer"].path / "compose.yml").read_text()
 
 
 def test_without_a_domain_hosts_fall_back_to_home_arpa() -> None:
-    lab = make_lab(network={"subnet": "10.10.0.0/24", "gateway": "10.10.0.1"})
+    lab = make_lab(vms=VMS, domain=None, stacks=STACKS)
     assert env_of(lab, "web", "traefik")["TRAEFIK_HOST"] == "traefik.home.arpa"
 
 
 def test_homepage_lists_every_stack_in_the_lab_by_vm() -> None:
-    lab = make_lab()
+    lab = make_lab(vms=VMS, domain="lab.example", stacks=STACKS)
     files = {f.path: f.content for f in render_lab(lab)["web"].files}
     services = yaml.safe_load(files["homepage/config/services.yaml"])
     groups = {name: entries for group in services for name, entries in group.items()}
@@ -121,7 +111,7 @@ def test_nothing_from_the_environment_or_secrets_file_reaches_the_rendered_files
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", "s3cr3t-token-value")
-    rendered = render_lab(make_lab())
+    rendered = render_lab(make_lab(vms=VMS, domain="lab.example", stacks=STACKS))
     text = "".join(f.content for r in rendered.values() for f in r.files)
     assert "s3cr3t-token-value" not in text and "token" not in text.lower()
 
@@ -135,6 +125,7 @@ def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path
     assert COMPOSE is not None
     lab = make_lab(
         vms=[{"name": "all", "ip": "10.10.0.10", "stacks": sorted(catalogue())}],
+        domain="lab.example",
         stacks={stack: {"version": "9.9.9", "env": {"TITLE": "my lab $HOME", "TZ": "Europe/Berlin"}}},
     )
     write_tree(render_lab(lab)["all"], tmp_path)
@@ -153,7 +144,7 @@ def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path
 
 
 def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
-    lab = make_lab()
+    lab = make_lab(vms=VMS, domain="lab.example", stacks=STACKS)
     host = Host("web", "10.77.1.2", "homelab", host_key=HOST_KEY)
     other = Host("media", "10.77.2.2", "homelab", port=2222, host_key=HOST_KEY)
     assert known_hosts_text([host, other]) == f"10.77.1.2 {HOST_KEY}\n[10.77.2.2]:2222 {HOST_KEY}\n"

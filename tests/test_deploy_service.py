@@ -21,25 +21,19 @@ from homelab.deploy.plan import DeployOptions, deployed_vms, prepare
 from homelab.deploy.report import HostChange as Change
 from homelab.deploy.service import deploy_stacks
 from homelab.errors import Aborted, InputError, OperationError
-from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.state.hosts import Host, save_hosts
 from tests.harness.cli import run_cli
+from tests.harness.labs import lab_data, make_lab, write_lab
 from tests.harness.playbooks import FakeRunner, Script, inventory_hosts, use_fake_runner
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOr7xB0Q1YhYyH8nEIpwoZzvvz4cLyYWpaT3wKJ7rpv"
-LAB = {
-    "name": "test",
-    "proxmox": {"url": "https://pve.test:8006", "node": "pve1", "token_id": "root@pam!homelab"},
-    "network": {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1", "domain": "lab.example"},
-    "templates": [{"name": "debian-docker"}],
-    "vms": [
-        {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer"]},
-        {"name": "db", "ip": "10.10.0.11", "stacks": ["portainer"]},
-        {"name": "spare", "ip": "10.10.0.12"},
-    ],
-}
+VMS = [
+    {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer"]},
+    {"name": "db", "ip": "10.10.0.11", "stacks": ["portainer"]},
+    {"name": "spare", "ip": "10.10.0.12"},
+]
 
 
 def new_file(host: str, path: str) -> TaskEvent:
@@ -58,7 +52,7 @@ def all_ok(request: RunRequest) -> tuple[list[TaskEvent], dict[str, HostStats]]:
 
 @pytest.fixture
 def lab() -> Lab:
-    lab = parse_lab(yaml.safe_dump(LAB))
+    lab = make_lab(vms=VMS, domain="lab.example")
     save_hosts(
         lab,
         [Host("web", "10.77.1.2", "homelab", host_key=KEY_A), Host("db", "10.77.2.2", "homelab", host_key=KEY_B)],
@@ -255,9 +249,9 @@ def test_a_play_that_never_starts_is_an_error_with_ansibles_last_lines(lab: Lab)
 
 
 def test_a_lab_without_stacks_skips_the_stage() -> None:
-    data = dict(LAB, vms=[{"name": "spare", "ip": "10.10.0.12"}])
+    lab = make_lab(vms=[{"name": "spare", "ip": "10.10.0.12"}], domain="lab.example")
     out = Recorder()
-    result = deploy_stacks(parse_lab(yaml.safe_dump(data)), out.echo, out.confirm, runner=FakeRunner(all_ok))
+    result = deploy_stacks(lab, out.echo, out.confirm, runner=FakeRunner(all_ok))
     assert result.skipped and out.lines == ["Skipped: no VM in the lab file lists stacks."]
 
 
@@ -345,9 +339,7 @@ def test_runner_stats_become_host_stats() -> None:
 
 @pytest.fixture
 def lab_file(lab: Lab, tmp_path: Path) -> Path:
-    path = tmp_path / "lab.yml"
-    path.write_text(yaml.safe_dump(LAB, sort_keys=False))
-    return path
+    return write_lab(tmp_path / "lab.yml", lab_data(vms=VMS, domain="lab.example"))
 
 
 def test_cli_deploy_check_exits_3_when_something_would_change(lab_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
