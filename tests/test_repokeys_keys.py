@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from homelab.adapters.forge import deploy_key_page, published_host_keys
 from homelab.adapters.git import parse_repo_url
@@ -23,7 +22,7 @@ from homelab.repokeys.install import NOT_INSTALLED_EXIT, Switch, _install_body, 
 from homelab.repokeys.install import Checkout as Target
 from homelab.repokeys.keys import KeyStore
 from tests.harness.cli import run_cli
-from tests.harness.gitserver import write_lab
+from tests.harness.labs import lab_data, write_lab
 
 # GitHub's ed25519 host key as GitHub publishes it (docs.github.com, "GitHub's SSH key fingerprints").
 GITHUB_ED25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -31,7 +30,8 @@ GITHUB_ED25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2
 
 @pytest.fixture
 def lab_path(tmp_path: Path) -> Path:
-    return write_lab(tmp_path, "git@github.com:me/homelab-config.git")
+    repo = {"url": "git@github.com:me/homelab-config.git", "branch": "main"}
+    return write_lab(tmp_path / "lab.yml", lab_data(vms=[{"name": "docker-01"}], name="example", repo=repo))
 
 
 @pytest.fixture
@@ -331,10 +331,7 @@ def test_a_vm_without_a_deploy_key_gets_a_plain_install(lab: Lab) -> None:
 
 
 def test_verify_without_a_repo_section_says_what_is_missing(tmp_path: Path) -> None:
-    path = write_lab(tmp_path, "git@github.com:me/config.git")
-    data = yaml.safe_load(path.read_text())
-    del data["repo"]
-    path.write_text(yaml.safe_dump(data))
+    path = write_lab(tmp_path / "lab.yml", lab_data(vms=[{"name": "docker-01"}], name="example"))
     result = run_cli("keys", "verify", lab=path)
     assert result.exit_code == 2
     assert "no repo: section" in result.output

@@ -21,8 +21,9 @@ from homelab.repokeys.keys import DeployKey, KeyStore
 from homelab.state.hosts import Host, save_hosts
 from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
-from tests.harness.gitserver import GitServer, git_server_fixture, write_lab  # noqa: F401
+from tests.harness.gitserver import GitServer, git_server_fixture  # noqa: F401
 from tests.harness.hosts import SshHost
+from tests.harness.labs import lab_data, write_lab
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,9 @@ def setup(git_server: GitServer, ssh_hosts: HostFactory, tmp_path: Path) -> Iter
     for vm in vms:
         git_server.connect(vm)
         vm.exec(["useradd", "-m", "-d", HOME, "-s", "/bin/sh", USER])
-    lab_path = write_lab(tmp_path, git_server.url, vms=[vm.name for vm in vms])
+    repo = {"url": git_server.url, "branch": "main"}
+    data = lab_data(vms=[{"name": vm.name} for vm in vms], name="example", repo=repo)
+    lab_path = write_lab(tmp_path / "lab.yml", data)
     lab = load_lab(lab_path)
     git_server.add_key(core.generate(lab).key.public_line)
     core.verify(lab, lambda contact: contact.key.fingerprint == fingerprint(git_server.host.host_key_pub))

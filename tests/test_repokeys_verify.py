@@ -13,13 +13,16 @@ from homelab.repokeys import core
 from homelab.repokeys.hostkeys import FirstContact, HostKeyMismatch
 from homelab.repokeys.keys import KeyStore
 from tests.harness.cli import run_cli
-from tests.harness.gitserver import GitServer, git_server_fixture, write_lab  # noqa: F401
+from tests.harness.gitserver import GitServer, git_server_fixture  # noqa: F401
+from tests.harness.labs import lab_data, write_lab
 
 pytestmark = pytest.mark.integration
 
 
-def _lab(tmp_path: Path, server: GitServer, vms: list[str] | None = None) -> tuple[Lab, Path]:
-    path = write_lab(tmp_path, server.url, vms=vms)
+def _lab(tmp_path: Path, server: GitServer, vms: tuple[str, ...] = ("docker-01",)) -> tuple[Lab, Path]:
+    """The lab "example" with these VMs, its config repo on ``server``."""
+    data = lab_data(vms=[{"name": vm} for vm in vms], name="example", repo={"url": server.url, "branch": "main"})
+    path = write_lab(tmp_path / "lab.yml", data)
     return load_lab(path), path
 
 
@@ -144,7 +147,7 @@ def test_cli_rotate_through_the_forge_api(
     import homelab.cli.keys as cli_keys
     from homelab.adapters import forge as forgeapi
 
-    lab, path = _lab(tmp_path, git_server, vms=[])
+    lab, path = _lab(tmp_path, git_server, vms=())
     forge = FakeForge(git_server)
     monkeypatch.setattr(forgeapi, "forge_keys", lambda repo: forge)
     monkeypatch.setattr(cli_keys, "POLL_INTERVAL", 0.1)
@@ -170,7 +173,7 @@ def test_cli_rotate_refuses_when_the_lab_has_vms_but_no_hosts_recorded(
     """The lab's VM is not in hosts.json (apply failed, or never ran): rotating would strand it on the old key."""
     from homelab.adapters import forge as forgeapi
 
-    lab, path = _lab(tmp_path, git_server)  # the example lab: VM docker-01
+    lab, path = _lab(tmp_path, git_server)  # VM docker-01
     forge = FakeForge(git_server)
     monkeypatch.setattr(forgeapi, "forge_keys", lambda repo: forge)
     old = core.generate(lab).key

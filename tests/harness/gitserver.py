@@ -29,7 +29,7 @@ import pytest
 
 from tests.harness.hosts import SshHost, host_support, make_host
 
-__all__ = ["GitServer", "git_server_fixture", "make_git_server", "write_lab"]
+__all__ = ["GitServer", "git_server_fixture", "make_git_server"]
 
 REPO = "/srv/git/config.git"
 AUTHORIZED_KEYS = "/etc/ssh/authorized_keys/git"
@@ -179,20 +179,3 @@ def git_server_fixture(tmp_path: Path) -> Iterator[GitServer]:
         yield server
     finally:
         server.stop()
-
-
-def write_lab(tmp_path: Path, repo_url: str, *, name: str = "example", vms: list[str] | None = None) -> Path:
-    """A lab file in ``tmp_path``: the example lab with ``repo.url`` set (and ``name``); ``vms``: the names
-    of the lab's VMs instead of the example's (an empty list: a lab with no VMs)."""
-    import yaml
-
-    from homelab.paths import data_dir
-
-    data = yaml.safe_load((data_dir("inventories") / "example" / "lab.yml").read_text(encoding="utf-8"))
-    data["name"] = name
-    if vms is not None:
-        data["vms"] = [{"name": vm} for vm in vms]
-    data["repo"] = {"url": repo_url, "branch": "main"}
-    path = tmp_path / "lab.yml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
