@@ -401,10 +401,7 @@ def test_tls_is_verified_by_default(tmp_path: Path, fake_pve: FakeProxmox, monke
 
 def test_password_login(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_PASSWORD", fake_pve.password)
-    data = lab_data(fake_pve, VMS[:1])
-    del data["proxmox"]["token_id"]
-    data["proxmox"]["user"] = fake_pve.user
-    lab = write_lab(tmp_path / "lab.yml", data)
+    lab = write_lab(tmp_path / "lab.yml", lab_data(fake_pve, VMS[:1], password=True))
     assert run_cli("apply", "--yes", lab=lab).exit_code == 0
     assert sorted(managed(fake_pve)) == ["web"]
 
