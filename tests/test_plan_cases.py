@@ -10,11 +10,12 @@ import yaml
 
 from homelab.adapters.proxmox.marks import describe_vm, parse_mark
 from homelab.adapters.proxmox.versions import TemplateVersion
+from homelab.adapters.proxmox.vmconfig import desired_config, encode_config
 from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from homelab.lab.types import format_size, parse_size
 from homelab.provision.facts import Facts, LiveVm
-from homelab.provision.plan import PlanOptions, desired_config, encode_config, plan
+from homelab.provision.plan import PlanOptions, plan
 
 CASES = sorted(p for p in (Path(__file__).parent / "plans").glob("*.yml") if not p.name.startswith("_"))
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.labvms import boot_disk
 from homelab.adapters.proxmox.marks import describe_vm, marks_as, parse_mark
+from homelab.adapters.proxmox.vmconfig import encode_config
 from homelab.adapters.proxmox.vms import delete_vm, start_vm, stop_vm
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
-from homelab.provision.facts import boot_disk
 from homelab.provision.guestagent import GuestAgent
 from homelab.provision.plan import (
     Action,
@@ -28,7 +29,6 @@ from homelab.provision.plan import (
     StartVM,
     Unchanged,
     UpdateVM,
-    encode_config,
 )
 from homelab.state.hosts import Host
 

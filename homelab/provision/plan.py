@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from homelab.adapters.proxmox.marks import describe_vm, parse_mark
+from homelab.adapters.proxmox.marks import parse_mark
 from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, pick_version
+from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.lab.models import Lab, Vm
 from homelab.lab.types import format_size
 from homelab.provision.facts import Facts, LiveVm
@@ -221,41 +221,6 @@ class PlanOptions:
 
     prune: bool = False
     replace: bool = True
-
-
-def desired_config(
-    lab: Lab, vm: Vm, version: TemplateVersion, state: str = "ready", admin_key: str | None = None
-) -> dict[str, str]:
-    """The PVE config keys homelab owns for a VM, as PVE stores them (sshkeys decoded)."""
-    net = lab.network
-    prefix = net.subnet.split("/")[1]
-    ipconfig = "ip=dhcp" if vm.ip == "dhcp" else f"ip={vm.ip}/{prefix},gw={net.gateway}"
-    config = {
-        "cores": str(vm.cores),
-        "memory": str(vm.memory),
-        "tags": ";".join(sorted({lab.tag, *vm.tags})),
-        "ciuser": lab.access.user,
-        "ipconfig0": ipconfig,
-        "onboot": "1",
-        "agent": "1",
-        "description": describe_vm(lab.name, vm.name, version.template, version.version, state),
-    }
-    keys = [*lab.access.ssh_keys, *([admin_key] if admin_key else [])]
-    if keys:
-        config["sshkeys"] = "\n".join(keys)
-    if net.dns:
-        config["nameserver"] = " ".join(net.dns)
-    if net.domain:
-        config["searchdomain"] = net.domain
-    return config
-
-
-def encode_config(config: dict[str, str]) -> dict[str, str]:
-    """The config as the API takes it: PVE wants sshkeys URL-encoded."""
-    out = dict(config)
-    if "sshkeys" in out:
-        out["sshkeys"] = urllib.parse.quote(out["sshkeys"], safe="")
-    return out
 
 
 def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[ConfigChange, ...]:

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.connect import connect
+from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter, apply_plan
 from homelab.provision.facts import Facts, gather
-from homelab.provision.plan import Plan, PlanOptions, RemoveVM, desired_config, plan, resolve_version
+from homelab.provision.plan import Plan, PlanOptions, RemoveVM, plan, resolve_version
 from homelab.state.hosts import Host, load_hosts, save_hosts
 
 

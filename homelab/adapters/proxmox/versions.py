@@ -13,7 +13,7 @@ from datetime import datetime
 from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.marks import TEMPLATE_TAG
 from homelab.errors import OperationError
-from homelab.lab.models import Template
+from homelab.lab.models import Lab, Template
 
 VERSION_FORMAT = "%Y%m%d%H%M"
 _VERSION = re.compile(r"^\d{12}$")
@@ -100,3 +100,14 @@ def pick_version(versions: Sequence[TemplateVersion], template: Template) -> Tem
             reason=f"no version of template {name!r} on Proxmox (run `homelab template build`)",
         )
     return versions[-1]
+
+
+def usable_version(version: TemplateVersion, lab: Lab, pinned: str | None) -> bool:
+    """A version VMs may be cloned from: built by homelab (tagged homelab-template) for this lab or for no lab
+    in particular, never another lab's build; an explicitly pinned version is the user's choice."""
+    if pinned and version.version == pinned:
+        return True
+    if TEMPLATE_TAG not in version.tags:
+        return False
+    other_labs = [t for t in version.tags if t.startswith("homelab-") and t not in (TEMPLATE_TAG, lab.tag)]
+    return not other_labs

@@ -1,0 +1,97 @@
+"""The VMs that may be a lab's, read from Proxmox: each one's config, and whether its mark makes it the lab's.
+
+The one reader of that question for every stage that needs it (the VM planner, the Terraform export): the
+description's mark decides, never a tag or a name alone.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.guests import Guest
+from homelab.adapters.proxmox.marks import parse_mark, split_tags
+from homelab.lab.models import Lab
+from homelab.lab.types import drive_size
+
+DISK_KEYS = ("scsi0", "virtio0", "sata0", "ide0")
+
+
+def boot_disk(config: dict[str, Any]) -> str | None:
+    """The config key of a VM's boot disk (not a CD-ROM or cloud-init drive)."""
+    for key in DISK_KEYS:
+        value = str(config.get(key, ""))
+        if value and "media=cdrom" not in value and "cloudinit" not in value:
+            return key
+    return None
+
+
+@dataclass(frozen=True)
+class LiveVm:
+    """A VM as Proxmox reports it; ``config`` only for VMs homelab may manage."""
+
+    vmid: int
+    name: str
+    node: str
+    status: str
+    tags: tuple[str, ...]
+    config: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    meta: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    lock: str | None = None
+
+    @property
+    def disk_key(self) -> str | None:
+        """The boot disk's config key."""
+        return boot_disk(self.config)
+
+    @property
+    def disk_size(self) -> int | None:
+        """The boot disk's size in bytes."""
+        key = self.disk_key
+        return None if key is None else drive_size(str(self.config[key]))
+
+    def setting(self, key: str) -> str | None:
+        """A config value as text, with sshkeys URL-decoded."""
+        value = self.config.get(key)
+        if value is None:
+            return None
+        text = str(value)
+        return urllib.parse.unquote(text) if key == "sshkeys" else text
+
+
+def read_lab_vms(
+    api: PveApi, lab: Lab, guests: Iterable[Guest], workers: int = 8
+) -> tuple[tuple[LiveVm, ...], tuple[LiveVm, ...]]:
+    """The configs of the VMs that may be the lab's (tagged as the lab's, or named like a lab VM), in parallel;
+    split into (marked as the lab's, by vmid; named like a lab VM but not marked as its)."""
+    names = {vm.name for vm in lab.vms}
+    candidates = [g for g in guests if g.is_vm and (lab.tag in g.tags or g.name in names)]
+
+    def read(guest: Guest) -> LiveVm:
+        config = api.get(f"/nodes/{guest.node}/qemu/{guest.vmid}/config")
+        return LiveVm(
+            vmid=guest.vmid,
+            name=guest.name,
+            node=guest.node,
+            status=guest.status,
+            tags=split_tags(config["tags"]) if "tags" in config else guest.tags,
+            config=config,
+            meta=parse_mark(config.get("description")),
+            lock=config.get("lock") or guest.lock,
+        )
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        live = list(pool.map(read, candidates))
+    managed, namesakes = [], []
+    for vm in live:
+        # The description mark decides (the clone call writes it, so even a half-made VM has it). A tag
+        # alone is not enough: tags are free-form, and another lab or a person may have set this one.
+        if (vm.meta or {}).get("lab") == lab.name:
+            managed.append(vm)
+        else:
+            namesakes.append(vm)
+    return tuple(sorted(managed, key=lambda v: v.vmid)), tuple(namesakes)
