@@ -201,3 +201,14 @@ def render_rotation(result: Any) -> None:
         click.echo(f"{outcome.host}: {state}: {outcome.detail}")
     if result.complete:
         click.echo(f"All {len(result.hosts)} VM(s) use the new key {result.new.fingerprint}.")
+
+
+def render_export(result: Any, directory: str) -> None:
+    """What `homelab export terraform` wrote: the files, the VMs it imports, and each thing it could not say."""
+    click.echo(f"Wrote {len(result.files)} files to {directory}: {', '.join(sorted(result.files))}")
+    for vm in result.vms:
+        how = f"imports {vm.node}/{vm.vmid}" if vm.vmid is not None else "Terraform creates it"
+        click.echo(f"  {vm.resource}: {how}, cloned from {vm.clone_name} ({vm.clone_vmid})")
+    for note in result.notes:
+        click.secho(f"  ! {note}", fg="yellow")
+    click.echo(f"Next: cd {directory} && terraform init && terraform plan (see README.md there)")

@@ -2,7 +2,8 @@
 
     lab, errors, paths, state                  the model and what homelab keeps on this machine
     adapters/                                  one module per outside system; knows no stage
-    provision, templates, deploy, repokeys     the stages: lab + adapters + state, never each other
+    provision, templates, deploy, repokeys,    the stages: lab + adapters + state, never each other
+    export
     pipeline                                   where the stages meet
     cli, ui, wizard, demo                      the edges
 
@@ -22,7 +23,7 @@ import pytest
 import homelab
 
 ROOT = Path(homelab.__file__).parent
-STAGES = ("provision", "templates", "deploy", "repokeys")
+STAGES = ("provision", "templates", "deploy", "repokeys", "export")
 MAX_LINES = 420
 
 

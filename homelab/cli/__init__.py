@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "deploy": ("homelab.cli.deploy", "deploy", "Deploy Docker and the service stacks onto the VMs (Ansible)."),
     "stack": ("homelab.cli.deploy", "stack", "Service stacks: list, add NAME to a VM."),
     "template": ("homelab.cli.template", "template", "Build, list, prune and render VM templates."),
+    "export": ("homelab.cli.export", "export", "Write the lab as Terraform (bpg/proxmox) that adopts the running VMs."),
     "keys": ("homelab.cli.keys", "keys", "Deploy keys for the config repo: generate, show, verify, install, rotate."),
 }
 
