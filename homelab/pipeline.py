@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.errors import Aborted, OperationError
+from homelab.errors import Aborted, InputError, OperationError
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter
 from homelab.provision.facts import Facts
@@ -18,6 +18,7 @@ from homelab.provision.plan import Plan, PlanOptions
 
 if TYPE_CHECKING:
     from homelab.adapters.ansible import PlaybookRunner
+    from homelab.provision.service import Planned
 
 Echo = Callable[[str], None]
 Confirm = Callable[[str], None]  # raises to refuse
@@ -182,13 +183,16 @@ def converge_vms(
 ) -> tuple[Plan, ApplyResult]:
     """Plan the VMs (from ``facts`` when they are current), show the plan, confirm, apply; the plan and result.
 
-    ``again`` is the command that finishes what failed, named in the error.
+    ``again`` is the command that finishes what failed, named in the error. Under ``engine: terraform`` nothing
+    is changed: see :func:`hand_over_vms`.
     """
     from homelab import ui
     from homelab.provision.service import carry_out, make_plan
 
     planned = make_plan(lab, options, api=api, facts=facts)
     ui.render_plan(planned.plan)
+    if lab.engine == "terraform":
+        return planned.plan, hand_over_vms(planned, echo, reporter, concurrency)
     if planned.plan.blocked:
         raise OperationError("the plan has blocked steps (see '!' lines); nothing was changed")
     if planned.plan.changes:
@@ -203,12 +207,44 @@ def converge_vms(
     return planned.plan, result
 
 
+def terraform_owns_vms(lab: Lab, what: str) -> InputError:
+    """The refusal of a command that would change the VMs of a lab whose VMs Terraform changes (exit 2)."""
+    return InputError(
+        f"Terraform owns the VMs of lab {lab.name} (engine: terraform): {what}. Write its configuration with "
+        "`homelab export terraform DIR` and run `terraform plan` and `terraform apply` there"
+    )
+
+
+def hand_over_vms(planned: Planned, echo: Echo, reporter: Reporter, concurrency: int | None = None) -> ApplyResult:
+    """The VM stage under ``engine: terraform``: change nothing, record the running VMs' addresses and host keys
+    for the later stages, and refuse (exit 2) when the plan just shown holds changes: they are Terraform's."""
+    from homelab import ui
+    from homelab.provision.service import record_running
+
+    with showing(reporter):
+        result = record_running(planned, StepsOnly(reporter), concurrency)
+    recorded = sum(1 for outcome in result.outcomes if outcome.ok and outcome.address)
+    ui.render_apply(result)
+    pending = len(planned.plan.changes) + len(planned.plan.blocked)
+    if pending:
+        raise terraform_owns_vms(
+            planned.lab,
+            f"homelab changed no VM ({pending} step(s) above are Terraform's to make; "
+            f"the addresses of {recorded} running VM(s) were recorded)",
+        )
+    echo(f"Terraform owns the VMs (engine: terraform); they are as the lab file says: {recorded} address(es) recorded.")
+    return result
+
+
 def destroy_vms(
     api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, reporter: Reporter, concurrency: int | None = None
 ) -> Plan:
     """Plan removing every VM marked as the lab's, show it, confirm, remove them; the plan."""
     from homelab import ui
     from homelab.provision.service import carry_out, make_destroy_plan
+
+    if lab.engine == "terraform":
+        raise terraform_owns_vms(lab, "remove them with `terraform destroy` in the export's folder")
 
     planned = make_destroy_plan(lab, api)
     ui.render_plan(planned.plan)

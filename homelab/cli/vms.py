@@ -25,6 +25,10 @@ def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
         ui.echo_json(planned.plan.as_dict())
     else:
         ui.render_plan(planned.plan)
+        if app.lab.engine == "terraform" and planned.plan.changes:
+            app.echo(
+                "engine: terraform: these are Terraform's to make (homelab export terraform DIR, then terraform apply)"
+            )
     if planned.plan.changes or planned.plan.blocked:
         sys.exit(EXIT_CHANGES)
 

@@ -197,6 +197,11 @@ class Lab(Strict):
     templates: list[Template] = Field(min_length=1, description="the VM templates (at least one)")
     access: Access = Field(default_factory=Access)
     settings: Settings = Field(default_factory=Settings)
+    engine: Literal["homelab", "terraform"] = Field(
+        "homelab",
+        description="who changes the VMs: homelab (apply, up) or terraform (`homelab export terraform DIR` writes "
+        "its configuration; apply and up then leave the VMs to it and only record their addresses)",
+    )
     vms: list[Vm] = Field(default_factory=list)
     repo: Repo | None = None
     stacks: dict[DnsName, StackSettings] = Field(default_factory=dict, description="settings per stack")

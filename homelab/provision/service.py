@@ -10,7 +10,19 @@ from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter, apply_plan
 from homelab.provision.facts import Facts, gather
-from homelab.provision.plan import Plan, PlanOptions, RemoveVM, plan, resolve_version
+from homelab.provision.plan import (
+    Action,
+    GrowDisk,
+    Plan,
+    PlanOptions,
+    RemoveVM,
+    ReplaceVM,
+    StartVM,
+    Unchanged,
+    UpdateVM,
+    plan,
+    resolve_version,
+)
 from homelab.state.hosts import Host, load_hosts, save_hosts
 
 
@@ -39,6 +51,33 @@ def carry_out(planned: Planned, reporter: Reporter | None = None, concurrency: i
     result = apply_plan(planned.api, planned.lab, planned.plan, planned.facts.used_vmids, reporter, concurrency, known)
     _record_hosts(planned.lab, planned.plan, result, dict(known))
     return result
+
+
+def record_running(planned: Planned, reporter: Reporter | None = None, concurrency: int | None = None) -> ApplyResult:
+    """Change nothing: learn each running lab VM's address and host key through its guest agent and record them,
+    as apply does after its changes. For a lab whose VMs another tool changes (``engine: terraform``): that tool
+    may have re-created or rebooted a VM, so nothing recorded before is trusted; the agent is asked again."""
+    running = {live.vmid for live in planned.facts.managed if live.status == "running"}
+    reads: list[Action] = []
+    for vm, actions in planned.plan.by_vm().items():
+        current = _current_vm(actions)
+        if current is not None and current[0] in running:
+            reads.append(Unchanged(vm, *current))
+    known = {h.name: h for h in load_hosts(planned.lab)}
+    learned = Plan(tuple(reads))
+    result = apply_plan(planned.api, planned.lab, learned, planned.facts.used_vmids, reporter, concurrency, {})
+    _record_hosts(planned.lab, learned, result, dict(known))
+    return result
+
+
+def _current_vm(actions: list[Action]) -> tuple[int, str] | None:
+    """(vmid, node) of the VM that exists now for one lab VM's actions, if one does."""
+    for action in actions:
+        if isinstance(action, ReplaceVM):
+            return action.old_vmid, action.old_node
+        if isinstance(action, (Unchanged, UpdateVM, GrowDisk, StartVM)):
+            return action.vmid, action.node
+    return None
 
 
 def _record_hosts(lab: Lab, plan: Plan, result: ApplyResult, known: dict[str, Host]) -> None:
@@ -133,4 +172,4 @@ def status(lab: Lab, api: PveApi | None = None) -> list[VmStatus]:
     return rows
 
 
-__all__ = ["Planned", "carry_out", "desired_config", "make_destroy_plan", "make_plan", "status"]
+__all__ = ["Planned", "carry_out", "desired_config", "make_destroy_plan", "make_plan", "record_running", "status"]
