@@ -34,7 +34,7 @@ LAB: dict[str, Any] = {
 OLD, NEW = "202601010000", "202602010000"
 TEMPLATE_CONFIG = {
     "scsihw": "virtio-scsi-single",
-    "scsi0": "local-lvm:base-9000-disk-0,discard=on,iothread=1,size=8G",
+    "scsi0": "local-lvm:base-9000-disk-0,cache=writeback,discard=on,iothread=1,size=8G",
     "ide2": "local-lvm:vm-9000-cloudinit,media=cdrom",
     "net0": "virtio=BC:24:11:00:90:00,bridge=vmbr0,firewall=1",
     "serial0": "socket",
@@ -111,6 +111,7 @@ def test_a_running_lab_is_imported_and_a_missing_vm_is_created(tmp_path: Path) -
     assert tf.unquote(hardware["scsi_hardware"]) == "virtio-scsi-single"
     assert tf.unquote(hardware["cpu"][0]["type"]) == "x86-64-v2-AES" and hardware["memory"][0]["floating"] == 0
     assert hardware["disk"][0]["iothread"] is True and tf.unquote(hardware["disk"][0]["discard"]) == "on"
+    assert tf.unquote(hardware["disk"][0]["cache"]) == "writeback" and "aio" not in hardware["disk"][0]
     assert hardware["network_device"][0]["firewall"] is True
     assert tf.unquote(hardware["vga"][0]["type"]) == "serial0"
     assert tf.unquote(hardware["serial_device"][0]["device"]) == "socket"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from homelab.export.facts import ExportFacts
-from homelab.export.hcl import Block, Comment, Expr, render_file
+from homelab.export.hcl import Blank, Block, Comment, Expr, render_file
 from homelab.export.terraform import VM_RESOURCE, ExportedVm, vm_blocks
 from homelab.lab.models import Lab
 
@@ -75,7 +75,7 @@ def build_export(lab: Lab, facts: ExportFacts) -> TerraformExport:
 
 def _versions() -> Block:
     providers = Block("required_providers").set("proxmox", {"source": PROVIDER_SOURCE, "version": PROVIDER_CONSTRAINT})
-    return Block("terraform").set("required_version", TERRAFORM_CONSTRAINT).add(providers)
+    return Block("terraform").set("required_version", TERRAFORM_CONSTRAINT).add(Blank(), providers)
 
 
 def _provider(lab: Lab) -> Block:

@@ -133,12 +133,21 @@ def vm_blocks(lab: Lab, vm: Vm, facts: ExportFacts) -> VmBlocks | str:
     if version.node != node:
         clone.set("node_name", version.node)
     clone.set("full", full).set("datastore_id", lab.proxmox.storage if full else None)
-    resource.add(Blank(), clone, Block("agent").set("enabled", config["agent"] == "1"))
-    resource.add(_cpu(config, hardware), _memory(config, hardware))
     disk, disk_notes = _disk(lab, vm, live, hardware, full)
     net, net_notes = _network(lab, vm, hardware, own_mac=live is not None)
-    resource.add(*disk, *net, *_console(hardware), _initialization(lab, config, hardware))
-    resource.add(Block("lifecycle").set("ignore_changes", [Expr("clone")]))
+    nested = [
+        clone,
+        Block("agent").set("enabled", config["agent"] == "1"),
+        _cpu(config, hardware),
+        _memory(config, hardware),
+        *disk,
+        *net,
+        *_console(hardware),
+        _initialization(lab, config, hardware),
+        Block("lifecycle").set("ignore_changes", [Expr("clone")]),
+    ]
+    for block in nested:
+        resource.add(Blank(), block)
     notes += disk_notes + net_notes
     import_block = None
     if live is not None:
@@ -185,9 +194,11 @@ def _disk(lab: Lab, vm: Vm, live: LiveVm | None, hardware: dict[str, Any], full:
     if gib * GIB != size:
         notes.append(f"{vm.name}: disk {format_size(size)}: the provider takes whole GiB; written as {gib}G")
     disk = Block("disk").set("datastore_id", storage).set("interface", slot).set("size", gib)
-    if pairs.get("discard"):
-        disk.set("discard", pairs["discard"])
-    disk.set("iothread", drives.flag(pairs, "iothread")).set("ssd", drives.flag(pairs, "ssd"))
+    # what the drive sets beyond PVE's defaults: the provider's defaults are those, so a key left out is a change
+    for key in ("discard", "aio", "cache", "serial"):
+        disk.set(key, pairs.get(key) or None)
+    for key in ("iothread", "ssd", "backup", "replicate"):
+        disk.set(key, drives.flag(pairs, key))
     return [disk], notes
 
 
