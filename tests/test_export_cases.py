@@ -157,6 +157,19 @@ def test_what_the_provider_cannot_say_is_one_note_each(tmp_path: Path) -> None:
     assert [tf.unquote(b["id"]) for b in tf.blocks(parsed, "import")] == ["pve1/100"]
 
 
+def test_a_namesake_is_never_imported_and_a_taken_vmid_is_said() -> None:
+    model = lab(vms=[{"name": "web", "ip": "10.10.0.10", "vmid": 120}])
+    stranger = LiveVm(120, "web", "pve1", "running", (), {"description": "mine"}, None)
+    guests = (version(OLD, 9000), Guest(120, "pve1", "web"))
+    result = export(model, guests, (), namesakes=(stranger,))
+    assert result.notes == (
+        "web: VM 120 is also named web but is not marked as lab home's: not imported; Terraform makes a new VM "
+        "beside it",
+        "web: vmid 120 is taken by a VM this lab does not manage: terraform apply fails",
+    )
+    assert result.imported == () and "import {" not in result.files["imports.tf"]
+
+
 def test_a_name_that_is_no_identifier_and_a_password_login(tmp_path: Path) -> None:
     model = lab(
         proxmox={"url": "https://pve.test:8006", "node": "pve1", "user": "root@pam", "verify_tls": False},

@@ -3,7 +3,7 @@ the VMs not made yet would be cloned from (their configs give the hardware a clo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
@@ -19,6 +19,8 @@ class ExportFacts(ClusterFacts):
     """The cluster, the VMs marked as the lab's, and the configs of the template versions new VMs would use."""
 
     managed: tuple[LiveVm, ...] = ()
+    # VMs named like a lab VM but not marked as this lab's: never the lab's, so never imported
+    namesakes: tuple[LiveVm, ...] = ()
     # vmid -> config of a template version a VM not made yet would be cloned from
     template_configs: dict[int, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
     # homelab's own login key: cloud-init puts it on every VM beside access.ssh_keys, so the export does too.
@@ -37,8 +39,8 @@ def gather_export(api: PveApi, lab: Lab) -> ExportFacts:
     """The cluster's guests, the configs of the VMs that may be the lab's, and of the template versions the
     lab's missing VMs would be cloned from."""
     cluster = gather_cluster(api)
-    managed, _ = read_lab_vms(api, lab, cluster.guests)
-    facts = ExportFacts(guests=cluster.guests, managed=managed, admin_key=read_admin_public(lab))
+    managed, namesakes = read_lab_vms(api, lab, cluster.guests)
+    facts = ExportFacts(guests=cluster.guests, managed=managed, namesakes=namesakes, admin_key=read_admin_public(lab))
     running = {(vm.meta or {}).get("vm") or vm.name for vm in managed}
     wanted = {
         version.vmid: version
@@ -47,4 +49,4 @@ def gather_export(api: PveApi, lab: Lab) -> ExportFacts:
         and isinstance(version := facts.version_for(lab, lab.template_for(vm)), TemplateVersion)
     }
     configs = {vmid: api.get(f"/nodes/{v.node}/qemu/{vmid}/config") or {} for vmid, v in sorted(wanted.items())}
-    return ExportFacts(guests=cluster.guests, managed=managed, admin_key=facts.admin_key, template_configs=configs)
+    return replace(facts, template_configs=configs)

@@ -98,6 +98,14 @@ def vm_blocks(lab: Lab, vm: Vm, facts: ExportFacts) -> VmBlocks | str:
         if isinstance(picked, str):
             return f"{vm.name}: not exported: {picked}"
         version, hardware = picked, facts.template_configs.get(picked.vmid, {})
+        notes += [
+            f"{vm.name}: VM {other.vmid} is also named {vm.name} but is not marked as lab {lab.name}'s: not "
+            "imported; Terraform makes a new VM beside it"
+            for other in facts.namesakes
+            if other.name == vm.name
+        ]
+        if vm.vmid is not None and vm.vmid in facts.used_vmids:
+            notes.append(f"{vm.name}: vmid {vm.vmid} is taken by a VM this lab does not manage: terraform apply fails")
     else:
         fallback = picked if isinstance(picked, TemplateVersion) else TemplateVersion(0, node, "", "", "")
         version, present = _running_version(live, facts, fallback)
