@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.labvms import LiveVm
@@ -18,19 +17,11 @@ from homelab.export.facts import ExportFacts
 from homelab.export.files import TerraformExport, build_export
 from homelab.export.hcl import quote
 from homelab.export.terraform import TRANSLATED
-from homelab.lab.loader import parse_lab
 from homelab.lab.models import Lab
 from tests.harness import terraform as tf
+from tests.harness.labs import SSH_KEY, make_lab
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOr7xB0Q1YhYyH8nEIpwoZzvvz4cLyYWpaT3wKJ7rpv me@laptop"
-LAB: dict[str, Any] = {
-    "name": "home",
-    "proxmox": {"url": "https://pve.test:8006", "node": "pve1", "token_id": "root@pam!homelab"},
-    "network": {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1", "dns": ["10.10.0.1"], "domain": "home.arpa"},
-    "templates": [{"name": "debian"}],
-    "access": {"ssh_keys": [KEY]},
-    "vms": [{"name": "web", "disk": "20G", "ip": "10.10.0.10", "tags": ["docker"]}, {"name": "db", "ip": "dhcp"}],
-}
+VMS = [{"name": "web", "disk": "20G", "ip": "10.10.0.10", "tags": ["docker"]}, {"name": "db", "ip": "dhcp"}]
 OLD, NEW = "202601010000", "202602010000"
 TEMPLATE_CONFIG = {
     "scsihw": "virtio-scsi-single",
@@ -47,8 +38,9 @@ TEMPLATE_CONFIG = {
 }
 
 
-def lab(**changes: Any) -> Lab:
-    return parse_lab(yaml.safe_dump({**LAB, **changes}))
+def lab(vms: list[dict[str, Any]] | None = None, **sections: Any) -> Lab:
+    """Lab home (no Proxmox answers it) with ``vms``, the template debian; ``sections`` as lab_data takes them."""
+    return make_lab(None, vms or VMS, "home", **{"templates": [{"name": "debian"}], **sections})
 
 
 def version(v: str, vmid: int, node: str = "pve1") -> Guest:
@@ -90,7 +82,7 @@ def written(result: TerraformExport, tmp_path: Path) -> dict[str, dict[str, Any]
 def test_every_key_homelab_owns_is_written() -> None:
     model = lab()
     config = desired_config(
-        model, model.vms[0], TemplateVersion(9000, "pve1", "debian-x", "x", "debian"), admin_key=KEY
+        model, model.vms[0], TemplateVersion(9000, "pve1", "debian-x", "x", "debian"), admin_key=SSH_KEY
     )
     assert set(config) == set(TRANSLATED)
 
@@ -120,7 +112,7 @@ def test_a_running_lab_is_imported_and_a_missing_vm_is_created(tmp_path: Path) -
 
 
 def test_a_full_clone_on_another_node_names_its_storage_and_the_templates_node(tmp_path: Path) -> None:
-    model = lab(vms=[{"name": "db", "ip": "dhcp", "node": "pve2", "full": True}])
+    model = lab([{"name": "db", "ip": "dhcp", "node": "pve2", "full": True}])
     parsed = written(export(model, (version(OLD, 9000),), ()), tmp_path)
     clone = tf.resources(parsed)[("proxmox_virtual_environment_vm", "db")]["clone"][0]
     assert clone["full"] is True and tf.unquote(clone["datastore_id"]) == "local-lvm"
@@ -129,7 +121,7 @@ def test_a_full_clone_on_another_node_names_its_storage_and_the_templates_node(t
 
 def test_what_the_provider_cannot_say_is_one_note_each(tmp_path: Path) -> None:
     model = lab(
-        vms=[
+        [
             {"name": "web", "disk": "20G", "ip": "10.10.0.10"},
             {"name": "db", "ip": "dhcp", "disk": "1536M"},
             {"name": "01-cache", "ip": "dhcp", "template": "alpine"},
@@ -158,7 +150,7 @@ def test_what_the_provider_cannot_say_is_one_note_each(tmp_path: Path) -> None:
 
 
 def test_a_namesake_is_never_imported_and_a_taken_vmid_is_said() -> None:
-    model = lab(vms=[{"name": "web", "ip": "10.10.0.10", "vmid": 120}])
+    model = lab([{"name": "web", "ip": "10.10.0.10", "vmid": 120}])
     stranger = LiveVm(120, "web", "pve1", "running", (), {"description": "mine"}, None)
     guests = (version(OLD, 9000), Guest(120, "pve1", "web"))
     result = export(model, guests, (), namesakes=(stranger,))
@@ -172,8 +164,8 @@ def test_a_namesake_is_never_imported_and_a_taken_vmid_is_said() -> None:
 
 def test_a_name_that_is_no_identifier_and_a_password_login(tmp_path: Path) -> None:
     model = lab(
+        [{"name": "01-web", "ip": "10.10.0.10"}],
         proxmox={"url": "https://pve.test:8006", "node": "pve1", "user": "root@pam", "verify_tls": False},
-        vms=[{"name": "01-web", "ip": "10.10.0.10"}],
     )
     parsed = written(export(model, (version(OLD, 9000),), ()), tmp_path)
     assert list(tf.resources(parsed)) == [("proxmox_virtual_environment_vm", "vm_01-web")]
