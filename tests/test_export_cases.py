@@ -149,6 +149,21 @@ def test_what_the_provider_cannot_say_is_one_note_each(tmp_path: Path) -> None:
     assert [tf.unquote(b["id"]) for b in tf.blocks(parsed, "import")] == ["pve1/100"]
 
 
+def test_a_vm_whose_version_was_pruned_keeps_its_mark_and_clones_the_newest(tmp_path: Path) -> None:
+    model = lab([{"name": "web", "ip": "10.10.0.10"}])
+    web = running(model, "web", 100, v=OLD)
+    result = export(model, (version(NEW, 9001),), (web,))
+    assert result.notes[0] == (
+        "web: it runs debian-202601010000, which is no longer on Proxmox; the clone block names debian-202602010000 "
+        "(Terraform clones only when it makes the VM anew)"
+    )
+    parsed = written(result, tmp_path)
+    body = tf.resources(parsed)[("proxmox_virtual_environment_vm", "web")]
+    assert body["clone"][0]["vm_id"] == 9001
+    assert tf.unquote(body["description"]) == web.config["description"]  # the mark still names what it runs
+    assert "| debian-202602010000 (9001) |" in result.files["README.md"]
+
+
 def test_a_namesake_is_never_imported_and_a_taken_vmid_is_said() -> None:
     model = lab([{"name": "web", "ip": "10.10.0.10", "vmid": 120}])
     stranger = LiveVm(120, "web", "pve1", "running", (), {"description": "mine"}, None)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from homelab.adapters.proxmox.labvms import LiveVm, boot_disk
+from homelab.adapters.proxmox.labvms import LiveVm, boot_disk, current_and_leftovers
 from homelab.adapters.proxmox.versions import TemplateVersion, version_name
 from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.export import drives
@@ -63,30 +63,26 @@ class VmBlocks:
     notes: tuple[str, ...]
 
 
-def current_vm(lab: Lab, vm: Vm, facts: ExportFacts) -> tuple[LiveVm | None, list[LiveVm]]:
-    """The running VM the lab's ``vm`` is (as the VM planner chooses it: the one on the newest version, then the
-    highest vmid), and any others marked with its name (left over from an interrupted replace)."""
+def _marked(vm: Vm, facts: ExportFacts, wanted: TemplateVersion | str) -> tuple[LiveVm | None, list[LiveVm]]:
+    """The running VM the lab's ``vm`` is (as the VM planner picks it) and any left over from a replace."""
     lives = [live for live in facts.managed if ((live.meta or {}).get("vm") or live.name) == vm.name]
     if not lives:
         return None, []
-    lives.sort(key=lambda v: (str((v.meta or {}).get("version") or ""), v.vmid))
-    return lives[-1], lives[:-1]
+    return current_and_leftovers(lives, wanted.version if isinstance(wanted, TemplateVersion) else None)
 
 
-def _running_version(live: LiveVm, facts: ExportFacts, fallback: TemplateVersion) -> tuple[TemplateVersion, bool]:
-    """The template version a VM was cloned from (its mark), and whether that version is still on Proxmox."""
+def _running_version(live: LiveVm, facts: ExportFacts) -> TemplateVersion | None:
+    """The template version a VM was cloned from (its mark), if it is still on Proxmox."""
     meta = live.meta or {}
-    template, version = str(meta.get("template") or fallback.template), str(meta.get("version") or "")
-    for candidate in facts.versions_of(template):
-        if candidate.version == version:
-            return candidate, True
-    return TemplateVersion(fallback.vmid, fallback.node, version_name(template, version), version, template), False
+    return next(
+        (v for v in facts.versions_of(str(meta.get("template") or "")) if v.version == meta.get("version")), None
+    )
 
 
 def vm_blocks(lab: Lab, vm: Vm, facts: ExportFacts) -> VmBlocks | str:
     """The resource (and import block) of one lab VM, or why it cannot be exported."""
-    live, leftovers = current_vm(lab, vm, facts)
     picked = facts.version_for(lab, lab.template_for(vm))
+    live, leftovers = _marked(vm, facts, picked)
     notes = [
         f"{vm.name}: VM {old.vmid} is left over from an interrupted replace; not exported: remove it by hand "
         "or finish the replace with `homelab apply` before Terraform takes over"
@@ -94,10 +90,11 @@ def vm_blocks(lab: Lab, vm: Vm, facts: ExportFacts) -> VmBlocks | str:
     ]
     node = vm.node or lab.proxmox.node
     full = vm.full if vm.full is not None else lab.settings.full_clone
+    # ``source``: the version the clone block names; ``mark``: the template and version the description names
     if live is None:
         if isinstance(picked, str):
             return f"{vm.name}: not exported: {picked}"
-        version, hardware = picked, facts.template_configs.get(picked.vmid, {})
+        source, mark, hardware = picked, picked, facts.template_configs.get(picked.vmid, {})
         notes += [
             f"{vm.name}: VM {other.vmid} is also named {vm.name} but is not marked as lab {lab.name}'s: not "
             "imported; Terraform makes a new VM beside it"
@@ -107,39 +104,41 @@ def vm_blocks(lab: Lab, vm: Vm, facts: ExportFacts) -> VmBlocks | str:
         if vm.vmid is not None and vm.vmid in facts.used_vmids:
             notes.append(f"{vm.name}: vmid {vm.vmid} is taken by a VM this lab does not manage: terraform apply fails")
     else:
-        fallback = picked if isinstance(picked, TemplateVersion) else TemplateVersion(0, node, "", "", "")
-        version, present = _running_version(live, facts, fallback)
         hardware = live.config
-        if not present:
-            if not isinstance(picked, TemplateVersion):
-                return f"{vm.name}: not exported: it runs {version.name}, gone from Proxmox, and {picked}"
+        meta = live.meta or {}
+        runs = version_name(str(meta.get("template")), str(meta.get("version")))
+        mark = TemplateVersion(0, node, runs, str(meta.get("version")), str(meta.get("template")))
+        running = _running_version(live, facts)
+        if running is not None:
+            source = running
+        elif isinstance(picked, TemplateVersion):
+            source = picked
             notes.append(
-                f"{vm.name}: it runs {version.name}, which is no longer on Proxmox; the clone block names "
-                f"{picked.name} (Terraform clones only when it creates the VM anew)"
+                f"{vm.name}: it runs {runs}, which is no longer on Proxmox; the clone block names {picked.name} "
+                "(Terraform clones only when it makes the VM anew)"
             )
-            version = TemplateVersion(
-                picked.vmid, picked.node, version.name, version.version, version.template, picked.tags
-            )
-        elif isinstance(picked, TemplateVersion) and picked.version != version.version:
+        else:
+            return f"{vm.name}: not exported: it runs {runs}, which is no longer on Proxmox, and {picked}"
+        if isinstance(picked, TemplateVersion) and picked.version != mark.version:
             notes.append(
-                f"{vm.name}: it runs {version.name}; `homelab apply` would replace it with {picked.name}, Terraform "
-                f"never replaces a VM for a new template version (clone is ignored once the VM exists): "
+                f"{vm.name}: it runs {runs}; `homelab apply` would replace it with {picked.name}, Terraform never "
+                "replaces a VM for a new template version (clone is ignored once the VM exists): "
                 f"`terraform apply -replace={VM_RESOURCE}.{identifier(vm.name)}` does"
             )
         if live.node != node:
             notes.append(f"{vm.name}: it runs on {live.node}, the lab says {node}: terraform plan replaces it")
-        if (live.meta or {}).get("state") != "ready":
+        if meta.get("state") != "ready":
             notes.append(f"{vm.name}: homelab never finished making VM {live.vmid}: terraform plan updates it")
-    config = desired_config(lab, vm, version, admin_key=facts.admin_key)
+    config = desired_config(lab, vm, mark, admin_key=facts.admin_key)
     notes += [f"{vm.name}: {key} has no Terraform counterpart in the export" for key in config if key not in TRANSLATED]
     name = identifier(vm.name)
     resource = Block("resource", (VM_RESOURCE, name))
     resource.set("name", vm.name).set("node_name", node).set("vm_id", live.vmid if live else vm.vmid)
     resource.set("description", config["description"]).set("tags", config["tags"].split(";"))
     resource.set("on_boot", config["onboot"] == "1").set("scsi_hardware", hardware.get("scsihw"))
-    clone = Block("clone").set("vm_id", version.vmid)
-    if version.node != node:
-        clone.set("node_name", version.node)
+    clone = Block("clone").set("vm_id", source.vmid)
+    if source.node != node:
+        clone.set("node_name", source.node)
     clone.set("full", full).set("datastore_id", lab.proxmox.storage if full else None)
     disk, disk_notes = _disk(lab, vm, live, hardware, full)
     net, net_notes = _network(lab, vm, hardware, own_mac=live is not None)
@@ -161,7 +160,7 @@ def vm_blocks(lab: Lab, vm: Vm, facts: ExportFacts) -> VmBlocks | str:
     if live is not None:
         import_block = Block("import").set("to", Expr(f"{VM_RESOURCE}.{name}")).set("id", f"{live.node}/{live.vmid}")
     exported = ExportedVm(
-        vm.name, f"{VM_RESOURCE}.{name}", node, live.vmid if live else None, version.vmid, version.name, vm.ip
+        vm.name, f"{VM_RESOURCE}.{name}", node, live.vmid if live else None, source.vmid, source.name, vm.ip
     )
     return VmBlocks(exported, resource, import_block, tuple(notes))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from homelab.adapters.proxmox.labvms import current_and_leftovers
 from homelab.adapters.proxmox.marks import parse_mark
 from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, pick_version
 from homelab.adapters.proxmox.vmconfig import desired_config
@@ -281,9 +282,7 @@ def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanO
     create = CreateVM(vm.name, node, version, full, vm.vmid, desired, vm.disk)
     if not lives:
         return [create]
-    # Several marked VMs for one name: an interrupted replace. Keep the one on the wanted version.
-    lives = sorted(lives, key=lambda v: ((v.meta or {}).get("version") == version.version, v.vmid))
-    current, leftovers = lives[-1], lives[:-1]
+    current, leftovers = current_and_leftovers(lives, version.version)
     actions: list[Action] = []
     reason = _replace_reason(vm, current, version, node)
     if reason:

@@ -63,6 +63,13 @@ class LiveVm:
         return urllib.parse.unquote(text) if key == "sshkeys" else text
 
 
+def current_and_leftovers(lives: Iterable[LiveVm], wanted_version: str | None) -> tuple[LiveVm, list[LiveVm]]:
+    """Of the VMs marked with one lab VM's name (several: an interrupted replace), the one that is that VM (on the
+    wanted template version, then the highest vmid) and the others, left over. ``lives`` must not be empty."""
+    ordered = sorted(lives, key=lambda v: ((v.meta or {}).get("version") == wanted_version, v.vmid))
+    return ordered[-1], ordered[:-1]
+
+
 def read_lab_vms(
     api: PveApi, lab: Lab, guests: Iterable[Guest], workers: int = 8
 ) -> tuple[tuple[LiveVm, ...], tuple[LiveVm, ...]]:
