@@ -33,6 +33,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -404,14 +405,16 @@ class Guest:
     started_at: float = 0.0
     instance_id: str = ""
     extra_args: list[str] = field(default_factory=list)
+    # Unix socket paths are limited to 108 bytes: the sockets live in a short folder of their own.
+    sockets: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hlq-")))
 
     @property
     def qmp_socket(self) -> Path:
-        return self.workdir / "qmp.sock"
+        return self.sockets / "qmp.sock"
 
     @property
     def agent_socket(self) -> Path | None:
-        return self.workdir / "qga.sock" if self.agent else None
+        return self.sockets / "qga.sock" if self.agent else None
 
     @property
     def console_log(self) -> Path:
@@ -578,6 +581,7 @@ class Guest:
         if self.tap:
             self.network.del_tap(self.tap)
             self.tap = ""
+        shutil.rmtree(self.sockets, ignore_errors=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- what a test waits for
