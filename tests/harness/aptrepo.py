@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from tests.harness.guest_image import (
     APT_PROXY_PORT,
@@ -158,7 +158,11 @@ def _build(image: GuestImage, packages: Sequence[str], base: Path, final: Path) 
             check=True,
         ).stdout
         (repo / f"dists/{SUITE}/Release").write_bytes(release)
-        versions = dict(re.findall(r"^Package: (\S+)\nVersion: (\S+)", scanned.decode(), re.M))
+        versions = {}
+        for stanza in scanned.decode().split("\n\n"):
+            fields = dict(re.findall(r"^(Package|Version): (\S+)$", stanza, re.M))
+            if "Package" in fields:
+                versions[fields["Package"]] = fields.get("Version", "")
         for name in packages:
             if name not in versions and name not in image.installed:
                 raise RuntimeError(f"{name} is neither in the image nor in the repository built for it")
@@ -182,7 +186,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: AptRepoServer  # type: ignore[assignment]
 
     def _resolve(self) -> Path | None:
-        path = urlsplit(self.path).path
+        path = unquote(urlsplit(self.path).path)  # apt quotes "+" and the "%3a" of an epoch in file names
         match = re.search(r"/((?:dists|pool)/.+)$", path)
         if not match or ".." in match.group(1).split("/"):
             return None

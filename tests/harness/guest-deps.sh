@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install the Debian packages the real-guest test harness needs (tests/harness/guest_image.py,
 # realvm.py, aptrepo.py): QEMU (TCG), qemu-img, debootstrap, an ISO writer for NoCloud seeds,
-# e2fsprogs for `mke2fs -d`, and dpkg-dev for indexing the local apt repository.
+# e2fsprogs for `mke2fs -d`, and dpkg-dev + apt-utils for indexing the local apt repository.
 # Idempotent: packages already installed are skipped, and `apt-get update` runs at most once.
 # Without root or apt-get it does nothing; the tests that need these tools skip and say why.
 set -euo pipefail
 
 PACKAGES=(
-    qemu-system-x86 qemu-utils debootstrap genisoimage e2fsprogs dpkg-dev
+    qemu-system-x86 qemu-utils debootstrap genisoimage e2fsprogs dpkg-dev apt-utils
     iproute2 openssh-client ca-certificates
 )
 

@@ -75,6 +75,7 @@ BASE_PACKAGES = (
     "netbase",
     "isc-dhcp-client",
     "iproute2",
+    "dbus",  # systemd-logind needs it: the ACPI power button and `shutdown +0` (the agent's guest-shutdown)
     "sudo",
     "ca-certificates",
     "linux-image-cloud-amd64",

@@ -276,9 +276,10 @@ class AgentClient:
             message: dict[str, Any] = {"execute": command}
             if arguments:
                 message["arguments"] = arguments
-            if command in ("guest-shutdown",):
-                # The agent never answers a shutdown that it carries out.
-                sock.sendall(json.dumps(message).encode() + b"\n")
+            if command in ("guest-shutdown", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid"):
+                # The agent may never answer these: give it a moment to read the command, then go.
+                with contextlib.suppress(AgentUnavailable):
+                    self._exchange(sock, message, min(deadline, time.monotonic() + 5), None)
                 return None
             return self._exchange(sock, message, deadline, None)
 
