@@ -120,15 +120,23 @@ def ssh(
 # ------------------------------------------------------------------------------------- stock guest
 
 
-def test_stock_guest_installs_the_agent_from_the_local_repository(
-    tmp_path: Path,
+class StockGuest:
+    """The stock-image guest booted at the start of the module (it boots while `homelab up` runs)."""
+
+    def __init__(self, guest: realvm.Guest, address: str) -> None:
+        self.guest = guest
+        self.address = address
+
+
+@pytest.fixture(scope="module")
+def stock_guest(
+    tmp_path_factory: pytest.TempPathFactory,
     images: dict[str, GuestImage],
     lab_net: realvm.LabNetwork,
     apt_server: aptrepo.AptRepoServer,
     client_key: Path,
-    timings: dict[str, float],
-) -> None:
-    """A stock cloud image has no agent; apt installs it from the test network, then the agent answers."""
+) -> Iterator[StockGuest]:
+    """A guest of the stock image (no agent), with the agent's port, a PVE-style seed, the client key."""
     mac = realvm.random_mac()
     address = lab_net.address(1)
     conf = {
@@ -138,52 +146,12 @@ def test_stock_guest_installs_the_agent_from_the_local_repository(
         "net0": f"virtio={mac.upper()},bridge=vmbr0",
         "ipconfig0": f"ip={address}/{lab_net.prefix},gw={lab_net.gateway}",
     }
-    seed = nocloud_seed(conf, 100)
-    guest = realvm.boot_guest(images[STOCK], lab_net, tmp_path / "stock", seed, name="stock", mac=mac, agent=True)
+    workdir = tmp_path_factory.mktemp("stock")
+    guest = realvm.boot_guest(images[STOCK], lab_net, workdir, nocloud_seed(conf, 100), name="stock", mac=mac)
     try:
-        client = guest.agent_client()
-        # No agent: learn the host key the way a person would, from the console (cloud-init prints it).
-        host_key = _console_host_key(guest, timeout=900)
-        timings["stock boot to host key on console"] = time.monotonic() - guest.started_at
-        result = ssh(address, client_key, host_key, "cloud-init status --wait >/dev/null; cloud-init status")
-        assert result.returncode == 0, result.stdout + result.stderr + guest.log_tail()
-        assert "status: done" in result.stdout
-        timings["stock boot to cloud-init done"] = time.monotonic() - guest.started_at
-        # cloud-init's package_upgrade (PVE writes it) already went through the local repository
-        assert any("/Release" in url and status == 200 for _, url, status in apt_server.requests)
-        assert not client.ping(timeout=3), "a stock cloud image has no guest agent"
-
-        started = time.monotonic()
-        result = ssh(
-            address,
-            client_key,
-            host_key,
-            "sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-guest-agent",
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        timings["agent install over SSH"] = time.monotonic() - started
-        assert any(url.endswith(".deb") and "qemu-guest-agent" in url for _, url, _ in apt_server.requests)
-
-        client.wait(timeout=120, alive=guest.running)
-        assert client.file_read("/etc/ssh/ssh_host_ed25519_key.pub").decode().split()[:2] == host_key.split()[:2]
+        yield StockGuest(guest, address)
     finally:
         guest.destroy()
-
-
-def _console_host_key(guest: realvm.Guest, timeout: float) -> str:
-    """The ed25519 host key cloud-init prints between its SSH HOST KEY KEYS markers on the console."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = guest.console_log.read_text(errors="replace") if guest.console_log.exists() else ""
-        if "-----END SSH HOST KEY KEYS-----" in text:
-            block = text.split("-----BEGIN SSH HOST KEY KEYS-----")[-1]
-            for line in block.splitlines():
-                if line.startswith("ssh-ed25519 "):
-                    return line.strip()
-        if not guest.running():
-            break
-        time.sleep(2)
-    raise AssertionError(f"no host key on the console:\n{guest.log_tail()}")
 
 
 # ---------------------------------------------------------------- `homelab up` on the real-VM fake
@@ -239,6 +207,7 @@ def up_run(
     real_pve: FakeProxmox,
     client_key: Path,
     timings: dict[str, float],
+    stock_guest: StockGuest,  # started first: it boots while `homelab up` runs
 ) -> Iterator[UpRun]:
     """`homelab up --yes --no-deploy` for a one-VM lab whose cloud image is the agent image."""
     root = tmp_path_factory.mktemp("lab")
@@ -401,6 +370,39 @@ def _guest_host_key(fake: FakeProxmox, run: UpRun, timeout: float = 600) -> str:
             time.sleep(3)
 
 
+@pytest.mark.skip(
+    reason="homelab has no route yet to install qemu-guest-agent into a template built from an agent-less cloud "
+    "image (another issue covers it); today `homelab up` would wait timeouts.agent for an agent that never answers"
+)
+def test_up_from_the_stock_image_installs_the_agent(
+    tmp_path: Path, real_pve: FakeProxmox, images: dict[str, GuestImage], lab_net: realvm.LabNetwork
+) -> None:
+    """The issue's own scenario: a stock image (no agent) as the template's cloud image; homelab's route puts
+    the agent in, then learns the address and host key through it."""
+    stock = images[STOCK]
+    data = {
+        "name": "stocklab",
+        "proxmox": {"url": real_pve.url, "node": "pve1", "token_id": real_pve.token_id, "ca_bundle": real_pve.cafile},
+        "network": {"subnet": str(lab_net.subnet), "gateway": lab_net.gateway, "dns": [lab_net.gateway]},
+        "templates": [
+            {
+                "name": "stock",
+                "vmid_range": [9100, 9199],
+                "image": {"url": realpve.image_url(stock), "checksum": f"sha512:{stock.sha512}"},
+                "disk": "4G",
+                "memory": 1024,
+                "cores": 1,
+            }
+        ],
+        "vms": [{"name": "plain", "ip": lab_net.address(3), "disk": "4G", "memory": 1024, "cores": 1}],
+    }
+    lab = write_lab(tmp_path / "lab.yml", data)
+    code, out, err = homelab(lab, "up", "--yes", "--no-deploy")
+    assert code == 0, out + err
+    hosts = json.loads((tmp_path / "state" / "stocklab" / "hosts.json").read_text())["hosts"]
+    assert hosts[0]["host_key"].startswith("ssh-ed25519 ")
+
+
 def test_a_stock_image_vm_has_no_agent_to_answer(real_pve: FakeProxmox, images: dict[str, GuestImage]) -> None:
     """A VM from the stock image starts, but the API answers for its agent as PVE does: not running."""
     from proxmoxer.core import ResourceException
@@ -441,6 +443,57 @@ def _task(api: Any, upid: str, timeout: float = 600) -> str:
             return str(status["exitstatus"])
         time.sleep(0.2)
     raise TimeoutError(upid)
+
+
+def test_stock_guest_installs_the_agent_from_the_local_repository(
+    stock_guest: StockGuest,
+    apt_server: aptrepo.AptRepoServer,
+    client_key: Path,
+    timings: dict[str, float],
+) -> None:
+    """A stock cloud image has no agent; apt installs it from the test network, then the agent answers."""
+    guest, address = stock_guest.guest, stock_guest.address
+    client = guest.agent_client()
+    # No agent: learn the host key the way a person would, from the console (cloud-init prints it).
+    host_key = _console_host_key(guest, timeout=900)
+    timings["stock boot to host key on console"] = time.monotonic() - guest.started_at
+    result = ssh(address, client_key, host_key, "cloud-init status --wait >/dev/null; cloud-init status")
+    assert result.returncode == 0, result.stdout + result.stderr + guest.log_tail()
+    assert "status: done" in result.stdout
+    timings["stock boot to cloud-init done"] = time.monotonic() - guest.started_at
+    # cloud-init's package_upgrade (PVE writes it) already went through the local repository
+    assert any("/Release" in url and status == 200 for _, url, status in apt_server.requests)
+    assert not client.ping(timeout=3), "a stock cloud image has no guest agent"
+
+    started = time.monotonic()
+    result = ssh(
+        address,
+        client_key,
+        host_key,
+        "sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-guest-agent",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    timings["agent install over SSH"] = time.monotonic() - started
+    assert any(url.endswith(".deb") and "qemu-guest-agent" in url for _, url, _ in apt_server.requests)
+
+    client.wait(timeout=120, alive=guest.running)
+    assert client.file_read("/etc/ssh/ssh_host_ed25519_key.pub").decode().split()[:2] == host_key.split()[:2]
+
+
+def _console_host_key(guest: realvm.Guest, timeout: float) -> str:
+    """The ed25519 host key cloud-init prints between its SSH HOST KEY KEYS markers on the console."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = guest.console_log.read_text(errors="replace") if guest.console_log.exists() else ""
+        if "-----END SSH HOST KEY KEYS-----" in text:
+            block = text.split("-----BEGIN SSH HOST KEY KEYS-----")[-1]
+            for line in block.splitlines():
+                if line.startswith("ssh-ed25519 "):
+                    return line.strip()
+        if not guest.running():
+            break
+        time.sleep(2)
+    raise AssertionError(f"no host key on the console:\n{guest.log_tail()}")
 
 
 def test_shutdown_stops_the_real_guest(up_env: UpRun, real_pve: FakeProxmox) -> None:
