@@ -375,10 +375,15 @@ def _guest_host_key(fake: FakeProxmox, run: UpRun, timeout: float = 600) -> str:
     "image (another issue covers it); today `homelab up` would wait timeouts.agent for an agent that never answers"
 )
 def test_up_from_the_stock_image_installs_the_agent(
-    tmp_path: Path, real_pve: FakeProxmox, images: dict[str, GuestImage], lab_net: realvm.LabNetwork
+    tmp_path: Path,
+    real_pve: FakeProxmox,
+    images: dict[str, GuestImage],
+    lab_net: realvm.LabNetwork,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The issue's own scenario: a stock image (no agent) as the template's cloud image; homelab's route puts
     the agent in, then learns the address and host key through it."""
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", real_pve.token_secret)
     stock = images[STOCK]
     data = {
         "name": "stocklab",
