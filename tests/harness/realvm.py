@@ -102,7 +102,6 @@ class LabNetwork:
         self.bridge = "br0"
         self.subnet = subnet
         self.gateway = str(subnet.network_address + 1)
-        self._taps = 0
         self._closed = False
 
     def __repr__(self) -> str:
@@ -118,8 +117,8 @@ class LabNetwork:
 
     def add_tap(self) -> str:
         """A new tap device on the bridge (inside the namespace); returns its name."""
-        self._taps += 1
-        name = f"tap{self._taps}"
+        # Random: the test process and the real-VM fake's process add taps to the same namespace.
+        name = f"tap{secrets.token_hex(4)}"
         ns = ["ip", "-n", self.netns]
         _run([*ns, "tuntap", "add", "dev", name, "mode", "tap"])
         _run([*ns, "link", "set", name, "master", self.bridge])
