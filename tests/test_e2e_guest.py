@@ -328,6 +328,12 @@ def test_fake_agent_endpoints_are_answered_by_the_guest(up_env: UpRun, real_pve:
         vm.agent("file-read").get(file="/nonexistent")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="homelab defect found by this test: after the reboot that applies a cloud-init change, "
+    "provision/executor.py _learn_host waits only 5 s (quick=True) for the agent; a real guest's agent needs "
+    "minutes, so the old host key stays pinned",
+)
 def test_a_cloud_init_change_re_pins_the_new_host_key(
     up_env: UpRun, real_pve: FakeProxmox, tmp_path: Path, timings: dict[str, float]
 ) -> None:
@@ -349,6 +355,7 @@ def test_a_cloud_init_change_re_pins_the_new_host_key(
     assert seen.split()[:2] != old.split()[:2], "cloud-init kept the old host keys for a new instance"
     pinned = up_env.host()["host_key"]
     assert pinned is not None, "homelab forgot the host key"
+    assert pinned.split()[:2] != old.split()[:2], "homelab kept the old pin after the reboot"
     assert pinned.split()[:2] == seen.split()[:2], f"homelab pinned {pinned}, the VM has {seen}"
     assert ssh(up_env.address, new_key, pinned, "true").returncode == 0
     refused = ssh(up_env.address, new_key, old, "true")
