@@ -43,7 +43,7 @@ def _skip_reason() -> str | None:
         if reason:
             return reason
     if os.environ.get("HOMELAB_SKIP_REALVM"):
-        return "HOMELAB_SKIP_REALVM is set"
+        return f"HOMELAB_SKIP_REALVM is set: {os.environ['HOMELAB_SKIP_REALVM']}"
     return None
 
 
