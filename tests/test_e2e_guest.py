@@ -463,7 +463,7 @@ def test_stock_guest_installs_the_agent_from_the_local_repository(
     client_key: Path,
     timings: dict[str, float],
 ) -> None:
-    """A stock cloud image has no agent; apt installs it from the test network, then the agent answers."""
+    """A stock cloud image has no agent; apt installs it from the test network; started, the agent answers."""
     guest, address = stock_guest.guest, stock_guest.address
     client = guest.agent_client()
     # No agent: learn the host key the way a person would, from the console (cloud-init prints it).
@@ -488,6 +488,12 @@ def test_stock_guest_installs_the_agent_from_the_local_repository(
     timings["agent install over SSH"] = time.monotonic() - started
     assert any(url.endswith(".deb") and "qemu-guest-agent" in url for _, url, _ in apt_server.requests)
 
+    # Debian's package does not start it: the unit is static and deb-systemd-invoke starts only enabled units
+    # (udev starts it at boot). Whoever installs it must start it (or reboot) before the agent answers.
+    state = ssh(address, client_key, host_key, "systemctl is-active qemu-guest-agent")
+    assert state.stdout.strip() == "inactive" and not client.ping(timeout=3)
+    started_agent = ssh(address, client_key, host_key, "sudo systemctl start qemu-guest-agent")
+    assert started_agent.returncode == 0, started_agent.stderr
     client.wait(timeout=120, alive=guest.running)
     assert client.file_read("/etc/ssh/ssh_host_ed25519_key.pub").decode().split()[:2] == host_key.split()[:2]
 
