@@ -7,8 +7,10 @@ local apt repository; one VM made by `homelab up` from the agent image serves ev
 agent endpoints, power actions and SSH pinning.
 
 Skips, with the reason, without root, QEMU, debootstrap or the Debian mirror (tests/harness/guest-deps.sh
-installs the tools). Images and the apt repository are cached (tests/harness/guest_image.py): the first run
-on a machine builds them (minutes).
+installs the tools), or when HOMELAB_SKIP_REALVM is set; ``-m "not realvm"`` deselects the module. Images
+and the apt repository are cached (tests/harness/guest_image.py, $HOMELAB_TEST_CACHE): the first run on a
+machine builds them (minutes). Every QEMU runs inside the module's lab network namespace (``hlg-*``), which
+the fixtures delete with whatever still runs in it.
 """
 
 from __future__ import annotations
