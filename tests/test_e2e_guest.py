@@ -7,8 +7,10 @@ local apt repository; one VM made by `homelab up` from the agent image serves ev
 agent endpoints, power actions and SSH pinning.
 
 Skips, with the reason, without root, QEMU, debootstrap or the Debian mirror (tests/harness/guest-deps.sh
-installs the tools). Images and the apt repository are cached (tests/harness/guest_image.py): the first run
-on a machine builds them (minutes).
+installs the tools), or when HOMELAB_SKIP_REALVM is set; ``-m "not realvm"`` deselects the module. Images
+and the apt repository are cached (tests/harness/guest_image.py, $HOMELAB_TEST_CACHE): the first run on a
+machine builds them (minutes). Every QEMU runs inside the module's lab network namespace (``hlg-*``), which
+the fixtures delete with whatever still runs in it.
 """
 
 from __future__ import annotations
@@ -463,7 +465,7 @@ def test_stock_guest_installs_the_agent_from_the_local_repository(
     client_key: Path,
     timings: dict[str, float],
 ) -> None:
-    """A stock cloud image has no agent; apt installs it from the test network, then the agent answers."""
+    """A stock cloud image has no agent; apt installs it from the test network; started, the agent answers."""
     guest, address = stock_guest.guest, stock_guest.address
     client = guest.agent_client()
     # No agent: learn the host key the way a person would, from the console (cloud-init prints it).
@@ -488,6 +490,12 @@ def test_stock_guest_installs_the_agent_from_the_local_repository(
     timings["agent install over SSH"] = time.monotonic() - started
     assert any(url.endswith(".deb") and "qemu-guest-agent" in url for _, url, _ in apt_server.requests)
 
+    # Debian's package does not start it: the unit is static and deb-systemd-invoke starts only enabled units
+    # (udev starts it at boot). Whoever installs it must start it (or reboot) before the agent answers.
+    state = ssh(address, client_key, host_key, "systemctl is-active qemu-guest-agent")
+    assert state.stdout.strip() == "inactive" and not client.ping(timeout=3)
+    started_agent = ssh(address, client_key, host_key, "sudo systemctl start qemu-guest-agent")
+    assert started_agent.returncode == 0, started_agent.stderr
     client.wait(timeout=120, alive=guest.running)
     assert client.file_read("/etc/ssh/ssh_host_ed25519_key.pub").decode().split()[:2] == host_key.split()[:2]
 
