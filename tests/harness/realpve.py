@@ -346,10 +346,14 @@ def real_class() -> type:
                 shutil.rmtree(old.sockets, ignore_errors=True)
             try:
                 guest = await asyncio.to_thread(self._make_guest, vm)
-                await asyncio.to_thread(guest.start)
             except TaskError:
                 raise
             except Exception as exc:
+                raise TaskError(f"start failed: {exc}") from exc
+            try:
+                await asyncio.to_thread(guest.start)
+            except Exception as exc:
+                await asyncio.to_thread(guest.destroy)  # its tap, sockets and seed; the disks stay
                 raise TaskError(f"start failed: {exc}") from exc
             self.guests[vm.vmid] = guest
 
