@@ -498,6 +498,10 @@ def test_stock_guest_installs_the_agent_from_the_local_repository(
     assert started_agent.returncode == 0, started_agent.stderr
     client.wait(timeout=120, alive=guest.running)
     assert client.file_read("/etc/ssh/ssh_host_ed25519_key.pub").decode().split()[:2] == host_key.split()[:2]
+    # The harness's own checks through the agent: this boot's cloud-init ran for this seed's instance id.
+    assert guest.cloud_init_finished()
+    addresses = {a["ip-address"] for i in client.network_get_interfaces() for a in i.get("ip-addresses", [])}
+    assert address in addresses
 
 
 def _console_host_key(guest: realvm.Guest, timeout: float) -> str:

@@ -320,7 +320,6 @@ def real_class() -> type:
                 write_seed_iso(seed, workdir / "cloudinit.iso")
             net = str(vm.config.get("net0", ""))
             mac = next((p.split("=", 1)[1] for p in net.split(",") if re.fullmatch(r"\w+=[0-9A-Fa-f:]{17}", p)), "")
-            old = self.guests.get(vm.vmid)
             cores = int(vm.config.get("cores", 1)) * int(vm.config.get("sockets", 1))
             guest = Guest(
                 name=f"vm{vm.vmid}",
@@ -335,21 +334,24 @@ def real_class() -> type:
                 memory=min(int(vm.config.get("memory", 512)), self.max_memory),
                 cpus=max(1, min(cores, self.max_cpus)),
                 disk_bus="scsi" if key.startswith("scsi") else "virtio",
-                tap=old.tap if old is not None else "",
                 instance_id=seed.instance_id if seed else "",
             )
             return guest
 
         async def _boot(self, vm: Any) -> None:
-            old = self.guests.get(vm.vmid)
-            if old is not None:
-                shutil.rmtree(old.sockets, ignore_errors=True)
+            old = self.guests.pop(vm.vmid, None)
+            if old is not None:  # its QEMU has exited: free its tap, sockets and seed
+                await asyncio.to_thread(old.destroy)
             try:
                 guest = await asyncio.to_thread(self._make_guest, vm)
-                await asyncio.to_thread(guest.start)
             except TaskError:
                 raise
             except Exception as exc:
+                raise TaskError(f"start failed: {exc}") from exc
+            try:
+                await asyncio.to_thread(guest.start)
+            except Exception as exc:
+                await asyncio.to_thread(guest.destroy)  # its tap, sockets and seed; the disks stay
                 raise TaskError(f"start failed: {exc}") from exc
             self.guests[vm.vmid] = guest
 

@@ -659,5 +659,9 @@ def boot_guest(
         cpus=cpus,
         instance_id=seed.instance_id if seed is not None else "",
     )
-    guest.start()
+    try:
+        guest.start()
+    except BaseException:
+        guest.destroy()
+        raise
     return guest
