@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from homelab.cli.app import App, pass_app, yes_option
+from homelab.cli.locking import takes_lab_lock
 
 
 def echo_stage(number: int, total: int, title: str) -> None:
@@ -16,6 +17,7 @@ def echo_stage(number: int, total: int, title: str) -> None:
 @click.option("--concurrency", type=click.IntRange(1, 64), help="VMs worked on at once (default: settings).")
 @click.option("--no-deploy", is_flag=True, help="Stop after the deploy key: do not deploy Docker and the stacks.")
 @pass_app
+@takes_lab_lock
 def up(app: App, concurrency: int | None, no_deploy: bool) -> None:
     """Bring the lab up: bake missing templates, create/update the VMs, install the deploy key, deploy the stacks.
 

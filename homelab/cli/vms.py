@@ -8,6 +8,7 @@ import click
 
 from homelab import ui
 from homelab.cli.app import EXIT_CHANGES, App, pass_app, yes_option
+from homelab.cli.locking import takes_lab_lock
 
 
 @click.command()
@@ -39,6 +40,7 @@ def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
 @click.option("--no-replace", is_flag=True, help="Refuse instead of replacing VMs.")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="VMs worked on at once (default: settings).")
 @pass_app
+@takes_lab_lock
 def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None) -> None:
     """Make Proxmox match the lab file: show the plan, ask once, carry it out, summarise."""
     from homelab.adapters.sshkeys import ensure_admin_key
@@ -54,6 +56,7 @@ def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None) -> N
 @click.command()
 @yes_option
 @pass_app
+@takes_lab_lock
 def destroy(app: App) -> None:
     """Remove the VMs this lab manages (and only those: unmarked VMs are never touched)."""
     from homelab.pipeline import destroy_vms

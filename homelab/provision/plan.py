@@ -251,6 +251,14 @@ def resolve_version(lab: Lab, vm: Vm, facts: Facts) -> TemplateVersion | str:
         return missing.reason
 
 
+# Config locks homelab's own work leaves while it runs: a lab VM holding one is another run's work in progress.
+WORK_IN_PROGRESS = ("clone", "create", "migrate")
+IN_PROGRESS = (
+    "another homelab run (perhaps from another machine) is working on it, or a task of an interrupted run is "
+    "still finishing; run again when it is done"
+)
+
+
 def plan(lab: Lab, facts: Facts, options: PlanOptions | None = None) -> Plan:
     """Desired (the lab) against live (the facts) -> ordered actions."""
     options = options or PlanOptions()
@@ -271,6 +279,10 @@ def plan(lab: Lab, facts: Facts, options: PlanOptions | None = None) -> Plan:
 
 
 def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanOptions) -> list[Action]:
+    busy = next((live for live in lives if live.lock in WORK_IN_PROGRESS), None)
+    if busy is not None:
+        # Two runs from two machines are not serialised by the local lock: seeing the other's work, stop.
+        return [Blocked(vm.name, f"VM {busy.vmid} is locked ({busy.lock}): {IN_PROGRESS}")]
     version = resolve_version(lab, vm, facts)
     if isinstance(version, str):
         return [Blocked(vm.name, version)]
