@@ -10,6 +10,12 @@ from homelab import ui
 from homelab.cli.app import EXIT_CHANGES, App, pass_app, yes_option
 from homelab.cli.locking import takes_lab_lock
 
+new_admin_key_option = click.option(
+    "--new-admin-key",
+    is_flag=True,
+    help="When homelab's admin key is lost here, make a new one and put it on the VMs (rebooting them).",
+)
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
@@ -18,19 +24,24 @@ from homelab.cli.locking import takes_lab_lock
 @pass_app
 def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
     """Show what apply would do. Exit 0 when nothing would change, 3 when something would."""
+    from homelab.provision.localstate import local_state_notes, lost_admin_key
     from homelab.provision.plan import PlanOptions
     from homelab.provision.service import make_plan
 
     planned = make_plan(app.lab, PlanOptions(prune=prune, replace=not no_replace), api=app.api)
+    notes = local_state_notes(app.lab, planned.facts)
+    lost = lost_admin_key(app.lab, planned.facts)
     if as_json:
-        ui.echo_json(planned.plan.as_dict())
+        ui.echo_json(dict(planned.plan.as_dict(), local_state=notes))
     else:
         ui.render_plan(planned.plan)
+        for note in notes:
+            click.secho(f"  ! {note}", fg="yellow")
         if app.lab.engine == "terraform" and planned.plan.changes:
             app.echo(
                 "engine: terraform: these are Terraform's to make (homelab export terraform DIR, then terraform apply)"
             )
-    if planned.plan.changes or planned.plan.blocked:
+    if planned.plan.changes or planned.plan.blocked or lost:
         sys.exit(EXIT_CHANGES)
 
 
@@ -39,14 +50,17 @@ def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
 @click.option("--prune", is_flag=True, help="Also remove VMs marked as this lab's that the file no longer has.")
 @click.option("--no-replace", is_flag=True, help="Refuse instead of replacing VMs.")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="VMs worked on at once (default: settings).")
+@new_admin_key_option
 @pass_app
 @takes_lab_lock
-def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None) -> None:
+def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None, new_admin_key: bool) -> None:
     """Make Proxmox match the lab file: show the plan, ask once, carry it out, summarise."""
     from homelab.adapters.sshkeys import ensure_admin_key
     from homelab.pipeline import converge_vms
+    from homelab.provision.localstate import check_admin_key
     from homelab.provision.plan import PlanOptions
 
+    check_admin_key(app.api, app.lab, allow_new=new_admin_key)
     ensure_admin_key(app.lab)  # homelab's own login key goes onto the VMs with cloud-init
     app.run_stage(
         converge_vms, concurrency, options=PlanOptions(prune=prune, replace=not no_replace), again="homelab apply"

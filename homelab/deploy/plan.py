@@ -7,7 +7,6 @@ earlier deploy (the deploy record says which). A target needs a host record with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
 from homelab.state.hosts import Host, load_hosts
+from homelab.state.reading import StateFileError, read_state_json
 
 
 @dataclass(frozen=True)
@@ -155,16 +155,27 @@ def workdir(lab: Lab) -> Path:
     return state_dir(lab.name) / "deploy"
 
 
+REBUILD_DEPLOY_RECORD = (
+    "remove it and run `homelab deploy` again (stacks on VMs since dropped from the lab file are then left as they are)"
+)
+
+
 def deployed_file(lab: Lab) -> Path:
     """The deploy record: the VMs an earlier deploy put stacks on."""
     return workdir(lab) / "deployed.json"
 
 
 def deployed_vms(lab: Lab) -> frozenset[str]:
-    """The VMs the deploy record names (none when there is no record, or it cannot be read)."""
+    """The VMs the deploy record names (none when there is no record); a record that cannot be read is an error
+    naming it (it is the only memory of which VMs carry stacks to take down)."""
+    path = deployed_file(lab)
     try:
-        data = json.loads(deployed_file(lab).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_state_json(path, "deploy record")
+    except StateFileError as exc:
+        raise StateFileError(path, exc.problem, REBUILD_DEPLOY_RECORD) from None
+    if data is None:
         return frozenset()
     vms = data.get("vms") if isinstance(data, dict) else None
-    return frozenset(str(vm) for vm in vms) if isinstance(vms, list) else frozenset()
+    if not isinstance(vms, list):
+        raise StateFileError(path, 'the deploy record is not {"vms": [...]}', REBUILD_DEPLOY_RECORD)
+    return frozenset(str(vm) for vm in vms)
