@@ -141,6 +141,9 @@ class Timeouts(Strict):
     clone: int = Field(1800, ge=1, description="a clone; full clones on slow disks take minutes (seconds)")
     start: int = Field(300, ge=1, description="a VM start (seconds)")
     agent: int = Field(600, ge=1, description="the guest agent reporting an address after start (seconds)")
+    connection: int = Field(
+        45, ge=1, description="a lost connection to the Proxmox API is retried this long, then reported (seconds)"
+    )
 
 
 class Settings(Strict):

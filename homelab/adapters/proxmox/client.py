@@ -13,7 +13,7 @@ import requests
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import AuthenticationError, ResourceException
 
-from homelab.errors import InputError, ProxmoxError
+from homelab.errors import ConnectionLost, InputError, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.state.secrets import ProxmoxAuth
 
@@ -107,8 +107,8 @@ class ProxmoxerTransport:
                 "that signed it (on Proxmox: /etc/pve/pve-root-ca.pem)"
             ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise ProxmoxError(
-                f"cannot reach {self._where} ({_connection_reason(exc)}) for {method} {path}", transient=True
+            raise ConnectionLost(
+                f"cannot reach {self._where} ({_connection_reason(exc)}) for {method} {path}"
             ) from None
         except AuthenticationError as exc:
             raise ProxmoxError(f"{self._where}: login refused: {exc}", status=401) from None
