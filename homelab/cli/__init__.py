@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> Any:
 def run_guarded(invoke: Any) -> Any:
     """Run a command, mapping homelab's errors to messages and exit codes; never show a traceback."""
     from homelab.errors import HomelabError
+    from homelab.masking import mask
 
     try:
         return invoke()
@@ -117,14 +118,14 @@ def run_guarded(invoke: Any) -> Any:
         sys.exit(exc.exit_code)
     except HomelabError as exc:
         for line in exc.lines():
-            click.echo(line, err=True)
+            click.echo(mask(line), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except Exception as exc:  # the CLI edge: anything unexpected goes to the debug log
         path = _write_debug_log()
-        click.echo(f"homelab: unexpected error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(mask(f"homelab: unexpected error: {type(exc).__name__}: {exc}"), err=True)
         click.echo(f"The full traceback is in {path}; please include it in a bug report.", err=True)
         sys.exit(1)
 
@@ -132,6 +133,7 @@ def run_guarded(invoke: Any) -> Any:
 def _write_debug_log() -> str:
     from datetime import UTC, datetime
 
+    from homelab.masking import mask
     from homelab.paths import debug_log
 
     path = debug_log()
@@ -139,7 +141,7 @@ def _write_debug_log() -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as out:
             out.write(f"--- {datetime.now(UTC).isoformat()} homelab {' '.join(sys.argv[1:])}\n")
-            out.write(traceback.format_exc())
+            out.write(mask(traceback.format_exc()))
         return str(path)
     except OSError:
         return "(debug log could not be written)"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from homelab import ui
+from homelab.masking import mask
 
 if TYPE_CHECKING:
     from homelab.adapters.proxmox.api import PveApi
@@ -58,7 +59,7 @@ class App:
 
     def echo(self, line: str = "") -> None:
         """A line for people, on stdout."""
-        click.echo(line)
+        click.echo(mask(line))
 
     def confirm(self, question: str) -> None:
         """Ask once; --yes answers for the user; declining raises Aborted (exit 1) everywhere."""

@@ -15,6 +15,7 @@ from proxmoxer.core import AuthenticationError, ResourceException
 
 from homelab.errors import ConnectionLost, InputError, ProxmoxError
 from homelab.lab.models import Lab
+from homelab.masking import mask
 from homelab.state.secrets import ProxmoxAuth
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class ProxmoxerTransport:
         try:
             api = ProxmoxAPI(**kwargs)
         except AuthenticationError as exc:
-            raise ProxmoxError(f"{address}: login refused: {exc}", status=401) from None
+            raise ProxmoxError(mask(f"{address}: login refused: {exc}"), status=401) from None
         except requests.exceptions.SSLError as exc:
             raise ProxmoxError(
                 f"{address}: TLS certificate not trusted ({_tls_reason(exc)}); set proxmox.ca_bundle"
@@ -99,7 +100,7 @@ class ProxmoxerTransport:
                 exc.status_code >= 500 and bool(TRANSIENT.search(message))
             )
             raise ProxmoxError(
-                f"{method} {path}: {exc.status_code} {message}", status=exc.status_code, transient=transient
+                mask(f"{method} {path}: {exc.status_code} {message}"), status=exc.status_code, transient=transient
             ) from None
         except requests.exceptions.SSLError as exc:
             raise ProxmoxError(
@@ -111,11 +112,11 @@ class ProxmoxerTransport:
                 f"cannot reach {self._where} ({_connection_reason(exc)}) for {method} {path}"
             ) from None
         except AuthenticationError as exc:
-            raise ProxmoxError(f"{self._where}: login refused: {exc}", status=401) from None
+            raise ProxmoxError(mask(f"{self._where}: login refused: {exc}"), status=401) from None
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc)
+    text = mask(str(exc))
     return text if len(text) < 200 else text[:200] + "..."
 
 
