@@ -48,11 +48,14 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from homelab.errors import LabNotFound
+        from homelab.provision.nodes import NodeProblems
 
         try:
             return super().invoke(ctx)
         except LabNotFound as exc:
             raise exc.for_command(current_app().command) from None
+        except NodeProblems as exc:
+            raise exc.pinned(current_app().lab_path) from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
