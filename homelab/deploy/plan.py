@@ -17,7 +17,7 @@ from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
 from homelab.state.hosts import Host, load_hosts
-from homelab.state.reading import StateFileError, read_state_json
+from homelab.state.reading import StateFileError, notice, read_state_json
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,8 @@ def workdir(lab: Lab) -> Path:
     return state_dir(lab.name) / "deploy"
 
 
-REBUILD_DEPLOY_RECORD = (
-    "remove it and run `homelab deploy` again (stacks on VMs since dropped from the lab file are then left as they are)"
+UNREADABLE_DEPLOY_RECORD = (
+    "stacks on VMs since dropped from the lab file are left as they are; the next deploy writes a new record"
 )
 
 
@@ -166,16 +166,15 @@ def deployed_file(lab: Lab) -> Path:
 
 
 def deployed_vms(lab: Lab) -> frozenset[str]:
-    """The VMs the deploy record names (none when there is no record); a record that cannot be read is an error
-    naming it (it is the only memory of which VMs carry stacks to take down)."""
+    """The VMs the deploy record names (none when there is no record). A record that cannot be read clears
+    nothing (no stack is taken down on its word) and is named in a line saying so."""
     path = deployed_file(lab)
     try:
         data = read_state_json(path, "deploy record")
+        vms = data.get("vms", []) if isinstance(data, dict) else None
+        if not isinstance(vms, list):
+            raise StateFileError(path, 'the deploy record is not {"vms": [...]}')
     except StateFileError as exc:
-        raise StateFileError(path, exc.problem, REBUILD_DEPLOY_RECORD) from None
-    if data is None:
+        notice(f"{exc}: {UNREADABLE_DEPLOY_RECORD}")
         return frozenset()
-    vms = data.get("vms") if isinstance(data, dict) else None
-    if not isinstance(vms, list):
-        raise StateFileError(path, 'the deploy record is not {"vms": [...]}', REBUILD_DEPLOY_RECORD)
     return frozenset(str(vm) for vm in vms)
