@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,8 @@ def test_a_run_from_another_machine_stops_at_the_first_ones_work_in_progress(
     assert run_cli("apply", "--yes", lab=lab).exit_code == 0
     (web,) = [v for v in fake_pve.vms() if v["name"] == "web"]
     fake_pve.call("vm_set", vmid=web["vmid"], lock="clone")  # the other machine's clone is under way
+    # the second machine has the lab's admin key too (else it stops earlier, at the key it lacks)
+    shutil.copytree(tmp_path / "state" / "test" / "ssh", tmp_path / "machine2" / "test" / "ssh")
     monkeypatch.setenv("HOMELAB_STATE_DIR", str(tmp_path / "machine2"))
     fake_pve.requests(clear=True)
     result = run_cli("apply", "--yes", lab=lab)
