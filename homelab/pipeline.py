@@ -43,6 +43,8 @@ DONE = {
     "replace": "replaced",
     "update": "updated",
     "grow-disk": "disk grown",
+    "add-data-disk": "data disk added",
+    "move-data-disk": "data disk moved",
     "start": "started",
     "remove": "removed",
 }
@@ -237,7 +239,13 @@ def hand_over_vms(planned: Planned, echo: Echo, reporter: Reporter, concurrency:
 
 
 def destroy_vms(
-    api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, reporter: Reporter, concurrency: int | None = None
+    api: PveApi,
+    lab: Lab,
+    echo: Echo,
+    confirm: Confirm,
+    reporter: Reporter,
+    concurrency: int | None = None,
+    purge_data: bool = False,
 ) -> Plan:
     """Plan removing every VM marked as the lab's, show it, confirm, remove them; the plan."""
     from homelab import ui
@@ -246,12 +254,16 @@ def destroy_vms(
     if lab.engine == "terraform":
         raise terraform_owns_vms(lab, "remove them with `terraform destroy` in the export's folder")
 
-    planned = make_destroy_plan(lab, api)
+    planned = make_destroy_plan(lab, api, purge_data)
     ui.render_plan(planned.plan)
     if not planned.plan.changes:
         echo("Nothing to destroy.")
         return planned.plan
-    confirm(f"Destroy {len(planned.plan.changes)} VM(s) of lab {lab.name}? This deletes their disks.")
+    if purge_data:
+        question = "This deletes their boot disks AND THEIR DATA DISKS, with everything the stacks stored."
+    else:
+        question = "This deletes their boot disks; data disks are kept (--purge-data deletes them)."
+    confirm(f"Destroy {len(planned.plan.changes)} VM(s) of lab {lab.name}? {question}")
     with showing(reporter):
         result = carry_out(planned, StepsOnly(reporter), concurrency)
     ui.render_apply(result)

@@ -53,12 +53,19 @@ def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None) -> N
 
 @click.command()
 @yes_option
+@click.option(
+    "--purge-data",
+    is_flag=True,
+    help="Also delete the VMs' data disks (and those kept from earlier destroys). Without it they are kept.",
+)
 @pass_app
-def destroy(app: App) -> None:
-    """Remove the VMs this lab manages (and only those: unmarked VMs are never touched)."""
+def destroy(app: App, purge_data: bool) -> None:
+    """Remove the VMs this lab manages (and only those: unmarked VMs are never touched).
+
+    Data disks are kept on the lab's keeper VM and given back when `homelab apply` recreates their VM."""
     from homelab.pipeline import destroy_vms
 
-    app.run_stage(destroy_vms, None)
+    app.run_stage(destroy_vms, None, purge_data=purge_data)
 
 
 @click.command()

@@ -60,7 +60,9 @@ def fake_class() -> type:
     """FakePve plus disk resize: fakepve 0.5.0 answers it from the schema without storing the new size."""
     from fakepve import FakePve, PveError
 
-    class HomelabFakePve(FakePve):
+    from homelab.demo.fake_disks import DiskReassign
+
+    class HomelabFakePve(DiskReassign, FakePve):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 

@@ -148,6 +148,11 @@ class Settings(Strict):
 
     concurrency: int = Field(4, ge=1, le=64, description="VMs worked on at once")
     full_clone: bool = Field(False, description="full clones instead of linked clones, lab-wide")
+    data_disk: Size | None = Field(
+        None,
+        description="a data disk for every VM that runs stacks (unless the VM sets data_disk), e.g. 100G; it holds "
+        "the stacks' state and survives replacements",
+    )
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
 
@@ -165,6 +170,11 @@ class Vm(Strict):
     tags: list[Tag] = Field(default_factory=list)
     stacks: list[DnsName] = Field(default_factory=list, description="service stacks this VM runs")
     full: bool | None = Field(None, description="full clone for this VM; default settings.full_clone")
+    data_disk: Size | None = Field(
+        None,
+        description="size of the VM's data disk (mounted at /home/homelab/data), e.g. 200G; it moves to the new VM "
+        "when the VM is replaced and is kept when the VM is destroyed; default settings.data_disk for VMs with stacks",
+    )
 
 
 class Repo(Strict):
@@ -205,6 +215,12 @@ class Lab(Strict):
     vms: list[Vm] = Field(default_factory=list)
     repo: Repo | None = None
     stacks: dict[DnsName, StackSettings] = Field(default_factory=dict, description="settings per stack")
+
+    def data_disk_for(self, vm: Vm) -> int | None:
+        """The size of a VM's data disk, or None for a VM without one."""
+        if vm.data_disk is not None:
+            return vm.data_disk
+        return self.settings.data_disk if vm.stacks else None
 
     def template_for(self, vm: Vm) -> Template:
         """The template a VM is cloned from."""
