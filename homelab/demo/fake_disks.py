@@ -4,6 +4,10 @@ fakepve 0.5.0 answers move_disk from the schema only. This mixin moves the volum
 qemu-server's reassign does (PVE 7.2+): both VMs on one node, neither a template nor locked, the source stopped
 (unless the disk is an unusedN entry), the target slot free, the volume renamed to the target's vmid, no copy.
 Moving to another storage (``storage``) is not modelled and says so.
+
+It also makes a config update allocate a new disk (``scsi1: local-lvm:50``) and size an existing volume the way
+qemu-server's create_disks does, hot-plugged into a running VM as PVE's default ``hotplug`` (disk) allows;
+fakepve 0.5.0 stores such values as given.
 """
 
 from __future__ import annotations
@@ -11,9 +15,26 @@ from __future__ import annotations
 import re
 from typing import Any
 
+DRIVE = re.compile(r"^(scsi|virtio|sata)\d+$")
+
 
 class DiskReassign:
-    """Mixin of the fake's FakePve: disk reassignment between VMs."""
+    """Mixin of the fake's FakePve: disk reassignment between VMs, disks added by a config update."""
+
+    async def _apply_config(self, vm: Any, user: str, p: dict[str, Any]) -> Any:
+        from fakepve.qemu import split_drive
+
+        fake: Any = self
+        updates = dict(p)
+        drives = [k for k in updates if DRIVE.match(k) and split_drive(str(updates[k]))[1].get("media") != "cdrom"]
+        for key in drives:
+            fake._qm_check_drive(user, vm.vmid, None, key, str(updates[key]), None)
+            updates[key], _made = fake._qm_new_drive(vm.vmid, key, str(updates[key]), None)
+        result = await super()._apply_config(vm, user, updates)  # type: ignore[misc]
+        for key in drives:
+            if key in vm.pending:  # hot-plugged: a disk reaches a running VM at once
+                vm.config[key] = vm.pending.pop(key)
+        return result
 
     def _routes_homelab_disks(self) -> list[tuple[str, str, Any]]:
         return [("POST", "/nodes/{node}/qemu/{vmid}/move_disk", self._homelab_move_disk)]
