@@ -189,6 +189,7 @@ def converge_vms(
     is changed: see :func:`hand_over_vms`.
     """
     from homelab import ui
+    from homelab.provision.backupjob import apply_job, job_change
     from homelab.provision.service import carry_out, make_plan
 
     planned = make_plan(lab, options, api=api, facts=facts)
@@ -197,8 +198,11 @@ def converge_vms(
         return planned.plan, hand_over_vms(planned, echo, reporter, concurrency)
     if planned.plan.blocked:
         raise OperationError("the plan has blocked steps (see '!' lines); nothing was changed")
-    if planned.plan.changes:
-        confirm(f"Apply {len(planned.plan.changes)} change(s) to {lab.proxmox.url}?")
+    job = job_change(api, lab, planned.lab_vmids())
+    if job and job.difference:
+        echo(job.describe(lab) + (" (with the VM ids apply ends with)" if planned.plan.changes else ""))
+    if planned.plan.changes or (job and job.difference):
+        confirm(f"Apply {len(planned.plan.changes) + bool(job and job.difference)} change(s) to {lab.proxmox.url}?")
     else:
         echo("Nothing to change.")
     with showing(reporter):
@@ -206,6 +210,12 @@ def converge_vms(
     ui.render_apply(result)
     if not result.ok:
         raise OperationError(f"some VMs failed (see above); run `{again}` again to finish them")
+    if job:
+        names = {vm.name for vm in lab.vms}
+        job = job_change(api, lab, sorted(o.vmid for o in result.outcomes if o.vmid and o.ok and o.vm in names))
+        if job and job.difference:
+            apply_job(api, job, lab)
+            echo(job.describe(lab) + ": done")
     return planned.plan, result
 
 

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("homelab.cli.vms", "plan", "Show what apply would change (exit 3 when something would)."),
     "apply": ("homelab.cli.vms", "apply", "Make Proxmox match the lab file (plan first, then confirm)."),
     "destroy": ("homelab.cli.vms", "destroy", "Remove the VMs this lab manages."),
+    "backup": ("homelab.cli.backup", "backup", "Back up the lab's VMs now with Proxmox's vzdump."),
     "status": ("homelab.cli.vms", "status", "Show each VM: state, address, template version, drift."),
     "deploy": ("homelab.cli.deploy", "deploy", "Deploy Docker and the service stacks onto the VMs (Ansible)."),
     "stack": ("homelab.cli.deploy", "stack", "Service stacks: list, add NAME to a VM."),

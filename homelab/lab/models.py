@@ -156,6 +156,22 @@ class Settings(Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
 
+class Backup(Strict):
+    """Backups of the lab's VMs with Proxmox's vzdump: `homelab backup` now, or a PVE backup job on a schedule."""
+
+    storage: str | None = Field(
+        None, min_length=1, description="a storage with backup content; default: the first one the node has"
+    )
+    schedule: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9:,.*/ -]+$",
+        description="a PVE calendar event, e.g. 'sun 02:00' or 'daily'; homelab keeps a backup job for the lab's "
+        "VMs (needs Sys.Modify on /); unset: no job",
+    )
+    keep_last: int = Field(7, ge=1, le=1000, description="backups kept per VM (prune-backups keep-last)")
+    mode: Literal["snapshot", "suspend", "stop"] = Field("snapshot", description="vzdump mode")
+
+
 class Vm(Strict):
     """One VM of the lab."""
 
@@ -215,6 +231,7 @@ class Lab(Strict):
     vms: list[Vm] = Field(default_factory=list)
     repo: Repo | None = None
     stacks: dict[DnsName, StackSettings] = Field(default_factory=dict, description="settings per stack")
+    backup: Backup = Field(default_factory=Backup)
 
     def data_disk_for(self, vm: Vm) -> int | None:
         """The size of a VM's data disk, or None for a VM without one."""

@@ -35,6 +35,13 @@ class Planned:
     facts: Facts
     plan: Plan
 
+    def lab_vmids(self) -> list[int]:
+        """The vmids of the lab's VMs as they are now (the ones the lab file names)."""
+        names = {vm.name for vm in self.lab.vms}
+        return sorted(
+            v.vmid for v in self.facts.managed if not v.is_keeper and ((v.meta or {}).get("vm") or v.name) in names
+        )
+
 
 def make_plan(
     lab: Lab, options: PlanOptions | None = None, api: PveApi | None = None, facts: Facts | None = None
