@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "apply": ("homelab.cli.vms", "apply", "Make Proxmox match the lab file (plan first, then confirm)."),
     "destroy": ("homelab.cli.vms", "destroy", "Remove the VMs this lab manages."),
     "backup": ("homelab.cli.backup", "backup", "Back up the lab's VMs now with Proxmox's vzdump."),
+    "snapshot": ("homelab.cli.snapshots", "snapshot", "Snapshot the lab's VMs (homelab prunes only its own)."),
+    "rollback": ("homelab.cli.snapshots", "rollback", "Return a VM to a snapshot."),
     "status": ("homelab.cli.vms", "status", "Show each VM: state, address, template version, drift."),
     "deploy": ("homelab.cli.deploy", "deploy", "Deploy Docker and the service stacks onto the VMs (Ansible)."),
     "stack": ("homelab.cli.deploy", "stack", "Service stacks: list, add NAME to a VM."),

@@ -83,6 +83,8 @@ class DiskReassign:
                 raise PveError(500, "CD drive contents can't be moved to another VM")
             if volume_ref(volume)[0] is None:
                 raise PveError(500, f"disk '{disk}' has no associated volume")
+            if any(volume in str(snap.get(key, "")) for snap in source.snapshots.values() for key in snap):
+                raise PveError(500, "Can't move disk used by a snapshot to another VM")
             if source.status == "running" and not re.fullmatch(r"unused\d+", disk):
                 raise PveError(500, "Cannot move disk to another VM while the source VM is running - detach first")
             return source, target, volume

@@ -153,6 +153,9 @@ class Settings(Strict):
         description="a data disk for every VM that runs stacks (unless the VM sets data_disk), e.g. 100G; it holds "
         "the stacks' state and survives replacements",
     )
+    snapshots_keep: int = Field(
+        3, ge=0, le=100, description="snapshots homelab took (`homelab snapshot`) kept per VM; older ones are pruned"
+    )
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
 

@@ -25,6 +25,8 @@ from homelab.adapters.proxmox.datadisks import (
     new_drive,
 )
 from homelab.adapters.proxmox.marks import parse_mark
+from homelab.adapters.proxmox.snapshots import delete as delete_snapshot
+from homelab.adapters.proxmox.snapshots import snapshots
 from homelab.adapters.proxmox.vms import stop_vm
 from homelab.lab.models import Lab
 from homelab.lab.types import format_size
@@ -66,6 +68,12 @@ class DataDisks:
             # an unusedN entry is a bare volume: give it its drive options (the serial) back
             volume = str(self._config(node, to_vmid)[to_key]).split(",", 1)[0]
             self.api.put(f"/nodes/{node}/qemu/{to_vmid}/config", **{to_key: attached_drive(volume)})
+
+    def drop_snapshots(self, vm: str, node: str, vmid: int) -> None:
+        """Delete a VM's snapshots (PVE will not move a disk a snapshot uses); newest first, as PVE needs."""
+        for snap in reversed(snapshots(self.api, node, vmid)):
+            self.step(vm, f"deleting snapshot {snap.name} of {vmid}")
+            delete_snapshot(self.api, node, vmid, snap.name, self.timeout)
 
     def adopt(self, vm: str, node: str, vmid: int, keeper: int, key: str) -> None:
         """Give a recreated VM the data disk the keeper kept for it."""

@@ -348,6 +348,8 @@ class Executor:
         if handover:
             with self._slot():
                 self._stop(*old)
+                if action.drops_snapshots:
+                    self.disks.drop_snapshots(*old)
                 if action.data_from:
                     self.disks.move(action.vm, node, action.old_vmid, action.data_from, vmid)
             try:

@@ -120,12 +120,16 @@ class ReplaceVM(Action):
     static_ip: bool
     # the old VM's data disk key: the disk moves to the new VM (None: the old VM has none)
     data_from: str | None = None
+    # the old VM has snapshots: they block moving its data disk and go with it
+    drops_snapshots: bool = False
     kind: ClassVar[str] = "replace"
 
     def describe(self) -> str:
         text = f"replace {self.vm} ({self.old_vmid}): {self.reason}; new VM from {self.create.template.name}"
         if self.data_from:
             text += f"; the data disk moves from {self.old_vmid} to the new VM (kept, not copied)"
+        if self.drops_snapshots:
+            text += f"; the snapshots of {self.old_vmid} go with it"
         return text
 
 
@@ -370,7 +374,8 @@ def _plan_vm(
         replace_create = CreateVM(vm.name, node, version, full, None, desired, vm.disk, fresh, adopt)
         data_from = current.data_disk.key if current.data_disk else (DATA_KEY if holder is not None else None)
         static = vm.ip != "dhcp"
-        actions.append(ReplaceVM(vm.name, current.vmid, current.node, reason, replace_create, static, data_from))
+        snaps = data_from is not None and bool(current.config.get("parent"))
+        actions.append(ReplaceVM(vm.name, current.vmid, current.node, reason, replace_create, static, data_from, snaps))
     else:
         changes = _diff(current, desired)
         running = current.status == "running"
