@@ -61,8 +61,14 @@ class Backups:
                 vm.lock = "backup"
                 try:
                     await fake.pause(10)
-                    stamp = time.strftime("%Y_%m_%d-%H_%M_%S", time.gmtime(time.time()))
-                    name = f"vzdump-qemu-{vm.vmid}-{stamp}.vma.zst"
+                    # a real backup takes longer than a second; here it may not: never reuse a name
+                    when = time.time()
+                    while True:
+                        stamp = time.strftime("%Y_%m_%d-%H_%M_%S", time.gmtime(when))
+                        name = f"vzdump-qemu-{vm.vmid}-{stamp}.vma.zst"
+                        if f"backup/{name}" not in store.get("volumes", {}):
+                            break
+                        when += 1
                     size = 1024**2 + sum(int(vol.get("size") or 0) // 100 for vol in fake._homelab_vm_volumes(vm))
                     fake.store_file(storage, name, size, "backup")
                     store["volumes"][f"backup/{name}"]["vmid"] = vm.vmid
