@@ -60,7 +60,10 @@ def fake_class() -> type:
     """FakePve plus disk resize: fakepve 0.5.0 answers it from the schema without storing the new size."""
     from fakepve import FakePve, PveError
 
-    class HomelabFakePve(FakePve):
+    from homelab.demo.fake_backup import Backups
+    from homelab.demo.fake_disks import DiskReassign
+
+    class HomelabFakePve(DiskReassign, Backups, FakePve):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 
@@ -264,6 +267,8 @@ class Server:
             ]
         if op == "storages":
             return pve.storages
+        if op == "backup_jobs":
+            return pve.backup_jobs
         raise ValueError(f"unknown op {op!r}")
 
 

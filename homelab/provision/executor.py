@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.datadisks import DATA_KEY
 from homelab.adapters.proxmox.labvms import boot_disk
 from homelab.adapters.proxmox.marks import describe_vm, marks_as, parse_mark
 from homelab.adapters.proxmox.vmconfig import encode_config
@@ -18,11 +19,14 @@ from homelab.adapters.proxmox.vms import delete_vm, start_vm, stop_vm
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
+from homelab.provision.datadisk import DataDisks
 from homelab.provision.guestagent import GuestAgent
 from homelab.provision.plan import (
     Action,
+    AddDataDisk,
     CreateVM,
     GrowDisk,
+    MoveDataDisk,
     Plan,
     RemoveVM,
     ReplaceVM,
@@ -133,6 +137,7 @@ class Executor:
         self.cancel = cancel
         self.timeouts = lab.settings.timeouts
         self.agent = GuestAgent(api, lab, cancel, reporter.step)
+        self.disks = DataDisks(api, lab, reporter.step, allocator.take)
 
     # ---------------------------------------------------------------- chains
 
@@ -200,7 +205,16 @@ class Executor:
             outcome.address = self.agent.wait_address(action.vm, action.node, action.vmid)
         elif isinstance(action, RemoveVM):
             with self._slot():
-                self._remove(action.vm, action.node, action.vmid)
+                if action.park_data:
+                    self.disks.park(action.vm, action.node, action.vmid, action.park_data)
+                self._remove(action.vm, action.node, action.vmid, action.purge_data)
+        elif isinstance(action, AddDataDisk):
+            outcome.vmid, outcome.node = action.vmid, action.node
+            with self._slot():
+                self.disks.attach_new(action.vm, action.node, action.vmid, action.size)
+        elif isinstance(action, MoveDataDisk):
+            with self._slot():
+                self.disks.move(action.vm, action.node, action.from_vmid, action.from_key, action.to_vmid)
         elif isinstance(action, Unchanged):
             outcome.vmid, outcome.node = action.vmid, action.node
         # Orphan and Blocked change nothing.
@@ -241,6 +255,10 @@ class Executor:
         self._check_cancel()
         self.report.step(action.vm, "configuring cloud-init, cores, memory, tags")
         self.api.put(f"/nodes/{node}/qemu/{vmid}/config", **encode_config(action.config))
+        if action.adopt:
+            self.disks.adopt(action.vm, node, vmid, *action.adopt)
+        elif action.data_disk:
+            self.disks.attach_new(action.vm, node, vmid, action.data_disk)
         config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
         disk_key = boot_disk(config)
         if disk_key is None:
@@ -310,36 +328,45 @@ class Executor:
         config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
         return parse_mark(config.get("description")) or {}
 
-    def _remove(self, vm: str, node: str, vmid: int) -> None:
-        # delete_vm re-checks the mark right before deleting: never a VM this lab does not manage.
-        delete_vm(
-            self.api, node, vmid, self.lab.name, timeout=self.timeouts.task, step=lambda m: self.report.step(vm, m)
-        )
+    def _remove(self, vm: str, node: str, vmid: int, purge_data: bool = False) -> None:
+        # delete_vm re-checks the mark right before deleting: never a VM this lab does not manage, and never
+        # one that holds a data disk unless the user said --purge-data.
+        step = lambda m: self.report.step(vm, m)  # noqa: E731
+        delete_vm(self.api, node, vmid, self.lab.name, timeout=self.timeouts.task, step=step, purge_data=purge_data)
 
     def _replace(self, action: ReplaceVM) -> tuple[int, str, str | None]:
         """Blue/green: the new VM is built beside the old; the old is removed only once the new is up.
 
-        With a static IP both cannot run at once: the new VM is fully built but stopped, the old one is
-        stopped, the new one started; if it does not come up, the old one is started again.
+        With a static IP or a data disk both cannot run at once: the new VM is fully built but stopped, the old
+        one stopped (and its data disk moved over), the new one started; if it does not come up, it is stopped,
+        the data disk goes back and the old one is started again.
         """
-        create = action.create
+        create, old = action.create, (action.vm, action.old_node, action.old_vmid)
+        handover = action.static_ip or action.data_from is not None
         with self._slot():
-            vmid, node = self._create(create, start=not action.static_ip)
-        if action.static_ip:
+            vmid, node = self._create(create, start=not handover)
+        if handover:
             with self._slot():
-                self._stop(action.vm, action.old_node, action.old_vmid)
+                self._stop(*old)
+                if action.drops_snapshots:
+                    self.disks.drop_snapshots(*old)
+                if action.data_from:
+                    self.disks.move(action.vm, node, action.old_vmid, action.data_from, vmid)
             try:
                 with self._slot():
                     self._start(action.vm, node, vmid)
                 address = self.agent.wait_address(action.vm, node, vmid)
             except HomelabError:
-                self.report.step(action.vm, f"new VM {vmid} did not come up; starting the old one again")
-                self._start(action.vm, action.old_node, action.old_vmid)
+                self.report.step(action.vm, f"new VM {vmid} did not come up; going back to {action.old_vmid}")
+                self._stop(action.vm, node, vmid)
+                if action.data_from:
+                    self.disks.move(action.vm, node, vmid, DATA_KEY, action.old_vmid, action.data_from)
+                self._start(*old)
                 raise
         else:
             address = self.agent.wait_address(action.vm, node, vmid)
         with self._slot():
-            self._remove(action.vm, action.old_node, action.old_vmid)
+            self._remove(*old)
         return vmid, node, address
 
 

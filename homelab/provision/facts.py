@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.cluster import ClusterFacts, gather_cluster
+from homelab.adapters.proxmox.datadisks import kept_disks
 from homelab.adapters.proxmox.labvms import LiveVm, boot_disk, read_lab_vms
 from homelab.adapters.proxmox.versions import TemplateVersion, usable_version
 from homelab.lab.models import Lab
 from homelab.state.adminkey import read_admin_public
 
-__all__ = ["Facts", "LiveVm", "boot_disk", "gather"]  # LiveVm and boot_disk live in adapters.proxmox.labvms
+# LiveVm and boot_disk live in adapters.proxmox.labvms
+__all__ = ["Facts", "LiveVm", "boot_disk", "gather", "kept_data"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,3 +47,13 @@ def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None
         templates=templates,
         admin_key=read_admin_public(lab),
     )
+
+
+def kept_data(facts: Facts) -> dict[str, tuple[int, str, str]]:
+    """Lab VM name -> (keeper vmid, unusedN key, node): the data disks the lab's keepers hold."""
+    kept: dict[str, tuple[int, str, str]] = {}
+    for live in facts.managed:
+        if live.is_keeper:
+            for key, name in kept_disks(live.config).items():
+                kept.setdefault(name, (live.vmid, key, live.node))
+    return kept

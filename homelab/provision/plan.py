@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from homelab.adapters.proxmox.datadisks import DATA_KEY
 from homelab.adapters.proxmox.labvms import current_and_leftovers
 from homelab.adapters.proxmox.marks import parse_mark
 from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, pick_version
 from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.lab.models import Lab, Vm
 from homelab.lab.types import format_size
-from homelab.provision.facts import Facts, LiveVm
+from homelab.provision.facts import Facts, LiveVm, kept_data
 
 # Changing these only takes effect at the next boot (cloud-init regenerates its drive then).
 NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain"}
@@ -58,13 +59,23 @@ class CreateVM(Action):
     vmid: int | None
     config: dict[str, str] = field(hash=False)
     disk: int
+    # a new data disk of this size (None: none, or the one adopted)
+    data_disk: int | None = None
+    # the data disk kept for this VM when it was destroyed: (keeper vmid, keeper's unusedN key)
+    adopt: tuple[int, str] | None = None
     kind: ClassVar[str] = "create"
 
     def describe(self) -> str:
         how = "full clone" if self.full else "linked clone"
         where = f"vmid {self.vmid}" if self.vmid else "next free vmid"
+        data = ""
+        if self.adopt:
+            data = f", its kept data disk back from VM {self.adopt[0]}"
+        elif self.data_disk:
+            data = f", new data disk {format_size(self.data_disk)}"
         return (
-            f"create {self.vm} on {self.node} ({how} of {self.template.name}, {where}, disk {format_size(self.disk)})"
+            f"create {self.vm} on {self.node} ({how} of {self.template.name}, {where}, "
+            f"disk {format_size(self.disk)}{data})"
         )
 
 
@@ -107,10 +118,46 @@ class ReplaceVM(Action):
     reason: str
     create: CreateVM
     static_ip: bool
+    # the old VM's data disk key: the disk moves to the new VM (None: the old VM has none)
+    data_from: str | None = None
+    # the old VM has snapshots: they block moving its data disk and go with it
+    drops_snapshots: bool = False
     kind: ClassVar[str] = "replace"
 
     def describe(self) -> str:
-        return f"replace {self.vm} ({self.old_vmid}): {self.reason}; new VM from {self.create.template.name}"
+        text = f"replace {self.vm} ({self.old_vmid}): {self.reason}; new VM from {self.create.template.name}"
+        if self.data_from:
+            text += f"; the data disk moves from {self.old_vmid} to the new VM (kept, not copied)"
+        if self.drops_snapshots:
+            text += f"; the snapshots of {self.old_vmid} go with it"
+        return text
+
+
+@dataclass(frozen=True)
+class AddDataDisk(Action):
+    """Give a VM that has none a new, empty data disk."""
+
+    vmid: int
+    node: str
+    size: int
+    kind: ClassVar[str] = "add-data-disk"
+
+    def describe(self) -> str:
+        return f"add a {format_size(self.size)} data disk to {self.vm} ({self.vmid})"
+
+
+@dataclass(frozen=True)
+class MoveDataDisk(Action):
+    """Move a data disk to the VM that should hold it (from an interrupted replacement's old VM, or the keeper)."""
+
+    from_vmid: int
+    from_key: str
+    to_vmid: int
+    node: str
+    kind: ClassVar[str] = "move-data-disk"
+
+    def describe(self) -> str:
+        return f"move {self.vm}'s data disk from VM {self.from_vmid} to {self.to_vmid} (kept, not copied)"
 
 
 @dataclass(frozen=True)
@@ -132,10 +179,19 @@ class RemoveVM(Action):
     vmid: int
     node: str
     reason: str
+    # destroy: park the VM's data disk on the lab's keeper first (None: the VM has none, or it is purged)
+    park_data: str | None = None
+    # delete the data disk with the VM (destroy --purge-data)
+    purge_data: bool = False
     kind: ClassVar[str] = "remove"
 
     def describe(self) -> str:
-        return f"remove {self.vm} ({self.vmid}): {self.reason}"
+        text = f"remove {self.vm} ({self.vmid}): {self.reason}"
+        if self.park_data:
+            text += "; its data disk is kept"
+        elif self.purge_data:
+            text += "; ITS DATA DISK IS DELETED (--purge-data)"
+        return text
 
 
 @dataclass(frozen=True)
@@ -257,41 +313,69 @@ def plan(lab: Lab, facts: Facts, options: PlanOptions | None = None) -> Plan:
     actions: list[Action] = []
     by_name: dict[str, list[LiveVm]] = {}
     for live in facts.managed:
-        by_name.setdefault((live.meta or {}).get("vm") or live.name, []).append(live)
+        if not live.is_keeper:
+            by_name.setdefault((live.meta or {}).get("vm") or live.name, []).append(live)
+    kept = kept_data(facts)
     for vm in lab.vms:
-        actions += _plan_vm(lab, vm, facts, by_name.pop(vm.name, []), options)
+        actions += _plan_vm(lab, vm, facts, by_name.pop(vm.name, []), options, kept.get(vm.name))
         actions += [Namesake(vm.name, other.vmid) for other in facts.unmanaged_namesakes if other.name == vm.name]
     for name, leftovers in sorted(by_name.items()):
         for live in leftovers:
             if options.prune:
-                actions.append(RemoveVM(name, live.vmid, live.node, "not in the lab file (--prune)"))
+                park = live.data_disk.key if live.data_disk else None
+                actions.append(RemoveVM(name, live.vmid, live.node, "not in the lab file (--prune)", park_data=park))
             else:
                 actions.append(Orphan(name, live.vmid, live.node))
     return Plan(tuple(actions))
 
 
-def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanOptions) -> list[Action]:
+def _plan_vm(
+    lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanOptions, kept: tuple[int, str, str] | None
+) -> list[Action]:
     version = resolve_version(lab, vm, facts)
     if isinstance(version, str):
         return [Blocked(vm.name, version)]
     node = vm.node or lab.proxmox.node
     full = vm.full if vm.full is not None else lab.settings.full_clone
     desired = desired_config(lab, vm, version, admin_key=facts.admin_key)
+    data = lab.data_disk_for(vm)
     if vm.vmid is not None and vm.vmid in facts.used_vmids and all(live.vmid != vm.vmid for live in lives):
         return [Blocked(vm.name, f"vmid {vm.vmid} is taken by a VM this lab does not manage")]
-    create = CreateVM(vm.name, node, version, full, vm.vmid, desired, vm.disk)
+    holders = [live for live in lives if live.data_disk]
+    if len(holders) > 1:
+        ids = " and ".join(str(h.vmid) for h in holders)
+        return [Blocked(vm.name, f"VMs {ids} both hold a data disk for it; keep one (homelab deletes neither)")]
+    adopt = (kept[0], kept[1]) if kept and not holders else None
+    if adopt and kept and kept[2] != node:
+        return [Blocked(vm.name, f"its kept data disk is on node {kept[2]}, and a disk cannot move between nodes")]
+    create = CreateVM(vm.name, node, version, full, vm.vmid, desired, vm.disk, data if not adopt else None, adopt)
     if not lives:
         return [create]
     current, leftovers = current_and_leftovers(lives, version.version)
+    holder = holders[0] if holders else None
     actions: list[Action] = []
+    moves: list[Action] = []
     reason = _replace_reason(vm, current, version, node)
+    if holder is not None and holder is not current:
+        # an interrupted replacement left the disk on the old VM: it goes to the current one before anything
+        if holder.node != current.node:
+            return [Blocked(vm.name, f"its data disk is on VM {holder.vmid} on node {holder.node}, not {current.node}")]
+        assert holder.data_disk is not None
+        moves.append(MoveDataDisk(vm.name, holder.vmid, holder.data_disk.key, current.vmid, current.node))
+    elif adopt and not reason:
+        moves.append(MoveDataDisk(vm.name, adopt[0], adopt[1], current.vmid, current.node))
     if reason:
         if not options.replace:
             return [Blocked(vm.name, f"needs replacing ({reason}) but --no-replace was given")]
-        replace_create = CreateVM(vm.name, node, version, full, None, desired, vm.disk)
-        actions.append(
-            ReplaceVM(vm.name, current.vmid, current.node, reason, replace_create, static_ip=vm.ip != "dhcp")
-        )
+        moving = current.data_disk is not None or holder is not None
+        if moving and current.node != node:
+            return [Blocked(vm.name, f"needs replacing ({reason}), but its data disk cannot move to another node")]
+        fresh = None if moving or adopt else data
+        replace_create = CreateVM(vm.name, node, version, full, None, desired, vm.disk, fresh, adopt)
+        data_from = current.data_disk.key if current.data_disk else (DATA_KEY if holder is not None else None)
+        static = vm.ip != "dhcp"
+        snaps = data_from is not None and bool(current.config.get("parent"))
+        actions.append(ReplaceVM(vm.name, current.vmid, current.node, reason, replace_create, static, data_from, snaps))
     else:
         changes = _diff(current, desired)
         running = current.status == "running"
@@ -301,17 +385,23 @@ def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanO
         size = current.disk_size
         if current.disk_key and size is not None and vm.disk > size:
             actions.append(GrowDisk(vm.name, current.vmid, current.node, current.disk_key, size, vm.disk))
+        have = current.data_disk or (holder.data_disk if holder is not None else None)
+        if data and have is None and not adopt:
+            actions.append(AddDataDisk(vm.name, current.vmid, current.node, data))
+        elif data and have is not None and have.size is not None and data > have.size:
+            key = current.data_disk.key if current.data_disk else DATA_KEY
+            actions.append(GrowDisk(vm.name, current.vmid, current.node, key, have.size, data))
         if not running:
             actions.append(StartVM(vm.name, current.vmid, current.node))
-        if not actions:
+        if not actions and not moves:
             actions.append(Unchanged(vm.name, current.vmid, current.node))
     removals: list[Action] = [
         RemoveVM(vm.name, live.vmid, live.node, "left over from an interrupted replace") for live in leftovers
     ]
     if vm.ip != "dhcp" and any(isinstance(a, StartVM) for a in actions):
         # Two VMs must never run with one static address: the leftover goes before the new one starts.
-        return removals + actions
-    return actions + removals
+        return moves + removals + actions
+    return moves + actions + removals
 
 
 def _replace_reason(vm: Vm, live: LiveVm, version: TemplateVersion, node: str) -> str | None:
