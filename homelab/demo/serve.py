@@ -60,7 +60,9 @@ def fake_class() -> type:
     """FakePve plus disk resize: fakepve 0.5.0 answers it from the schema without storing the new size."""
     from fakepve import FakePve, PveError
 
-    class HomelabFakePve(FakePve):
+    from homelab.demo.fake_cluster import ClusterMixin
+
+    class HomelabFakePve(ClusterMixin, FakePve):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 
@@ -132,6 +134,9 @@ class Server:
             self.pve.storages[name] = store
         for node in config.get("nodes", []):
             self.pve.add_node(node)
+        from homelab.demo.fake_cluster import setup_cluster  # fakepve (the demo extra) loads only here
+
+        setup_cluster(self.pve, config)
         for guest in config.get("guests", []):
             vm = self.add_guest(guest)
             for key in ("start_secs", "shutdown_secs", "stop_secs"):
