@@ -103,9 +103,7 @@ class ClusterMixin:
         if other is not None and other.node != node:
             # The early check looks only at this node's config files; the cluster file system refuses the file
             # once the worker writes it.
-            message = (
-                f"close (rename) atomic file '/etc/pve/nodes/{node}/qemu-server/{newid}.conf' failed: File exists"
-            )
+            message = f"close (rename) atomic file '/etc/pve/nodes/{node}/qemu-server/{newid}.conf' failed: File exists"
 
             async def body() -> None:
                 raise TaskError(message)
@@ -168,7 +166,8 @@ class ClusterMixin:
                 return f"can't live migrate attached local disks without with-local-disks option ('{sid}:{name}')"
             if "/" in name and name.split("/")[-2].startswith("base-"):
                 base = name.split("/")[-2]
-                return f"Problem found while scanning volumes - can't migrate '{sid}:{name}' as it's a clone of '{base}'"
+                scan = "Problem found while scanning volumes"
+                return f"{scan} - can't migrate '{sid}:{name}' as it's a clone of '{base}'"
             if vm.template and self._cluster_base_in_use(sid, name):
                 return f"can't migrate local disk '{sid}:{name}': referenced by linked clone(s)"
         return None
