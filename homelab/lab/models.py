@@ -62,6 +62,12 @@ class Proxmox(Strict):
     )
     verify_tls: bool = Field(True, description="verify the server certificate (leave on; use ca_bundle instead)")
     ca_bundle: str | None = Field(None, description="path of a PEM CA bundle that signed the Proxmox certificate")
+    pool: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+){0,2}$",
+        description="a resource pool (made beforehand, e.g. `pveum pool add homelab`) that every VM and template "
+        "homelab creates joins, so a token whose rights are on /pool/<name> is enough",
+    )
 
 
 class CloudImage(Strict):
@@ -148,6 +154,11 @@ class Settings(Strict):
 
     concurrency: int = Field(4, ge=1, le=64, description="VMs worked on at once")
     full_clone: bool = Field(False, description="full clones instead of linked clones, lab-wide")
+    ciupgrade: bool = Field(
+        False,
+        description="let cloud-init upgrade every package on a new VM's first boot (PVE's own default is on); off: "
+        "templates are versioned and rebuilt instead, and no upgrade races the deploy's apt",
+    )
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
 
@@ -165,6 +176,7 @@ class Vm(Strict):
     tags: list[Tag] = Field(default_factory=list)
     stacks: list[DnsName] = Field(default_factory=list, description="service stacks this VM runs")
     full: bool | None = Field(None, description="full clone for this VM; default settings.full_clone")
+    ciupgrade: bool | None = Field(None, description="package upgrade on first boot; default settings.ciupgrade")
 
 
 class Repo(Strict):

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from homelab.adapters.proxmox.labvms import current_and_leftovers
 from homelab.adapters.proxmox.marks import parse_mark
+from homelab.adapters.proxmox.placement import has_ciupgrade
 from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, pick_version
 from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.lab.models import Lab, Vm
@@ -50,7 +51,11 @@ class Action:
 
 @dataclass(frozen=True)
 class CreateVM(Action):
-    """Clone a new VM from the template version, configure it, grow its disk, start it, wait for its agent."""
+    """Clone a new VM from the template version, configure it, grow its disk, start it, wait for its agent.
+
+    On another node than the template's: cloned there directly (``target``) when the template is wholly on
+    shared storage; otherwise (``migrate``) a full clone on the template's node, migrated offline to ``node``.
+    """
 
     node: str
     template: TemplateVersion
@@ -58,10 +63,13 @@ class CreateVM(Action):
     vmid: int | None
     config: dict[str, str] = field(hash=False)
     disk: int
+    migrate: bool = False
     kind: ClassVar[str] = "create"
 
     def describe(self) -> str:
         how = "full clone" if self.full else "linked clone"
+        if self.migrate:
+            how += f" on {self.template.node}, then migrate to {self.node}"
         where = f"vmid {self.vmid}" if self.vmid else "next free vmid"
         return (
             f"create {self.vm} on {self.node} ({how} of {self.template.name}, {where}, disk {format_size(self.disk)})"
@@ -279,7 +287,17 @@ def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanO
     desired = desired_config(lab, vm, version, admin_key=facts.admin_key)
     if vm.vmid is not None and vm.vmid in facts.used_vmids and all(live.vmid != vm.vmid for live in lives):
         return [Blocked(vm.name, f"vmid {vm.vmid} is taken by a VM this lab does not manage")]
-    create = CreateVM(vm.name, node, version, full, vm.vmid, desired, vm.disk)
+    # Local storage cannot be cloned to another node: clone on the template's node (full: a linked clone
+    # cannot leave its base), then migrate.
+    migrate = node != version.node and version.vmid not in facts.shared_templates
+    full = full or migrate
+    first_boot = dict(desired)
+    if has_ciupgrade(facts.release):
+        # Only at creation: cloud-init reads it on the first boot (changing it later would change the
+        # instance and regenerate the host keys at the next boot for nothing).
+        wanted = vm.ciupgrade if vm.ciupgrade is not None else lab.settings.ciupgrade
+        first_boot["ciupgrade"] = "1" if wanted else "0"
+    create = CreateVM(vm.name, node, version, full, vm.vmid, first_boot, vm.disk, migrate)
     if not lives:
         return [create]
     current, leftovers = current_and_leftovers(lives, version.version)
@@ -288,7 +306,7 @@ def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanO
     if reason:
         if not options.replace:
             return [Blocked(vm.name, f"needs replacing ({reason}) but --no-replace was given")]
-        replace_create = CreateVM(vm.name, node, version, full, None, desired, vm.disk)
+        replace_create = CreateVM(vm.name, node, version, full, None, first_boot, vm.disk, migrate)
         actions.append(
             ReplaceVM(vm.name, current.vmid, current.node, reason, replace_create, static_ip=vm.ip != "dhcp")
         )
