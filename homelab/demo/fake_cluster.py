@@ -158,8 +158,8 @@ class ClusterMixin:
             if not self._cluster_local(sid):
                 continue
             volume, props = split_drive(vm.config[key])
-            if "cloudinit" in name:
-                continue  # generated: PVE copies it offline (fakepve's clone keeps the template's drive)
+            if is_cdrom(volume, props) and not name.startswith("iso/"):
+                continue  # a cloud-init drive: generated, PVE copies it offline (fakepve names it vm-N-disk-M)
             if is_cdrom(volume, props):
                 return f"can't migrate local cdrom image '{volume}'"
             if live and not v.get("with-local-disks"):

@@ -67,13 +67,11 @@ class CreateVM(Action):
     kind: ClassVar[str] = "create"
 
     def describe(self) -> str:
-        how = "full clone" if self.full else "linked clone"
+        how = ("full clone" if self.full else "linked clone") + f" of {self.template.name}"
         if self.migrate:
             how += f" on {self.template.node}, then migrate to {self.node}"
         where = f"vmid {self.vmid}" if self.vmid else "next free vmid"
-        return (
-            f"create {self.vm} on {self.node} ({how} of {self.template.name}, {where}, disk {format_size(self.disk)})"
-        )
+        return f"create {self.vm} on {self.node} ({how}, {where}, disk {format_size(self.disk)})"
 
 
 @dataclass(frozen=True)
