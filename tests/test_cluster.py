@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from homelab.adapters.proxmox.versions import TemplateVersion
 from homelab.demo.launcher import FakeProxmox
+from homelab.provision.facts import Facts
+from homelab.provision.plan import CreateVM, plan
 from tests.harness.cli import run_cli
-from tests.harness.labs import lab_data, write_lab
+from tests.harness.labs import lab_data, make_lab, write_lab
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT
-
-pytestmark = [pytest.mark.integration]
 
 SHARED = {"type": "nfs", "active": 1, "content": "images", "shared": 1, "server": "nas", "export": "/pve"}
 TWO_NODES: dict[str, Any] = dict(nodes=["pve1", "pve2"], guests=[], storages=LOCAL_WITH_IMPORT)
@@ -86,6 +87,7 @@ def lab_vms(fake: FakeProxmox) -> dict[str, dict[str, Any]]:
     return {vm["name"]: vm for vm in fake.vms() if not vm["template"]}
 
 
+@pytest.mark.integration
 @pytest.mark.fake_pve(**TWO_NODES)
 def test_up_on_two_nodes_with_local_storage_clones_on_the_templates_node_then_migrates(
     tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
@@ -110,6 +112,7 @@ def test_up_on_two_nodes_with_local_storage_clones_on_the_templates_node_then_mi
     assert set(posts(fake_pve, "/clone")) == {f"/nodes/pve1/qemu/{template['vmid']}/clone"}
 
 
+@pytest.mark.integration
 @pytest.mark.fake_pve(**SHARED_TWO_NODES)
 def test_up_on_two_nodes_with_shared_storage_clones_straight_to_the_other_node(
     tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
@@ -125,6 +128,7 @@ def test_up_on_two_nodes_with_shared_storage_clones_straight_to_the_other_node(
     assert vms["db"]["config"]["scsi0"].startswith("shared:")
 
 
+@pytest.mark.integration
 @pytest.mark.fake_pve(**TWO_NODES, token_id=TOKEN, pools={"lab": {}}, acl=POOL_ACL)
 def test_a_pool_scoped_token_builds_and_clones_into_the_pool_and_survives_a_hidden_vmid(
     tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
@@ -144,6 +148,7 @@ def test_a_pool_scoped_token_builds_and_clones_into_the_pool_and_survives_a_hidd
     assert len([p for _, p in fake_pve.requests() if p.endswith("/cluster/nextid")]) == 2
 
 
+@pytest.mark.integration
 @pytest.mark.fake_pve(**TWO_NODES)
 def test_ciupgrade_is_off_by_default_and_a_vm_may_turn_it_on(
     tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
@@ -157,6 +162,7 @@ def test_ciupgrade_is_off_by_default_and_a_vm_may_turn_it_on(
     assert (str(vms["web"]["config"]["ciupgrade"]), str(vms["ci"]["config"]["ciupgrade"])) == ("0", "1")
 
 
+@pytest.mark.integration
 @pytest.mark.fake_pve(**TWO_NODES, version="8.0.9")
 def test_ciupgrade_is_left_alone_before_pve_8_1(
     tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
@@ -168,6 +174,7 @@ def test_ciupgrade_is_left_alone_before_pve_8_1(
     assert "ciupgrade" not in lab_vms(fake_pve)["web"]["config"]
 
 
+@pytest.mark.integration
 @pytest.mark.fake_pve(**TWO_NODES)
 def test_creates_whose_answers_were_lost_are_adopted_not_duplicated(
     tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
@@ -183,3 +190,35 @@ def test_creates_whose_answers_were_lost_are_adopted_not_duplicated(
     assert sorted(lab_vms(fake_pve)) == ["cache", "db", "web"]
     assert len(posts(fake_pve, "/nodes/pve1/qemu")) == 2  # the lost create and its retry
     assert len(posts(fake_pve, "/clone")) == 4  # three clones and one retry
+
+
+def _create_for(node: str, *, shared: bool = False, release: tuple[int, int] | None = (9, 0)) -> CreateVM:
+    lab = make_lab(vms=[{"name": "db", "node": node}])
+    version = TemplateVersion(9000, "pve1", "debian-docker-202611010930", "202611010930", "debian-docker")
+    facts = Facts(
+        managed=(),
+        unmanaged_namesakes=(),
+        templates={"debian-docker": (version,)},
+        release=release,
+        shared_templates=frozenset({9000} if shared else ()),
+    )
+    (action,) = plan(lab, facts).actions
+    assert isinstance(action, CreateVM)
+    return action
+
+
+def test_the_plan_clones_on_the_templates_node_then_migrates_unless_the_template_is_on_shared_storage() -> None:
+    local = _create_for("pve2")
+    assert (local.migrate, local.full) == (True, True)  # a linked clone could not leave its base
+    assert "full clone of debian-docker-202611010930 on pve1, then migrate to pve2" in local.describe()
+    shared = _create_for("pve2", shared=True)
+    assert (shared.migrate, shared.full) == (False, False)
+    same_node = _create_for("pve1")
+    assert (same_node.migrate, same_node.full) == (False, False)
+
+
+def test_ciupgrade_is_written_only_where_pve_takes_it_from_every_user() -> None:
+    assert _create_for("pve1").config["ciupgrade"] == "0"
+    assert _create_for("pve1", release=(8, 1)).config["ciupgrade"] == "0"
+    assert "ciupgrade" not in _create_for("pve1", release=(8, 0)).config
+    assert "ciupgrade" not in _create_for("pve1", release=None).config
