@@ -116,6 +116,11 @@ class FakeSettings:
     address_map: dict[str, str] | None = None
     host_keys: dict[str, str] | None = None
     token_id: str = DEFAULT_TOKEN_ID
+    # Pools ({name: {"storage": [ids]}}) and ACLs ({user or token: [[path, [privileges]]]}); with any ACL, every
+    # call is checked like PVE checks it (see demo/fake_cluster.py). version: what /version reports, e.g. "8.4.1".
+    pools: dict[str, Any] | None = None
+    acl: dict[str, list[Any]] | None = None
+    version: str | None = None
     # The fake ignores Ctrl-C (which a terminal sends to the whole process group), so that the process that
     # started it decides when to stop it.
     ignore_sigint: bool = False
@@ -184,6 +189,9 @@ def _write_config(workdir: Path, host: str, options: FakeSettings) -> dict[str, 
         "control": str(workdir / "control.sock"),
         "state_dir": str(workdir),
         "ignore_sigint": options.ignore_sigint,
+        "pools": options.pools or {},
+        "acl": options.acl or {},
+        "version": options.version,
     }
     fd = os.open(workdir / "fakepve.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:

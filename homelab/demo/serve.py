@@ -61,9 +61,10 @@ def fake_class() -> type:
     from fakepve import FakePve, PveError
 
     from homelab.demo.fake_backup import Backups
+    from homelab.demo.fake_cluster import ClusterMixin
     from homelab.demo.fake_disks import DiskReassign
 
-    class HomelabFakePve(DiskReassign, Backups, FakePve):
+    class HomelabFakePve(ClusterMixin, DiskReassign, Backups, FakePve):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 
@@ -135,6 +136,9 @@ class Server:
             self.pve.storages[name] = store
         for node in config.get("nodes", []):
             self.pve.add_node(node)
+        from homelab.demo.fake_cluster import setup_cluster  # fakepve (the demo extra) loads only here
+
+        setup_cluster(self.pve, config)
         for guest in config.get("guests", []):
             vm = self.add_guest(guest)
             for key in ("start_secs", "shutdown_secs", "stop_secs"):

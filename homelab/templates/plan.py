@@ -251,6 +251,7 @@ def plan_cloud_image(lab: Lab, template: Template, facts: BuildFacts, image: Ima
         ("net0", f"virtio,bridge={lab.proxmox.bridge}"),
         ("tags", join_tags(template_tags(lab.name))),
         ("description", describe_template(record)),
+        *((("pool", lab.proxmox.pool),) if lab.proxmox.pool else ()),
     )
     actions: tuple[BuildAction, ...] = (
         fetch,
