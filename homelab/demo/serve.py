@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from homelab.demo import fake_access
 from homelab.lab.types import drive_size, format_size
 
 
@@ -60,7 +61,7 @@ def fake_class() -> type:
     """FakePve plus disk resize: fakepve 0.5.0 answers it from the schema without storing the new size."""
     from fakepve import FakePve, PveError
 
-    class HomelabFakePve(FakePve):
+    class HomelabFakePve(fake_access.AccessMixin, FakePve):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 
@@ -126,6 +127,7 @@ class Server:
         self._seen: set[int] = set()
         for token, secret in config.get("tokens", {}).items():
             self.pve.apitokens[token] = secret
+        fake_access.configure(self.pve, config)  # version, ACLs
         for name, store in config.get("storages", {}).items():
             store.setdefault("files", set())
             store["files"] = set(store["files"])
