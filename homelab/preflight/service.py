@@ -1,0 +1,66 @@
+"""doctor(api, lab): gather, check, report; and the refusal the commands that change things raise."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from homelab.adapters.proxmox.api import PveApi
+from homelab.errors import InputError
+from homelab.lab.models import Lab
+from homelab.preflight.checks import Finding, check, describe, purposes_of
+from homelab.preflight.facts import AccessFacts, gather
+
+ALL = ("vms", "build")
+
+
+@dataclass(frozen=True)
+class Report:
+    """What doctor found: the problems (none: all is well), the facts, and how long the reads took."""
+
+    findings: tuple[Finding, ...]
+    facts: AccessFacts
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def details(self, lab: Lab) -> list[str]:
+        return describe(lab, self.facts)
+
+
+class PreflightFailed(InputError):
+    """Something the run needs is missing (a privilege, a storage's content type, the PVE version): exit 2,
+    nothing changed. Each line is one problem and its fix."""
+
+    def __init__(self, findings: Iterable[Finding], command: str):
+        self.findings = tuple(findings)
+        self.command = command
+        super().__init__(f"{command}: {len(self.findings)} problem(s) found before changing anything")
+
+    def lines(self) -> list[str]:
+        return [
+            *(str(f) for f in self.findings),
+            f"{self.command} stopped before changing anything ({len(self.findings)} problem(s) above; "
+            "`homelab doctor` checks again)",
+        ]
+
+
+def doctor(api: PveApi, lab: Lab, wanted: Iterable[str] = ALL, templates: Iterable[str] | None = None) -> Report:
+    """Check what a run needing ``wanted`` (vms, build) requires; ``templates``: the ones a build would build."""
+    started = time.monotonic()
+    facts = gather(api, lab)
+    findings = check(lab, facts, purposes_of(lab, wanted, templates))
+    return Report(tuple(findings), facts, time.monotonic() - started)
+
+
+def preflight(
+    api: PveApi, lab: Lab, command: str, wanted: Iterable[str] = ALL, templates: Iterable[str] | None = None
+) -> Report:
+    """doctor, raising PreflightFailed when something blocks."""
+    report = doctor(api, lab, wanted, templates)
+    if not report.ok:
+        raise PreflightFailed(report.findings, command)
+    return report
