@@ -76,3 +76,107 @@ def test_doctor_names_a_missing_privilege_with_its_fix_and_up_changes_nothing(
     assert result.exit_code == 2 and lines[0] in result.stderr
     assert "homelab up stopped before changing anything" in result.stderr
     assert writes(fake_pve) == []
+
+
+@pytest.mark.fake_pve(storages=IMPORTS, drop=("SDN.Use",))
+def test_apply_stops_before_any_write_without_sdn_use(lab: Path, fake_pve: FakeProxmox) -> None:
+    fake_pve.requests(clear=True)
+    result = run_cli("apply", "--yes", lab=lab)
+    assert result.exit_code == 2
+    assert f"token {TOKEN} lacks SDN.Use on /sdn/zones/localnetwork/vmbr0" in result.stderr
+    assert writes(fake_pve) == [] and "web" not in [vm["name"] for vm in fake_pve.vms()]
+
+
+@pytest.mark.fake_pve(storages=IMPORTS, drop=("Sys.AccessNetwork",))
+def test_apply_does_not_ask_for_what_only_a_download_needs(lab: Path, fake_pve: FakeProxmox) -> None:
+    result = run_cli("apply", "--yes", lab=lab)
+    assert result.exit_code == 0, result.stderr
+    assert "web" in [vm["name"] for vm in fake_pve.vms() if vm["status"] == "running"]
+
+
+@pytest.mark.fake_pve(storages=IMPORTS, version="8.3.4")
+def test_pve_8_3_cannot_build_cloud_image_templates(lab: Path, fake_pve: FakeProxmox) -> None:
+    result = run_cli("doctor", lab=lab)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "Proxmox VE 8.3.4 cannot build cloud-image templates (debian-docker): downloading a .qcow2 cloud image "
+        "for import needs Proxmox VE 8.4.0 or later; upgrade the node (apt full-upgrade) or use builder: packer"
+    ]
+    fake_pve.requests(clear=True)
+    result = run_cli("template", "build", "--yes", lab=lab)
+    assert result.exit_code == 2 and "needs Proxmox VE 8.4.0 or later" in result.stderr
+    assert writes(fake_pve) == []
+    # apply clones the version already there: nothing of it needs 8.4 (the agent needs VM.Monitor on PVE 8)
+    result = run_cli("apply", "--yes", lab=lab)
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.fake_pve(storages=IMPORTS, version="8.3.4")
+def test_the_build_plan_refuses_below_8_4_too(lab: Path, fake_pve: FakeProxmox) -> None:
+    from homelab.adapters.proxmox.connect import connect
+    from homelab.errors import OperationError
+    from homelab.lab import load_lab
+    from homelab.templates.build import plan_build
+
+    built = load_lab(lab)
+    with pytest.raises(OperationError, match=r"Proxmox VE 8.3.4 cannot download a cloud image .*needs 8.4.0"):
+        plan_build(connect(built), built, "debian-docker", fetch=lambda url: "")
+
+
+@pytest.mark.parametrize(
+    ("version", "field", "message"),
+    [
+        pytest.param(
+            "8.2.7",
+            "content",
+            "value 'import' does not have a value in the enumeration 'iso, vztmpl'",
+            marks=pytest.mark.fake_pve(storages=IMPORTS, version="8.2.7", token_id="root@pam!homelab"),
+        ),
+        pytest.param(
+            "8.3.4",
+            "filename",
+            "invalid filename or wrong extension",
+            marks=pytest.mark.fake_pve(storages=IMPORTS, version="8.3.4", token_id="root@pam!homelab"),
+        ),
+    ],
+)
+def test_the_fake_refuses_import_downloads_as_old_pve_does(
+    version: str, field: str, message: str, pve_api: object, fake_pve: FakeProxmox
+) -> None:
+    # root@pam: the refusal is the version's, not a privilege's
+    from proxmoxer.core import ResourceException
+
+    assert pve_api.version.get()["version"] == version  # type: ignore[attr-defined]
+    storage = pve_api.nodes("pve1").storage("local")  # type: ignore[attr-defined]
+    with pytest.raises(ResourceException) as refused:
+        storage("download-url").post(url=IMAGE["url"], content="import", filename="debian-12.qcow2")
+    assert refused.value.status_code == 400 and dict(refused.value.errors) == {field: message}
+
+
+@pytest.mark.fake_pve(storages=IMPORTS, version="8.4.1")
+def test_pve_8_4_builds_and_applies_with_the_pve_8_role(lab: Path, fake_pve: FakeProxmox) -> None:
+    result = run_cli("doctor", lab=lab)
+    assert (result.exit_code, result.stderr) == (0, "")
+    result = run_cli("up", "--yes", "--no-deploy", lab=lab)
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.fake_pve(storages=NO_IMPORT)
+def test_a_storage_without_import_gets_a_pvesm_line_that_keeps_its_content(lab: Path, fake_pve: FakeProxmox) -> None:
+    result = run_cli("doctor", lab=lab)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "no storage on node pve1 takes cloud images to import (content type import): "
+        "pvesm set local --content iso,vztmpl,backup,import"
+    ]
+
+
+@pytest.mark.fake_pve(
+    storages={**IMPORTS, "local-lvm": {"type": "lvmthin", "active": 1, "content": "rootdir", "vgname": "pve"}}
+)
+def test_a_storage_without_images_gets_a_pvesm_line_that_keeps_its_content(lab: Path, fake_pve: FakeProxmox) -> None:
+    result = run_cli("doctor", lab=lab)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "storage local-lvm does not take VM disks (content images): pvesm set local-lvm --content rootdir,images"
+    ]

@@ -73,12 +73,14 @@ class AccessMixin:
             return await super()._permissions(v, user)  # type: ignore[misc]
         from fakepve import shapes
 
-        paths = sorted({path for name in (who, who.split("!")[0]) for path, _ in self.acl.get(name, [])})
+        entries = [entry for name in (who, who.split("!")[0]) for entry in self.acl.get(name, [])]
+        paths = sorted({path for path, _ in entries})
+        known = sorted({*shapes.PRIVILEGES, *(p for _, privs in entries for p in privs)})  # PVE 8's VM.Monitor too
         held = {}
         for path in paths:
             if v.get("path") is not None and not (path == "/" or v["path"] == path or v["path"].startswith(path + "/")):
                 continue
-            privs = [p for p in shapes.PRIVILEGES if self.allowed(who, path, p)]
+            privs = [p for p in known if self.allowed(who, path, p)]
             if privs:
                 held[path] = dict.fromkeys(sorted(privs), 1)
         return held
