@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from homelab.adapters.proxmox.privileges import role_privileges
 from homelab.demo.launcher import FakeProxmox
 from tests.harness.cli import run_cli
 from tests.harness.labs import lab_data, write_lab
@@ -180,3 +181,40 @@ def test_a_storage_without_images_gets_a_pvesm_line_that_keeps_its_content(lab: 
     assert result.stderr.splitlines() == [
         "storage local-lvm does not take VM disks (content images): pvesm set local-lvm --content rootdir,images"
     ]
+
+
+NOTHING = tuple(role_privileges((9, 1, 1)))
+
+
+@pytest.mark.fake_pve(drop=NOTHING)
+def test_init_offers_the_token_lines_when_the_token_sees_nothing(
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_wizard import answers, run_init
+
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    result = run_init(tmp_path, answers(fake_pve), "--defaults")
+    assert result.exit_code == 2 and not (tmp_path / "lab.yml").exists()
+    lines = result.stderr.splitlines()
+    assert lines[0] == "init: the token sees no storage for VM disks"
+    assert "  pveum user add homelab@pve" in lines
+    assert "  pveum user token add homelab@pve homelab --privsep 1   # prints the secret once" in lines
+    assert any(
+        line.startswith('  pveum role add Homelab --privs "') and "VM.GuestAgent.Audit" in line for line in lines
+    )
+    assert (
+        "  pveum acl modify /sdn/zones/localnetwork/vmbr0 --roles Homelab --users homelab@pve --tokens "
+        "'homelab@pve!homelab'" in lines
+    )
+
+
+@pytest.mark.fake_pve(storages=IMPORTS, drop=("VM.Clone",))
+def test_init_writes_the_lab_then_names_what_is_missing(
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_wizard import answers, run_init
+
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    result = run_init(tmp_path, answers(fake_pve), "--defaults")
+    assert result.exit_code == 2 and (tmp_path / "lab.yml").exists(), result.stderr
+    assert result.stderr.splitlines()[0].startswith(f"token {TOKEN} lacks VM.Clone on /vms")

@@ -64,3 +64,31 @@ def preflight(
     if not report.ok:
         raise PreflightFailed(report.findings, command)
     return report
+
+
+class NoAccess(InputError):
+    """The token sees nothing to work with (PVE hides what it may not audit): how to make one that can."""
+
+    def __init__(self, reason: str, setup: list[str]):
+        self.setup = setup
+        super().__init__(reason)
+
+    def lines(self) -> list[str]:
+        return [
+            str(self),
+            "On the Proxmox host, as root, make a user, the least-privilege role and a token homelab can work with:",
+            *(f"  {line}" for line in self.setup),
+            "then set HOMELAB_PROXMOX_TOKEN to the token's secret and run `homelab init` again (README: Access).",
+        ]
+
+
+def no_access(api: PveApi, reason: str, places: dict[str, str], token_id: str | None) -> NoAccess:
+    """NoAccess with the setup lines for this Proxmox's version (PVE 8 and 9 differ)."""
+    from homelab.adapters.proxmox.privileges import TOKEN_ID, parse_version, setup_lines
+    from homelab.errors import ProxmoxError
+
+    try:
+        version = parse_version((api.get("/version") or {}).get("version")) or (9, 0, 0)
+    except ProxmoxError:
+        version = (9, 0, 0)
+    return NoAccess(reason, setup_lines(version, places, token_id or TOKEN_ID))
