@@ -218,3 +218,16 @@ def test_init_writes_the_lab_then_names_what_is_missing(
     result = run_init(tmp_path, answers(fake_pve), "--defaults")
     assert result.exit_code == 2 and (tmp_path / "lab.yml").exists(), result.stderr
     assert result.stderr.splitlines()[0].startswith(f"token {TOKEN} lacks VM.Clone on /vms")
+
+
+def test_the_readme_gives_the_role_of_the_table_for_pve_8_and_9() -> None:
+    import re
+
+    from homelab.adapters.proxmox.privileges import setup_lines
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    roles = re.findall(r'pveum role add Homelab --privs "([^"]+)"', readme)
+    assert [r.split(",") for r in roles] == [role_privileges((9, 0, 0)), role_privileges((8, 4, 0))]
+    places = {"node": "pve1", "storage": "local-lvm", "import_storage": "local", "bridge": "vmbr0"}
+    for line in setup_lines((9, 0, 0), places):
+        assert line.split("   #")[0] in readme
