@@ -101,7 +101,7 @@ class AccessMixin:
                 tag = re.search(r"tag=(\d+)", str(value))
                 if bridge:
                     path = f"/sdn/zones/localnetwork/{bridge.group(1)}" + (f"/{tag.group(1)}" if tag else "")
-                    self.require(user, path, "SDN.Use")  # type: ignore[attr-defined]
+                    self.require(user, path, "SDN.Use")
 
     async def _qm_create(self, v: dict[str, Any], user: str) -> Any:
         self._need_bridges(user, v)
@@ -143,7 +143,7 @@ class AccessMixin:
                 "Parameter verification failed.",
                 {"content": "value 'import' does not have a value in the enumeration 'iso, vztmpl'"},
             )
-        self.require(user, f"/storage/{storage}", "Datastore.AllocateTemplate")  # type: ignore[attr-defined]
+        self.require(user, f"/storage/{storage}", "Datastore.AllocateTemplate")
         if not (
             self.allowed(user, f"/nodes/{node}", "Sys.AccessNetwork")
             or (self.allowed(user, "/", "Sys.Audit") and self.allowed(user, "/", "Sys.Modify"))
@@ -156,7 +156,7 @@ class AccessMixin:
         return await super()._download_url(request)  # type: ignore[misc]
 
     def require(self, user: str, path: str, priv: str) -> None:
-        skip = getattr(self, "_checked_download", set())
+        skip: set[str] = getattr(self, "_checked_download", set())
         if path == "/" and priv in skip:  # fakepve's download-url asks these first, before any await
             skip.discard(priv)
             return
