@@ -42,8 +42,9 @@ def test_doctor_is_silent_with_the_least_privilege_role(lab: Path, fake_pve: Fak
 
 
 def dropping(privilege: str, path: str, **options: object) -> object:
-    """A case whose fake leaves ``privilege`` out of the token's role."""
-    marks = pytest.mark.fake_pve(storages=IMPORTS, drop=(privilege,), **options)
+    """A case whose fake leaves ``privilege`` out of the token's role and has no template yet (so `up` would
+    build one: everything is needed)."""
+    marks = pytest.mark.fake_pve(storages=IMPORTS, drop=(privilege,), guests=[], **options)
     return pytest.param(privilege, path, marks=marks, id=privilege)
 
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.guests import Guest, parse_guests
 from homelab.adapters.proxmox.marks import split_tags
 from homelab.adapters.proxmox.privileges import Version, parse_version
+from homelab.adapters.proxmox.versions import find_versions
 from homelab.errors import ProxmoxError
 from homelab.lab.models import Lab
 
@@ -44,15 +46,25 @@ class AccessFacts:
     configured: frozenset[str] = frozenset()  # every storage /storage lists (the token may audit)
     bridges: tuple[str, ...] = ()  # on the lab's node, those the token may audit or use
     failed: dict[str, str] = field(default_factory=dict)
+    guests: tuple[Guest, ...] | None = None  # read only when asked for
+
+    def unbuilt(self, lab: Lab) -> list[str]:
+        """The lab's templates with no version on Proxmox (or not the pinned one): what `up` would build."""
+        versions = {t.name: find_versions(self.guests or (), t.name) for t in lab.templates}
+        return [
+            t.name
+            for t in lab.templates
+            if not versions[t.name] or (t.version and t.version not in {v.version for v in versions[t.name]})
+        ]
 
     def storage(self, name: str) -> Storage | None:
         return next((s for s in self.storages if s.name == name), None)
 
 
-def gather(api: PveApi, lab: Lab) -> AccessFacts:
-    """Read everything doctor checks, the six GETs at once."""
+def gather(api: PveApi, lab: Lab, guests: bool = False) -> AccessFacts:
+    """Read everything doctor checks, the six GETs at once (and the cluster's guests with ``guests``)."""
     node = lab.proxmox.node
-    reads = {
+    reads: dict[str, tuple[str, dict[str, Any]]] = {
         "version": ("/version", {}),
         "permissions": ("/access/permissions", {}),
         "nodes": ("/nodes", {}),
@@ -60,6 +72,8 @@ def gather(api: PveApi, lab: Lab) -> AccessFacts:
         "node storage": (f"/nodes/{node}/storage", {}),
         "network": (f"/nodes/{node}/network", {"type": "any_bridge"}),
     }
+    if guests:
+        reads["guests"] = ("/cluster/resources", {"type": "vm"})
 
     def read(item: tuple[str, tuple[str, dict[str, Any]]]) -> tuple[str, Any, str | None]:
         name, (path, params) = item
@@ -95,4 +109,5 @@ def gather(api: PveApi, lab: Lab) -> AccessFacts:
             sorted(str(b["iface"]) for b in got.get("network") or [] if b.get("type") in ("bridge", "OVSBridge"))
         ),
         failed=failed,
+        guests=parse_guests(got.get("guests")) if "guests" in got else None,
     )

@@ -48,16 +48,19 @@ class PreflightFailed(InputError):
         ]
 
 
-def doctor(api: PveApi, lab: Lab, wanted: Iterable[str] = ALL, templates: Iterable[str] | None = None) -> Report:
-    """Check what a run needing ``wanted`` (vms, build) requires; ``templates``: the ones a build would build."""
+def doctor(api: PveApi, lab: Lab, wanted: Iterable[str] = ALL, templates: Iterable[str] | str | None = None) -> Report:
+    """Check what a run needing ``wanted`` (vms, build) requires; ``templates``: the ones a build would build
+    (None: all of the lab's; ``"unbuilt"``: those with no version on Proxmox yet, as `homelab up` builds)."""
     started = time.monotonic()
-    facts = gather(api, lab)
+    facts = gather(api, lab, guests=templates == "unbuilt")
+    if isinstance(templates, str):
+        templates = facts.unbuilt(lab)
     findings = check(lab, facts, purposes_of(lab, wanted, templates))
     return Report(tuple(findings), facts, time.monotonic() - started)
 
 
 def preflight(
-    api: PveApi, lab: Lab, command: str, wanted: Iterable[str] = ALL, templates: Iterable[str] | None = None
+    api: PveApi, lab: Lab, command: str, wanted: Iterable[str] = ALL, templates: Iterable[str] | str | None = None
 ) -> Report:
     """doctor, raising PreflightFailed when something blocks."""
     report = doctor(api, lab, wanted, templates)
