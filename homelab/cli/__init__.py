@@ -15,6 +15,7 @@ from homelab.cli.app import current_app
 # name -> (module, attribute, one-line help). Listing help does not import the modules.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init": ("homelab.cli.init", "init", "Write lab.yml with a guided wizard that reads your Proxmox."),
+    "doctor": ("homelab.cli.doctor", "doctor", "Check the token's privileges, storages, bridge and PVE version."),
     "validate": ("homelab.cli.labfile", "validate", "Check the lab file; one line per problem."),
     "schema": ("homelab.cli.labfile", "schema", "Print the lab file's JSON Schema (for editors)."),
     "demo": ("homelab.cli.demo", "demo", "Run homelab against the built-in fake Proxmox."),

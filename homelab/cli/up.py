@@ -23,4 +23,5 @@ def up(app: App, concurrency: int | None, no_deploy: bool) -> None:
     """
     from homelab.pipeline import up as run_up
 
+    app.preflight("vms", "build", templates="unbuilt")  # a download is checked only when a version is missing
     app.run_stage(run_up, concurrency, stage=echo_stage, deploy=not no_deploy)

@@ -53,6 +53,7 @@ def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None) -> N
     from homelab.pipeline import converge_vms
     from homelab.provision.plan import PlanOptions
 
+    app.preflight("vms")
     ensure_admin_key(app.lab)  # homelab's own login key goes onto the VMs with cloud-init
     app.run_stage(
         converge_vms, concurrency, options=PlanOptions(prune=prune, replace=not no_replace), again="homelab apply"

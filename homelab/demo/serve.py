@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from homelab.demo import fake_access
 from homelab.lab.types import drive_size, format_size
 
 
@@ -64,7 +65,7 @@ def fake_class() -> type:
     from homelab.demo.fake_cluster import ClusterMixin
     from homelab.demo.fake_disks import DiskReassign
 
-    class HomelabFakePve(ClusterMixin, DiskReassign, Backups, FakePve):
+    class HomelabFakePve(fake_access.AccessMixin, ClusterMixin, DiskReassign, Backups, FakePve):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 
@@ -130,6 +131,7 @@ class Server:
         self._seen: set[int] = set()
         for token, secret in config.get("tokens", {}).items():
             self.pve.apitokens[token] = secret
+        fake_access.configure(self.pve, config)  # version, ACLs
         for name, store in config.get("storages", {}).items():
             store.setdefault("files", set())
             store["files"] = set(store["files"])
@@ -271,6 +273,9 @@ class Server:
             ]
         if op == "storages":
             return pve.storages
+        if op == "grant":
+            pve.grant(msg["who"], msg["path"], *msg["privileges"])
+            return None
         if op == "backup_jobs":
             return pve.backup_jobs
         raise ValueError(f"unknown op {op!r}")
