@@ -43,6 +43,8 @@ DONE = {
     "replace": "replaced",
     "update": "updated",
     "grow-disk": "disk grown",
+    "add-data-disk": "data disk added",
+    "move-data-disk": "data disk moved",
     "start": "started",
     "remove": "removed",
 }
@@ -187,6 +189,7 @@ def converge_vms(
     is changed: see :func:`hand_over_vms`.
     """
     from homelab import ui
+    from homelab.provision.backupjob import apply_job, job_change
     from homelab.provision.service import carry_out, make_plan
 
     planned = make_plan(lab, options, api=api, facts=facts)
@@ -195,8 +198,11 @@ def converge_vms(
         return planned.plan, hand_over_vms(planned, echo, reporter, concurrency)
     if planned.plan.blocked:
         raise OperationError("the plan has blocked steps (see '!' lines); nothing was changed")
-    if planned.plan.changes:
-        confirm(f"Apply {len(planned.plan.changes)} change(s) to {lab.proxmox.url}?")
+    job = job_change(api, lab, planned.lab_vmids())
+    if job and job.difference:
+        echo(job.describe(lab) + (" (with the VM ids apply ends with)" if planned.plan.changes else ""))
+    if planned.plan.changes or (job and job.difference):
+        confirm(f"Apply {len(planned.plan.changes) + bool(job and job.difference)} change(s) to {lab.proxmox.url}?")
     else:
         echo("Nothing to change.")
     with showing(reporter):
@@ -204,6 +210,12 @@ def converge_vms(
     ui.render_apply(result)
     if not result.ok:
         raise OperationError(f"some VMs failed (see above); run `{again}` again to finish them")
+    if job:
+        names = {vm.name for vm in lab.vms}
+        job = job_change(api, lab, sorted(o.vmid for o in result.outcomes if o.vmid and o.ok and o.vm in names))
+        if job and job.difference:
+            apply_job(api, job, lab)
+            echo(job.describe(lab) + ": done")
     return planned.plan, result
 
 
@@ -237,7 +249,13 @@ def hand_over_vms(planned: Planned, echo: Echo, reporter: Reporter, concurrency:
 
 
 def destroy_vms(
-    api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, reporter: Reporter, concurrency: int | None = None
+    api: PveApi,
+    lab: Lab,
+    echo: Echo,
+    confirm: Confirm,
+    reporter: Reporter,
+    concurrency: int | None = None,
+    purge_data: bool = False,
 ) -> Plan:
     """Plan removing every VM marked as the lab's, show it, confirm, remove them; the plan."""
     from homelab import ui
@@ -246,12 +264,16 @@ def destroy_vms(
     if lab.engine == "terraform":
         raise terraform_owns_vms(lab, "remove them with `terraform destroy` in the export's folder")
 
-    planned = make_destroy_plan(lab, api)
+    planned = make_destroy_plan(lab, api, purge_data)
     ui.render_plan(planned.plan)
     if not planned.plan.changes:
         echo("Nothing to destroy.")
         return planned.plan
-    confirm(f"Destroy {len(planned.plan.changes)} VM(s) of lab {lab.name}? This deletes their disks.")
+    if purge_data:
+        question = "This deletes their boot disks AND THEIR DATA DISKS, with everything the stacks stored."
+    else:
+        question = "This deletes their boot disks; data disks are kept (--purge-data deletes them)."
+    confirm(f"Destroy {len(planned.plan.changes)} VM(s) of lab {lab.name}? {question}")
     with showing(reporter):
         result = carry_out(planned, StepsOnly(reporter), concurrency)
     ui.render_apply(result)

@@ -17,6 +17,8 @@ SYMBOLS = {
     "create": "+",
     "update": "~",
     "grow-disk": "~",
+    "add-data-disk": "~",
+    "move-data-disk": "~",
     "replace": "±",
     "start": ">",
     "remove": "-",

@@ -15,6 +15,7 @@ from homelab.cli.app import current_app
 # name -> (module, attribute, one-line help). Listing help does not import the modules.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init": ("homelab.cli.init", "init", "Write lab.yml with a guided wizard that reads your Proxmox."),
+    "doctor": ("homelab.cli.doctor", "doctor", "Check the token's privileges, storages, bridge and PVE version."),
     "validate": ("homelab.cli.labfile", "validate", "Check the lab file; one line per problem."),
     "schema": ("homelab.cli.labfile", "schema", "Print the lab file's JSON Schema (for editors)."),
     "demo": ("homelab.cli.demo", "demo", "Run homelab against the built-in fake Proxmox."),
@@ -22,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("homelab.cli.vms", "plan", "Show what apply would change (exit 3 when something would)."),
     "apply": ("homelab.cli.vms", "apply", "Make Proxmox match the lab file (plan first, then confirm)."),
     "destroy": ("homelab.cli.vms", "destroy", "Remove the VMs this lab manages."),
+    "backup": ("homelab.cli.backup", "backup", "Back up the lab's VMs now with Proxmox's vzdump."),
+    "snapshot": ("homelab.cli.snapshots", "snapshot", "Snapshot the lab's VMs (homelab prunes only its own)."),
+    "rollback": ("homelab.cli.snapshots", "rollback", "Return a VM to a snapshot."),
     "status": ("homelab.cli.vms", "status", "Show each VM: state, address, template version, drift."),
     "deploy": ("homelab.cli.deploy", "deploy", "Deploy Docker and the service stacks onto the VMs (Ansible)."),
     "stack": ("homelab.cli.deploy", "stack", "Service stacks: list, add NAME to a VM."),

@@ -57,6 +57,14 @@ class App:
 
         return connect(self.lab)
 
+    def preflight(self, *wanted: str, templates: list[str] | str | None = None) -> None:
+        """Run doctor for what this command needs (vms, build; ``templates``: which a build builds, "unbuilt":
+        those with no version yet) before it changes anything: silent when all is well, else PreflightFailed
+        (exit 2) with one line per problem."""
+        from homelab.preflight.service import preflight
+
+        preflight(self.api, self.lab, self.command, wanted, templates)
+
     def echo(self, line: str = "") -> None:
         """A line for people, on stdout."""
         click.echo(mask(line))

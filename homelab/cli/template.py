@@ -44,6 +44,7 @@ def build(app: App, names: tuple[str, ...], dry_run: bool, packer_path: str) -> 
     from homelab.pipeline import build_templates
 
     wanted = names or [t.name for t in app.lab.templates]
+    app.preflight("build", templates=list(wanted))
     build_templates(app.api, app.lab, wanted, app.echo, app.confirm, packer=packer_path, dry_run=dry_run)
 
 

@@ -27,4 +27,5 @@ def up(app: App, concurrency: int | None, no_deploy: bool, new_admin_key: bool) 
     """
     from homelab.pipeline import up as run_up
 
+    app.preflight("vms", "build", templates="unbuilt")  # a download is checked only when a version is missing
     app.run_stage(run_up, concurrency, stage=echo_stage, deploy=not no_deploy, new_admin_key=new_admin_key)

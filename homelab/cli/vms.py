@@ -24,6 +24,7 @@ new_admin_key_option = click.option(
 @pass_app
 def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
     """Show what apply would do. Exit 0 when nothing would change, 3 when something would."""
+    from homelab.provision.backupjob import job_change
     from homelab.provision.localstate import local_state_notes, lost_admin_key
     from homelab.provision.plan import PlanOptions
     from homelab.provision.service import make_plan
@@ -31,17 +32,24 @@ def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
     planned = make_plan(app.lab, PlanOptions(prune=prune, replace=not no_replace), api=app.api)
     notes = local_state_notes(app.lab, planned.facts)
     lost = lost_admin_key(app.lab, planned.facts)
+    job = job_change(app.api, app.lab, planned.lab_vmids())
+    pending_job = job is not None and job.difference is not None
     if as_json:
-        ui.echo_json(dict(planned.plan.as_dict(), local_state=notes))
+        data = dict(planned.plan.as_dict(), local_state=notes)
+        if job is not None:
+            data["backup_job"] = job.difference
+        ui.echo_json(data)
     else:
         ui.render_plan(planned.plan)
         for note in notes:
             click.secho(f"  ! {note}", fg="yellow")
+        if job is not None and job.difference:
+            app.echo(job.describe(app.lab))
         if app.lab.engine == "terraform" and planned.plan.changes:
             app.echo(
                 "engine: terraform: these are Terraform's to make (homelab export terraform DIR, then terraform apply)"
             )
-    if planned.plan.changes or planned.plan.blocked or lost:
+    if planned.plan.changes or planned.plan.blocked or lost or pending_job:
         sys.exit(EXIT_CHANGES)
 
 
@@ -60,6 +68,7 @@ def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None, new_
     from homelab.provision.localstate import check_admin_key
     from homelab.provision.plan import PlanOptions
 
+    app.preflight("vms")
     check_admin_key(app.api, app.lab, allow_new=new_admin_key)
     ensure_admin_key(app.lab)  # homelab's own login key goes onto the VMs with cloud-init
     app.run_stage(
@@ -69,13 +78,20 @@ def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None, new_
 
 @click.command()
 @yes_option
+@click.option(
+    "--purge-data",
+    is_flag=True,
+    help="Also delete the VMs' data disks (and those kept from earlier destroys). Without it they are kept.",
+)
 @pass_app
 @takes_lab_lock
-def destroy(app: App) -> None:
-    """Remove the VMs this lab manages (and only those: unmarked VMs are never touched)."""
+def destroy(app: App, purge_data: bool) -> None:
+    """Remove the VMs this lab manages (and only those: unmarked VMs are never touched).
+
+    Data disks are kept on the lab's keeper VM and given back when `homelab apply` recreates their VM."""
     from homelab.pipeline import destroy_vms
 
-    app.run_stage(destroy_vms, None)
+    app.run_stage(destroy_vms, None, purge_data=purge_data)
 
 
 @click.command()

@@ -24,7 +24,14 @@ def known_hosts_text(hosts: list[Host]) -> str:
 
 
 def host_vars(
-    host: Host, render: VmRender, key_file: Path, known_hosts: Path, *, lab: str, remove: Sequence[str] = ()
+    host: Host,
+    render: VmRender,
+    key_file: Path,
+    known_hosts: Path,
+    *,
+    lab: str,
+    remove: Sequence[str] = (),
+    data_disk: bool = False,
 ) -> dict[str, Any]:
     """One host's inventory entry: how to reach it, what its stacks folder gets and which stacks leave it."""
     return {
@@ -37,6 +44,7 @@ def host_vars(
         "homelab_lab": lab,
         "homelab_stacks": [stack.name for stack in render.stacks],
         "homelab_remove_stacks": list(remove),
+        "homelab_data_disk": data_disk,
         "homelab_stack_dirs": list(render.dirs),
         "homelab_stack_files": [
             # base64: Ansible templates inventory strings, and a compose file may hold {{ }} of its own

@@ -58,7 +58,7 @@ def build_export(lab: Lab, facts: ExportFacts) -> TerraformExport:
     notes += [
         f"VM {live.vmid} ({live.name}) is marked as lab {lab.name}'s but not in the lab file: not exported"
         for live in facts.managed
-        if ((live.meta or {}).get("vm") or live.name) not in marked
+        if ((live.meta or {}).get("vm") or live.name) not in marked and not live.is_keeper
     ]
     import_header = header + "\nImport blocks (Terraform 1.5+): the first `terraform apply` adopts these running VMs."
     files = {

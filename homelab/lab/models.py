@@ -62,6 +62,12 @@ class Proxmox(Strict):
     )
     verify_tls: bool = Field(True, description="verify the server certificate (leave on; use ca_bundle instead)")
     ca_bundle: str | None = Field(None, description="path of a PEM CA bundle that signed the Proxmox certificate")
+    pool: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+){0,2}$",
+        description="a resource pool (made beforehand, e.g. `pveum pool add homelab`) that every VM and template "
+        "homelab creates joins, so a token whose rights are on /pool/<name> is enough",
+    )
 
 
 class CloudImage(Strict):
@@ -151,7 +157,36 @@ class Settings(Strict):
 
     concurrency: int = Field(4, ge=1, le=64, description="VMs worked on at once")
     full_clone: bool = Field(False, description="full clones instead of linked clones, lab-wide")
+    data_disk: Size | None = Field(
+        None,
+        description="a data disk for every VM that runs stacks (unless the VM sets data_disk), e.g. 100G; it holds "
+        "the stacks' state and survives replacements",
+    )
+    snapshots_keep: int = Field(
+        3, ge=0, le=100, description="snapshots homelab took (`homelab snapshot`) kept per VM; older ones are pruned"
+    )
+    ciupgrade: bool = Field(
+        False,
+        description="let cloud-init upgrade every package on a new VM's first boot (PVE's own default is on); off: "
+        "templates are versioned and rebuilt instead, and no upgrade races the deploy's apt",
+    )
     timeouts: Timeouts = Field(default_factory=Timeouts)
+
+
+class Backup(Strict):
+    """Backups of the lab's VMs with Proxmox's vzdump: `homelab backup` now, or a PVE backup job on a schedule."""
+
+    storage: str | None = Field(
+        None, min_length=1, description="a storage with backup content; default: the first one the node has"
+    )
+    schedule: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9:,.*/ -]+$",
+        description="a PVE calendar event, e.g. 'sun 02:00' or 'daily'; homelab keeps a backup job for the lab's "
+        "VMs (needs Sys.Modify on /); unset: no job",
+    )
+    keep_last: int = Field(7, ge=1, le=1000, description="backups kept per VM (prune-backups keep-last)")
+    mode: Literal["snapshot", "suspend", "stop"] = Field("snapshot", description="vzdump mode")
 
 
 class Vm(Strict):
@@ -168,6 +203,12 @@ class Vm(Strict):
     tags: list[Tag] = Field(default_factory=list)
     stacks: list[DnsName] = Field(default_factory=list, description="service stacks this VM runs")
     full: bool | None = Field(None, description="full clone for this VM; default settings.full_clone")
+    data_disk: Size | None = Field(
+        None,
+        description="size of the VM's data disk (mounted at /home/homelab/data), e.g. 200G; it moves to the new VM "
+        "when the VM is replaced and is kept when the VM is destroyed; default settings.data_disk for VMs with stacks",
+    )
+    ciupgrade: bool | None = Field(None, description="package upgrade on first boot; default settings.ciupgrade")
 
 
 class Repo(Strict):
@@ -208,6 +249,13 @@ class Lab(Strict):
     vms: list[Vm] = Field(default_factory=list)
     repo: Repo | None = None
     stacks: dict[DnsName, StackSettings] = Field(default_factory=dict, description="settings per stack")
+    backup: Backup = Field(default_factory=Backup)
+
+    def data_disk_for(self, vm: Vm) -> int | None:
+        """The size of a VM's data disk, or None for a VM without one."""
+        if vm.data_disk is not None:
+            return vm.data_disk
+        return self.settings.data_disk if vm.stacks else None
 
     def template_for(self, vm: Vm) -> Template:
         """The template a VM is cloned from."""

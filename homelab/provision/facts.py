@@ -6,12 +6,15 @@ from dataclasses import dataclass
 
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.cluster import ClusterFacts, gather_cluster
+from homelab.adapters.proxmox.datadisks import kept_disks
 from homelab.adapters.proxmox.labvms import LiveVm, boot_disk, read_lab_vms
+from homelab.adapters.proxmox.placement import read_release, shared_templates
 from homelab.adapters.proxmox.versions import TemplateVersion, usable_version
 from homelab.lab.models import Lab
 from homelab.state.adminkey import read_admin_public
 
-__all__ = ["Facts", "LiveVm", "boot_disk", "gather"]  # LiveVm and boot_disk live in adapters.proxmox.labvms
+# LiveVm and boot_disk live in adapters.proxmox.labvms
+__all__ = ["Facts", "LiveVm", "boot_disk", "gather", "kept_data"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +29,11 @@ class Facts(ClusterFacts):
     templates: dict[str, tuple[TemplateVersion, ...]]
     # homelab's own login key (a local fact): cloud-init puts it on every VM beside access.ssh_keys.
     admin_key: str | None = None
+    # the PVE release (major, minor) from /version; None: unknown (version-gated settings are left out)
+    release: tuple[int, int] | None = None
+    # vmids of the template versions wholly on shared storage (read only for versions a VM on another node
+    # needs): those clone straight to another node; the others are cloned on their node, then migrated.
+    shared_templates: frozenset[int] = frozenset()
 
 
 def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None = None) -> Facts:
@@ -37,6 +45,12 @@ def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None
         for t in lab.templates
     }
     managed, namesakes = read_lab_vms(api, lab, cluster.guests, workers)
+    elsewhere = {
+        version
+        for vm in lab.vms
+        for version in templates[lab.template_for(vm).name]
+        if version.node != (vm.node or lab.proxmox.node)
+    }
     return Facts(
         guests=cluster.guests,
         used_vmids=cluster.used_vmids,
@@ -44,4 +58,16 @@ def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None
         unmanaged_namesakes=namesakes,
         templates=templates,
         admin_key=read_admin_public(lab),
+        release=read_release(api),
+        shared_templates=shared_templates(api, sorted(elsewhere, key=lambda v: v.vmid)),
     )
+
+
+def kept_data(facts: Facts) -> dict[str, tuple[int, str, str]]:
+    """Lab VM name -> (keeper vmid, unusedN key, node): the data disks the lab's keepers hold."""
+    kept: dict[str, tuple[int, str, str]] = {}
+    for live in facts.managed:
+        if live.is_keeper:
+            for key, name in kept_disks(live.config).items():
+                kept.setdefault(name, (live.vmid, key, live.node))
+    return kept

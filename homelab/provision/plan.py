@@ -2,226 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
-
+from homelab.adapters.proxmox.datadisks import DATA_KEY
 from homelab.adapters.proxmox.labvms import current_and_leftovers
 from homelab.adapters.proxmox.marks import parse_mark
+from homelab.adapters.proxmox.placement import has_ciupgrade
 from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, pick_version
 from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.lab.models import Lab, Vm
 from homelab.lab.types import format_size
-from homelab.provision.facts import Facts, LiveVm
+from homelab.provision.actions import (
+    Action,
+    AddDataDisk,
+    Blocked,
+    ConfigChange,
+    CreateVM,
+    GrowDisk,
+    MoveDataDisk,
+    Namesake,
+    Orphan,
+    Plan,
+    PlanOptions,
+    RemoveVM,
+    ReplaceVM,
+    StartVM,
+    Unchanged,
+    UpdateVM,
+)
+from homelab.provision.facts import Facts, LiveVm, kept_data
 
 # Changing these only takes effect at the next boot (cloud-init regenerates its drive then).
 NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain"}
-
-
-@dataclass(frozen=True)
-class ConfigChange:
-    """One config key that differs."""
-
-    key: str
-    old: str | None
-    new: str
-
-    def __str__(self) -> str:
-        shown = {"sshkeys": lambda v: f"{len(v.splitlines())} key(s)" if v else "none"}.get(self.key, lambda v: v)
-        old = shown(self.old) if self.old is not None else "unset"
-        return f"{self.key}: {old} -> {shown(self.new)}"
-
-
-@dataclass(frozen=True)
-class Action:
-    """Base of every planned step; ``vm`` is the lab VM name it belongs to."""
-
-    vm: str
-    kind: ClassVar[str] = "action"
-    changes_something: ClassVar[bool] = True
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["action"] = self.kind
-        return data
-
-
-@dataclass(frozen=True)
-class CreateVM(Action):
-    """Clone a new VM from the template version, configure it, grow its disk, start it, wait for its agent."""
-
-    node: str
-    template: TemplateVersion
-    full: bool
-    vmid: int | None
-    config: dict[str, str] = field(hash=False)
-    disk: int
-    kind: ClassVar[str] = "create"
-
-    def describe(self) -> str:
-        how = "full clone" if self.full else "linked clone"
-        where = f"vmid {self.vmid}" if self.vmid else "next free vmid"
-        return (
-            f"create {self.vm} on {self.node} ({how} of {self.template.name}, {where}, disk {format_size(self.disk)})"
-        )
-
-
-@dataclass(frozen=True)
-class UpdateVM(Action):
-    """Change config keys in place; reboot when a running VM needs it for them to take effect."""
-
-    vmid: int
-    node: str
-    changes: tuple[ConfigChange, ...]
-    reboot: bool
-    kind: ClassVar[str] = "update"
-
-    def describe(self) -> str:
-        tail = " (reboot)" if self.reboot else ""
-        return f"update {self.vm} ({self.vmid}): " + ", ".join(str(c) for c in self.changes) + tail
-
-
-@dataclass(frozen=True)
-class GrowDisk(Action):
-    """Grow the boot disk (disks never shrink in place)."""
-
-    vmid: int
-    node: str
-    disk_key: str
-    old: int
-    new: int
-    kind: ClassVar[str] = "grow-disk"
-
-    def describe(self) -> str:
-        return f"grow {self.vm} ({self.vmid}) {self.disk_key}: {format_size(self.old)} -> {format_size(self.new)}"
-
-
-@dataclass(frozen=True)
-class ReplaceVM(Action):
-    """Build a new VM beside the old one; remove the old one only once the new one is up."""
-
-    old_vmid: int
-    old_node: str
-    reason: str
-    create: CreateVM
-    static_ip: bool
-    kind: ClassVar[str] = "replace"
-
-    def describe(self) -> str:
-        return f"replace {self.vm} ({self.old_vmid}): {self.reason}; new VM from {self.create.template.name}"
-
-
-@dataclass(frozen=True)
-class StartVM(Action):
-    """Start a stopped VM and wait for its agent."""
-
-    vmid: int
-    node: str
-    kind: ClassVar[str] = "start"
-
-    def describe(self) -> str:
-        return f"start {self.vm} ({self.vmid})"
-
-
-@dataclass(frozen=True)
-class RemoveVM(Action):
-    """Stop and delete a VM this lab manages."""
-
-    vmid: int
-    node: str
-    reason: str
-    kind: ClassVar[str] = "remove"
-
-    def describe(self) -> str:
-        return f"remove {self.vm} ({self.vmid}): {self.reason}"
-
-
-@dataclass(frozen=True)
-class Unchanged(Action):
-    """Already as written."""
-
-    vmid: int
-    node: str
-    kind: ClassVar[str] = "unchanged"
-    changes_something: ClassVar[bool] = False
-
-    def describe(self) -> str:
-        return f"{self.vm} ({self.vmid}) is as written"
-
-
-@dataclass(frozen=True)
-class Orphan(Action):
-    """Marked as this lab's but not in the file; `apply --prune` removes it."""
-
-    vmid: int
-    node: str
-    kind: ClassVar[str] = "orphan"
-    changes_something: ClassVar[bool] = False
-
-    def describe(self) -> str:
-        return f"{self.vm} ({self.vmid}) is marked as this lab's but not in the file (apply --prune removes it)"
-
-
-@dataclass(frozen=True)
-class Namesake(Action):
-    """A VM with a lab VM's name that this lab does not manage: reported, never touched."""
-
-    vmid: int
-    kind: ClassVar[str] = "namesake"
-    changes_something: ClassVar[bool] = False
-
-    def describe(self) -> str:
-        return f"VM {self.vmid} is also named {self.vm} but is not marked as this lab's: left alone"
-
-
-@dataclass(frozen=True)
-class Blocked(Action):
-    """Something the plan cannot do; apply refuses to start while any is present."""
-
-    reason: str
-    kind: ClassVar[str] = "blocked"
-    changes_something: ClassVar[bool] = False
-
-    def describe(self) -> str:
-        return f"cannot apply {self.vm}: {self.reason}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The ordered actions; no-ops are explicit."""
-
-    actions: tuple[Action, ...]
-
-    @property
-    def changes(self) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if a.changes_something)
-
-    @property
-    def blocked(self) -> tuple[Blocked, ...]:
-        return tuple(a for a in self.actions if isinstance(a, Blocked))
-
-    def by_vm(self) -> dict[str, list[Action]]:
-        """Actions grouped per VM, in order: each group is one chain the executor runs."""
-        groups: dict[str, list[Action]] = {}
-        for action in self.actions:
-            groups.setdefault(action.vm, []).append(action)
-        return groups
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "changes": len(self.changes),
-            "actions": [dict(a.as_dict(), description=a.describe()) for a in self.actions],
-        }
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """What the user allowed."""
-
-    prune: bool = False
-    replace: bool = True
 
 
 def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[ConfigChange, ...]:
@@ -265,20 +75,25 @@ def plan(lab: Lab, facts: Facts, options: PlanOptions | None = None) -> Plan:
     actions: list[Action] = []
     by_name: dict[str, list[LiveVm]] = {}
     for live in facts.managed:
-        by_name.setdefault((live.meta or {}).get("vm") or live.name, []).append(live)
+        if not live.is_keeper:
+            by_name.setdefault((live.meta or {}).get("vm") or live.name, []).append(live)
+    kept = kept_data(facts)
     for vm in lab.vms:
-        actions += _plan_vm(lab, vm, facts, by_name.pop(vm.name, []), options)
+        actions += _plan_vm(lab, vm, facts, by_name.pop(vm.name, []), options, kept.get(vm.name))
         actions += [Namesake(vm.name, other.vmid) for other in facts.unmanaged_namesakes if other.name == vm.name]
     for name, leftovers in sorted(by_name.items()):
         for live in leftovers:
             if options.prune:
-                actions.append(RemoveVM(name, live.vmid, live.node, "not in the lab file (--prune)"))
+                park = live.data_disk.key if live.data_disk else None
+                actions.append(RemoveVM(name, live.vmid, live.node, "not in the lab file (--prune)", park_data=park))
             else:
                 actions.append(Orphan(name, live.vmid, live.node))
     return Plan(tuple(actions))
 
 
-def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanOptions) -> list[Action]:
+def _plan_vm(
+    lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanOptions, kept: tuple[int, str, str] | None
+) -> list[Action]:
     busy = next((live for live in lives if live.lock in WORK_IN_PROGRESS), None)
     if busy is not None:
         # Two runs from two machines are not serialised by the local lock: seeing the other's work, stop.
@@ -289,21 +104,56 @@ def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanO
     node = vm.node or lab.proxmox.node
     full = vm.full if vm.full is not None else lab.settings.full_clone
     desired = desired_config(lab, vm, version, admin_key=facts.admin_key)
+    data = lab.data_disk_for(vm)
     if vm.vmid is not None and vm.vmid in facts.used_vmids and all(live.vmid != vm.vmid for live in lives):
         return [Blocked(vm.name, f"vmid {vm.vmid} is taken by a VM this lab does not manage")]
-    create = CreateVM(vm.name, node, version, full, vm.vmid, desired, vm.disk)
+    holders = [live for live in lives if live.data_disk]
+    if len(holders) > 1:
+        ids = " and ".join(str(h.vmid) for h in holders)
+        return [Blocked(vm.name, f"VMs {ids} both hold a data disk for it; keep one (homelab deletes neither)")]
+    adopt = (kept[0], kept[1]) if kept and not holders else None
+    if adopt and kept and kept[2] != node:
+        return [Blocked(vm.name, f"its kept data disk is on node {kept[2]}, and a disk cannot move between nodes")]
+    # Local storage cannot be cloned to another node: clone on the template's node (full: a linked clone
+    # cannot leave its base), then migrate.
+    migrate = node != version.node and version.vmid not in facts.shared_templates
+    full = full or migrate
+    first_boot = dict(desired)
+    if has_ciupgrade(facts.release):
+        # Only at creation: cloud-init reads it on the first boot (changing it later would change the
+        # instance and regenerate the host keys at the next boot for nothing).
+        wanted = vm.ciupgrade if vm.ciupgrade is not None else lab.settings.ciupgrade
+        first_boot["ciupgrade"] = "1" if wanted else "0"
+    create = CreateVM(
+        vm.name, node, version, full, vm.vmid, first_boot, vm.disk, None if adopt else data, adopt, migrate
+    )
     if not lives:
         return [create]
     current, leftovers = current_and_leftovers(lives, version.version)
+    holder = holders[0] if holders else None
     actions: list[Action] = []
+    moves: list[Action] = []
     reason = _replace_reason(vm, current, version, node)
+    if holder is not None and holder is not current:
+        # an interrupted replacement left the disk on the old VM: it goes to the current one before anything
+        if holder.node != current.node:
+            return [Blocked(vm.name, f"its data disk is on VM {holder.vmid} on node {holder.node}, not {current.node}")]
+        assert holder.data_disk is not None
+        moves.append(MoveDataDisk(vm.name, holder.vmid, holder.data_disk.key, current.vmid, current.node))
+    elif adopt and not reason:
+        moves.append(MoveDataDisk(vm.name, adopt[0], adopt[1], current.vmid, current.node))
     if reason:
         if not options.replace:
             return [Blocked(vm.name, f"needs replacing ({reason}) but --no-replace was given")]
-        replace_create = CreateVM(vm.name, node, version, full, None, desired, vm.disk)
-        actions.append(
-            ReplaceVM(vm.name, current.vmid, current.node, reason, replace_create, static_ip=vm.ip != "dhcp")
-        )
+        moving = current.data_disk is not None or holder is not None
+        if moving and current.node != node:
+            return [Blocked(vm.name, f"needs replacing ({reason}), but its data disk cannot move to another node")]
+        fresh = None if moving or adopt else data
+        replace_create = CreateVM(vm.name, node, version, full, None, first_boot, vm.disk, fresh, adopt, migrate)
+        data_from = current.data_disk.key if current.data_disk else (DATA_KEY if holder is not None else None)
+        static = vm.ip != "dhcp"
+        snaps = data_from is not None and bool(current.config.get("parent"))
+        actions.append(ReplaceVM(vm.name, current.vmid, current.node, reason, replace_create, static, data_from, snaps))
     else:
         changes = _diff(current, desired)
         running = current.status == "running"
@@ -313,17 +163,23 @@ def _plan_vm(lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanO
         size = current.disk_size
         if current.disk_key and size is not None and vm.disk > size:
             actions.append(GrowDisk(vm.name, current.vmid, current.node, current.disk_key, size, vm.disk))
+        have = current.data_disk or (holder.data_disk if holder is not None else None)
+        if data and have is None and not adopt:
+            actions.append(AddDataDisk(vm.name, current.vmid, current.node, data))
+        elif data and have is not None and have.size is not None and data > have.size:
+            key = current.data_disk.key if current.data_disk else DATA_KEY
+            actions.append(GrowDisk(vm.name, current.vmid, current.node, key, have.size, data))
         if not running:
             actions.append(StartVM(vm.name, current.vmid, current.node))
-        if not actions:
+        if not actions and not moves:
             actions.append(Unchanged(vm.name, current.vmid, current.node))
     removals: list[Action] = [
         RemoveVM(vm.name, live.vmid, live.node, "left over from an interrupted replace") for live in leftovers
     ]
     if vm.ip != "dhcp" and any(isinstance(a, StartVM) for a in actions):
         # Two VMs must never run with one static address: the leftover goes before the new one starts.
-        return removals + actions
-    return actions + removals
+        return moves + removals + actions
+    return moves + actions + removals
 
 
 def _replace_reason(vm: Vm, live: LiveVm, version: TemplateVersion, node: str) -> str | None:
@@ -338,3 +194,26 @@ def _replace_reason(vm: Vm, live: LiveVm, version: TemplateVersion, node: str) -
     if size is not None and vm.disk < size:
         return f"disk {format_size(vm.disk)} is smaller than {format_size(size)} and disks cannot shrink"
     return None
+
+
+__all__ = [
+    "NEEDS_REBOOT",
+    "Action",
+    "AddDataDisk",
+    "Blocked",
+    "ConfigChange",
+    "CreateVM",
+    "GrowDisk",
+    "MoveDataDisk",
+    "Namesake",
+    "Orphan",
+    "Plan",
+    "PlanOptions",
+    "RemoveVM",
+    "ReplaceVM",
+    "StartVM",
+    "Unchanged",
+    "UpdateVM",
+    "plan",
+    "resolve_version",
+]

@@ -9,7 +9,7 @@ from homelab.adapters.proxmox.connect import connect
 from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter, apply_plan
-from homelab.provision.facts import Facts, gather
+from homelab.provision.facts import Facts, gather, kept_data
 from homelab.provision.nodes import check_nodes
 from homelab.provision.plan import (
     Action,
@@ -35,6 +35,13 @@ class Planned:
     api: PveApi
     facts: Facts
     plan: Plan
+
+    def lab_vmids(self) -> list[int]:
+        """The vmids of the lab's VMs as they are now (the ones the lab file names)."""
+        names = {vm.name for vm in self.lab.vms}
+        return sorted(
+            v.vmid for v in self.facts.managed if not v.is_keeper and ((v.meta or {}).get("vm") or v.name) in names
+        )
 
 
 def make_plan(
@@ -103,18 +110,28 @@ def _record_hosts(lab: Lab, plan: Plan, result: ApplyResult, known: dict[str, Ho
     save_hosts(lab, [known[n] for n in names if n in known])
 
 
-def plan_destroy(lab: Lab, facts: Facts) -> Plan:
-    """Remove every VM marked as this lab's; unmarked VMs, even with a matching name, are never touched."""
-    return Plan(
-        tuple(RemoveVM((vm.meta or {}).get("vm") or vm.name, vm.vmid, vm.node, "destroy") for vm in facts.managed)
-    )
+def plan_destroy(lab: Lab, facts: Facts, purge_data: bool = False) -> Plan:
+    """Remove every VM marked as this lab's; unmarked VMs, even with a matching name, are never touched.
+
+    Data disks are parked on the lab's keeper (which stays) unless ``purge_data``; then they go with their VMs,
+    and so does the keeper with the disks it kept."""
+    actions = []
+    for vm in facts.managed:
+        name = (vm.meta or {}).get("vm") or vm.name
+        if vm.is_keeper:
+            if purge_data:
+                actions.append(RemoveVM(name, vm.vmid, vm.node, "kept data disks", purge_data=True))
+            continue
+        park = vm.data_disk.key if vm.data_disk and not purge_data else None
+        actions.append(RemoveVM(name, vm.vmid, vm.node, "destroy", park_data=park, purge_data=purge_data))
+    return Plan(tuple(actions))
 
 
-def make_destroy_plan(lab: Lab, api: PveApi | None = None) -> Planned:
+def make_destroy_plan(lab: Lab, api: PveApi | None = None, purge_data: bool = False) -> Planned:
     """Facts, then the destroy plan."""
     api = api or connect(lab)
     facts = gather(api, lab)
-    return Planned(lab, api, facts, plan_destroy(lab, facts))
+    return Planned(lab, api, facts, plan_destroy(lab, facts, purge_data))
 
 
 @dataclass(frozen=True)
@@ -172,6 +189,11 @@ def status(lab: Lab, api: PveApi | None = None) -> list[VmStatus]:
                     action.describe(),
                 )
             )
+    in_file = {vm.name for vm in lab.vms}
+    for name, (keeper, key, node) in sorted(kept_data(planned.facts).items()):
+        where = "apply gives it back" if name in in_file else "not in the lab file"
+        note = f"data disk of a destroyed VM, kept on VM {keeper} ({key}); {where}; destroy --purge-data deletes it"
+        rows.append(VmStatus(name, keeper, node, "data kept", None, None, name in in_file, note))
     return rows
 
 

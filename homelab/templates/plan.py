@@ -14,6 +14,7 @@ from pathlib import Path
 from homelab.adapters.proxmox.cluster import ClusterFacts
 from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.marks import describe_template, join_tags, template_tags
+from homelab.adapters.proxmox.privileges import CLOUD_IMAGE_IMPORT, parse_version, show_version
 from homelab.adapters.proxmox.versions import TemplateVersion, find_versions, pick_version, version_name
 from homelab.errors import InputError, OperationError
 from homelab.lab.models import Lab, Template
@@ -43,6 +44,8 @@ class BuildFacts(ClusterFacts):
     import_files: frozenset[str] = frozenset()
     # packer builds: the Proxmox type of the disk storage (lvmthin, dir, zfspool, ...)
     storage_type: str | None = None
+    # what /version reported (cloud-image builds; None: not read)
+    pve_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,16 @@ def choose_import_storage(storages: tuple[str, ...] | list[str], node: str) -> s
     return PREFERRED_IMPORT_STORAGE if PREFERRED_IMPORT_STORAGE in storages else storages[0]
 
 
+def check_import_version(template: Template, reported: str | None) -> None:
+    """Refuse a cloud-image build below PVE 8.4, which cannot download a .qcow2 for import (OperationError)."""
+    version = parse_version(reported)
+    if version is not None and version < CLOUD_IMAGE_IMPORT:
+        raise OperationError(
+            f"template {template.name!r}: Proxmox VE {reported} cannot download a cloud image for import "
+            f"(needs {show_version(CLOUD_IMAGE_IMPORT)} or later): upgrade the node or use builder: packer"
+        )
+
+
 def _record(lab: Lab, template: Template, version: str, now: datetime, **extra: str) -> dict[str, str]:
     record = {
         "lab": lab.name,
@@ -225,6 +238,7 @@ def _identity(template: Template, facts: BuildFacts, now: datetime) -> tuple[str
 def plan_cloud_image(lab: Lab, template: Template, facts: BuildFacts, image: Image, now: datetime) -> BuildPlan:
     """Plan a cloud-image build: download (or reuse) the image, create a VM importing it, make it a template."""
     node = lab.proxmox.node
+    check_import_version(template, facts.pve_version)
     version, vmid, name = _identity(template, facts, now)
     storage = choose_import_storage(facts.import_storages, node)
     filename = image_filename(image)
@@ -251,6 +265,7 @@ def plan_cloud_image(lab: Lab, template: Template, facts: BuildFacts, image: Ima
         ("net0", f"virtio,bridge={lab.proxmox.bridge}"),
         ("tags", join_tags(template_tags(lab.name))),
         ("description", describe_template(record)),
+        *((("pool", lab.proxmox.pool),) if lab.proxmox.pool else ()),
     )
     actions: tuple[BuildAction, ...] = (
         fetch,

@@ -11,8 +11,22 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from homelab.errors import ConnectionLost, Interrupted, OperationTimeout, ProxmoxError, TaskFailed
+
+# Where pveproxy listens when the lab's URL names no port: the API client assumes it, and so must every tool
+# homelab hands the URL to (Packer would otherwise try 443).
+DEFAULT_PORT = 8006
+
+
+def with_port(address: str) -> str:
+    """``https://host[:port][/]`` as ``https://host:port``, the port being DEFAULT_PORT when none is given."""
+    url = urlsplit(address.rstrip("/"))
+    host = url.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{url.scheme}://{host}:{url.port or DEFAULT_PORT}"
 
 
 class Transport(Protocol):

@@ -13,6 +13,7 @@ import requests
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import AuthenticationError, ResourceException
 
+from homelab.adapters.proxmox.api import DEFAULT_PORT
 from homelab.errors import ConnectionLost, InputError, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.masking import mask
@@ -52,7 +53,7 @@ class ProxmoxerTransport:
         """A transport for one API address (https://host:port)."""
         url = urlparse(address)
         try:
-            port = url.port or 8006
+            port = url.port or DEFAULT_PORT
         except ValueError:
             raise InputError(f"{address}: the port must be 1 to 65535") from None
         if not url.hostname or url.scheme != "https":

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.datadisks import DataDisk, data_disk_of, is_keeper
 from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.marks import parse_mark, split_tags
 from homelab.lab.models import Lab
@@ -53,6 +54,16 @@ class LiveVm:
         """The boot disk's size in bytes."""
         key = self.disk_key
         return None if key is None else drive_size(str(self.config[key]))
+
+    @property
+    def data_disk(self) -> DataDisk | None:
+        """The VM's data disk, if it has one."""
+        return data_disk_of(self.config)
+
+    @property
+    def is_keeper(self) -> bool:
+        """Whether this is the lab's keeper of data disks (not a lab VM)."""
+        return is_keeper(self.meta)
 
     def setting(self, key: str) -> str | None:
         """A config value as text, with sshkeys URL-decoded."""

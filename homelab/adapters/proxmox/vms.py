@@ -6,10 +6,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.datadisks import data_disk_of, is_keeper, kept_disks
 from homelab.adapters.proxmox.marks import marks_as, parse_mark
 from homelab.errors import OperationError, ProxmoxError, TaskFailed
 
 Step = Callable[[str], None]
+
+
+class HoldsData(OperationError):
+    """The VM holds a data disk (or is the keeper of some) and the caller did not say to purge data."""
 
 
 class NotMarked(OperationError):
@@ -52,6 +57,7 @@ def delete_vm(
     missing_ok: bool = False,
     step: Step | None = None,
     mark: Mapping[str, str] | None = None,
+    purge_data: bool = False,
 ) -> bool:
     """Stop (if running) and delete a VM and its disks, only if it is provably the lab's.
 
@@ -60,6 +66,9 @@ def delete_vm(
     with ``name``, the VM must also be called that. ``unmarked``: a VM with no mark at all counts when it has
     ``name`` (a VM a builder is still making, before anything could describe it). Otherwise NotMarked is
     raised and nothing is touched. No VM at ``vmid``: False with ``missing_ok``, else PVE's error.
+
+    A VM that holds a data disk, or a keeper that holds kept ones, is only deleted with ``purge_data``;
+    otherwise HoldsData is raised and nothing is touched: user data never goes as a side effect.
     """
     step = step or (lambda _message: None)
     fields = dict(mark or {})
@@ -77,6 +86,12 @@ def delete_vm(
         raise NotMarked(
             f"refusing to remove VM {vmid}: its description does not mark it as lab {lab_name}'s{wanted}", vmid
         )
+    if not purge_data:
+        disk = data_disk_of(config)
+        if disk is not None:
+            raise HoldsData(f"refusing to remove VM {vmid}: it holds the data disk {disk.volume} ({disk.key})")
+        if is_keeper(record) and kept_disks(config):
+            raise HoldsData(f"refusing to remove VM {vmid}: it keeps data disks of destroyed VMs")
     if api.get(f"/nodes/{node}/qemu/{vmid}/status/current").get("status") == "running":
         step(f"stopping {vmid}")
         stop_vm(api, node, vmid, timeout)
