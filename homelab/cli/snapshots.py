@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from homelab.cli.app import App, pass_app, yes_option
-from homelab.cli.locking import takes_lab_lock
 from homelab.cli.complete import complete_vm
+from homelab.cli.locking import takes_lab_lock
 from homelab.errors import InputError
 
 
