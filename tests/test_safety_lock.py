@@ -18,7 +18,7 @@ from homelab.demo.launcher import FakeProxmox
 from homelab.state.lock import LabBusy, lab_lock, lock_file, read_holder
 from tests.harness.cli import run_cli
 from tests.harness.labs import lab_data, write_lab
-from tests.harness.runs import homelab_env, start_at_barrier, wait_all
+from tests.harness.runs import homelab_env, start_at_barrier, wait_all, wait_ready
 
 
 def test_a_second_holder_is_refused_with_who_holds_it() -> None:
@@ -94,7 +94,9 @@ def test_keys_rotate_takes_the_lock_too(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "lab test is busy" in result.stderr
 
 
-@pytest.mark.fake_pve(time_scale=0.002, agent_delay=2, latency=0.01)
+# An apply takes a few seconds (the agent answers 60 PVE s after start, 3 s here), so the two runs overlap even
+# on a loaded machine.
+@pytest.mark.fake_pve(time_scale=0.05, agent_delay=60, latency=0.01)
 def test_two_applies_started_together_make_no_duplicates(tmp_path: Path, fake_pve: FakeProxmox) -> None:
     """Several trials: two `homelab apply --yes` released by one barrier; one runs, the other waits (or, with
     --no-wait, refuses with exit 2); every VM exists once."""
@@ -107,7 +109,7 @@ def test_two_applies_started_together_make_no_duplicates(tmp_path: Path, fake_pv
         args = ["--lab", str(lab), "apply", "--yes", *(["--no-wait"] if mode == "no-wait" else [])]
         logs = [tmp_path / f"run{trial}-{n}.log" for n in (1, 2)]
         runs = [start_at_barrier(barrier, env, *args, log=log) for log in logs]
-        time.sleep(1.5)  # both have imported homelab and spin on the barrier
+        wait_ready(barrier, 2)  # both have imported homelab and spin on the barrier
         barrier.touch()
         codes = wait_all(runs)
         outputs = [log.read_text() for log in logs]

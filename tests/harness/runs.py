@@ -16,6 +16,7 @@ BARRIER_MAIN = (
     "barrier = sys.argv[1]\n"
     "from homelab.cli import main\n"  # import first: the start is then as close as it gets
     "import homelab.cli.vms, homelab.pipeline, homelab.provision.service, homelab.adapters.proxmox.client\n"
+    "open(f'{barrier}.ready.{os.getpid()}', 'w').close()\n"
     "while not os.path.exists(barrier):\n"
     "    time.sleep(0.001)\n"
     "sys.argv = ['homelab', *sys.argv[2:]]\n"
@@ -42,6 +43,15 @@ def start_at_barrier(barrier: Path, env: dict[str, str], *args: str, log: Path) 
         return subprocess.Popen(
             [sys.executable, "-c", BARRIER_MAIN, str(barrier), *args], env=env, stdout=out, stderr=subprocess.STDOUT
         )
+
+
+def wait_ready(barrier: Path, count: int, timeout: float = 120) -> None:
+    """Wait until ``count`` processes started with :func:`start_at_barrier` have imported homelab and spin."""
+    deadline = time.monotonic() + timeout
+    while len(list(barrier.parent.glob(barrier.name + ".ready.*"))) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {count} runs reached the barrier {barrier} within {timeout}s")
+        time.sleep(0.05)
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
