@@ -62,7 +62,9 @@ class App:
         those with no version yet) before it changes anything: silent when all is well, else PreflightFailed
         (exit 2) with one line per problem."""
         from homelab.preflight.service import preflight
+        from homelab.provision.nodes import check_nodes
 
+        check_nodes(self.api, self.lab)  # a missing or offline node is named with its lab file key and line
         preflight(self.api, self.lab, self.command, wanted, templates)
 
     def echo(self, line: str = "") -> None:
