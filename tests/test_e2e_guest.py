@@ -330,12 +330,6 @@ def test_fake_agent_endpoints_are_answered_by_the_guest(up_env: UpRun, real_pve:
         vm.agent("file-read").get(file="/nonexistent")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="homelab defect found by this test: after the reboot that applies a cloud-init change, "
-    "provision/executor.py _learn_host waits only 5 s (quick=True) for the agent; a real guest's agent needs "
-    "minutes, so the old host key stays pinned",
-)
 def test_a_cloud_init_change_re_pins_the_new_host_key(
     up_env: UpRun, real_pve: FakeProxmox, tmp_path: Path, timings: dict[str, float]
 ) -> None:

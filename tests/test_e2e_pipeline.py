@@ -1,8 +1,9 @@
 """The stages together: apply on the fake Proxmox learns each VM's address and host key through the guest
 agent; the deploy key then lands on the VM over SSH pinned to exactly that key, and the repo is checked out.
 
-The "VM" is an SSH test host: the fake's agent reports the test host's address and host key for the lab IP,
-and the test plays cloud-init by authorising homelab's admin key for the homelab user.
+The "VM" is an SSH test host: the lab's static IP is the test host's address (a static IP never comes from the
+agent), the fake's agent shows the test host's host key, and the test plays cloud-init by authorising
+homelab's admin key for the homelab user.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def test_apply_then_deploy_key_over_pinned_ssh(
     git_server.connect(vm)
     vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
     vm.exec(["usermod", "-p", "*", "homelab"])  # as cloud-init leaves it: no password, yet not locked for SSH
-    fake_pve.call("set", address_map={"10.10.0.10": vm.address}, host_keys={vm.address: vm.host_key_pub})
-    data = lab_data(fake_pve, [{"name": "web", "ip": "10.10.0.10"}], repo={"url": git_server.url, "branch": "main"})
+    fake_pve.call("set", host_keys={vm.address: vm.host_key_pub})
+    data = lab_data(fake_pve, [{"name": "web", "ip": vm.address}], repo={"url": git_server.url, "branch": "main"})
+    data["network"] = {"subnet": "10.77.0.0/16", "gateway": "10.77.0.1", "dns": ["10.77.0.1"]}  # the test hosts'
     lab = write_lab(tmp_path / "lab.yml", data)
 
     result = run_cli("apply", "--yes", lab=lab)

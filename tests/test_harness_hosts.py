@@ -154,3 +154,16 @@ def test_context_manager_tears_down_on_error(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert made and made[0].netns not in _netns_names()
     assert not _pid_alive(made[0].pid)  # type: ignore[arg-type]
+
+
+def test_regenerated_host_key_is_presented_and_the_old_one_refused(ssh_host: SshHost, tmp_path: Path) -> None:
+    old_known = tmp_path / "old_known_hosts"
+    old_known.write_text(ssh_host.known_hosts_line + "\n")
+    old = ssh_host.host_key_pub
+    new = ssh_host.regenerate_host_key()
+    assert new != old and ssh_host.host_key_pub == new
+    assert ssh_host.run("echo ok").stdout.strip() == "ok"  # pinned to the new key
+    refused = subprocess.run(
+        ssh_host.ssh_argv("true", known_hosts_file=old_known), capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode == 255 and "Host key verification failed" in refused.stderr

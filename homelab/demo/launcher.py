@@ -113,6 +113,7 @@ class FakeSettings:
     storages: dict[str, Any] | None = None
     time_scale: float = 0.0  # real seconds per PVE second (0: instant)
     agent_delay: float = 5.0
+    cloud_init_secs: float = 3.0  # PVE seconds from the agent's start until cloud-init has finished
     start_secs: float = 0.0
     latency: float = 0.0
     address_map: dict[str, str] | None = None
@@ -186,6 +187,7 @@ def _write_config(workdir: Path, host: str, options: FakeSettings) -> dict[str, 
         "storages": options.storages or {},
         "time_scale": options.time_scale,
         "agent_delay": options.agent_delay,
+        "cloud_init_secs": options.cloud_init_secs,
         "start_secs": options.start_secs,
         "latency": options.latency,
         "address_map": options.address_map or {},

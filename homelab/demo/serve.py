@@ -4,7 +4,8 @@ Runs fakepve (the ``demo`` extra; AGPL, used only as a separate process) with:
 - the guests, storages and nodes named in the JSON config,
 - API tokens registered in-process (fakepve only knows tokens set that way),
 - a guest agent that comes up a little after a VM starts and reports the address from its
-  cloud-init ipconfig0 (or a DHCP-style address), so clients see realistic addresses,
+  cloud-init ipconfig0 (or a DHCP-style address), so clients see realistic addresses, and a guest whose
+  cloud-init finishes later still and regenerates the host key for a new instance (:mod:`fake_guest`),
 - a control socket (JSON lines over a Unix socket) for fault injection and inspection.
 
 It prints one line ``READY <url>`` when it accepts connections.
@@ -20,9 +21,11 @@ import re
 import signal
 import sys
 import time
+from functools import partial
 from typing import Any
 
 from homelab.demo import fake_access
+from homelab.demo.fake_guest import GuestFiles, GuestSim
 from homelab.lab.types import drive_size, format_size
 
 
@@ -65,7 +68,7 @@ def fake_class() -> type:
     from homelab.demo.fake_cluster import ClusterMixin
     from homelab.demo.fake_disks import DiskReassign
 
-    class HomelabFakePve(fake_access.AccessMixin, ClusterMixin, DiskReassign, Backups, FakePve):
+    class HomelabFakePve(GuestFiles, fake_access.AccessMixin, ClusterMixin, DiskReassign, Backups, FakePve):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 
@@ -94,15 +97,6 @@ def fake_class() -> type:
     return HomelabFakePve
 
 
-def _fake_host_key(vmid: int) -> str:
-    """A well-formed ed25519 public key line, stable per vmid, for VMs that map to no real host."""
-    import base64
-    import hashlib
-
-    blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + hashlib.sha256(b"vm%d" % vmid).digest()
-    return "ssh-ed25519 " + base64.b64encode(blob).decode()
-
-
 class Server:
     """A FakePve plus the agent simulation and the control socket."""
 
@@ -119,6 +113,8 @@ class Server:
             self.pve.slow_network(float(config["latency"]))
         # PVE seconds between a VM's start and its agent answering.
         self.agent_delay = float(config.get("agent_delay", 5))
+        # PVE seconds from the agent's start until cloud-init has finished (host key, boot-finished).
+        self.cloud_init_secs = float(config.get("cloud_init_secs", 3))
         self.dhcp_net = ipaddress.IPv4Network(config.get("dhcp_subnet", "10.99.0.0/24"))
         # Address as configured -> address the agent reports (tests map lab IPs onto test hosts).
         self.addr_map: dict[str, str] = dict(config.get("address_map", {}))
@@ -128,6 +124,8 @@ class Server:
         self.host_keys: dict[str, str] = dict(config.get("host_keys", {}))
         # PVE seconds a new (cloned) VM takes to start, like a real boot.
         self.start_secs = float(config.get("start_secs", 0))
+        self.pve.cloudinit_host_dns = config.get("host_dns")
+        self.guest = GuestSim(self.host_keys, config.get("host_dns"))
         self._seen: set[int] = set()
         for token, secret in config.get("tokens", {}).items():
             self.pve.apitokens[token] = secret
@@ -188,14 +186,8 @@ class Server:
                 if vm.template or vm.vmid in self.no_agent:
                     continue
                 if vm.status == "running" and _agent_enabled(vm.config):
-                    if vm.agent is None and now - (vm.started_at or now) >= delay:
-                        interfaces = _interfaces(vm, self.dhcp_net, self.addr_map)
-                        address = interfaces[1]["ip-addresses"][0]["ip-address"]
-                        key = self.host_keys.get(address) or _fake_host_key(vm.vmid)
-                        vm.agent = {
-                            "interfaces": interfaces,
-                            "files": {"/etc/ssh/ssh_host_ed25519_key.pub": key + " root@" + vm.name + "\n"},
-                        }
+                    finish = self.cloud_init_secs * self.pve.time_scale
+                    self.guest.tick(vm, now, delay, finish, partial(_interfaces, vm, self.dhcp_net, self.addr_map))
                 elif vm.status != "running" and vm.agent is not None:
                     vm.agent = None
             await asyncio.sleep(0.02)
@@ -232,7 +224,7 @@ class Server:
             return None
         if op == "set":
             for key, value in msg.items():
-                if key in ("agent_delay",):
+                if key in ("agent_delay", "cloud_init_secs"):
                     setattr(self, key, value)
                 elif key == "address_map":
                     self.addr_map.update(value)
@@ -248,6 +240,8 @@ class Server:
             for key, value in msg.items():
                 setattr(vm, key, value)
             return None
+        if op == "guest":
+            return self.guest.describe(pve.vm(msg["vmid"]))
         if op == "add_vm":
             self.add_guest(msg)
             return None

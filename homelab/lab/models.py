@@ -146,7 +146,7 @@ class Timeouts(Strict):
     task: int = Field(600, ge=1, description="any Proxmox task (seconds)")
     clone: int = Field(1800, ge=1, description="a clone; full clones on slow disks take minutes (seconds)")
     start: int = Field(300, ge=1, description="a VM start (seconds)")
-    agent: int = Field(600, ge=1, description="the guest agent reporting an address after start (seconds)")
+    agent: int = Field(600, ge=1, description="the agent answering and cloud-init finishing after a start (seconds)")
     connection: int = Field(
         45, ge=1, description="a lost connection to the Proxmox API is retried this long, then reported (seconds)"
     )

@@ -92,6 +92,8 @@ class Executor:
 
     def _learn_host(self, vm: str, actions: list[Action], outcome: VmOutcome) -> None:
         """The VM's address and SSH host key, for the later stages (which pin that key)."""
+        if outcome.learned:
+            return
         booted = any(isinstance(a, (CreateVM, ReplaceVM, StartVM)) or getattr(a, "reboot", False) for a in actions)
         assert outcome.vmid is not None
         outcome.address, outcome.host_key = self.agent.learn(
@@ -119,9 +121,9 @@ class Executor:
         if isinstance(action, CreateVM):
             with self._slot():
                 outcome.vmid, outcome.node = self._create(action, start=True)
-            outcome.address = self.agent.wait_address(action.vm, action.node, outcome.vmid)
         elif isinstance(action, ReplaceVM):
-            outcome.vmid, outcome.node, outcome.address = self._replace(action)
+            outcome.vmid, outcome.node, outcome.address, outcome.host_key = self._replace(action)
+            outcome.learned = True
         elif isinstance(action, UpdateVM):
             outcome.vmid, outcome.node = action.vmid, action.node
             with self._slot():
@@ -135,7 +137,6 @@ class Executor:
             outcome.vmid, outcome.node = action.vmid, action.node
             with self._slot():
                 self._start(action.vm, action.node, action.vmid)
-            outcome.address = self.agent.wait_address(action.vm, action.node, action.vmid)
         elif isinstance(action, RemoveVM):
             with self._slot():
                 if action.park_data:
@@ -283,8 +284,9 @@ class Executor:
         step = lambda m: self.report.step(vm, m)  # noqa: E731
         delete_vm(self.api, node, vmid, self.lab.name, timeout=self.timeouts.task, step=step, purge_data=purge_data)
 
-    def _replace(self, action: ReplaceVM) -> tuple[int, str, str | None]:
-        """Blue/green: the new VM is built beside the old; the old is removed only once the new is up.
+    def _replace(self, action: ReplaceVM) -> tuple[int, str, str | None, str | None]:
+        """Blue/green: the new VM is built beside the old; the old is removed only once the new is up (cloud-init
+        finished, address and host key read): returns its vmid, node, address and host key.
 
         With a static IP or a data disk both cannot run at once: the new VM is fully built but stopped, the old
         one stopped (and its data disk moved over), the new one started; if it does not come up, it is stopped,
@@ -304,7 +306,7 @@ class Executor:
             try:
                 with self._slot():
                     self._start(action.vm, node, vmid)
-                address = self.agent.wait_address(action.vm, node, vmid)
+                address, key = self.agent.learn(action.vm, node, vmid, True, None, None)
             except HomelabError:
                 self.report.step(action.vm, f"new VM {vmid} did not come up; going back to {action.old_vmid}")
                 self._stop(action.vm, node, vmid)
@@ -313,10 +315,10 @@ class Executor:
                 self._start(*old)
                 raise
         else:
-            address = self.agent.wait_address(action.vm, node, vmid)
+            address, key = self.agent.learn(action.vm, node, vmid, True, None, None)
         with self._slot():
             self._remove(*old)
-        return vmid, node, address
+        return vmid, node, address, key
 
 
 def apply_plan(

@@ -38,6 +38,7 @@ class VmOutcome:
     node: str | None = None
     address: str | None = None
     host_key: str | None = None
+    learned: bool = False  # address and host key are read already (a replace checks the new VM that way)
     error: str | None = None
     done: list[str] = field(default_factory=list)
 

@@ -296,6 +296,29 @@ class SshHost:
             raise HostCommandError(proc.returncode, full, proc.stdout, proc.stderr)
         return proc
 
+    def regenerate_host_key(self, timeout: float = 10.0) -> str:
+        """Give the host a new ed25519 host key, as cloud-init does for a new instance, and make sshd present it
+        (SIGHUP: sshd re-executes itself and reads its keys again). Returns the new ``"<type> <base64>"``;
+        ``host_key_pub``, ``known_hosts_line`` and ``known_hosts_file`` follow it."""
+        if self.pid is None or self._stopped:
+            raise RuntimeError(f"{self!r} is not running")
+        for path in (self.host_key, self.host_key.with_name(self.host_key.name + ".pub")):
+            path.unlink(missing_ok=True)
+        pub = _keygen(self.host_key, f"homelab-test-host-{self.name}")
+        os.kill(self.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while True:
+            scan = _run(["ssh-keyscan", "-t", "ed25519", "-T", "2", self.address], check=False, timeout=10)
+            if pub.split()[1] in scan.stdout:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd of {self.name} did not present its new host key:\n{self.log()}")
+            time.sleep(0.05)
+        self.host_key_pub = pub
+        self.known_hosts_line = f"{self.address} {pub}"
+        self.known_hosts_file.write_text(self.known_hosts_line + "\n")
+        return pub
+
     def log(self) -> str:
         """sshd's log so far (empty if unreadable)."""
         try:
