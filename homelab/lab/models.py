@@ -123,6 +123,11 @@ class Network(Strict):
         pattern=r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
         description="search domain, e.g. home.arpa",
     )
+    build_ip: IPv4 | None = Field(
+        None,
+        description="a free address in subnet that a template build VM gets while homelab bakes the cloud image "
+        "(installs qemu-guest-agent over SSH); required for builder: cloud-image",
+    )
 
 
 class Access(Strict):
