@@ -151,7 +151,7 @@ def _check_build_ip(parts: LabParts) -> list[Found]:
                 "(e.g. build_ip: " + _free_looking(network) + ")",
             )
         ]
-    found = [(("network", "build_ip"), p) for p in _address_problems(network.build_ip, network)]
+    found: list[Found] = [(("network", "build_ip"), p) for p in _address_problems(network.build_ip, network)]
     for i, vm in parts.vms:
         if vm.ip == network.build_ip:
             found.append((("network", "build_ip"), f"{vm.ip} is also vms[{i}].ip; the build VM needs its own"))
