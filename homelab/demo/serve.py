@@ -3,8 +3,8 @@
 Runs fakepve (the ``demo`` extra; AGPL, used only as a separate process) with:
 - the guests, storages and nodes named in the JSON config,
 - API tokens registered in-process (fakepve only knows tokens set that way),
-- a guest agent that comes up a little after a VM starts and reports the address from its
-  cloud-init ipconfig0 (or a DHCP-style address), so clients see realistic addresses,
+- a guest agent, only in VMs whose image has one (fake_agent.py: stock cloud images do not), that comes up a
+  little after a VM starts and reports the address from its cloud-init ipconfig0 (or a DHCP-style address),
 - a control socket (JSON lines over a Unix socket) for fault injection and inspection.
 
 It prints one line ``READY <url>`` when it accepts connections.
@@ -60,10 +60,11 @@ def fake_class() -> type:
     """FakePve plus disk resize: fakepve 0.5.0 answers it from the schema without storing the new size."""
     from fakepve import FakePve, PveError
 
+    from homelab.demo.fake_agent import GuestAgentImages
     from homelab.demo.fake_backup import Backups
     from homelab.demo.fake_disks import DiskReassign
 
-    class HomelabFakePve(DiskReassign, Backups, FakePve):
+    class HomelabFakePve(GuestAgentImages, DiskReassign, Backups, FakePve):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 
@@ -121,6 +122,7 @@ class Server:
         # Address as configured -> address the agent reports (tests map lab IPs onto test hosts).
         self.addr_map: dict[str, str] = dict(config.get("address_map", {}))
         self.no_agent: set[int] = set()
+        self.pve.setup_guest_agents(config, self.addr_map)  # stock images have no agent (fake_agent.py)
         # Reported address -> "ssh-ed25519 AAAA...": the host key the agent shows for that VM (tests map
         # VMs onto real SSH test hosts and their keys).
         self.host_keys: dict[str, str] = dict(config.get("host_keys", {}))
@@ -181,7 +183,7 @@ class Server:
                         vm.start_secs = self.start_secs
                 if vm.template or vm.vmid in self.no_agent:
                     continue
-                if vm.status == "running" and _agent_enabled(vm.config):
+                if vm.status == "running" and _agent_enabled(vm.config) and self.pve.has_guest_agent(vm):
                     if vm.agent is None and now - (vm.started_at or now) >= delay:
                         interfaces = _interfaces(vm, self.dhcp_net, self.addr_map)
                         address = interfaces[1]["ip-addresses"][0]["ip-address"]
@@ -242,6 +244,8 @@ class Server:
             for key, value in msg.items():
                 setattr(vm, key, value)
             return None
+        if op in ("agent_disks", "build_hosts", "demo_bake"):
+            return self.pve.guest_agent_op(op, msg)
         if op == "add_vm":
             self.add_guest(msg)
             return None
