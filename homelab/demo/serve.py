@@ -144,7 +144,9 @@ class Server:
                     setattr(vm, key, guest[key])
 
     def add_guest(self, guest: dict[str, Any]) -> Any:
-        """A VM in the fake, from a test's or the demo's description of it."""
+        """A VM in the fake, from a test's or the demo's description of it (``guest_agent``: its disk has one)."""
+        if guest.get("guest_agent"):
+            self.pve.agent_disks.add(int(guest["vmid"]))
         return self.pve.add_vm(
             guest["vmid"],
             guest["name"],

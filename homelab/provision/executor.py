@@ -186,7 +186,7 @@ class Executor:
         if isinstance(action, CreateVM):
             with self._slot():
                 outcome.vmid, outcome.node = self._create(action, start=True)
-            outcome.address = self.agent.wait_address(action.vm, action.node, outcome.vmid)
+            outcome.address = self.agent.wait_address(action.vm, action.node, outcome.vmid, template=action.template)
         elif isinstance(action, ReplaceVM):
             outcome.vmid, outcome.node, outcome.address = self._replace(action)
         elif isinstance(action, UpdateVM):
@@ -355,7 +355,7 @@ class Executor:
             try:
                 with self._slot():
                     self._start(action.vm, node, vmid)
-                address = self.agent.wait_address(action.vm, node, vmid)
+                address = self.agent.wait_address(action.vm, node, vmid, template=create.template)
             except HomelabError:
                 self.report.step(action.vm, f"new VM {vmid} did not come up; going back to {action.old_vmid}")
                 self._stop(action.vm, node, vmid)
@@ -364,7 +364,7 @@ class Executor:
                 self._start(*old)
                 raise
         else:
-            address = self.agent.wait_address(action.vm, node, vmid)
+            address = self.agent.wait_address(action.vm, node, vmid, template=create.template)
         with self._slot():
             self._remove(*old)
         return vmid, node, address

@@ -14,11 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.errors import Interrupted, OperationTimeout, ProxmoxError
+from homelab.adapters.proxmox.marks import AGENT_TAG
+from homelab.adapters.proxmox.versions import TemplateVersion
+from homelab.errors import Interrupted, OperationError, OperationTimeout, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.state.hosts import Host
 
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
+# PVE's answer when nothing in the guest answers the agent socket (no agent installed, or still booting).
+NOT_RUNNING = "QEMU guest agent is not running"
 # Interfaces a VM grows once Docker or a hypervisor runs on it: their addresses are not the VM's.
 VIRTUAL_IFACES = ("docker", "br-", "veth", "virbr", "cni", "flannel", "cali", "tailscale", "zt")
 
@@ -83,10 +87,18 @@ class GuestAgent:
         match = re.match(r"^(ssh-ed25519) ([A-Za-z0-9+/=]+)", str((answer or {}).get("content", "")).strip())
         return f"{match.group(1)} {match.group(2)}" if match else None
 
-    def wait_address(self, vm: str, node: str, vmid: int, quick: bool = False) -> str | None:
+    def wait_address(
+        self, vm: str, node: str, vmid: int, quick: bool = False, template: TemplateVersion | None = None
+    ) -> str | None:
         """Poll the guest agent until it reports an address (skipping lo and link-local); ``quick``: give up
-        after 5 seconds with None instead of failing after the lab's agent timeout."""
+        after 5 seconds with None instead of failing after the lab's agent timeout.
+
+        ``template``: the version the VM was just cloned from. One homelab built without the guest agent (no
+        guest-agent tag: built before homelab baked the agent in) fails at the first "not running" answer,
+        naming the missing agent, instead of after the lab's agent timeout."""
         self.step(vm, "waiting for the guest agent")
+        agentless = template is not None and template.built_by_homelab and AGENT_TAG not in template.tags
+        last = ""
         timeouts = self.lab.settings.timeouts
         want = next((v.ip for v in self.lab.vms if v.name == vm and v.ip != "dhcp"), None)
         deadline = time.monotonic() + (5 if quick else timeouts.agent)
@@ -100,14 +112,22 @@ class GuestAgent:
                 if address:
                     return address
             except ProxmoxError as exc:
+                if NOT_RUNNING in str(exc) and agentless and template is not None:
+                    raise OperationError(
+                        f"{vm}: no guest agent runs in it: its template {template.name} was built without "
+                        f"qemu-guest-agent (it lacks the {AGENT_TAG} tag); build a new version with `homelab "
+                        f"template build {template.template}`, which installs it"
+                    ) from None
                 if not exc.transient:
                     raise
+                last = str(exc)
             if time.monotonic() >= deadline:
                 if quick:
                     return None
+                said = f" (Proxmox: {NOT_RUNNING})" if NOT_RUNNING in last else ""
                 raise OperationTimeout(
-                    f"{vm}: the guest agent reported no address within {timeouts.agent}s "
-                    "(is qemu-guest-agent installed in the template?)"
+                    f"{vm}: the guest agent reported no address within {timeouts.agent}s{said}: "
+                    "is qemu-guest-agent installed in the template?"
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 3.0)
