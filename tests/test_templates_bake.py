@@ -185,8 +185,7 @@ def test_a_clone_of_a_template_whose_image_lacks_the_agent_has_none(
 
     assert result.exit_code != 0
     assert (
-        "web: the guest agent reported no address within 1s (Proxmox: QEMU guest agent is not running)"
-        in result.stdout
+        "web: the guest agent reported no address within 1s (Proxmox: QEMU guest agent is not running)" in result.stdout
     )
     (web,) = [vm for vm in fake_pve.vms() if vm["name"] == "web"]
     assert web["status"] == "running" and not web["agent"]
