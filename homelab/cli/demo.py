@@ -41,7 +41,9 @@ INSTALL_HINT = "pip install 'homelab-pve[demo]'"
 def demo(vms: int, time_scale: float, workdir: str | None, keep: bool) -> None:
     """Run `homelab up` for the example lab against the built-in fake Proxmox, then plan again and show status.
 
-    The stacks are not deployed: the fake's VMs are API objects, not machines one can SSH into.
+    The stacks are not deployed: the fake's VMs are API objects, not machines one can SSH into. For the same
+    reason the fake stands in for the template's build VM, which homelab reaches over SSH to install the guest
+    agent.
 
     Nothing on your network is touched: the fake listens on a loopback address over HTTPS, and the demo lab
     has no config repo, so no git host is contacted. Without --keep the fake stops at the end and nothing is

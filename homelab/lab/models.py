@@ -145,7 +145,12 @@ class Timeouts(Strict):
     task: int = Field(600, ge=1, description="any Proxmox task (seconds)")
     clone: int = Field(1800, ge=1, description="a clone; full clones on slow disks take minutes (seconds)")
     start: int = Field(300, ge=1, description="a VM start (seconds)")
-    agent: int = Field(600, ge=1, description="the guest agent reporting an address after start (seconds)")
+    agent: int = Field(
+        600,
+        ge=1,
+        description="the guest agent reporting an address after start; a template's build VM letting homelab in "
+        "over SSH (seconds)",
+    )
 
 
 class Settings(Strict):
