@@ -78,6 +78,14 @@ class ProxmoxError(OperationError):
         self.transient = transient
 
 
+class ConnectionLost(ProxmoxError):
+    """No answer from the Proxmox API at all (refused, reset, timed out): retried for the lab's
+    ``timeouts.connection`` seconds, then reported as what it is, whatever was being waited for."""
+
+    def __init__(self, message: str, transient: bool = True):
+        super().__init__(message, transient=transient)
+
+
 class TaskFailed(ProxmoxError):
     """A Proxmox worker task ended with something other than OK."""
 

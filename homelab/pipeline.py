@@ -350,15 +350,19 @@ def up(
     skip_reason: str = "--no-deploy",
     deploy_runner: PlaybookRunner | None = None,
     open_shell: OpenShell | None = None,
+    new_admin_key: bool = False,
 ) -> UpResult:
     """Templates, then VMs, then the deploy key, then Docker and the service stacks.
 
     A question answered no ends it with Aborted, whose message says what each stage did up to there.
-    ``deploy_runner`` runs the deploy's playbook (default: Ansible).
+    ``deploy_runner`` runs the deploy's playbook (default: Ansible). ``new_admin_key``: a lost admin key may be
+    replaced on the VMs (else that refuses, see homelab.provision.localstate).
     """
     from homelab.adapters.sshkeys import ensure_admin_key
+    from homelab.provision.localstate import check_admin_key
 
     stage = stage or (lambda n, total, title: echo(f"==> [{n}/{total}] {title}"))
+    check_admin_key(api, lab, allow_new=new_admin_key)
     ensure_admin_key(lab)
     result = UpResult()
     current = "templates"

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from homelab.errors import InputError
+from homelab.masking import mask
 
 SYMBOLS = {
     "create": "+",
@@ -73,12 +74,12 @@ class LineReporter:
 
     def step(self, vm: str, message: str) -> None:
         with self._lock:
-            click.echo(f"[{time.monotonic() - self._start:6.1f}s] {vm}: {message}", err=True)
+            click.echo(mask(f"[{time.monotonic() - self._start:6.1f}s] {vm}: {message}"), err=True)
 
     def finished(self, vm: str, ok: bool, message: str) -> None:
         with self._lock:
             mark = click.style("ok", fg="green") if ok else click.style("FAILED", fg="red")
-            click.echo(f"[{time.monotonic() - self._start:6.1f}s] {vm}: {mark} {message}", err=True)
+            click.echo(f"[{time.monotonic() - self._start:6.1f}s] {vm}: {mark} {mask(message)}", err=True)
 
 
 class LiveReporter:
@@ -115,12 +116,12 @@ class LiveReporter:
 
     def step(self, vm: str, message: str) -> None:
         with self._lock:
-            self._rows[vm] = (message, "")
+            self._rows[vm] = (mask(message), "")
             self._live.update(self._table())
 
     def finished(self, vm: str, ok: bool, message: str) -> None:
         with self._lock:
-            self._rows[vm] = ("ok" if ok else "FAILED", message)
+            self._rows[vm] = ("ok" if ok else "FAILED", mask(message))
             self._live.update(self._table())
 
 
@@ -133,7 +134,7 @@ def render_apply(result: Any) -> None:
             addr = f" at {outcome.address}" if outcome.address else ""
             click.echo(f"  ok      {outcome.vm}{where}{addr}")
         else:
-            click.secho(f"  FAILED  {outcome.vm}: {outcome.error}", fg="red")
+            click.secho(f"  FAILED  {outcome.vm}: {mask(str(outcome.error))}", fg="red")
     calls = sum(result.calls.values())
     click.echo(
         f"Applied in {result.seconds:.1f}s with {calls} API calls: "

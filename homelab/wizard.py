@@ -97,7 +97,7 @@ def _stacks(ctx: Context) -> list[str]:
 
 CONNECTION = [
     Question("proxmox.url", "Proxmox API address", default="https://pve.home.arpa:8006"),
-    Question("proxmox.token_id", "API token id (user@realm!name)", default="root@pam!homelab"),
+    Question("proxmox.token_id", "API token id (user@realm!name)", default="homelab@pve!homelab"),
     Question(
         "proxmox.ca_bundle",
         "CA bundle that signed the Proxmox certificate (empty: system CAs)",
@@ -333,6 +333,7 @@ class InitResult:
     path: Path
     lab_name: str
     vms: int
+    problems: list[str] = field(default_factory=list)  # what `homelab doctor` finds with the lab written
 
 
 def run_init(
@@ -346,7 +347,9 @@ def run_init(
     """Ask, read the cluster, write a validated lab file atomically. Never overwrites without ``force``."""
     from homelab.adapters.proxmox.api import PveApi
     from homelab.adapters.proxmox.client import ProxmoxerTransport
+    from homelab.errors import ProxmoxError
     from homelab.lab.loader import parse_lab
+    from homelab.preflight.service import doctor
     from homelab.state.files import write_atomic
     from homelab.state.secrets import ProxmoxAuth
 
@@ -359,16 +362,31 @@ def run_init(
     _check_connection(ctx, path)
     auth = ProxmoxAuth(token_id=ctx["proxmox.token_id"], token_secret=token_secret(asker))
     api = PveApi(ProxmoxerTransport.connect(ctx["proxmox.url"], auth, True, ctx["proxmox.ca_bundle"] or None))
-    ctx.live.update(discover(api))
-    for q in LAB:
-        if q.key == "proxmox.storage":
-            ctx.live.update(discover_node(api, ctx["proxmox.node"]))
-        if q.when(ctx):
-            ctx.answers[q.key] = asker.ask(q, ctx)
+    try:
+        ctx.live.update(discover(api))
+        for q in LAB:
+            if q.key == "proxmox.storage":
+                ctx.live.update(discover_node(api, ctx["proxmox.node"]))
+                if not ctx.live["storages"]:  # PVE lists only what the token may use
+                    raise _no_access(api, ctx, "init: the token sees no storage for VM disks")
+            if q.when(ctx):
+                ctx.answers[q.key] = asker.ask(q, ctx)
+    except ProxmoxError as exc:
+        if exc.status != 403:
+            raise
+        raise _no_access(api, ctx, f"init: the token may not read the cluster: {exc}") from None
     text = render(build_lab(ctx))
     lab = parse_lab(text, str(path))  # an answer that makes an invalid lab fails here, before anything is written
     write_atomic(path, text)
-    return InitResult(path, lab.name, len(lab.vms))
+    return InitResult(path, lab.name, len(lab.vms), [str(f) for f in doctor(api, lab).findings])
+
+
+def _no_access(api: Any, ctx: Context, reason: str) -> InputError:
+    from homelab.preflight.service import no_access
+
+    places = {"node": ctx["proxmox.node"] or "NODE", "storage": ctx["proxmox.storage"] or "local-lvm"}
+    places.update(bridge=ctx["proxmox.bridge"] or "vmbr0", import_storage="local")
+    return no_access(api, reason, places, ctx["proxmox.token_id"])
 
 
 def _check_connection(ctx: Context, path: Path) -> None:

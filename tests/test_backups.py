@@ -59,6 +59,11 @@ def test_schedule_keeps_the_lab_backup_job_in_step_with_its_vms(
     tmp_path: Path, fake_pve: FakeProxmox, token: None
 ) -> None:
     lab = write_lab(tmp_path / "lab.yml", lab_data(fake_pve, VMS, backup={"schedule": "sun 02:00", "keep_last": 3}))
+    # The README's role leaves out Sys.Audit and Sys.Modify on /, which backup jobs need: the refusal says so.
+    refused = run_cli("plan", lab=lab)
+    assert refused.exit_code == 2 and "backup.schedule needs Sys.Audit and Sys.Modify on /" in refused.stderr
+    for who in (fake_pve.token_id, fake_pve.token_id.split("!")[0]):
+        fake_pve.call("grant", who=who, path="/", privileges=["Sys.Audit", "Sys.Modify"])
     result = run_cli("plan", lab=lab)
     assert result.exit_code == 3 and "backup job homelab-test: create it: sun 02:00" in result.stdout
     assert run_cli("apply", "--yes", lab=lab).exit_code == 0

@@ -3,7 +3,7 @@
     lab, errors, paths, state                  the model and what homelab keeps on this machine
     adapters/                                  one module per outside system; knows no stage
     provision, templates, deploy, repokeys,    the stages: lab + adapters + state, never each other
-    export
+    export, preflight
     pipeline                                   where the stages meet
     cli, ui, wizard, demo                      the edges
 
@@ -23,7 +23,7 @@ import pytest
 import homelab
 
 ROOT = Path(homelab.__file__).parent
-STAGES = ("provision", "templates", "deploy", "repokeys", "export")
+STAGES = ("provision", "templates", "deploy", "repokeys", "export", "preflight")
 MAX_LINES = 420
 
 

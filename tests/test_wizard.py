@@ -13,7 +13,9 @@ from homelab.demo.launcher import FakeProxmox
 from homelab.lab import load_lab
 from tests.harness.cli import run_cli
 
-pytestmark = pytest.mark.integration
+# local takes cloud images to import (a stock install's does not: doctor, which init runs last, would say so)
+IMPORTS = {"local": {"type": "dir", "active": 1, "content": "iso,vztmpl,backup,import", "path": "/var/lib/vz"}}
+pytestmark = [pytest.mark.integration, pytest.mark.fake_pve(storages=IMPORTS)]
 
 
 def answers(fake: FakeProxmox, **extra: object) -> dict[str, object]:

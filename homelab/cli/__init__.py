@@ -15,6 +15,7 @@ from homelab.cli.app import current_app
 # name -> (module, attribute, one-line help). Listing help does not import the modules.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init": ("homelab.cli.init", "init", "Write lab.yml with a guided wizard that reads your Proxmox."),
+    "doctor": ("homelab.cli.doctor", "doctor", "Check the token's privileges, storages, bridge and PVE version."),
     "validate": ("homelab.cli.labfile", "validate", "Check the lab file; one line per problem."),
     "schema": ("homelab.cli.labfile", "schema", "Print the lab file's JSON Schema (for editors)."),
     "demo": ("homelab.cli.demo", "demo", "Run homelab against the built-in fake Proxmox."),
@@ -51,11 +52,14 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from homelab.errors import LabNotFound
+        from homelab.provision.nodes import NodeProblems
 
         try:
             return super().invoke(ctx)
         except LabNotFound as exc:
             raise exc.for_command(current_app().command) from None
+        except NodeProblems as exc:
+            raise exc.pinned(current_app().lab_path) from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> Any:
 def run_guarded(invoke: Any) -> Any:
     """Run a command, mapping homelab's errors to messages and exit codes; never show a traceback."""
     from homelab.errors import HomelabError
+    from homelab.masking import mask
 
     try:
         return invoke()
@@ -120,14 +125,14 @@ def run_guarded(invoke: Any) -> Any:
         sys.exit(exc.exit_code)
     except HomelabError as exc:
         for line in exc.lines():
-            click.echo(line, err=True)
+            click.echo(mask(line), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except Exception as exc:  # the CLI edge: anything unexpected goes to the debug log
         path = _write_debug_log()
-        click.echo(f"homelab: unexpected error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(mask(f"homelab: unexpected error: {type(exc).__name__}: {exc}"), err=True)
         click.echo(f"The full traceback is in {path}; please include it in a bug report.", err=True)
         sys.exit(1)
 
@@ -135,6 +140,7 @@ def run_guarded(invoke: Any) -> Any:
 def _write_debug_log() -> str:
     from datetime import UTC, datetime
 
+    from homelab.masking import mask
     from homelab.paths import debug_log
 
     path = debug_log()
@@ -142,7 +148,7 @@ def _write_debug_log() -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as out:
             out.write(f"--- {datetime.now(UTC).isoformat()} homelab {' '.join(sys.argv[1:])}\n")
-            out.write(traceback.format_exc())
+            out.write(mask(traceback.format_exc()))
         return str(path)
     except OSError:
         return "(debug log could not be written)"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from homelab import ui
+from homelab.masking import mask
 
 if TYPE_CHECKING:
     from homelab.adapters.proxmox.api import PveApi
@@ -56,9 +57,19 @@ class App:
 
         return connect(self.lab)
 
+    def preflight(self, *wanted: str, templates: list[str] | str | None = None) -> None:
+        """Run doctor for what this command needs (vms, build; ``templates``: which a build builds, "unbuilt":
+        those with no version yet) before it changes anything: silent when all is well, else PreflightFailed
+        (exit 2) with one line per problem."""
+        from homelab.preflight.service import preflight
+        from homelab.provision.nodes import check_nodes
+
+        check_nodes(self.api, self.lab)  # a missing or offline node is named with its lab file key and line
+        preflight(self.api, self.lab, self.command, wanted, templates)
+
     def echo(self, line: str = "") -> None:
         """A line for people, on stdout."""
-        click.echo(line)
+        click.echo(mask(line))
 
     def confirm(self, question: str) -> None:
         """Ask once; --yes answers for the user; declining raises Aborted (exit 1) everywhere."""

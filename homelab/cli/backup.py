@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from homelab.cli.app import App, pass_app, yes_option
+from homelab.cli.locking import takes_lab_lock
 from homelab.errors import InputError
 
 
@@ -12,6 +13,7 @@ from homelab.errors import InputError
 @yes_option
 @click.argument("vms", nargs=-1)
 @pass_app
+@takes_lab_lock
 def backup(app: App, vms: tuple[str, ...]) -> None:
     """Back up the lab's VMs (all, or those named) with vzdump to the lab's backup storage.
 

@@ -11,6 +11,7 @@ import click
 from homelab import ui
 from homelab.cli.app import EXIT_CHANGES, App, pass_app, yes_option
 from homelab.cli.complete import complete_catalog_stack, complete_vm
+from homelab.cli.locking import takes_lab_lock
 from homelab.errors import OperationError
 
 
@@ -47,6 +48,7 @@ def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool, keep
     "--vm", "vms", multiple=True, metavar="NAME", shell_complete=complete_vm, help="Only this VM (repeat for more)."
 )
 @pass_app
+@takes_lab_lock
 def deploy(
     app: App,
     no_install_docker: bool,

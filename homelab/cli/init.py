@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -30,4 +31,9 @@ def init(app: App, answers: str | None, defaults: bool, force: bool) -> None:
             raise InputError(f"{answers}: must be a mapping of question keys to answers")
     result = run_init(app.lab_path, given, defaults, force)
     click.echo(f"Wrote {result.path}: lab {result.lab_name!r} with {result.vms} VM(s).")
+    if result.problems:
+        for line in result.problems:
+            click.echo(line, err=True)
+        click.echo("Fix these (homelab doctor checks again) before `homelab up`.", err=True)
+        sys.exit(2)
     click.echo("Next: homelab validate, then homelab plan.")

@@ -9,6 +9,7 @@ import click
 
 from homelab import ui
 from homelab.cli.app import App, pass_app, yes_option
+from homelab.cli.locking import takes_lab_lock
 from homelab.errors import Aborted, InputError, OperationError
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def verify(app: App) -> None:
 )
 @click.option("--check-old-revoked", is_flag=True, help="After the switch, wait until the old key no longer works.")
 @pass_app
+@takes_lab_lock
 def rotate(app: App, wait_timeout: int, check_old_revoked: bool) -> None:
     """Replace the deploy key on the git host and every VM; no VM ever loses the ability to pull."""
     from homelab.repokeys import core

@@ -8,6 +8,7 @@ import click
 
 from homelab.cli.app import App, pass_app, yes_option
 from homelab.cli.complete import complete_vm
+from homelab.cli.locking import takes_lab_lock
 from homelab.errors import InputError
 
 
@@ -36,6 +37,7 @@ def _live(app: App, names: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--note", default="", help="A note kept with the snapshot (shown by rollback).")
 @click.argument("vms", nargs=-1, shell_complete=complete_vm)
 @pass_app
+@takes_lab_lock
 def snapshot(app: App, note: str, vms: tuple[str, ...]) -> None:
     """Snapshot the lab's VMs (all, or those named): disks, data disk included, no RAM.
 
@@ -63,6 +65,7 @@ def snapshot(app: App, note: str, vms: tuple[str, ...]) -> None:
 @click.option("--snapshot", "name", help="The snapshot (default: the newest one homelab took).")
 @click.argument("vm", shell_complete=complete_vm)
 @pass_app
+@takes_lab_lock
 def rollback(app: App, name: str | None, vm: str) -> None:
     """Return a VM to a snapshot. Everything written since, on every disk of the VM, is lost."""
     from homelab.adapters.proxmox import snapshots as snaps

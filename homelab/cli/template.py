@@ -11,6 +11,7 @@ import click
 from homelab import ui
 from homelab.cli.app import App, pass_app, yes_option
 from homelab.cli.complete import complete_template
+from homelab.cli.locking import takes_lab_lock
 
 
 def _progress() -> Any:
@@ -33,6 +34,7 @@ def template() -> None:
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
 @click.option("--packer", "packer_path", default="packer", show_default=True, help="The packer program.")
 @pass_app
+@takes_lab_lock
 def build(app: App, names: tuple[str, ...], dry_run: bool, packer_path: str) -> None:
     """Build a new version of each template the lab names (or of NAMES).
 
@@ -42,6 +44,7 @@ def build(app: App, names: tuple[str, ...], dry_run: bool, packer_path: str) -> 
     from homelab.pipeline import build_templates
 
     wanted = names or [t.name for t in app.lab.templates]
+    app.preflight("build", templates=list(wanted))
     build_templates(app.api, app.lab, wanted, app.echo, app.confirm, packer=packer_path, dry_run=dry_run)
 
 
@@ -62,6 +65,7 @@ def list_(app: App, names: tuple[str, ...], as_json: bool) -> None:
 @yes_option
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
 @pass_app
+@takes_lab_lock
 def prune_(app: App, names: tuple[str, ...], keep: int, dry_run: bool) -> None:
     """Delete old template versions that no VM uses (never one a VM was cloned from)."""
     from homelab.templates.usage import gather_prune, prune

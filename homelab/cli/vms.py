@@ -8,6 +8,13 @@ import click
 
 from homelab import ui
 from homelab.cli.app import EXIT_CHANGES, App, pass_app, yes_option
+from homelab.cli.locking import takes_lab_lock
+
+new_admin_key_option = click.option(
+    "--new-admin-key",
+    is_flag=True,
+    help="When homelab's admin key is lost here, make a new one and put it on the VMs (rebooting them).",
+)
 
 
 @click.command()
@@ -18,26 +25,31 @@ from homelab.cli.app import EXIT_CHANGES, App, pass_app, yes_option
 def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
     """Show what apply would do. Exit 0 when nothing would change, 3 when something would."""
     from homelab.provision.backupjob import job_change
+    from homelab.provision.localstate import local_state_notes, lost_admin_key
     from homelab.provision.plan import PlanOptions
     from homelab.provision.service import make_plan
 
     planned = make_plan(app.lab, PlanOptions(prune=prune, replace=not no_replace), api=app.api)
+    notes = local_state_notes(app.lab, planned.facts)
+    lost = lost_admin_key(app.lab, planned.facts)
     job = job_change(app.api, app.lab, planned.lab_vmids())
     pending_job = job is not None and job.difference is not None
     if as_json:
-        data = planned.plan.as_dict()
+        data = dict(planned.plan.as_dict(), local_state=notes)
         if job is not None:
             data["backup_job"] = job.difference
         ui.echo_json(data)
     else:
         ui.render_plan(planned.plan)
+        for note in notes:
+            click.secho(f"  ! {note}", fg="yellow")
         if job is not None and job.difference:
             app.echo(job.describe(app.lab))
         if app.lab.engine == "terraform" and planned.plan.changes:
             app.echo(
                 "engine: terraform: these are Terraform's to make (homelab export terraform DIR, then terraform apply)"
             )
-    if planned.plan.changes or planned.plan.blocked or pending_job:
+    if planned.plan.changes or planned.plan.blocked or lost or pending_job:
         sys.exit(EXIT_CHANGES)
 
 
@@ -46,13 +58,18 @@ def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
 @click.option("--prune", is_flag=True, help="Also remove VMs marked as this lab's that the file no longer has.")
 @click.option("--no-replace", is_flag=True, help="Refuse instead of replacing VMs.")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="VMs worked on at once (default: settings).")
+@new_admin_key_option
 @pass_app
-def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None) -> None:
+@takes_lab_lock
+def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None, new_admin_key: bool) -> None:
     """Make Proxmox match the lab file: show the plan, ask once, carry it out, summarise."""
     from homelab.adapters.sshkeys import ensure_admin_key
     from homelab.pipeline import converge_vms
+    from homelab.provision.localstate import check_admin_key
     from homelab.provision.plan import PlanOptions
 
+    app.preflight("vms")
+    check_admin_key(app.api, app.lab, allow_new=new_admin_key)
     ensure_admin_key(app.lab)  # homelab's own login key goes onto the VMs with cloud-init
     app.run_stage(
         converge_vms, concurrency, options=PlanOptions(prune=prune, replace=not no_replace), again="homelab apply"
@@ -67,6 +84,7 @@ def apply(app: App, prune: bool, no_replace: bool, concurrency: int | None) -> N
     help="Also delete the VMs' data disks (and those kept from earlier destroys). Without it they are kept.",
 )
 @pass_app
+@takes_lab_lock
 def destroy(app: App, purge_data: bool) -> None:
     """Remove the VMs this lab manages (and only those: unmarked VMs are never touched).
 

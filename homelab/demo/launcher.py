@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from homelab.adapters.process import Process, start_python, terminate
+from homelab.adapters.proxmox.privileges import TOKEN_ID, parse_version, role_privileges
 
-DEFAULT_TOKEN_ID = "root@pam!homelab"
+DEFAULT_TOKEN_ID = TOKEN_ID  # a user of its own with the README's least-privilege role, not root
+DEFAULT_VERSION = "9.1.1"
 
 
 def default_guests() -> list[dict[str, Any]]:
@@ -120,6 +122,13 @@ class FakeSettings:
     build_hosts: dict[str, dict[str, str]] | None = None
     demo_bake_host: bool = False  # the demo only: the fake stands in for the build host
     token_id: str = DEFAULT_TOKEN_ID
+    # Pools ({name: {"storage": [ids]}}) and ACLs ({user or token: [[path, [privileges]]]}); with any ACL, every
+    # call is checked like PVE checks it (see demo/fake_cluster.py); an ACL replaces the default role's grants.
+    pools: dict[str, Any] | None = None
+    acl: dict[str, list[Any]] | None = None
+    version: str = DEFAULT_VERSION  # what /version reports; download-url and the agent's privileges follow it
+    # privileges left out of the token's role (root@pam tokens hold everything anyway)
+    drop: tuple[str, ...] = ()
     # The fake ignores Ctrl-C (which a terminal sends to the whole process group), so that the process that
     # started it decides when to stop it.
     ignore_sigint: bool = False
@@ -190,11 +199,30 @@ def _write_config(workdir: Path, host: str, options: FakeSettings) -> dict[str, 
         "control": str(workdir / "control.sock"),
         "state_dir": str(workdir),
         "ignore_sigint": options.ignore_sigint,
+        "pools": options.pools or {},
+        "acl": options.acl or {},
+        "version": options.version,
+        "grants": [] if options.acl else least_privilege_grants(options),
     }
     fd = os.open(workdir / "fakepve.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         json.dump(config, out)
     return config
+
+
+def least_privilege_grants(options: FakeSettings) -> list[tuple[str, str, list[str]]]:
+    """The README's role, on the README's paths for every node, storage and bridge of the fake, for the token and
+    its user (a privilege-separated token holds what both hold); none for a root@pam token."""
+    user = options.token_id.split("!", 1)[0]
+    if user == "root@pam":
+        return []
+    version = parse_version(options.version) or (9, 0, 0)
+    privileges = [p for p in role_privileges(version) if p not in options.drop]
+    nodes = sorted({"pve1", *(options.nodes or []), *(str(g.get("node", "pve1")) for g in options.guests or [])})
+    storages = sorted({"local", "local-lvm", *(options.storages or {})})  # fakepve always has these two
+    paths = ["/vms", *(f"/nodes/{n}" for n in nodes), *(f"/storage/{s}" for s in storages)]
+    paths.append("/sdn/zones/localnetwork/vmbr0")  # the fake's one bridge
+    return [(who, path, privileges) for who in (user, options.token_id) for path in paths]
 
 
 def _wait_for_control(fake: FakeProxmox, deadline: float) -> None:

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from homelab.demo import fake_access
 from homelab.lab.types import drive_size, format_size
 
 
@@ -62,9 +63,10 @@ def fake_class() -> type:
 
     from homelab.demo.fake_agent import GuestAgentImages
     from homelab.demo.fake_backup import Backups
+    from homelab.demo.fake_cluster import ClusterMixin
     from homelab.demo.fake_disks import DiskReassign
 
-    class HomelabFakePve(GuestAgentImages, DiskReassign, Backups, FakePve):
+    class HomelabFakePve(fake_access.AccessMixin, ClusterMixin, GuestAgentImages, DiskReassign, Backups, FakePve):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 
@@ -131,12 +133,16 @@ class Server:
         self._seen: set[int] = set()
         for token, secret in config.get("tokens", {}).items():
             self.pve.apitokens[token] = secret
+        fake_access.configure(self.pve, config)  # version, ACLs
         for name, store in config.get("storages", {}).items():
             store.setdefault("files", set())
             store["files"] = set(store["files"])
             self.pve.storages[name] = store
         for node in config.get("nodes", []):
             self.pve.add_node(node)
+        from homelab.demo.fake_cluster import setup_cluster  # fakepve (the demo extra) loads only here
+
+        setup_cluster(self.pve, config)
         for guest in config.get("guests", []):
             vm = self.add_guest(guest)
             for key in ("start_secs", "shutdown_secs", "stop_secs"):
@@ -273,6 +279,9 @@ class Server:
             ]
         if op == "storages":
             return pve.storages
+        if op == "grant":
+            pve.grant(msg["who"], msg["path"], *msg["privileges"])
+            return None
         if op == "backup_jobs":
             return pve.backup_jobs
         raise ValueError(f"unknown op {op!r}")

@@ -7,7 +7,6 @@ earlier deploy (the deploy record says which). A target needs a host record with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
 from homelab.state.hosts import Host, load_hosts
+from homelab.state.reading import StateFileError, notice, read_state_json
 
 
 @dataclass(frozen=True)
@@ -155,16 +155,26 @@ def workdir(lab: Lab) -> Path:
     return state_dir(lab.name) / "deploy"
 
 
+UNREADABLE_DEPLOY_RECORD = (
+    "stacks on VMs since dropped from the lab file are left as they are; the next deploy writes a new record"
+)
+
+
 def deployed_file(lab: Lab) -> Path:
     """The deploy record: the VMs an earlier deploy put stacks on."""
     return workdir(lab) / "deployed.json"
 
 
 def deployed_vms(lab: Lab) -> frozenset[str]:
-    """The VMs the deploy record names (none when there is no record, or it cannot be read)."""
+    """The VMs the deploy record names (none when there is no record). A record that cannot be read clears
+    nothing (no stack is taken down on its word) and is named in a line saying so."""
+    path = deployed_file(lab)
     try:
-        data = json.loads(deployed_file(lab).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_state_json(path, "deploy record")
+        vms = data.get("vms", []) if isinstance(data, dict) else None
+        if not isinstance(vms, list):
+            raise StateFileError(path, 'the deploy record is not {"vms": [...]}')
+    except StateFileError as exc:
+        notice(f"{exc}: {UNREADABLE_DEPLOY_RECORD}")
         return frozenset()
-    vms = data.get("vms") if isinstance(data, dict) else None
-    return frozenset(str(vm) for vm in vms) if isinstance(vms, list) else frozenset()
+    return frozenset(str(vm) for vm in vms)

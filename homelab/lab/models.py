@@ -62,6 +62,12 @@ class Proxmox(Strict):
     )
     verify_tls: bool = Field(True, description="verify the server certificate (leave on; use ca_bundle instead)")
     ca_bundle: str | None = Field(None, description="path of a PEM CA bundle that signed the Proxmox certificate")
+    pool: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+){0,2}$",
+        description="a resource pool (made beforehand, e.g. `pveum pool add homelab`) that every VM and template "
+        "homelab creates joins, so a token whose rights are on /pool/<name> is enough",
+    )
 
 
 class CloudImage(Strict):
@@ -151,6 +157,9 @@ class Timeouts(Strict):
         description="the guest agent reporting an address after start; a template's build VM letting homelab in "
         "over SSH (seconds)",
     )
+    connection: int = Field(
+        45, ge=1, description="a lost connection to the Proxmox API is retried this long, then reported (seconds)"
+    )
 
 
 class Settings(Strict):
@@ -165,6 +174,11 @@ class Settings(Strict):
     )
     snapshots_keep: int = Field(
         3, ge=0, le=100, description="snapshots homelab took (`homelab snapshot`) kept per VM; older ones are pruned"
+    )
+    ciupgrade: bool = Field(
+        False,
+        description="let cloud-init upgrade every package on a new VM's first boot (PVE's own default is on); off: "
+        "templates are versioned and rebuilt instead, and no upgrade races the deploy's apt",
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
@@ -204,6 +218,7 @@ class Vm(Strict):
         description="size of the VM's data disk (mounted at /home/homelab/data), e.g. 200G; it moves to the new VM "
         "when the VM is replaced and is kept when the VM is destroyed; default settings.data_disk for VMs with stacks",
     )
+    ciupgrade: bool | None = Field(None, description="package upgrade on first boot; default settings.ciupgrade")
 
 
 class Repo(Strict):

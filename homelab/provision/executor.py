@@ -7,13 +7,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.datadisks import DATA_KEY
 from homelab.adapters.proxmox.labvms import boot_disk
 from homelab.adapters.proxmox.marks import describe_vm, marks_as, parse_mark
+from homelab.adapters.proxmox.placement import migrate_offline
 from homelab.adapters.proxmox.vmconfig import encode_config
 from homelab.adapters.proxmox.vms import delete_vm, start_vm, stop_vm
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError
@@ -21,6 +21,14 @@ from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.datadisk import DataDisks
 from homelab.provision.guestagent import GuestAgent
+from homelab.provision.outcomes import (
+    ApplyResult,
+    Reporter,
+    SilentReporter,
+    VmidAllocator,
+    VmOutcome,
+    vmid_taken,
+)
 from homelab.provision.plan import (
     Action,
     AddDataDisk,
@@ -37,81 +45,6 @@ from homelab.provision.plan import (
 from homelab.state.hosts import Host
 
 MAX_THREADS = 64
-
-
-class Reporter(Protocol):
-    """Where progress goes (a live display, log lines, or nothing)."""
-
-    def step(self, vm: str, message: str) -> None: ...
-
-    def finished(self, vm: str, ok: bool, message: str) -> None: ...
-
-
-class SilentReporter:
-    """Progress nobody watches (library use, benchmarks)."""
-
-    def step(self, vm: str, message: str) -> None:
-        pass
-
-    def finished(self, vm: str, ok: bool, message: str) -> None:
-        pass
-
-
-@dataclass
-class VmOutcome:
-    """What happened to one VM's chain."""
-
-    vm: str
-    ok: bool = True
-    vmid: int | None = None
-    node: str | None = None
-    address: str | None = None
-    host_key: str | None = None
-    error: str | None = None
-    done: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ApplyResult:
-    """Every VM's outcome, and the API calls it took."""
-
-    outcomes: list[VmOutcome]
-    calls: dict[str, int]
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes)
-
-
-class VmidAllocator:
-    """Hands out vmids to parallel clones without collisions.
-
-    /cluster/nextid is asked once; later ids count up locally past every id known to be used. Another
-    client can still take an id between our choice and our clone (PVE's nextid race): the clone then
-    fails with "already exists", the id is marked used and the next one tried.
-    """
-
-    def __init__(self, api: PveApi, used: frozenset[int]):
-        self._api = api
-        self._used = set(used)
-        self._next: int | None = None
-        self._lock = threading.Lock()
-
-    def take(self) -> int:
-        with self._lock:
-            if self._next is None:
-                self._next = int(self._api.get("/cluster/nextid"))
-            while self._next in self._used:
-                self._next += 1
-            vmid = self._next
-            self._used.add(vmid)
-            self._next += 1
-            return vmid
-
-    def mark_used(self, vmid: int) -> None:
-        with self._lock:
-            self._used.add(vmid)
 
 
 class Executor:
@@ -222,35 +155,11 @@ class Executor:
     # ----------------------------------------------------------------- steps
 
     def _create(self, action: CreateVM, start: bool) -> tuple[int, str]:
-        tpl = action.template
-        creating = describe_vm(self.lab.name, action.vm, tpl.template, tpl.version, "creating")
-        vmid = None
-        for _ in range(20):
-            vmid = action.vmid or self.alloc.take()
-            self.report.step(action.vm, f"cloning {tpl.name} -> {vmid}")
-            params: dict[str, Any] = dict(newid=vmid, name=action.vm, description=creating, full=int(action.full))
-            if action.full:
-                params["storage"] = self.lab.proxmox.storage
-            if action.node != tpl.node:
-                params["target"] = action.node
-            try:
-                upid = self.api.post(f"/nodes/{tpl.node}/qemu/{tpl.vmid}/clone", **params)
-            except ProxmoxError as exc:
-                if "already exists" not in str(exc):
-                    raise
-                if self._is_ours_in_creation(tpl.node, vmid, action.vm):
-                    # Our own clone whose answer was lost (a retried request): adopt it once its task is done.
-                    self._wait_unlocked(tpl.node, vmid, f"clone of {action.vm}")
-                    break
-                if action.vmid:
-                    raise
-                self.alloc.mark_used(vmid)
-                continue
-            self.api.wait_task(tpl.node, upid, self.timeouts.clone, f"clone of {action.vm}")
-            break
-        else:
-            raise OperationError(f"{action.vm}: no free vmid after 20 tries")
-        assert vmid is not None
+        vmid, node = self._clone(action)
+        if node != action.node:
+            self._check_cancel()
+            self.report.step(action.vm, f"migrating {vmid} from {node} to {action.node} (offline)")
+            migrate_offline(self.api, node, vmid, action.node, self.timeouts.clone, f"migration of {action.vm}")
         node = action.node
         self._check_cancel()
         self.report.step(action.vm, "configuring cloud-init, cores, memory, tags")
@@ -262,13 +171,49 @@ class Executor:
         config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
         disk_key = boot_disk(config)
         if disk_key is None:
-            raise OperationError(f"{action.vm}: the clone of {tpl.name} has no boot disk")
+            raise OperationError(f"{action.vm}: the clone of {action.template.name} has no boot disk")
         self.report.step(action.vm, f"growing {disk_key} to {format_size(action.disk)}")
         self._resize(node, vmid, disk_key, action.disk, only_if_larger=str(config[disk_key]))
         if start:
             self._check_cancel()
             self._start(action.vm, node, vmid)
         return vmid, node
+
+    def _clone(self, action: CreateVM) -> tuple[int, str]:
+        """Clone the template version; returns (vmid, the node the clone is on).
+
+        A vmid someone else took meanwhile (PVE refuses it before the task, or, when it is on another node,
+        inside the task) is given up for a fresh one from /cluster/nextid. A clone of ours whose answer was
+        lost and that the retry ran into is adopted once its task is done.
+        """
+        tpl = action.template
+        creating = describe_vm(self.lab.name, action.vm, tpl.template, tpl.version, "creating")
+        direct = action.node if action.node != tpl.node and not action.migrate else None
+        for _ in range(20):
+            vmid = action.vmid or self.alloc.take()
+            self.report.step(action.vm, f"cloning {tpl.name} -> {vmid}" + (f" on {tpl.node}" if action.migrate else ""))
+            params: dict[str, Any] = dict(newid=vmid, name=action.vm, description=creating, full=int(action.full))
+            if action.full:
+                params["storage"] = self.lab.proxmox.storage
+            if direct:
+                params["target"] = direct
+            if self.lab.proxmox.pool:
+                params["pool"] = self.lab.proxmox.pool
+            try:
+                upid = self.api.post(f"/nodes/{tpl.node}/qemu/{tpl.vmid}/clone", **params)
+                self.api.wait_task(tpl.node, upid, self.timeouts.clone, f"clone of {action.vm}")
+                return vmid, direct or tpl.node
+            except ProxmoxError as exc:
+                if not vmid_taken(exc):
+                    raise
+                node = self._ours_in_creation(vmid, action)
+                if node is not None:
+                    self._wait_unlocked(node, vmid, f"clone of {action.vm}")
+                    return vmid, node
+                if action.vmid:
+                    raise
+                self.alloc.taken(vmid)
+        raise OperationError(f"{action.vm}: no free vmid after 20 tries")
 
     def _wait_unlocked(self, node: str, vmid: int, what: str) -> None:
         """Wait until the VM's config lock (e.g. 'clone') is gone."""
@@ -281,12 +226,16 @@ class Executor:
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
 
-    def _is_ours_in_creation(self, node: str, vmid: int, vm: str) -> bool:
-        try:
-            config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
-        except ProxmoxError:
-            return False
-        return marks_as(parse_mark(config.get("description")), self.lab.name, vm=vm, state="creating")
+    def _ours_in_creation(self, vmid: int, action: CreateVM) -> str | None:
+        """The node where the VM at ``vmid`` is this lab's clone of ``action.vm`` still being created, if it is."""
+        for node in dict.fromkeys((action.template.node, action.node)):
+            try:
+                config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
+            except ProxmoxError:
+                continue
+            if marks_as(parse_mark(config.get("description")), self.lab.name, vm=action.vm, state="creating"):
+                return node
+        return None
 
     def _resize(self, node: str, vmid: int, disk_key: str, size: int, only_if_larger: str | None = None) -> None:
         if only_if_larger is not None:
@@ -409,3 +358,6 @@ def apply_plan(
         pool.shutdown(wait=True)
     ordered = [outcomes[vm] for vm, _ in chains if vm in outcomes]
     return ApplyResult(ordered, dict(api.calls), time.monotonic() - started)
+
+
+__all__ = ["ApplyResult", "Executor", "Reporter", "SilentReporter", "VmOutcome", "VmidAllocator", "apply_plan"]

@@ -8,6 +8,7 @@ from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.cluster import ClusterFacts, gather_cluster
 from homelab.adapters.proxmox.datadisks import kept_disks
 from homelab.adapters.proxmox.labvms import LiveVm, boot_disk, read_lab_vms
+from homelab.adapters.proxmox.placement import read_release, shared_templates
 from homelab.adapters.proxmox.versions import TemplateVersion, usable_version
 from homelab.lab.models import Lab
 from homelab.state.adminkey import read_admin_public
@@ -28,6 +29,11 @@ class Facts(ClusterFacts):
     templates: dict[str, tuple[TemplateVersion, ...]]
     # homelab's own login key (a local fact): cloud-init puts it on every VM beside access.ssh_keys.
     admin_key: str | None = None
+    # the PVE release (major, minor) from /version; None: unknown (version-gated settings are left out)
+    release: tuple[int, int] | None = None
+    # vmids of the template versions wholly on shared storage (read only for versions a VM on another node
+    # needs): those clone straight to another node; the others are cloned on their node, then migrated.
+    shared_templates: frozenset[int] = frozenset()
 
 
 def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None = None) -> Facts:
@@ -39,6 +45,12 @@ def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None
         for t in lab.templates
     }
     managed, namesakes = read_lab_vms(api, lab, cluster.guests, workers)
+    elsewhere = {
+        version
+        for vm in lab.vms
+        for version in templates[lab.template_for(vm).name]
+        if version.node != (vm.node or lab.proxmox.node)
+    }
     return Facts(
         guests=cluster.guests,
         used_vmids=cluster.used_vmids,
@@ -46,6 +58,8 @@ def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None
         unmanaged_namesakes=namesakes,
         templates=templates,
         admin_key=read_admin_public(lab),
+        release=read_release(api),
+        shared_templates=shared_templates(api, sorted(elsewhere, key=lambda v: v.vmid)),
     )
 
 

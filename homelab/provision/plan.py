@@ -2,282 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
-
 from homelab.adapters.proxmox.datadisks import DATA_KEY
 from homelab.adapters.proxmox.labvms import current_and_leftovers
 from homelab.adapters.proxmox.marks import parse_mark
+from homelab.adapters.proxmox.placement import has_ciupgrade
 from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, pick_version
 from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.lab.models import Lab, Vm
 from homelab.lab.types import format_size
+from homelab.provision.actions import (
+    Action,
+    AddDataDisk,
+    Blocked,
+    ConfigChange,
+    CreateVM,
+    GrowDisk,
+    MoveDataDisk,
+    Namesake,
+    Orphan,
+    Plan,
+    PlanOptions,
+    RemoveVM,
+    ReplaceVM,
+    StartVM,
+    Unchanged,
+    UpdateVM,
+)
 from homelab.provision.facts import Facts, LiveVm, kept_data
 
 # Changing these only takes effect at the next boot (cloud-init regenerates its drive then).
 NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain"}
-
-
-@dataclass(frozen=True)
-class ConfigChange:
-    """One config key that differs."""
-
-    key: str
-    old: str | None
-    new: str
-
-    def __str__(self) -> str:
-        shown = {"sshkeys": lambda v: f"{len(v.splitlines())} key(s)" if v else "none"}.get(self.key, lambda v: v)
-        old = shown(self.old) if self.old is not None else "unset"
-        return f"{self.key}: {old} -> {shown(self.new)}"
-
-
-@dataclass(frozen=True)
-class Action:
-    """Base of every planned step; ``vm`` is the lab VM name it belongs to."""
-
-    vm: str
-    kind: ClassVar[str] = "action"
-    changes_something: ClassVar[bool] = True
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["action"] = self.kind
-        return data
-
-
-@dataclass(frozen=True)
-class CreateVM(Action):
-    """Clone a new VM from the template version, configure it, grow its disk, start it, wait for its agent."""
-
-    node: str
-    template: TemplateVersion
-    full: bool
-    vmid: int | None
-    config: dict[str, str] = field(hash=False)
-    disk: int
-    # a new data disk of this size (None: none, or the one adopted)
-    data_disk: int | None = None
-    # the data disk kept for this VM when it was destroyed: (keeper vmid, keeper's unusedN key)
-    adopt: tuple[int, str] | None = None
-    kind: ClassVar[str] = "create"
-
-    def describe(self) -> str:
-        how = "full clone" if self.full else "linked clone"
-        where = f"vmid {self.vmid}" if self.vmid else "next free vmid"
-        data = ""
-        if self.adopt:
-            data = f", its kept data disk back from VM {self.adopt[0]}"
-        elif self.data_disk:
-            data = f", new data disk {format_size(self.data_disk)}"
-        return (
-            f"create {self.vm} on {self.node} ({how} of {self.template.name}, {where}, "
-            f"disk {format_size(self.disk)}{data})"
-        )
-
-
-@dataclass(frozen=True)
-class UpdateVM(Action):
-    """Change config keys in place; reboot when a running VM needs it for them to take effect."""
-
-    vmid: int
-    node: str
-    changes: tuple[ConfigChange, ...]
-    reboot: bool
-    kind: ClassVar[str] = "update"
-
-    def describe(self) -> str:
-        tail = " (reboot)" if self.reboot else ""
-        return f"update {self.vm} ({self.vmid}): " + ", ".join(str(c) for c in self.changes) + tail
-
-
-@dataclass(frozen=True)
-class GrowDisk(Action):
-    """Grow the boot disk (disks never shrink in place)."""
-
-    vmid: int
-    node: str
-    disk_key: str
-    old: int
-    new: int
-    kind: ClassVar[str] = "grow-disk"
-
-    def describe(self) -> str:
-        return f"grow {self.vm} ({self.vmid}) {self.disk_key}: {format_size(self.old)} -> {format_size(self.new)}"
-
-
-@dataclass(frozen=True)
-class ReplaceVM(Action):
-    """Build a new VM beside the old one; remove the old one only once the new one is up."""
-
-    old_vmid: int
-    old_node: str
-    reason: str
-    create: CreateVM
-    static_ip: bool
-    # the old VM's data disk key: the disk moves to the new VM (None: the old VM has none)
-    data_from: str | None = None
-    # the old VM has snapshots: they block moving its data disk and go with it
-    drops_snapshots: bool = False
-    kind: ClassVar[str] = "replace"
-
-    def describe(self) -> str:
-        text = f"replace {self.vm} ({self.old_vmid}): {self.reason}; new VM from {self.create.template.name}"
-        if self.data_from:
-            text += f"; the data disk moves from {self.old_vmid} to the new VM (kept, not copied)"
-        if self.drops_snapshots:
-            text += f"; the snapshots of {self.old_vmid} go with it"
-        return text
-
-
-@dataclass(frozen=True)
-class AddDataDisk(Action):
-    """Give a VM that has none a new, empty data disk."""
-
-    vmid: int
-    node: str
-    size: int
-    kind: ClassVar[str] = "add-data-disk"
-
-    def describe(self) -> str:
-        return f"add a {format_size(self.size)} data disk to {self.vm} ({self.vmid})"
-
-
-@dataclass(frozen=True)
-class MoveDataDisk(Action):
-    """Move a data disk to the VM that should hold it (from an interrupted replacement's old VM, or the keeper)."""
-
-    from_vmid: int
-    from_key: str
-    to_vmid: int
-    node: str
-    kind: ClassVar[str] = "move-data-disk"
-
-    def describe(self) -> str:
-        return f"move {self.vm}'s data disk from VM {self.from_vmid} to {self.to_vmid} (kept, not copied)"
-
-
-@dataclass(frozen=True)
-class StartVM(Action):
-    """Start a stopped VM and wait for its agent."""
-
-    vmid: int
-    node: str
-    kind: ClassVar[str] = "start"
-
-    def describe(self) -> str:
-        return f"start {self.vm} ({self.vmid})"
-
-
-@dataclass(frozen=True)
-class RemoveVM(Action):
-    """Stop and delete a VM this lab manages."""
-
-    vmid: int
-    node: str
-    reason: str
-    # destroy: park the VM's data disk on the lab's keeper first (None: the VM has none, or it is purged)
-    park_data: str | None = None
-    # delete the data disk with the VM (destroy --purge-data)
-    purge_data: bool = False
-    kind: ClassVar[str] = "remove"
-
-    def describe(self) -> str:
-        text = f"remove {self.vm} ({self.vmid}): {self.reason}"
-        if self.park_data:
-            text += "; its data disk is kept"
-        elif self.purge_data:
-            text += "; ITS DATA DISK IS DELETED (--purge-data)"
-        return text
-
-
-@dataclass(frozen=True)
-class Unchanged(Action):
-    """Already as written."""
-
-    vmid: int
-    node: str
-    kind: ClassVar[str] = "unchanged"
-    changes_something: ClassVar[bool] = False
-
-    def describe(self) -> str:
-        return f"{self.vm} ({self.vmid}) is as written"
-
-
-@dataclass(frozen=True)
-class Orphan(Action):
-    """Marked as this lab's but not in the file; `apply --prune` removes it."""
-
-    vmid: int
-    node: str
-    kind: ClassVar[str] = "orphan"
-    changes_something: ClassVar[bool] = False
-
-    def describe(self) -> str:
-        return f"{self.vm} ({self.vmid}) is marked as this lab's but not in the file (apply --prune removes it)"
-
-
-@dataclass(frozen=True)
-class Namesake(Action):
-    """A VM with a lab VM's name that this lab does not manage: reported, never touched."""
-
-    vmid: int
-    kind: ClassVar[str] = "namesake"
-    changes_something: ClassVar[bool] = False
-
-    def describe(self) -> str:
-        return f"VM {self.vmid} is also named {self.vm} but is not marked as this lab's: left alone"
-
-
-@dataclass(frozen=True)
-class Blocked(Action):
-    """Something the plan cannot do; apply refuses to start while any is present."""
-
-    reason: str
-    kind: ClassVar[str] = "blocked"
-    changes_something: ClassVar[bool] = False
-
-    def describe(self) -> str:
-        return f"cannot apply {self.vm}: {self.reason}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The ordered actions; no-ops are explicit."""
-
-    actions: tuple[Action, ...]
-
-    @property
-    def changes(self) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if a.changes_something)
-
-    @property
-    def blocked(self) -> tuple[Blocked, ...]:
-        return tuple(a for a in self.actions if isinstance(a, Blocked))
-
-    def by_vm(self) -> dict[str, list[Action]]:
-        """Actions grouped per VM, in order: each group is one chain the executor runs."""
-        groups: dict[str, list[Action]] = {}
-        for action in self.actions:
-            groups.setdefault(action.vm, []).append(action)
-        return groups
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "changes": len(self.changes),
-            "actions": [dict(a.as_dict(), description=a.describe()) for a in self.actions],
-        }
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """What the user allowed."""
-
-    prune: bool = False
-    replace: bool = True
 
 
 def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[ConfigChange, ...]:
@@ -307,6 +61,14 @@ def resolve_version(lab: Lab, vm: Vm, facts: Facts) -> TemplateVersion | str:
         return missing.reason
 
 
+# Config locks homelab's own work leaves while it runs: a lab VM holding one is another run's work in progress.
+WORK_IN_PROGRESS = ("clone", "create", "migrate")
+IN_PROGRESS = (
+    "another homelab run (perhaps from another machine) is working on it, or a task of an interrupted run is "
+    "still finishing; run again when it is done"
+)
+
+
 def plan(lab: Lab, facts: Facts, options: PlanOptions | None = None) -> Plan:
     """Desired (the lab) against live (the facts) -> ordered actions."""
     options = options or PlanOptions()
@@ -332,6 +94,10 @@ def plan(lab: Lab, facts: Facts, options: PlanOptions | None = None) -> Plan:
 def _plan_vm(
     lab: Lab, vm: Vm, facts: Facts, lives: list[LiveVm], options: PlanOptions, kept: tuple[int, str, str] | None
 ) -> list[Action]:
+    busy = next((live for live in lives if live.lock in WORK_IN_PROGRESS), None)
+    if busy is not None:
+        # Two runs from two machines are not serialised by the local lock: seeing the other's work, stop.
+        return [Blocked(vm.name, f"VM {busy.vmid} is locked ({busy.lock}): {IN_PROGRESS}")]
     version = resolve_version(lab, vm, facts)
     if isinstance(version, str):
         return [Blocked(vm.name, version)]
@@ -348,7 +114,19 @@ def _plan_vm(
     adopt = (kept[0], kept[1]) if kept and not holders else None
     if adopt and kept and kept[2] != node:
         return [Blocked(vm.name, f"its kept data disk is on node {kept[2]}, and a disk cannot move between nodes")]
-    create = CreateVM(vm.name, node, version, full, vm.vmid, desired, vm.disk, data if not adopt else None, adopt)
+    # Local storage cannot be cloned to another node: clone on the template's node (full: a linked clone
+    # cannot leave its base), then migrate.
+    migrate = node != version.node and version.vmid not in facts.shared_templates
+    full = full or migrate
+    first_boot = dict(desired)
+    if has_ciupgrade(facts.release):
+        # Only at creation: cloud-init reads it on the first boot (changing it later would change the
+        # instance and regenerate the host keys at the next boot for nothing).
+        wanted = vm.ciupgrade if vm.ciupgrade is not None else lab.settings.ciupgrade
+        first_boot["ciupgrade"] = "1" if wanted else "0"
+    create = CreateVM(
+        vm.name, node, version, full, vm.vmid, first_boot, vm.disk, None if adopt else data, adopt, migrate
+    )
     if not lives:
         return [create]
     current, leftovers = current_and_leftovers(lives, version.version)
@@ -371,7 +149,7 @@ def _plan_vm(
         if moving and current.node != node:
             return [Blocked(vm.name, f"needs replacing ({reason}), but its data disk cannot move to another node")]
         fresh = None if moving or adopt else data
-        replace_create = CreateVM(vm.name, node, version, full, None, desired, vm.disk, fresh, adopt)
+        replace_create = CreateVM(vm.name, node, version, full, None, first_boot, vm.disk, fresh, adopt, migrate)
         data_from = current.data_disk.key if current.data_disk else (DATA_KEY if holder is not None else None)
         static = vm.ip != "dhcp"
         snaps = data_from is not None and bool(current.config.get("parent"))
@@ -416,3 +194,26 @@ def _replace_reason(vm: Vm, live: LiveVm, version: TemplateVersion, node: str) -
     if size is not None and vm.disk < size:
         return f"disk {format_size(vm.disk)} is smaller than {format_size(size)} and disks cannot shrink"
     return None
+
+
+__all__ = [
+    "NEEDS_REBOOT",
+    "Action",
+    "AddDataDisk",
+    "Blocked",
+    "ConfigChange",
+    "CreateVM",
+    "GrowDisk",
+    "MoveDataDisk",
+    "Namesake",
+    "Orphan",
+    "Plan",
+    "PlanOptions",
+    "RemoveVM",
+    "ReplaceVM",
+    "StartVM",
+    "Unchanged",
+    "UpdateVM",
+    "plan",
+    "resolve_version",
+]

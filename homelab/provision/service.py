@@ -10,6 +10,7 @@ from homelab.adapters.proxmox.vmconfig import desired_config
 from homelab.lab.models import Lab
 from homelab.provision.executor import ApplyResult, Reporter, apply_plan
 from homelab.provision.facts import Facts, gather, kept_data
+from homelab.provision.nodes import check_nodes
 from homelab.provision.plan import (
     Action,
     GrowDisk,
@@ -48,7 +49,9 @@ def make_plan(
 ) -> Planned:
     """Gather live facts (read-only; or take facts just gathered) and plan."""
     api = api or connect(lab)
-    facts = facts or gather(api, lab)
+    if facts is None:
+        check_nodes(api, lab)
+        facts = gather(api, lab)
     return Planned(lab, api, facts, plan(lab, facts, options))
 
 

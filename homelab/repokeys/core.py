@@ -18,6 +18,7 @@ from homelab.repokeys.hostkeys import FirstContact, HostKey, Pin, ensure_pinned,
 from homelab.repokeys.install import Checkout, HostOutcome, Progress, install_key, switch_host
 from homelab.repokeys.keys import CURRENT, PENDING, DeployKey, KeyStore
 from homelab.state.hosts import Host, hosts_file
+from homelab.state.reading import read_state_json_lines
 
 
 def _repo(lab: Lab) -> tuple[RepoUrl, str]:
@@ -234,11 +235,7 @@ def _record(store: KeyStore, lab: Lab, rotation: Rotation) -> None:
 
 def rotation_log(lab: Lab) -> list[dict[str, object]]:
     """The recorded rotations, oldest first."""
-    try:
-        text = KeyStore(lab).rotation_log.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return read_state_json_lines(KeyStore(lab).rotation_log, "rotation log")
 
 
 __all__ = [

@@ -21,6 +21,7 @@ from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
 from homelab.state.files import write_atomic, write_secret
+from homelab.state.reading import StateFileError, read_state_text
 
 CURRENT = "id_ed25519"
 PENDING = "pending_ed25519"
@@ -76,10 +77,22 @@ class KeyStore:
         if not path.exists():
             return None
         pub = path.with_name(name + ".pub")
+        line = (read_state_text(pub, "deploy key's public half") or "").strip()
+        if not line:
+            try:
+                line = public_line_of(path)
+            except (OSError, ValueError) as exc:
+                raise StateFileError(
+                    path,
+                    f"the deploy key cannot be read ({exc})",
+                    "restore it, or make a new one: homelab keys generate --force",
+                ) from None
         try:
-            line = pub.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            line = public_line_of(path)
+            fingerprint(line)
+        except ValueError:
+            raise StateFileError(
+                pub, "not an OpenSSH public key line (damaged)", f"remove it: it is made again from {path}"
+            ) from None
         return DeployKey(path, line)
 
     def current(self) -> DeployKey | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
 from homelab.state.files import write_atomic
+from homelab.state.reading import StateFileError, notice, read_state_json, set_aside
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,34 @@ def hosts_file(lab: Lab) -> Path:
     return state_dir(lab.name) / "hosts.json"
 
 
-def load_hosts(lab: Lab) -> list[Host]:
-    """The hosts the last apply recorded, in lab order; empty before the first apply."""
+def load_hosts(lab: Lab, heal: bool = True) -> list[Host]:
+    """The hosts the last apply recorded, in lab order; empty before the first apply.
+
+    hosts.json only caches what Proxmox can tell again (each VM's address and host key, through its guest
+    agent): when it cannot be used it is moved aside with a line saying so, and the next apply rebuilds it.
+    ``heal=False`` (for commands that change nothing) only says so.
+    """
     path = hosts_file(lab)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        data = read_state_json(path, "hosts record")
+        if data is None:
+            return []
+        if not isinstance(data, dict) or not isinstance(data.get("hosts", []), list):
+            raise StateFileError(path, 'the hosts record is not {"hosts": [...]}')
+        return [Host(**entry) for entry in data.get("hosts", [])]
+    except (StateFileError, TypeError) as exc:
+        problem = (
+            exc.problem if isinstance(exc, StateFileError) else "the hosts record has an entry homelab cannot read"
+        )
+        try:
+            aside = f"moved to {set_aside(path)}" if heal else "left as it is"
+        except OSError as move:
+            raise StateFileError(path, problem, f"it could not be moved aside ({move.strerror}): remove it") from None
+        notice(
+            f"{path}: {problem}; {aside}. It only caches what Proxmox knows: `homelab apply` "
+            "rebuilds it through the guest agents"
+        )
         return []
-    return [Host(**entry) for entry in data.get("hosts", [])]
 
 
 def save_hosts(lab: Lab, hosts: list[Host]) -> None:

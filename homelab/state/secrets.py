@@ -11,6 +11,7 @@ import yaml
 
 from homelab.errors import SecretError
 from homelab.lab.models import Lab
+from homelab.masking import register
 from homelab.paths import config_dir
 
 TOKEN_ENV = "HOMELAB_PROXMOX_TOKEN"
@@ -61,6 +62,7 @@ def proxmox_auth(lab: Lab) -> ProxmoxAuth:
                 f"no secret for API token {px.token_id}: set {TOKEN_ENV}, or add "
                 f"'{lab.name}: {{proxmox_token: ...}}' to {secrets_file()} (mode 0600)"
             )
+        register(secret)
         return ProxmoxAuth(token_id=px.token_id, token_secret=secret)
     password = os.environ.get(PASSWORD_ENV) or _file_secrets(lab.name).get("proxmox_password")
     if not password:
@@ -68,4 +70,5 @@ def proxmox_auth(lab: Lab) -> ProxmoxAuth:
             f"no password for {px.user}: set {PASSWORD_ENV}, or add "
             f"'{lab.name}: {{proxmox_password: ...}}' to {secrets_file()} (mode 0600)"
         )
+    register(password)
     return ProxmoxAuth(user=px.user, password=password)

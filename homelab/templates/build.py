@@ -53,8 +53,14 @@ def gather_build_facts(api: PveApi, lab: Lab, template: Template, cluster: Clust
         files: frozenset[str] = frozenset()
         if storages:
             files = frozenset(storage_files(api, node, choose_import_storage(storages, node), "import"))
+        reported = str((api.get("/version") or {}).get("version") or "") or None
         return BuildFacts(
-            cluster.guests, versions, import_storages=storages, import_files=files, used_vmids=cluster.used_vmids
+            cluster.guests,
+            versions,
+            import_storages=storages,
+            import_files=files,
+            used_vmids=cluster.used_vmids,
+            pve_version=reported,
         )
     storage_type = None
     for item in api.get(f"/nodes/{node}/storage") or []:

@@ -11,11 +11,13 @@ been taken by someone else in the meantime.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.marks import marks_as, parse_mark
 from homelab.adapters.ssh import first_contact
-from homelab.errors import HomelabError
+from homelab.errors import HomelabError, OperationError, ProxmoxError, TaskFailed
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, parse_size
 from homelab.templates.bake import BakeTemplateVm, OpenShell, SealTemplateVm, bake, seal
@@ -49,15 +51,51 @@ def _download(api: PveApi, lab: Lab, action: DownloadImage) -> None:
     )
 
 
-def _create(api: PveApi, lab: Lab, action: CreateTemplateVm) -> None:
-    api.run_task(
-        "POST",
-        f"/nodes/{action.node}/qemu",
-        action.node,
-        lab.settings.timeouts.task,
-        f"creating VM {action.vmid}",
-        **dict(action.params),
+def _create(api: PveApi, lab: Lab, plan: BuildPlan, action: CreateTemplateVm) -> bool:
+    """Create the VM; True if a retry of the create (its first answer lost) ran into the VM it had made."""
+    try:
+        api.run_task(
+            "POST",
+            f"/nodes/{action.node}/qemu",
+            action.node,
+            lab.settings.timeouts.task,
+            f"creating VM {action.vmid}",
+            **dict(action.params),
+        )
+        return False
+    except TaskFailed:
+        raise
+    except ProxmoxError as exc:
+        if "already exists" not in str(exc) or not _made_by(api, lab, plan, action):
+            raise
+        return True
+
+
+def _made_by(api: PveApi, lab: Lab, plan: BuildPlan, action: CreateTemplateVm) -> bool:
+    """Whether the VM at the planned vmid is provably this build's: its name and its description's record
+    (lab, template, version). PVE writes both when the create task ends, so a VM still locked by it is
+    waited for first."""
+    path = f"/nodes/{action.node}/qemu/{action.vmid}/config"
+    deadline = time.monotonic() + lab.settings.timeouts.task
+    try:
+        config = api.get(path) or {}
+        while config.get("lock") == "create" and time.monotonic() < deadline:
+            api.retry.sleep(0.5)
+            config = api.get(path) or {}
+    except ProxmoxError:
+        return False  # gone (its create failed) or on another node: not ours to adopt
+    record = parse_mark(config.get("description"))
+    return config.get("name") == action.name and marks_as(
+        record, plan.lab, template=plan.template, version=plan.version
     )
+
+
+def _check_adopted(api: PveApi, action: CreateTemplateVm, progress: Progress) -> None:
+    """A VM of ours that a lost answer hid: carry on with it if its create finished, else fail (and so remove it)."""
+    config = api.get(f"/nodes/{action.node}/qemu/{action.vmid}/config") or {}
+    if config.get("lock") or not str(config.get("scsi0", "")).split(",")[0]:
+        raise OperationError(f"VM {action.vmid} that this build's create left behind is not complete")
+    progress(f"VM {action.vmid} was created though the answer was lost; carrying on with it")
 
 
 def _grow(api: PveApi, lab: Lab, action: GrowTemplateDisk) -> None:
@@ -105,8 +143,10 @@ def build_cloud_image(
             elif isinstance(action, ReuseImage):
                 pass
             elif isinstance(action, CreateTemplateVm):
-                _create(api, lab, action)
-                created = action  # only now: a create that failed ("already exists") made nothing of ours
+                adopted = _create(api, lab, plan, action)
+                created = action  # only now: a create refused ("already exists") by a VM not ours made nothing
+                if adopted:
+                    _check_adopted(api, action, progress)
             elif isinstance(action, GrowTemplateDisk):
                 _grow(api, lab, action)
             elif isinstance(action, BakeTemplateVm):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from homelab import __version__
+from homelab.adapters.proxmox.api import with_port
 from homelab.adapters.ssh import ssh_args
 from homelab.adapters.sshkeys import new_key_pair
 from homelab.errors import InputError
@@ -220,7 +221,8 @@ def _context(lab: Lab, template: Template, spec: RenderSpec, clone_vm: str | Non
         "storage": lab.proxmox.storage,
         "storage_pool_type": STORAGE_POOL_TYPES.get(storage_type or "lvmthin", storage_type or "lvm-thin"),
         "bridge": lab.proxmox.bridge,
-        "proxmox_url": lab.proxmox.url.rstrip("/") + "/api2/json",
+        "proxmox_url": with_port(lab.proxmox.url) + "/api2/json",
+        "pool": lab.proxmox.pool,
         "proxmox_username": packer_username(lab),
         "insecure_skip_tls_verify": not lab.proxmox.verify_tls,
         "description": spec.description,

@@ -15,6 +15,7 @@ from pathlib import Path
 from homelab.adapters.proxmox.cluster import ClusterFacts
 from homelab.adapters.proxmox.guests import Guest
 from homelab.adapters.proxmox.marks import AGENT_TAG, describe_template, join_tags, template_tags
+from homelab.adapters.proxmox.privileges import CLOUD_IMAGE_IMPORT, parse_version, show_version
 from homelab.adapters.proxmox.versions import TemplateVersion, find_versions, pick_version, version_name
 from homelab.errors import InputError, OperationError
 from homelab.lab.models import Lab, Template
@@ -45,6 +46,8 @@ class BuildFacts(ClusterFacts):
     import_files: frozenset[str] = frozenset()
     # packer builds: the Proxmox type of the disk storage (lvmthin, dir, zfspool, ...)
     storage_type: str | None = None
+    # what /version reported (cloud-image builds; None: not read)
+    pve_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,16 @@ def choose_import_storage(storages: tuple[str, ...] | list[str], node: str) -> s
     return PREFERRED_IMPORT_STORAGE if PREFERRED_IMPORT_STORAGE in storages else storages[0]
 
 
+def check_import_version(template: Template, reported: str | None) -> None:
+    """Refuse a cloud-image build below PVE 8.4, which cannot download a .qcow2 for import (OperationError)."""
+    version = parse_version(reported)
+    if version is not None and version < CLOUD_IMAGE_IMPORT:
+        raise OperationError(
+            f"template {template.name!r}: Proxmox VE {reported} cannot download a cloud image for import "
+            f"(needs {show_version(CLOUD_IMAGE_IMPORT)} or later): upgrade the node or use builder: packer"
+        )
+
+
 def _record(lab: Lab, template: Template, version: str, now: datetime, **extra: str) -> dict[str, str]:
     record = {
         "lab": lab.name,
@@ -233,6 +246,7 @@ def plan_cloud_image(
     """Plan a cloud-image build: download (or reuse) the image, create a VM importing it, bake the guest agent
     in over SSH at network.build_ip (logging in with homelab's ``admin_key``), make it a template."""
     node = lab.proxmox.node
+    check_import_version(template, facts.pve_version)
     build_ip = lab.network.build_ip
     if build_ip is None:  # the lab's checks require it for cloud-image templates; a library caller may not
         raise InputError("network.build_ip: required key is missing (the address the build VM gets for its bake)")
@@ -263,6 +277,7 @@ def plan_cloud_image(
         ("tags", join_tags(template_tags(lab.name))),
         ("description", describe_template(record)),
         *_build_cloud_init(lab, build_ip, admin_key),
+        *((("pool", lab.proxmox.pool),) if lab.proxmox.pool else ()),
     )
     build_only = tuple(key for key in BUILD_SETTINGS if key in dict(params))
     actions: tuple[BuildAction, ...] = (

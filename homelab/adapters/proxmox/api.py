@@ -11,8 +11,22 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from homelab.errors import Interrupted, OperationTimeout, ProxmoxError, TaskFailed
+from homelab.errors import ConnectionLost, Interrupted, OperationTimeout, ProxmoxError, TaskFailed
+
+# Where pveproxy listens when the lab's URL names no port: the API client assumes it, and so must every tool
+# homelab hands the URL to (Packer would otherwise try 443).
+DEFAULT_PORT = 8006
+
+
+def with_port(address: str) -> str:
+    """``https://host[:port][/]`` as ``https://host:port``, the port being DEFAULT_PORT when none is given."""
+    url = urlsplit(address.rstrip("/"))
+    host = url.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{url.scheme}://{host}:{url.port or DEFAULT_PORT}"
 
 
 class Transport(Protocol):
@@ -29,6 +43,9 @@ class RetryPolicy:
     first_delay: float = 0.2
     max_delay: float = 5.0
     sleep: Callable[[float], None] = time.sleep
+    # A lost connection (no answer at all) is retried this long, whatever the attempts, even by a caller that
+    # polls on its own: then it is reported as the lost connection, not as what was being waited for.
+    connection_grace: float = 45.0
 
 
 @dataclass
@@ -41,6 +58,7 @@ class PveApi:
     # Set (by the executor) when the user interrupts: task and agent waits stop at their next poll.
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _answered: bool = field(default=False, repr=False)  # Proxmox has answered once: no answer now is a lost link
 
     def request(self, method: str, path: str, _retry: bool = True, **params: Any) -> Any:
         """One API call; transient failures (network, 5xx locks, agent not yet up) are retried with backoff.
@@ -49,17 +67,34 @@ class PveApi:
         """
         delay = self.retry.first_delay
         attempts = self.retry.attempts if _retry else 1
-        for attempt in range(1, attempts + 1):
+        attempt, lost_since = 0, None
+        while True:
+            attempt += 1
             with self._lock:
                 self.calls[method] += 1
             try:
-                return self.transport.request(method, path, {k: v for k, v in params.items() if v is not None})
+                answer = self.transport.request(method, path, {k: v for k, v in params.items() if v is not None})
+                self._answered = True
+                return answer
+            except ConnectionLost as exc:
+                if not self._answered:  # never reached in this run: a wrong address, not a lost connection
+                    if attempt >= attempts:
+                        raise
+                else:
+                    lost_since = time.monotonic() if lost_since is None else lost_since
+                    if time.monotonic() - lost_since >= self.retry.connection_grace:
+                        raise ConnectionLost(
+                            f"lost the connection to Proxmox: no answer for {self.retry.connection_grace:g}s "
+                            f"({exc}); run the command again once Proxmox answers",
+                            transient=False,  # final: callers that poll on their own stop here too
+                        ) from None
             except ProxmoxError as exc:
-                if not exc.transient or attempt == attempts:
+                if not exc.transient or attempt >= attempts:
                     raise
+            if self.cancel.is_set():
+                raise Interrupted(f"interrupted while retrying {method} {path}")
             self.retry.sleep(delay)
             delay = min(delay * 2, self.retry.max_delay)
-        raise AssertionError("unreachable")
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, **params)

@@ -88,7 +88,13 @@ def desired_job(lab: Lab, vmids: Iterable[int], storage: str) -> dict[str, Any] 
 
 def read_job(api: PveApi, lab: Lab) -> dict[str, Any] | None:
     """The lab's backup job as PVE has it, or None."""
-    for job in api.get("/cluster/backup") or []:
+    try:
+        jobs = api.get("/cluster/backup") or []
+    except ProxmoxError as exc:
+        if exc.status == 403:
+            raise _job_access(exc) from exc
+        raise
+    for job in jobs:
         if job.get("id") == job_id(lab):
             return dict(job)
     return None
@@ -119,8 +125,12 @@ def write_job(api: PveApi, lab: Lab, current: dict[str, Any] | None, wanted: dic
             api.put(f"/cluster/backup/{job_id(lab)}", **wanted)
     except ProxmoxError as exc:
         if exc.status == 403:
-            raise InputError(
-                f"the API token may not change backup jobs ({exc}); backup.schedule needs Sys.Modify on /: "
-                "grant it, or drop backup.schedule and run `homelab backup` from cron"
-            ) from exc
+            raise _job_access(exc) from exc
         raise
+
+
+def _job_access(exc: ProxmoxError) -> InputError:
+    return InputError(
+        f"the API token may not read or change backup jobs ({exc}); backup.schedule needs Sys.Audit and Sys.Modify "
+        "on /: grant them (pveum acl modify / ...), or drop backup.schedule and run `homelab backup` from cron"
+    )

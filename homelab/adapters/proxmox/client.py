@@ -13,8 +13,10 @@ import requests
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import AuthenticationError, ResourceException
 
-from homelab.errors import InputError, ProxmoxError
+from homelab.adapters.proxmox.api import DEFAULT_PORT
+from homelab.errors import ConnectionLost, InputError, ProxmoxError
 from homelab.lab.models import Lab
+from homelab.masking import mask
 from homelab.state.secrets import ProxmoxAuth
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class ProxmoxerTransport:
         """A transport for one API address (https://host:port)."""
         url = urlparse(address)
         try:
-            port = url.port or 8006
+            port = url.port or DEFAULT_PORT
         except ValueError:
             raise InputError(f"{address}: the port must be 1 to 65535") from None
         if not url.hostname or url.scheme != "https":
@@ -74,7 +76,7 @@ class ProxmoxerTransport:
         try:
             api = ProxmoxAPI(**kwargs)
         except AuthenticationError as exc:
-            raise ProxmoxError(f"{address}: login refused: {exc}", status=401) from None
+            raise ProxmoxError(mask(f"{address}: login refused: {exc}"), status=401) from None
         except requests.exceptions.SSLError as exc:
             raise ProxmoxError(
                 f"{address}: TLS certificate not trusted ({_tls_reason(exc)}); set proxmox.ca_bundle"
@@ -99,7 +101,7 @@ class ProxmoxerTransport:
                 exc.status_code >= 500 and bool(TRANSIENT.search(message))
             )
             raise ProxmoxError(
-                f"{method} {path}: {exc.status_code} {message}", status=exc.status_code, transient=transient
+                mask(f"{method} {path}: {exc.status_code} {message}"), status=exc.status_code, transient=transient
             ) from None
         except requests.exceptions.SSLError as exc:
             raise ProxmoxError(
@@ -107,15 +109,15 @@ class ProxmoxerTransport:
                 "that signed it (on Proxmox: /etc/pve/pve-root-ca.pem)"
             ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise ProxmoxError(
-                f"cannot reach {self._where} ({_connection_reason(exc)}) for {method} {path}", transient=True
+            raise ConnectionLost(
+                f"cannot reach {self._where} ({_connection_reason(exc)}) for {method} {path}"
             ) from None
         except AuthenticationError as exc:
-            raise ProxmoxError(f"{self._where}: login refused: {exc}", status=401) from None
+            raise ProxmoxError(mask(f"{self._where}: login refused: {exc}"), status=401) from None
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc)
+    text = mask(str(exc))
     return text if len(text) < 200 else text[:200] + "..."
 
 

@@ -12,5 +12,7 @@ def connect(lab: Lab, retry: RetryPolicy | None = None) -> PveApi:
     from homelab.adapters.proxmox.client import ProxmoxerTransport
     from homelab.state.secrets import proxmox_auth
 
-    transport = ProxmoxerTransport.from_lab(lab, proxmox_auth(lab))
-    return PveApi(transport, retry or RetryPolicy())
+    grace = float(lab.settings.timeouts.connection)
+    # One request never waits longer than a lost connection is allowed to last.
+    transport = ProxmoxerTransport.from_lab(lab, proxmox_auth(lab), timeout=min(30.0, grace))
+    return PveApi(transport, retry or RetryPolicy(connection_grace=grace))
