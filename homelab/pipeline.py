@@ -19,6 +19,7 @@ from homelab.provision.plan import Plan, PlanOptions
 if TYPE_CHECKING:
     from homelab.adapters.ansible import PlaybookRunner
     from homelab.provision.service import Planned
+    from homelab.templates.bake import OpenShell
 
 Echo = Callable[[str], None]
 Confirm = Callable[[str], None]  # raises to refuse
@@ -83,7 +84,12 @@ def vm_stage_words(plan: Plan) -> str:
 
 
 def bake_missing(
-    api: PveApi, lab: Lab, echo: Echo, confirm: Confirm, built: list[str] | None = None
+    api: PveApi,
+    lab: Lab,
+    echo: Echo,
+    confirm: Confirm,
+    built: list[str] | None = None,
+    open_shell: OpenShell | None = None,
 ) -> tuple[list[str], Facts]:
     """Build a first version of every template a VM needs and Proxmox lacks.
 
@@ -98,7 +104,7 @@ def bake_missing(
     if not missing:
         echo("Every template the VMs use has a version on Proxmox.")
         return [] if built is None else built, facts
-    return build_templates(api, lab, missing, echo, confirm, built=built), facts
+    return build_templates(api, lab, missing, echo, confirm, built=built, open_shell=open_shell), facts
 
 
 def build_templates(
@@ -111,10 +117,12 @@ def build_templates(
     packer: str = "packer",
     dry_run: bool = False,
     built: list[str] | None = None,
+    open_shell: OpenShell | None = None,
 ) -> list[str]:
     """Plan a new version of each template in ``names``, show the plans, ask once, build them one by one.
 
     Returns the versions built (appended to ``built`` as each finishes). ``dry_run`` stops after the plans.
+    ``open_shell``: how a cloud-image bake reaches its build VM (default: SSH to network.build_ip).
     """
     from homelab.templates.build import plan_build, run_build
     from homelab.templates.packer import PackerSettings
@@ -129,7 +137,7 @@ def build_templates(
     confirm(f"Build {len(plans)} template version(s)?")
     for plan, build_facts in plans:
         result = run_build(
-            api, lab, plan, build_facts, build_progress(plan.actions, echo), PackerSettings(packer=packer)
+            api, lab, plan, build_facts, build_progress(plan.actions, echo), PackerSettings(packer=packer), open_shell
         )
         echo(result.summary())
         if result.log_path:
@@ -341,6 +349,7 @@ def up(
     deploy: bool = True,
     skip_reason: str = "--no-deploy",
     deploy_runner: PlaybookRunner | None = None,
+    open_shell: OpenShell | None = None,
     new_admin_key: bool = False,
 ) -> UpResult:
     """Templates, then VMs, then the deploy key, then Docker and the service stacks.
@@ -359,7 +368,7 @@ def up(
     current = "templates"
     try:
         stage(1, 4, "templates")
-        _, facts = bake_missing(api, lab, echo, confirm, result.built)
+        _, facts = bake_missing(api, lab, echo, confirm, result.built, open_shell)
         result.stages.append(("templates", f"built {', '.join(result.built)}" if result.built else "none missing"))
         result.changed = bool(result.built)
         current = "VMs"

@@ -72,6 +72,15 @@ def _default_ip(ctx: Context) -> str:
     return str(hosts[19]) if len(hosts) > 20 else "dhcp"
 
 
+def _default_build_ip(ctx: Context) -> str:
+    from homelab.lab.checks import suggest_build_ip
+
+    names = [n for n in str(ctx["vms"]).split(",") if n.strip()]
+    first = str(ctx["vm.ip"])
+    taken = [] if first == "dhcp" else [str(ipaddress.IPv4Address(first) + i) for i in range(len(names))]
+    return suggest_build_ip(ctx["network.subnet"], ctx["network.gateway"], taken)
+
+
 def _default_ssh_key(ctx: Context) -> str:
     for name in ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"):
         path = Path.home() / ".ssh" / name
@@ -142,6 +151,12 @@ LAB = [
     Question("access.ssh_key", "Your public SSH key for the VMs", default=_default_ssh_key, required=False),
     Question("vms", "VM names (comma separated)", default="docker-01"),
     Question("vm.ip", "First VM's IP address (or dhcp; the others follow)", default=_default_ip),
+    Question(
+        "network.build_ip",
+        "A free address for the template build VM (homelab installs the guest agent through it)",
+        default=_default_build_ip,
+        when=lambda ctx: ctx["template.builder"] == "cloud-image",
+    ),
     Question(
         "vm.stacks",
         "Service stacks for the first VM",
@@ -262,6 +277,7 @@ def build_lab(ctx: Context) -> dict[str, Any]:
             "gateway": a["network.gateway"],
             "dns": [d.strip() for d in str(a["network.dns"]).split(",") if d.strip()],
             "domain": a["network.domain"],
+            **({"build_ip": a["network.build_ip"]} if a.get("network.build_ip") else {}),
         },
         "templates": [_template(a)],
         "access": {"user": "homelab", "ssh_keys": [a["access.ssh_key"]] if a.get("access.ssh_key") else []},
@@ -380,7 +396,7 @@ def _check_connection(ctx: Context, path: Path) -> None:
     probe = {
         "name": "probe",
         "proxmox": {"url": ctx["proxmox.url"], "node": "probe", "token_id": ctx["proxmox.token_id"]},
-        "network": {"subnet": "10.0.0.0/24", "gateway": "10.0.0.1"},
+        "network": {"subnet": "10.0.0.0/24", "gateway": "10.0.0.1", "build_ip": "10.0.0.250"},
         "templates": [{"name": "probe"}],
     }
     from homelab.errors import LabFileError

@@ -1,4 +1,4 @@
-"""Shared fixtures: isolated config/state folders, the fake Proxmox, SSH test hosts."""
+"""Shared fixtures: isolated config/state folders, the fake Proxmox, SSH test hosts, build hosts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.fixtures_build import build_host  # noqa: F401
 from tests.harness.fixtures_hosts import ssh_host, ssh_hosts  # noqa: F401
 from tests.harness.fixtures_pve import fake_pve, pve_api  # noqa: F401
 

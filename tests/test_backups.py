@@ -78,7 +78,12 @@ def test_schedule_keeps_the_lab_backup_job_in_step_with_its_vms(
         vmid=9001,
         name="debian-docker-202611201200",
         template=True,
-        config={"agent": "1", "scsi0": "local-lvm:base-9001-disk-0,size=8G", "tags": "homelab-template;homelab-test"},
+        guest_agent=True,  # a version with the agent baked in, as `homelab template build` makes them
+        config={
+            "agent": "1",
+            "scsi0": "local-lvm:base-9001-disk-0,size=8G",
+            "tags": "guest-agent;homelab-template;homelab-test",
+        },
     )
     assert run_cli("apply", "--yes", lab=lab).exit_code == 0
     job = fake_pve.call("backup_jobs")["homelab-test"]

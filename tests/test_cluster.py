@@ -12,7 +12,9 @@ from homelab.adapters.proxmox.versions import TemplateVersion
 from homelab.demo.launcher import FakeProxmox
 from homelab.provision.facts import Facts
 from homelab.provision.plan import CreateVM, plan
+from tests.harness.buildhost import BuildHost
 from tests.harness.cli import run_cli
+from tests.harness.fixtures_build import bake_network
 from tests.harness.labs import lab_data, make_lab, write_lab
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT
 
@@ -56,9 +58,12 @@ GRANTS = [
 POOL_ACL = {TOKEN: GRANTS, TOKEN.split("!")[0]: GRANTS}
 
 
-def cluster_lab(tmp_path: Path, fake: FakeProxmox, monkeypatch: pytest.MonkeyPatch, **proxmox: Any) -> Path:
+def cluster_lab(
+    tmp_path: Path, fake: FakeProxmox, monkeypatch: pytest.MonkeyPatch, build: BuildHost, **proxmox: Any
+) -> Path:
+    """The 3-VM lab whose template is built from a cloud image, baked on ``build`` (the build VM's stand-in)."""
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake.token_secret)
-    data = lab_data(fake, VMS)
+    data = lab_data(fake, VMS, network=bake_network(build))
     data["proxmox"].update(proxmox)
     data["templates"] = [{"name": "debian-docker", "image": IMAGE}]
     return write_lab(tmp_path / "lab.yml", data)
@@ -90,9 +95,9 @@ def lab_vms(fake: FakeProxmox) -> dict[str, dict[str, Any]]:
 @pytest.mark.integration
 @pytest.mark.fake_pve(**TWO_NODES)
 def test_up_on_two_nodes_with_local_storage_clones_on_the_templates_node_then_migrates(
-    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, build_host: BuildHost
 ) -> None:
-    lab = cluster_lab(tmp_path, fake_pve, monkeypatch)
+    lab = cluster_lab(tmp_path, fake_pve, monkeypatch, build_host)
     plan = run_cli("plan", lab=lab)
     assert "no version of template" in plan.stdout  # nothing built yet: the VM stage waits for the template
 
@@ -115,9 +120,9 @@ def test_up_on_two_nodes_with_local_storage_clones_on_the_templates_node_then_mi
 @pytest.mark.integration
 @pytest.mark.fake_pve(**SHARED_TWO_NODES)
 def test_up_on_two_nodes_with_shared_storage_clones_straight_to_the_other_node(
-    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, build_host: BuildHost
 ) -> None:
-    lab = cluster_lab(tmp_path, fake_pve, monkeypatch, storage="shared")
+    lab = cluster_lab(tmp_path, fake_pve, monkeypatch, build_host, storage="shared")
     # Every clone's answer is lost once: the retry of db's, whose clone is already on pve2, fails inside its
     # task (the vmid exists on another node) and must still be recognised as ours.
     fake_pve.call("set", lost_answers=[["POST", "/clone", 3]])
@@ -135,11 +140,11 @@ def test_up_on_two_nodes_with_shared_storage_clones_straight_to_the_other_node(
 @pytest.mark.integration
 @pytest.mark.fake_pve(**TWO_NODES, token_id=TOKEN, pools={"lab": {}}, acl=POOL_ACL)
 def test_a_pool_scoped_token_builds_and_clones_into_the_pool_and_survives_a_hidden_vmid(
-    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, build_host: BuildHost
 ) -> None:
     # Someone else's VM on pve2, outside the pool: this token cannot see it, so only its clone finds out.
     fake_pve.call("add_vm", vmid=101, name="theirs", node="pve2")
-    lab = cluster_lab(tmp_path, fake_pve, monkeypatch, pool="lab")
+    lab = cluster_lab(tmp_path, fake_pve, monkeypatch, build_host, pool="lab")
     up_then_plan(lab)
 
     members = {m["vmid"] for m in as_root(fake_pve).pools.get(poolid="lab")[0]["members"] if "vmid" in m}
@@ -155,10 +160,10 @@ def test_a_pool_scoped_token_builds_and_clones_into_the_pool_and_survives_a_hidd
 @pytest.mark.integration
 @pytest.mark.fake_pve(**TWO_NODES)
 def test_ciupgrade_is_off_by_default_and_a_vm_may_turn_it_on(
-    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, build_host: BuildHost
 ) -> None:
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
-    data = lab_data(fake_pve, [{"name": "web"}, {"name": "ci", "ciupgrade": True}])
+    data = lab_data(fake_pve, [{"name": "web"}, {"name": "ci", "ciupgrade": True}], network=bake_network(build_host))
     data["templates"] = [{"name": "debian-docker", "image": IMAGE}]
     lab = write_lab(tmp_path / "lab.yml", data)
     up_then_plan(lab)
@@ -181,11 +186,11 @@ def test_ciupgrade_is_left_alone_before_pve_8_1(
 @pytest.mark.integration
 @pytest.mark.fake_pve(**TWO_NODES)
 def test_creates_whose_answers_were_lost_are_adopted_not_duplicated(
-    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, build_host: BuildHost
 ) -> None:
     # The template's create and the first clone run, but their answers never arrive; the retries run into them.
     fake_pve.call("set", lost_answers=[["POST", "/nodes/pve1/qemu", 1], ["POST", "/clone", 1]])
-    lab = cluster_lab(tmp_path, fake_pve, monkeypatch)
+    lab = cluster_lab(tmp_path, fake_pve, monkeypatch, build_host)
     out, _ = up_then_plan(lab)
 
     assert "created though the answer was lost" in out

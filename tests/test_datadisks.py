@@ -58,11 +58,12 @@ def new_version(fake: FakeProxmox) -> None:
         vmid=9001,
         name="debian-docker-202611201200",
         template=True,
+        guest_agent=True,  # a version with the agent baked in, as `homelab template build` makes them
         config={
             "agent": "1",
             "ostype": "l26",
             "scsi0": "local-lvm:base-9001-disk-0,size=8G",
-            "tags": "homelab-template;homelab-test",
+            "tags": "guest-agent;homelab-template;homelab-test",
         },
     )
 

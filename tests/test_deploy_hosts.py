@@ -38,6 +38,7 @@ proxmox:
 network:
   subnet: 10.10.0.0/24
   gateway: 10.10.0.1
+  build_ip: 10.10.0.250
   domain: lab.example   # stacks answer on <name>.lab.example
 templates:
   - name: debian-docker
@@ -183,6 +184,7 @@ proxmox:
 network:
   subnet: 10.10.0.0/24
   gateway: 10.10.0.1
+  build_ip: 10.10.0.250
   domain: lab.example
 templates:
   - name: debian-docker

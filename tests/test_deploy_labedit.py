@@ -23,6 +23,7 @@ proxmox:
 network:
   subnet: 10.10.0.0/24
   gateway: 10.10.0.1
+  build_ip: 10.10.0.250
   domain: lab.example
 templates:
 - name: debian-docker
@@ -106,7 +107,7 @@ def test_an_invalid_lab_file_is_not_touched(tmp_path: Path) -> None:
     path = tmp_path / "lab.yml"
     broken = INIT_STYLE.replace("  ip: 10.10.0.11", "  ip: 10.99.0.11")
     path.write_text(broken)
-    with pytest.raises(LabFileError, match=r"lab.yml:19: vms\[1\].ip: 10.99.0.11 is outside network.subnet"):
+    with pytest.raises(LabFileError, match=r"lab.yml:20: vms\[1\].ip: 10.99.0.11 is outside network.subnet"):
         add_stack(path, "portainer", "web")
     assert path.read_text() == broken
 

@@ -219,7 +219,12 @@ def up_run(
     data = {
         "name": "guest",
         "proxmox": {"url": real_pve.url, "node": "pve1", "token_id": real_pve.token_id, "ca_bundle": real_pve.cafile},
-        "network": {"subnet": str(lab_net.subnet), "gateway": lab_net.gateway, "dns": [lab_net.gateway]},
+        "network": {
+            "subnet": str(lab_net.subnet),
+            "gateway": lab_net.gateway,
+            "dns": [lab_net.gateway],
+            "build_ip": lab_net.address(9),  # the template's build VM, for its bake
+        },
         "templates": [
             {
                 "name": "debian",
@@ -374,8 +379,8 @@ def _guest_host_key(fake: FakeProxmox, run: UpRun, timeout: float = 600) -> str:
 
 
 @pytest.mark.skip(
-    reason="homelab has no route yet to install qemu-guest-agent into a template built from an agent-less cloud "
-    "image (another issue covers it); today `homelab up` would wait timeouts.agent for an agent that never answers"
+    reason="not yet run on a real guest: the bake route (homelab.templates.bake) is proven against the fake and an "
+    "SSH test host (tests/test_templates_bake.py); its real-guest run is the next step"
 )
 def test_up_from_the_stock_image_installs_the_agent(
     tmp_path: Path,
@@ -391,7 +396,12 @@ def test_up_from_the_stock_image_installs_the_agent(
     data = {
         "name": "stocklab",
         "proxmox": {"url": real_pve.url, "node": "pve1", "token_id": real_pve.token_id, "ca_bundle": real_pve.cafile},
-        "network": {"subnet": str(lab_net.subnet), "gateway": lab_net.gateway, "dns": [lab_net.gateway]},
+        "network": {
+            "subnet": str(lab_net.subnet),
+            "gateway": lab_net.gateway,
+            "dns": [lab_net.gateway],
+            "build_ip": lab_net.address(9),  # the template's build VM, for its bake
+        },
         "templates": [
             {
                 "name": "stock",

@@ -64,7 +64,7 @@ def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None
     result = run_cli("validate", lab=lab)
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        f"{lab}:14: vms[0].memory: 12 is too small: must be at least 256 "
+        f"{lab}:15: vms[0].memory: 12 is too small: must be at least 256 "
         "(an integer number of MiB, 256 or more, e.g. 4096)",
     ]
     # vms[0] is not valid, so its address is not compared with the others' until it is
@@ -87,10 +87,10 @@ def test_model_errors_and_the_checks_of_the_valid_parts_are_reported_in_one_run(
     result = run_cli("validate", lab=lab)
     assert (result.exit_code, result.stdout) == (2, "")
     assert result.stderr.splitlines() == [
-        f"{lab}:14: vms[0].memory: must be an integer, found the text 'lots' "
+        f"{lab}:15: vms[0].memory: must be an integer, found the text 'lots' "
         "(an integer number of MiB, 256 or more, e.g. 4096)",
-        f"{lab}:19: vms[1].vmid: 9001 is inside templates[0].vmid_range",
-        f"{lab}:21: vms[1].ip: 10.10.1.11 is outside network.subnet 10.10.0.0/24",
+        f"{lab}:20: vms[1].vmid: 9001 is inside templates[0].vmid_range",
+        f"{lab}:22: vms[1].ip: 10.10.1.11 is outside network.subnet 10.10.0.0/24",
     ]
 
 
@@ -318,10 +318,10 @@ def test_aliases_and_merge_keys_still_work_and_errors_point_where_the_value_is_w
     lab.write_text(BASE.split("vms:\n")[0] + vms)
     result = run_cli("validate", lab=lab)
     assert result.exit_code == 2
-    # cache's memory is web's (line 12); db's own memory overrides it
+    # cache's memory is web's (line 13); db's own memory overrides it
     assert [line.split(": ")[:2] for line in result.stderr.splitlines()] == [
-        [f"{lab}:12", "vms[0].memory"],
-        [f"{lab}:12", "vms[2].memory"],
+        [f"{lab}:13", "vms[0].memory"],
+        [f"{lab}:13", "vms[2].memory"],
     ]
     lab.write_text(lab.read_text().replace("memory: 100", "memory: 512"))
     result = run_cli("validate", lab=lab)

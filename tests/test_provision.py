@@ -154,7 +154,8 @@ def test_replace_on_new_template_version(lab_file: Path, fake_pve: FakeProxmox, 
         vmid=9001,
         name="debian-docker-202611201200",
         template=True,
-        config=dict(disk, scsi0="local-lvm:base-9001-disk-0,size=8G", tags="homelab-template;homelab-test"),
+        guest_agent=True,  # a version with the agent baked in, as `homelab template build` makes them
+        config=dict(disk, scsi0="local-lvm:base-9001-disk-0,size=8G", tags="guest-agent;homelab-template;homelab-test"),
     )
     result = run_cli("plan", "--no-replace", lab=lab_file)
     assert result.exit_code == 3 and result.stdout.count("! cannot apply") == 3

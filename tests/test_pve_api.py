@@ -20,7 +20,7 @@ URL = "https://pve.test:8006/api2/json"
 LAB = """
 name: t
 proxmox: {url: "https://pve.test:8006", node: pve1, token_id: "root@pam!homelab"}
-network: {subnet: 10.0.0.0/24, gateway: 10.0.0.1}
+network: {subnet: 10.0.0.0/24, gateway: 10.0.0.1, build_ip: 10.0.0.250}
 templates: [{name: base}]
 """
 

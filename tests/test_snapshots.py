@@ -78,7 +78,12 @@ def test_a_replacement_moves_the_data_disk_of_a_vm_with_snapshots(
         vmid=9001,
         name="debian-docker-202611201200",
         template=True,
-        config={"agent": "1", "scsi0": "local-lvm:base-9001-disk-0,size=8G", "tags": "homelab-template;homelab-test"},
+        guest_agent=True,  # a version with the agent baked in, as `homelab template build` makes them
+        config={
+            "agent": "1",
+            "scsi0": "local-lvm:base-9001-disk-0,size=8G",
+            "tags": "guest-agent;homelab-template;homelab-test",
+        },
     )
     plan = run_cli("plan", lab=lab_file)
     assert f"the snapshots of {old} go with it" in plan.stdout

@@ -11,9 +11,12 @@ from homelab.adapters.proxmox.versions import TemplateMissing
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import ProxmoxError
 from homelab.templates import resolve_template
+from homelab.templates.bake import BakeTemplateVm, SealTemplateVm
 from homelab.templates.build import build_template, plan_build, run_build
 from homelab.templates.leftovers import BuildFailed
 from homelab.templates.plan import ConvertToTemplate, CreateTemplateVm, DownloadImage, GrowTemplateDisk, ReuseImage
+from tests.harness.buildhost import BuildHost
+from tests.harness.fixtures_build import bake_network
 from tests.harness.labs import make_lab
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, vm_config, volumes
 
@@ -22,9 +25,13 @@ NOW = datetime(2026, 11, 2, 8, 15, 42, tzinfo=UTC)
 
 
 def test_builds_a_versioned_template_that_homelab_then_resolves(
-    fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+    fake_pve: FakeProxmox, build_host: BuildHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE, "disk": "10G", "cores": 4}])
+    lab = make_lab(
+        fake_pve,
+        templates=[{"name": "base", "image": IMAGE, "disk": "10G", "cores": 4}],
+        network=bake_network(build_host),
+    )
     api = api_for(fake_pve, lab, monkeypatch)
     with pytest.raises(TemplateMissing, match="run `homelab template build base`"):
         resolve_template(api, lab, "base")
@@ -36,6 +43,8 @@ def test_builds_a_versioned_template_that_homelab_then_resolves(
         DownloadImage,
         CreateTemplateVm,
         GrowTemplateDisk,
+        BakeTemplateVm,
+        SealTemplateVm,
         ConvertToTemplate,
     ]
     assert (result.version.vmid, result.version.name) == (9001, "base-202611020815")  # 9000 is taken
@@ -44,7 +53,7 @@ def test_builds_a_versioned_template_that_homelab_then_resolves(
 
     config = vm_config(fake_pve, 9001)
     assert config is not None and config["template"]
-    assert set(config["tags"].split(";")) == {"homelab-template", "homelab-test"}
+    assert set(config["tags"].split(";")) == {"guest-agent", "homelab-template", "homelab-test"}
     volid = "local:import/debian-12-genericcloud-amd64-abababababababab.qcow2"
     assert f"import-from={volid}" in config["scsi0"] and config["scsi0"].startswith("local-lvm:base-9001-disk")
     assert "cloudinit" in config["ide2"] or "media=cdrom" in config["ide2"]
@@ -62,9 +71,9 @@ def test_builds_a_versioned_template_that_homelab_then_resolves(
 
 
 def test_a_second_build_reuses_the_verified_image_and_becomes_the_newest(
-    fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+    fake_pve: FakeProxmox, build_host: BuildHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}], network=bake_network(build_host))
     api = api_for(fake_pve, lab, monkeypatch)
     first = build_template(api, lab, "base", now=NOW)
     fake_pve.requests(clear=True)
@@ -77,14 +86,24 @@ def test_a_second_build_reuses_the_verified_image_and_becomes_the_newest(
     assert resolve_template(api, lab, "base") == second.version
 
 
-def test_a_pinned_version_wins_over_the_newest(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
+def test_a_pinned_version_wins_over_the_newest(
+    fake_pve: FakeProxmox, build_host: BuildHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}], network=bake_network(build_host))
     api = api_for(fake_pve, lab, monkeypatch)
     first = build_template(api, lab, "base", now=NOW)
     build_template(api, lab, "base", now=NOW)
-    pinned = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE, "version": first.version.version}])
+    pinned = make_lab(
+        fake_pve,
+        templates=[{"name": "base", "image": IMAGE, "version": first.version.version}],
+        network=bake_network(build_host),
+    )
     assert resolve_template(api, pinned, "base") == first.version
-    gone = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE, "version": "202001010000"}])
+    gone = make_lab(
+        fake_pve,
+        templates=[{"name": "base", "image": IMAGE, "version": "202001010000"}],
+        network=bake_network(build_host),
+    )
     with pytest.raises(TemplateMissing, match="pins version 202001010000"):
         resolve_template(api, gone, "base")
 
@@ -115,9 +134,9 @@ def test_a_bad_checksum_fails_the_download_and_leaves_no_vm(
     [("POST", "/nodes/pve1/qemu/9001/template"), ("PUT", "/nodes/pve1/qemu/9001/resize")],
 )
 def test_a_failure_after_the_vm_exists_removes_it_and_its_disks(
-    fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, method: str, suffix: str
+    fake_pve: FakeProxmox, build_host: BuildHost, monkeypatch: pytest.MonkeyPatch, method: str, suffix: str
 ) -> None:
-    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake_pve, templates=[{"name": "base", "image": IMAGE}], network=bake_network(build_host))
     api = api_for(fake_pve, lab, monkeypatch)
     fake_pve.call("fail", method=method, suffix=suffix, status=500, message="storage went away")
     lines: list[str] = []

@@ -35,6 +35,8 @@ from homelab.templates.packer_config import (
     write_files,
 )
 from homelab.templates.plan import BuildFacts, plan_packer
+from tests.harness.buildhost import BuildHost
+from tests.harness.fixtures_build import bake_network
 from tests.harness.hosts import SshHost
 from tests.harness.labs import make_lab
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, vm_config
@@ -254,7 +256,8 @@ def _assert_finished_version(fake: FakeProxmox, lab: object, api: object, result
     assert resolve_template(api, lab, "golden") == version  # type: ignore[arg-type]
     config = vm_config(fake, version.vmid)
     assert config is not None and config["template"] and config["name"] == f"golden-{version.version}"
-    assert set(config["tags"].split(";")) == {"homelab-template", "homelab-test"}
+    # the bake playbook installs qemu-guest-agent
+    assert set(config["tags"].split(";")) == {"guest-agent", "homelab-template", "homelab-test"}
     assert (config["serial0"], config["vga"], config["agent"]) == ("socket", "serial0", "1")
     record = parse_mark(config["description"])
     assert record is not None and record["builder"] == "packer" and record["source"] == source
@@ -275,7 +278,7 @@ def _assert_finished_version(fake: FakeProxmox, lab: object, api: object, result
 @needs_packer
 @pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
 def test_packer_clone_build_on_top_of_a_cloud_image_version(
-    fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+    fake_pve: FakeProxmox, build_host: BuildHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lab = make_lab(
         fake_pve,
@@ -284,6 +287,7 @@ def test_packer_clone_build_on_top_of_a_cloud_image_version(
             {"name": "golden", "builder": "packer", "packer": {"source": "clone", "clone_vm": "cloud"}},
         ],
         password=True,
+        network=bake_network(build_host),
     )
     api = api_for(fake_pve, lab, monkeypatch)
     cloud = build_template(api, lab, "cloud", now=NOW)

@@ -15,7 +15,9 @@ from homelab.errors import InputError
 from homelab.templates.build import build_template
 from homelab.templates.facts import VersionDetails, VersionUse
 from homelab.templates.usage import gather_prune, list_templates, plan_prune, prune
+from tests.harness.buildhost import BuildHost
 from tests.harness.cli import run_cli
+from tests.harness.fixtures_build import bake_network
 from tests.harness.labs import lab_data, make_lab, write_lab
 from tests.test_templates_support import IMAGE, LOCAL_WITH_IMPORT, api_for, vm_config
 
@@ -114,10 +116,12 @@ def test_keep_zero_is_refused() -> None:
         plan_prune(lab, lab.templates[0], [], 0)
 
 
-def _cluster(fake: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, list[TemplateVersion]]:
+def _cluster(
+    fake: FakeProxmox, host: BuildHost, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any, list[TemplateVersion]]:
     """Four versions of base: the oldest cloned by `web` (as apply describes it), the second the base of a
     hand-made linked clone, the third unused, the fourth the newest. Plus an untagged old one."""
-    lab = make_lab(fake, templates=[{"name": "base", "image": IMAGE}])
+    lab = make_lab(fake, templates=[{"name": "base", "image": IMAGE}], network=bake_network(host))
     api = api_for(fake, lab, monkeypatch)
     built = [build_template(api, lab, "base", now=NOW).version for _ in range(4)]
     api.run_task("POST", f"/nodes/pve1/qemu/{built[0].vmid}/clone", "pve1", 30, "clone", newid=120, name="web")
@@ -141,8 +145,10 @@ def _cluster(fake: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, A
 
 @pytest.mark.integration
 @pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
-def test_prune_deletes_only_the_unused_version(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab, api, built = _cluster(fake_pve, monkeypatch)
+def test_prune_deletes_only_the_unused_version(
+    fake_pve: FakeProxmox, build_host: BuildHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab, api, built = _cluster(fake_pve, build_host, monkeypatch)
     [plan] = gather_prune(api, lab, [], keep=1)
     assert [a.version.vmid for a in plan.delete] == [built[2].vmid]
     reasons = {k.version.vmid: " ".join(k.reasons) for k in plan.keep}
@@ -163,8 +169,10 @@ def test_prune_deletes_only_the_unused_version(fake_pve: FakeProxmox, monkeypatc
 
 @pytest.mark.integration
 @pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
-def test_list_shows_versions_and_their_vms(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab, api, built = _cluster(fake_pve, monkeypatch)
+def test_list_shows_versions_and_their_vms(
+    fake_pve: FakeProxmox, build_host: BuildHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab, api, built = _cluster(fake_pve, build_host, monkeypatch)
     [listing] = list_templates(api, lab)
     assert listing.selected == built[3]
     users = {d.version.vmid: [(u.name, u.how) for u in d.used_by] for d in listing.versions}
@@ -176,9 +184,12 @@ def test_list_shows_versions_and_their_vms(fake_pve: FakeProxmox, monkeypatch: p
 
 @pytest.mark.integration
 @pytest.mark.fake_pve(storages=LOCAL_WITH_IMPORT)
-def test_cli_build_list_prune(fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cli_build_list_prune(
+    fake_pve: FakeProxmox, build_host: BuildHost, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     lab_file = tmp_path / "lab.yml"
-    write_lab(lab_file, lab_data(fake_pve, templates=[{"name": "base", "image": IMAGE}]))
+    data = lab_data(fake_pve, templates=[{"name": "base", "image": IMAGE}], network=bake_network(build_host))
+    write_lab(lab_file, data)
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
 
     dry = run_cli("template", "build", "--dry-run", lab=lab_file)

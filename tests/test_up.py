@@ -15,7 +15,9 @@ from homelab.errors import Aborted
 from homelab.lab import load_lab
 from homelab.pipeline import up
 from homelab.provision.executor import SilentReporter
+from tests.harness.buildhost import BuildHost
 from tests.harness.cli import run_cli
+from tests.harness.fixtures_build import bake_network
 from tests.harness.labs import lab_data, write_lab
 from tests.harness.playbooks import FakeRunner, inventory_hosts
 
@@ -27,9 +29,11 @@ IMAGE = {"url": "https://images.example/debian-12-genericcloud-amd64.qcow2", "ch
 
 
 @pytest.fixture
-def lab(tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch) -> Path:
+def lab(tmp_path: Path, fake_pve: FakeProxmox, build_host: BuildHost, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A lab whose template is baked on ``build_host``: the fake starts agent-less, as a stock cloud image."""
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
-    data = lab_data(fake_pve, [{"name": "web", "ip": "10.10.0.10"}, {"name": "db", "ip": "dhcp"}])
+    vms = [{"name": "web", "ip": "10.10.0.10"}, {"name": "db", "ip": "dhcp"}]
+    data = lab_data(fake_pve, vms, network=bake_network(build_host))
     data["templates"] = [{"name": "debian-docker", "image": IMAGE}]
     return write_lab(tmp_path / "lab.yml", data)
 

@@ -52,6 +52,8 @@ def test_init_writes_a_valid_lab_from_live_choices(
     # subnet and gateway default to what the bridge has
     assert (lab.network.subnet, lab.network.gateway) == ("192.0.2.0/24", "192.0.2.1")
     assert [(v.name, v.ip) for v in lab.vms] == [("docker-01", "192.0.2.20"), ("media-01", "192.0.2.21")]
+    # the template's build VM gets a free-looking address high in the subnet, away from the VMs'
+    assert lab.network.build_ip == "192.0.2.249"
     assert lab.vms[0].stacks == ["traefik", "homepage"]
     text = (tmp_path / "lab.yml").read_text()
     assert fake_pve.token_secret not in text

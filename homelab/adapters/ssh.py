@@ -7,7 +7,8 @@ drift, and the drift is where a check goes missing.
 
 This is also the one module that imports paramiko. A :class:`Session` uses RejectPolicy with the host's
 pinned key as the only known key: a VM without a pinned key is never contacted, one presenting another
-key is an error. A script goes to ``sh -s`` over stdin (nothing secret lands in a process list) and
+key is an error. The one exception is a template's throwaway build VM (:func:`first_contact`), which cannot
+have a pinned key yet. A script goes to ``sh -s`` over stdin (nothing secret lands in a process list) and
 runs as the target user: directly when we log in as that user, through ``runuser`` when we log in as
 root, through ``sudo -n`` otherwise. One session keeps one connection for many scripts.
 """
@@ -17,7 +18,8 @@ from __future__ import annotations
 import base64
 import logging
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -217,28 +219,35 @@ def wrap_script(body: str) -> str:
 class Session:
     """One SSH connection to a VM; use as a context manager."""
 
-    def __init__(self, host: Host, lab_name: str):
+    def __init__(self, host: Host, lab_name: str, *, first_contact: bool = False):
         self.host = host
         self.lab_name = lab_name
+        # Only for a template's throwaway build VM (see :func:`first_contact`): take the key it offers.
+        self.first_contact = first_contact
+        self.offered_key: str | None = None  # what the server offered, as "type base64"
         self._client: paramiko.SSHClient | None = None
 
     def __enter__(self) -> Session:
         import paramiko
 
         host = self.host
-        if not host.host_key:
+        if not host.host_key and not self.first_contact:
             raise OperationError(f"{host.name}: its SSH host key is not pinned (run `homelab apply` first)")
         key_file = login_key(host, self.lab_name)
         if not key_file.is_file():
             raise OperationError(f"{host.name}: homelab's login key {key_file} is missing")
-        target, key_type, key_b64 = host.known_hosts_line().split()[:3]
         client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            pinned = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64))
-        except (ValueError, paramiko.SSHException) as exc:
-            raise OperationError(f"{host.name}: the pinned host key is not usable: {exc}") from None
-        client.get_host_keys().add(target, key_type, pinned)
+        if self.first_contact:
+            # Kept in this client's memory only: never loaded from nor saved to any known_hosts file.
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - see first_contact
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            target, key_type, key_b64 = host.known_hosts_line().split()[:3]
+            try:
+                pinned = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64))
+            except (ValueError, paramiko.SSHException) as exc:
+                raise OperationError(f"{host.name}: the pinned host key is not usable: {exc}") from None
+            client.get_host_keys().add(target, key_type, pinned)
         where = f"{host.user}@{host.address}" + (f":{host.port}" if host.port != 22 else "")
         try:
             client.connect(
@@ -264,6 +273,10 @@ class Session:
             client.close()
             raise OperationError(f"{host.name}: cannot connect to {where}: {exc}") from None
         self._client = client
+        transport = client.get_transport()
+        if transport is not None:
+            offered = transport.get_remote_server_key()
+            self.offered_key = f"{offered.get_name()} {offered.get_base64()}"
         return self
 
     def __exit__(
@@ -299,6 +312,44 @@ def _fp(key: Any) -> str:
         return fingerprint(f"{key.get_name()} {key.get_base64()}")
     except (AttributeError, ValueError):
         return "?"
+
+
+@contextmanager
+def first_contact(
+    address: str, user: str, lab_name: str, wait: float, note: Callable[[str], None], port: int = 22
+) -> Iterator[Session]:
+    """An open session to a template's build VM, whose host key cannot be known beforehand (the image has no
+    guest agent yet to read it through): the key it offers is taken for this session only, never written to
+    a known_hosts file nor to hosts.json, and its fingerprint is shown through ``note``.
+
+    Retries for up to ``wait`` seconds while the VM boots (connection refused or timed out, or homelab's key
+    refused until cloud-init has installed it). A context manager: the session closes when it ends.
+    """
+    import time
+
+    host = Host(name=f"build VM {address}", address=address, user=user, port=port)
+    if not login_key(host, lab_name).is_file():
+        raise OperationError(f"homelab's login key {login_key(host, lab_name)} is missing")
+    deadline = time.monotonic() + wait
+    delay = 1.0
+    while True:
+        session = Session(host, lab_name, first_contact=True)
+        try:
+            session.__enter__()
+        except OperationError as exc:
+            if time.monotonic() + delay > deadline:
+                raise OperationTimeout(
+                    f"the build VM did not let homelab in over SSH within {wait:.0f} s: {exc}"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 1.5, 5.0)
+            continue
+        break
+    try:
+        note(f"{address} offered SSH host key {fingerprint(session.offered_key or '')}, taken for this build only")
+        yield session
+    finally:
+        session.__exit__(None, None, None)
 
 
 def run_script(host: Host, lab_name: str, script: str, *, as_user: str, timeout: float = 120) -> ScriptResult:

@@ -6,11 +6,15 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
 from homelab import ui
 from homelab.errors import InputError, OperationError
+
+if TYPE_CHECKING:
+    from homelab.demo.launcher import FakeProxmox
 
 INSTALL_HINT = "pip install 'homelab-pve[demo]'"
 
@@ -37,7 +41,9 @@ INSTALL_HINT = "pip install 'homelab-pve[demo]'"
 def demo(vms: int, time_scale: float, workdir: str | None, keep: bool) -> None:
     """Run `homelab up` for the example lab against the built-in fake Proxmox, then plan again and show status.
 
-    The stacks are not deployed: the fake's VMs are API objects, not machines one can SSH into.
+    The stacks are not deployed: the fake's VMs are API objects, not machines one can SSH into. For the same
+    reason the fake stands in for the template's build VM, which homelab reaches over SSH to install the guest
+    agent.
 
     Nothing on your network is touched: the fake listens on a loopback address over HTTPS, and the demo lab
     has no config repo, so no git host is contacted. Without --keep the fake stops at the end and nothing is
@@ -53,7 +59,7 @@ def demo(vms: int, time_scale: float, workdir: str | None, keep: bool) -> None:
     started = time.monotonic()
     with demo_session(workdir, time_scale) as session, _environment(session.environment()):
         click.echo(f"Started the fake Proxmox at {session.fake.url} (demo folder {session.root}).")
-        _run(write_demo_lab(session, vms))
+        _run(write_demo_lab(session, vms), session.fake)
         if not keep:
             left = "the demo folder is removed" if session.temporary else f"the demo's files stay in {session.root}"
             click.echo(f"\nThe demo took {time.monotonic() - started:.1f}s. The fake Proxmox stops now and {left}.\n")
@@ -91,9 +97,10 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _run(lab_path: os.PathLike[str]) -> None:
+def _run(lab_path: os.PathLike[str], fake: FakeProxmox) -> None:
     """`homelab up --yes` without the deploy stage, then plan again (nothing to do) and status."""
     from homelab.adapters.proxmox.connect import connect
+    from homelab.demo.bakehost import demo_shell
     from homelab.lab.loader import parse_lab
     from homelab.pipeline import up
     from homelab.provision.service import make_plan, status
@@ -113,6 +120,7 @@ def _run(lab_path: os.PathLike[str]) -> None:
         ui.LineReporter(),
         deploy=False,
         skip_reason="the fake's VMs are API objects, not machines to SSH into",
+        open_shell=demo_shell(fake),  # the template's bake, too, has no machine to SSH into
     )
     click.secho("\n$ homelab plan   (again: nothing to do)", bold=True)
     again = make_plan(lab, api=api)

@@ -20,12 +20,13 @@ DEFAULT_VERSION = "9.1.1"
 
 
 def default_guests() -> list[dict[str, Any]]:
-    """A baked template version, as `homelab template build` leaves one."""
+    """A baked template version, as `homelab template build` leaves one: qemu-guest-agent installed."""
     return [
         {
             "vmid": 9000,
             "name": "debian-docker-202611010930",
             "template": True,
+            "guest_agent": True,  # a template that already has the agent (see fake_agent.py)
             "config": {
                 "name": "debian-docker-202611010930",
                 "cores": 2,
@@ -37,7 +38,7 @@ def default_guests() -> list[dict[str, Any]]:
                 "agent": "1",
                 "serial0": "socket",
                 "ostype": "l26",
-                "tags": "homelab-template",
+                "tags": "guest-agent;homelab-template",
                 "description": "homelab template debian-docker version 202611010930",
             },
         }
@@ -118,6 +119,9 @@ class FakeSettings:
     latency: float = 0.0
     address_map: dict[str, str] | None = None
     host_keys: dict[str, str] | None = None
+    # address -> {"etc": ..., "var_lib": ..., "authorized_keys": ...}: SSH test hosts that play build VMs
+    build_hosts: dict[str, dict[str, str]] | None = None
+    demo_bake_host: bool = False  # the demo only: the fake stands in for the build host
     token_id: str = DEFAULT_TOKEN_ID
     # Pools ({name: {"storage": [ids]}}) and ACLs ({user or token: [[path, [privileges]]]}); with any ACL, every
     # call is checked like PVE checks it (see demo/fake_cluster.py); an ACL replaces the default role's grants.
@@ -192,6 +196,8 @@ def _write_config(workdir: Path, host: str, options: FakeSettings) -> dict[str, 
         "latency": options.latency,
         "address_map": options.address_map or {},
         "host_keys": options.host_keys or {},
+        "build_hosts": options.build_hosts or {},
+        "demo_bake_host": options.demo_bake_host,
         "control": str(workdir / "control.sock"),
         "state_dir": str(workdir),
         "ignore_sigint": options.ignore_sigint,

@@ -3,9 +3,10 @@
 Runs fakepve (the ``demo`` extra; AGPL, used only as a separate process) with:
 - the guests, storages and nodes named in the JSON config,
 - API tokens registered in-process (fakepve only knows tokens set that way),
-- a guest agent that comes up a little after a VM starts and reports the address from its
-  cloud-init ipconfig0 (or a DHCP-style address), so clients see realistic addresses, and a guest whose
-  cloud-init finishes later still and regenerates the host key for a new instance (:mod:`fake_guest`),
+- a guest agent, only in VMs whose image has one (fake_agent.py: stock cloud images do not), that comes up a
+  little after a VM starts and reports the address from its cloud-init ipconfig0 (or a DHCP-style address),
+  and a guest whose cloud-init finishes later still and regenerates the host key for a new instance
+  (:mod:`fake_guest`),
 - a control socket (JSON lines over a Unix socket) for fault injection and inspection.
 
 It prints one line ``READY <url>`` when it accepts connections.
@@ -64,11 +65,14 @@ def fake_class() -> type:
     """FakePve plus disk resize: fakepve 0.5.0 answers it from the schema without storing the new size."""
     from fakepve import FakePve, PveError
 
+    from homelab.demo.fake_agent import GuestAgentImages
     from homelab.demo.fake_backup import Backups
     from homelab.demo.fake_cluster import ClusterMixin
     from homelab.demo.fake_disks import DiskReassign
 
-    class HomelabFakePve(GuestFiles, fake_access.AccessMixin, ClusterMixin, DiskReassign, Backups, FakePve):
+    class HomelabFakePve(
+        GuestFiles, fake_access.AccessMixin, ClusterMixin, GuestAgentImages, DiskReassign, Backups, FakePve
+    ):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
 
@@ -119,6 +123,7 @@ class Server:
         # Address as configured -> address the agent reports (tests map lab IPs onto test hosts).
         self.addr_map: dict[str, str] = dict(config.get("address_map", {}))
         self.no_agent: set[int] = set()
+        self.pve.setup_guest_agents(config, self.addr_map)  # stock images have no agent (fake_agent.py)
         # Reported address -> "ssh-ed25519 AAAA...": the host key the agent shows for that VM (tests map
         # VMs onto real SSH test hosts and their keys).
         self.host_keys: dict[str, str] = dict(config.get("host_keys", {}))
@@ -146,7 +151,9 @@ class Server:
                     setattr(vm, key, guest[key])
 
     def add_guest(self, guest: dict[str, Any]) -> Any:
-        """A VM in the fake, from a test's or the demo's description of it."""
+        """A VM in the fake, from a test's or the demo's description of it (``guest_agent``: its disk has one)."""
+        if guest.get("guest_agent"):
+            self.pve.agent_disks.add(int(guest["vmid"]))
         return self.pve.add_vm(
             guest["vmid"],
             guest["name"],
@@ -185,7 +192,7 @@ class Server:
                         vm.start_secs = self.start_secs
                 if vm.template or vm.vmid in self.no_agent:
                     continue
-                if vm.status == "running" and _agent_enabled(vm.config):
+                if vm.status == "running" and _agent_enabled(vm.config) and self.pve.has_guest_agent(vm):
                     finish = self.cloud_init_secs * self.pve.time_scale
                     self.guest.tick(vm, now, delay, finish, partial(_interfaces, vm, self.dhcp_net, self.addr_map))
                 elif vm.status != "running" and vm.agent is not None:
@@ -242,6 +249,8 @@ class Server:
             return None
         if op == "guest":
             return self.guest.describe(pve.vm(msg["vmid"]))
+        if op in ("agent_disks", "build_hosts", "demo_bake"):
+            return self.pve.guest_agent_op(op, msg)
         if op == "add_vm":
             self.add_guest(msg)
             return None

@@ -106,6 +106,7 @@ def demo_session(workdir: str | None, time_scale: float) -> Iterator[DemoSession
                 agent_delay=20,
                 start_secs=5,
                 ignore_sigint=True,  # Ctrl-C on a terminal reaches the whole group: the demo stops the fake itself
+                demo_bake_host=True,  # no VM to SSH into: the fake stands in for the template's build VM
             )
             yield DemoSession(root, fake, temporary)
         finally:

@@ -71,6 +71,7 @@ def check_parts(parts: LabParts) -> list[Found]:
     found += _check_templates(parts.templates)
     if parts.network is not None:
         found += _check_network(parts.network)
+        found += _check_build_ip(parts)
     found += _check_vms(parts)
     found += _check_stacks(parts.stacks)
     return found
@@ -133,6 +134,46 @@ def _check_network(network: Network) -> list[Found]:
     if ipaddress.IPv4Address(network.gateway) not in net:
         return [(("network", "gateway"), f"{network.gateway} is outside network.subnet {net}")]
     return []
+
+
+def _check_build_ip(parts: LabParts) -> list[Found]:
+    network = parts.network
+    assert network is not None
+    if network.build_ip is None:
+        bakes = [i for i, t in parts.templates if t.builder == "cloud-image"]
+        if not bakes:
+            return []
+        return [
+            (
+                ("network", "build_ip"),
+                f"required key is missing: templates[{bakes[0]}] uses builder: cloud-image, whose build VM needs "
+                "a free static address in network.subnet while homelab installs its guest agent "
+                "(e.g. build_ip: " + _free_looking(network) + ")",
+            )
+        ]
+    found: list[Found] = [(("network", "build_ip"), p) for p in _address_problems(network.build_ip, network)]
+    for i, vm in parts.vms:
+        if vm.ip == network.build_ip:
+            found.append((("network", "build_ip"), f"{vm.ip} is also vms[{i}].ip; the build VM needs its own"))
+    return found
+
+
+def _free_looking(network: Network) -> str:
+    """An address near the top of the subnet, which DHCP pools and first VMs rarely take."""
+    return suggest_build_ip(network.subnet, network.gateway)
+
+
+def suggest_build_ip(subnet: str, gateway: str, taken: Iterable[str] = ()) -> str:
+    """A free-looking address for network.build_ip: a few below the top of the subnet (DHCP pools and the first
+    VMs usually sit low), not the gateway nor one ``taken``."""
+    net = ipaddress.IPv4Network(subnet)
+    avoid = {gateway, *taken}
+    start = 6 if net.num_addresses > 16 else 1
+    for below in range(start, min(net.num_addresses - 1, start + 256)):
+        candidate = str(net.broadcast_address - below)
+        if candidate not in avoid and net.broadcast_address - below > net.network_address:
+            return candidate
+    return str(net.network_address + 1)
 
 
 def _check_vms(parts: LabParts) -> list[Found]:

@@ -129,6 +129,11 @@ class Network(Strict):
         pattern=r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
         description="search domain, e.g. home.arpa",
     )
+    build_ip: IPv4 | None = Field(
+        None,
+        description="a free address in subnet that a template build VM gets while homelab bakes the cloud image "
+        "(installs qemu-guest-agent over SSH); required for builder: cloud-image",
+    )
 
 
 class Access(Strict):
@@ -146,7 +151,12 @@ class Timeouts(Strict):
     task: int = Field(600, ge=1, description="any Proxmox task (seconds)")
     clone: int = Field(1800, ge=1, description="a clone; full clones on slow disks take minutes (seconds)")
     start: int = Field(300, ge=1, description="a VM start (seconds)")
-    agent: int = Field(600, ge=1, description="the agent answering and cloud-init finishing after a start (seconds)")
+    agent: int = Field(
+        600,
+        ge=1,
+        description="the agent answering and cloud-init finishing after a start; a template's build VM letting "
+        "homelab in over SSH (seconds)",
+    )
     connection: int = Field(
         45, ge=1, description="a lost connection to the Proxmox API is retried this long, then reported (seconds)"
     )

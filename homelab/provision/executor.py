@@ -96,8 +96,9 @@ class Executor:
             return
         booted = any(isinstance(a, (CreateVM, ReplaceVM, StartVM)) or getattr(a, "reboot", False) for a in actions)
         assert outcome.vmid is not None
+        template = next((a.template for a in actions if isinstance(a, CreateVM)), None)
         outcome.address, outcome.host_key = self.agent.learn(
-            vm, outcome.node or "", outcome.vmid, booted, outcome.address, self.known.get(vm)
+            vm, outcome.node or "", outcome.vmid, booted, outcome.address, self.known.get(vm), template
         )
 
     def _summary(self, outcome: VmOutcome) -> str:
@@ -306,7 +307,7 @@ class Executor:
             try:
                 with self._slot():
                     self._start(action.vm, node, vmid)
-                address, key = self.agent.learn(action.vm, node, vmid, True, None, None)
+                address, key = self.agent.learn(action.vm, node, vmid, True, None, None, create.template)
             except HomelabError:
                 self.report.step(action.vm, f"new VM {vmid} did not come up; going back to {action.old_vmid}")
                 self._stop(action.vm, node, vmid)
@@ -315,7 +316,7 @@ class Executor:
                 self._start(*old)
                 raise
         else:
-            address, key = self.agent.learn(action.vm, node, vmid, True, None, None)
+            address, key = self.agent.learn(action.vm, node, vmid, True, None, None, create.template)
         with self._slot():
             self._remove(*old)
         return vmid, node, address, key

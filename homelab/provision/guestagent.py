@@ -27,12 +27,16 @@ from collections.abc import Callable
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
+from homelab.adapters.proxmox.marks import AGENT_TAG
+from homelab.adapters.proxmox.versions import TemplateVersion
 from homelab.adapters.sshkeys import fingerprint
 from homelab.errors import Interrupted, OperationError, OperationTimeout, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.state.hosts import Host
 
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
+# PVE's answer when nothing in the guest answers the agent socket (no agent installed, or still booting).
+NOT_RUNNING = "QEMU guest agent is not running"
 INSTANCE_ID_FILE = "/var/lib/cloud/data/instance-id"
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 # Interfaces a VM grows once Docker or a hypervisor runs on it: their addresses are not the VM's.
@@ -93,10 +97,18 @@ class GuestAgent:
         return next((str(v.ip) for v in self.lab.vms if v.name == vm and v.ip != "dhcp"), None)
 
     def learn(
-        self, vm: str, node: str, vmid: int, booted: bool, address: str | None, known: Host | None
+        self,
+        vm: str,
+        node: str,
+        vmid: int,
+        booted: bool,
+        address: str | None,
+        known: Host | None,
+        template: TemplateVersion | None = None,
     ) -> tuple[str | None, str | None]:
         """The VM's (address, host key) for the later stages: ``address`` is what apply saw already, ``known``
-        what the last apply recorded; ``booted``: something (re)started the VM since."""
+        what the last apply recorded; ``booted``: something (re)started the VM since; ``template``: the version
+        it was just cloned from (one homelab built without the guest agent fails at once, naming it)."""
         static = self.static_ip(vm)
         if (
             not booted
@@ -110,7 +122,7 @@ class GuestAgent:
             return known.address, known.host_key
         deadline = time.monotonic() + self.lab.settings.timeouts.agent
         expected = self.seeded_instance(node, vmid)
-        self.wait_cloud_init(vm, node, vmid, expected, deadline)
+        self.wait_cloud_init(vm, node, vmid, expected, deadline, template)
         if static is not None:
             address = static
         elif address is None:
@@ -139,9 +151,20 @@ class GuestAgent:
         match = re.search(r"instance-id:\s*(\S+)", str(dump or ""))
         return match.group(1) if match else None
 
-    def wait_cloud_init(self, vm: str, node: str, vmid: int, expected: str | None, deadline: float) -> None:
+    def wait_cloud_init(
+        self,
+        vm: str,
+        node: str,
+        vmid: int,
+        expected: str | None,
+        deadline: float,
+        template: TemplateVersion | None = None,
+    ) -> None:
         """Poll the agent until cloud-init has finished for ``expected`` (None: for whatever instance the guest
-        runs): its instance id is the expected one and its ``boot-finished`` exists."""
+        runs): its instance id is the expected one and its ``boot-finished`` exists. A VM cloned from a template
+        homelab built without the agent (no guest-agent tag: built before homelab baked it in) fails at the
+        first "not running" answer instead of after the lab's agent timeout."""
+        agentless = template is not None and template.built_by_homelab and AGENT_TAG not in template.tags
         waiting = f" for instance {expected[:12]}" if expected else ""
         self.step(vm, f"waiting for the guest agent and cloud-init{waiting}")
         started = time.monotonic()
@@ -158,6 +181,12 @@ class GuestAgent:
                 ) is not None:
                     return
             except ProxmoxError as exc:
+                if NOT_RUNNING in str(exc) and agentless and template is not None:
+                    raise OperationError(
+                        f"{vm}: no guest agent runs in it: its template {template.name} was built without "
+                        f"qemu-guest-agent (it lacks the {AGENT_TAG} tag); build a new version with `homelab "
+                        f"template build {template.template}`, which installs it"
+                    ) from None
                 if NO_AGENT.search(str(exc)):
                     raise OperationError(
                         f"{vm}: the VM has no guest agent configured; homelab reads its SSH host key through "

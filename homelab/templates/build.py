@@ -14,6 +14,7 @@ from homelab.adapters.proxmox.versions import TemplateVersion
 from homelab.errors import OperationError
 from homelab.lab.models import Lab, Template
 from homelab.paths import state_dir
+from homelab.templates.bake import OpenShell
 from homelab.templates.facts import import_storages, lab_template, storage_files
 from homelab.templates.images import Fetch, fetch_text, image_for
 from homelab.templates.packer import PackerSettings, build_with_packer
@@ -89,7 +90,11 @@ def plan_build(
     facts = gather_build_facts(api, lab, model, cluster)
     now = now or datetime.now(UTC)
     if model.builder == "cloud-image":
-        return plan_cloud_image(lab, model, facts, image_for(model, fetch), now), facts
+        from homelab.adapters.sshkeys import ensure_admin_key
+
+        # the bake logs in with homelab's admin key, the one apply puts on every VM (made once, 0600)
+        admin_key = ensure_admin_key(lab)
+        return plan_cloud_image(lab, model, facts, image_for(model, fetch), now, admin_key), facts
     from homelab.templates.naming import new_version
 
     build_dir, log_path = build_paths(lab, model, new_version(now, [v.version for v in facts.versions]))
@@ -103,8 +108,10 @@ def run_build(
     facts: BuildFacts,
     progress: Progress,
     packer: PackerSettings | None = None,
+    open_shell: OpenShell | None = None,
 ) -> BuildResult:
-    """Carry out a build plan and find the new version on Proxmox."""
+    """Carry out a build plan and find the new version on Proxmox. ``open_shell``: how the bake reaches the
+    build VM (default: SSH to network.build_ip)."""
     model = lab_template(lab, plan.template)
     calls_before = sum(api.calls.values())
     started = time.monotonic()
@@ -113,7 +120,7 @@ def run_build(
     if plan.builder == "cloud-image":
         from homelab.templates.cloudimage import build_cloud_image
 
-        downloaded = build_cloud_image(api, lab, plan, progress)
+        downloaded = build_cloud_image(api, lab, plan, progress, open_shell)
     else:
         build_with_packer(api, lab, model, plan, progress, packer or PackerSettings(), facts.storage_type)
         from homelab.templates.plan import RunPacker
@@ -142,9 +149,10 @@ def build_template(
     packer: PackerSettings | None = None,
     now: datetime | None = None,
     fetch: Fetch = fetch_text,
+    open_shell: OpenShell | None = None,
 ) -> BuildResult:
     """Plan and build one template version (the library call behind `homelab template build`)."""
     plan, facts = plan_build(api, lab, template, now=now, fetch=fetch)
     for line in plan.describe():
         progress(line)
-    return run_build(api, lab, plan, facts, progress, packer)
+    return run_build(api, lab, plan, facts, progress, packer, open_shell)

@@ -1,9 +1,11 @@
 """The cloud-image builder: carries out a plan through the Proxmox API, no Packer needed.
 
 Download (Proxmox verifies the checksum), create a VM whose disk is imported from the image, grow the disk,
-convert to a template. If anything fails once the VM was created, the VM and its disks are removed again, so a
-failed build never leaves a half-made VM behind. Only a VM that is provably this build's (its name and its
-description record) is ever removed: the vmid may have been taken by someone else in the meantime.
+bake the guest agent in (boot it once at the build address and install qemu-guest-agent over SSH, see
+bake.py), remove the build's cloud-init settings, convert to a template. If anything fails once the VM was
+created, the VM and its disks are removed again, so a failed build never leaves a half-made VM behind. Only a
+VM that is provably this build's (its name and its description record) is ever removed: the vmid may have
+been taken by someone else in the meantime.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import Callable
 
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.marks import marks_as, parse_mark
+from homelab.adapters.ssh import first_contact
 from homelab.errors import HomelabError, OperationError, ProxmoxError, TaskFailed
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, parse_size
+from homelab.templates.bake import BakeTemplateVm, OpenShell, SealTemplateVm, bake, seal
 from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm
 from homelab.templates.plan import (
     BuildPlan,
@@ -119,8 +123,11 @@ def _convert(api: PveApi, lab: Lab, action: ConvertToTemplate) -> None:
     )
 
 
-def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress) -> bool:
+def build_cloud_image(
+    api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress, open_shell: OpenShell | None = None
+) -> bool:
     """Carry out a cloud-image plan. Returns True if it downloaded the image (False: reused it).
+    ``open_shell``: how the bake reaches the build VM (default: SSH, the host key taken on first contact).
 
     On any failure after the VM was created, the VM is removed (if it is still the one this build made)
     and BuildFailed says so. A failed create removes nothing: the vmid may belong to someone else's VM.
@@ -142,6 +149,10 @@ def build_cloud_image(api: PveApi, lab: Lab, plan: BuildPlan, progress: Progress
                     _check_adopted(api, action, progress)
             elif isinstance(action, GrowTemplateDisk):
                 _grow(api, lab, action)
+            elif isinstance(action, BakeTemplateVm):
+                bake(api, lab, action, progress, open_shell or first_contact)
+            elif isinstance(action, SealTemplateVm):
+                seal(api, lab, action)
             elif isinstance(action, ConvertToTemplate):
                 _convert(api, lab, action)
             else:  # pragma: no cover - a plan from plan_cloud_image holds nothing else

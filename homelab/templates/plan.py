@@ -7,18 +7,20 @@ out. The plan is shown before anything changes.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from homelab.adapters.proxmox.cluster import ClusterFacts
 from homelab.adapters.proxmox.guests import Guest
-from homelab.adapters.proxmox.marks import describe_template, join_tags, template_tags
+from homelab.adapters.proxmox.marks import AGENT_TAG, describe_template, join_tags, template_tags
 from homelab.adapters.proxmox.privileges import CLOUD_IMAGE_IMPORT, parse_version, show_version
 from homelab.adapters.proxmox.versions import TemplateVersion, find_versions, pick_version, version_name
 from homelab.errors import InputError, OperationError
 from homelab.lab.models import Lab, Template
 from homelab.lab.types import format_size
+from homelab.templates.bake import BUILD_SETTINGS, BakeTemplateVm, SealTemplateVm
 from homelab.templates.facts import next_free_vmid
 from homelab.templates.images import Image, image_filename
 from homelab.templates.naming import new_version
@@ -92,7 +94,8 @@ class CreateTemplateVm:
         source = next((p.split("=", 1)[1] for p in disk if p.startswith("import-from=")), "?")
         return (
             f"create VM {self.vmid} {self.name} on {self.node}: disk imported from {source} to "
-            f"{disk[0].split(':')[0]}, cloud-init drive, serial console, guest agent, "
+            f"{disk[0].split(':')[0]}, cloud-init drive (for the build: user {params.get('ciuser')}, homelab's "
+            f"admin key, {str(params.get('ipconfig0', '')).removeprefix('ip=')}), serial console, guest agent, "
             f"{params.get('cores')} cores, {params.get('memory')} MiB"
         )
 
@@ -169,6 +172,8 @@ BuildAction = (
     | ReuseImage
     | CreateTemplateVm
     | GrowTemplateDisk
+    | BakeTemplateVm
+    | SealTemplateVm
     | ConvertToTemplate
     | RenderPacker
     | RunPacker
@@ -235,10 +240,16 @@ def _identity(template: Template, facts: BuildFacts, now: datetime) -> tuple[str
     return version, vmid, version_name(template.name, version)
 
 
-def plan_cloud_image(lab: Lab, template: Template, facts: BuildFacts, image: Image, now: datetime) -> BuildPlan:
-    """Plan a cloud-image build: download (or reuse) the image, create a VM importing it, make it a template."""
+def plan_cloud_image(
+    lab: Lab, template: Template, facts: BuildFacts, image: Image, now: datetime, admin_key: str
+) -> BuildPlan:
+    """Plan a cloud-image build: download (or reuse) the image, create a VM importing it, bake the guest agent
+    in over SSH at network.build_ip (logging in with homelab's ``admin_key``), make it a template."""
     node = lab.proxmox.node
     check_import_version(template, facts.pve_version)
+    build_ip = lab.network.build_ip
+    if build_ip is None:  # the lab's checks require it for cloud-image templates; a library caller may not
+        raise InputError("network.build_ip: required key is missing (the address the build VM gets for its bake)")
     version, vmid, name = _identity(template, facts, now)
     storage = choose_import_storage(facts.import_storages, node)
     filename = image_filename(image)
@@ -265,15 +276,35 @@ def plan_cloud_image(lab: Lab, template: Template, facts: BuildFacts, image: Ima
         ("net0", f"virtio,bridge={lab.proxmox.bridge}"),
         ("tags", join_tags(template_tags(lab.name))),
         ("description", describe_template(record)),
+        *_build_cloud_init(lab, build_ip, admin_key),
         *((("pool", lab.proxmox.pool),) if lab.proxmox.pool else ()),
     )
+    build_only = tuple(key for key in BUILD_SETTINGS if key in dict(params))
     actions: tuple[BuildAction, ...] = (
         fetch,
         CreateTemplateVm(node, vmid, name, params),
         GrowTemplateDisk(node, vmid, "scsi0", format_size(template.disk)),
+        BakeTemplateVm(node, vmid, build_ip, lab.access.user),
+        SealTemplateVm(node, vmid, build_only, join_tags([*template_tags(lab.name), AGENT_TAG])),
         ConvertToTemplate(node, vmid, name),
     )
     return BuildPlan(lab.name, template.name, "cloud-image", version, vmid, node, name, record, actions)
+
+
+def _build_cloud_init(lab: Lab, build_ip: str, admin_key: str) -> tuple[tuple[str, str], ...]:
+    """The cloud-init settings of the build VM only: the lab's user with homelab's admin key (the bake logs in
+    with it), the static build address with the lab's gateway, the lab's DNS. Removed before it is a template."""
+    net = lab.network
+    settings = [
+        ("ciuser", lab.access.user),
+        ("sshkeys", urllib.parse.quote(admin_key, safe="")),
+        ("ipconfig0", f"ip={build_ip}/{net.subnet.split('/')[1]},gw={net.gateway}"),
+    ]
+    if net.dns:
+        settings.append(("nameserver", " ".join(net.dns)))
+    if net.domain:
+        settings.append(("searchdomain", net.domain))
+    return tuple(settings)
 
 
 def check_packer_source(template: Template, *, iso_file: str | None = None, clone_vm: str | None = None) -> None:
@@ -327,7 +358,8 @@ def plan_packer(
     source = f"proxmox-{source_kind}"
     record = _record(lab, template, version, now, source=clone_vm or iso_file or "")
     finalize = (
-        ("tags", join_tags(template_tags(lab.name))),
+        # templates/ansible/bake.yml installs and enables qemu-guest-agent
+        ("tags", join_tags([*template_tags(lab.name), AGENT_TAG])),
         ("description", describe_template(record)),
         ("serial0", "socket"),
         ("vga", "serial0"),

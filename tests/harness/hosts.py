@@ -460,8 +460,9 @@ def _sshd_config(host: SshHost) -> str:
     )
 
 
-def _mount_script(host: SshHost) -> str:
-    """The ``sh -c`` script that sets up the host's mounts, then execs sshd."""
+def _mount_script(host: SshHost, extra_mounts: Sequence[str] = ()) -> str:
+    """The ``sh -c`` script that sets up the host's mounts (then ``extra_mounts``, more such commands), then
+    execs sshd."""
     q = shlex.quote
     etc_opts = f"lowerdir=/etc,upperdir={host.etc_upper},workdir={host.etc_work}"
     log_opts = f"lowerdir=/var/log,upperdir={host.varlog_upper},workdir={host.varlog_work}"
@@ -471,6 +472,7 @@ def _mount_script(host: SshHost) -> str:
             f"mount -t overlay overlay -o {q(etc_opts)} /etc",
             f"mount -t overlay overlay -o {q(log_opts)} /var/log",
             f"mount --bind {q(str(host.home_dir))} /home",
+            *extra_mounts,
             f"exec {q(SSHD)} -D -e -f {q(str(host.sshd_config))}",
         ]
     )
@@ -496,7 +498,9 @@ def _wait_for_sshd(host: SshHost, timeout: float = START_TIMEOUT) -> None:
         time.sleep(0.02)
 
 
-def make_host(name: str, workdir: Path, index: int, *, per_user_keys: bool = False) -> SshHost:
+def make_host(
+    name: str, workdir: Path, index: int, *, per_user_keys: bool = False, extra_mounts: Sequence[str] = ()
+) -> SshHost:
     """Create and start one test host; call :meth:`SshHost.stop` when done.
 
     ``name`` names ``<workdir>/<name>`` (must not exist yet) and goes into the
@@ -507,7 +511,8 @@ def make_host(name: str, workdir: Path, index: int, *, per_user_keys: bool = Fal
     error re-raised (``RuntimeError`` with sshd's log if sshd did not come up).
 
     With ``per_user_keys`` users other than root log in with the keys in
-    ``/etc/ssh/authorized_keys/<user>`` inside the host (see the module doc).
+    ``/etc/ssh/authorized_keys/<user>`` inside the host (see the module doc). ``extra_mounts``: more shell
+    commands run inside the host's mount namespace before sshd starts (see :mod:`tests.harness.buildhost`).
     """
     if not 0 <= index <= 255:
         raise ValueError(f"index must be 0..255, not {index}")
@@ -547,7 +552,7 @@ def make_host(name: str, workdir: Path, index: int, *, per_user_keys: bool = Fal
                     "private",
                     "sh",
                     "-c",
-                    _mount_script(host),
+                    _mount_script(host, extra_mounts),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

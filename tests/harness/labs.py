@@ -27,7 +27,8 @@ def lab_data(
     one SSH key.
 
     Proxmox is ``fake`` (its URL, CA and token id; its user with ``password``) or, without one,
-    https://pve.test:8006, where nothing answers. The network is 10.10.0.0/24 with the search ``domain``
+    https://pve.test:8006, where nothing answers. The network is 10.10.0.0/24 (template builds at 10.10.0.250)
+    with the search ``domain``
     (None: no domain). ``sections`` add or replace top-level sections: templates, stacks, repo, settings...
     """
     proxmox: dict[str, Any] = {"url": fake.url if fake else "https://pve.test:8006", "node": "pve1"}
@@ -37,7 +38,12 @@ def lab_data(
         proxmox["token_id"] = fake.token_id if fake else "root@pam!homelab"
     if fake:
         proxmox["ca_bundle"] = fake.cafile
-    network: dict[str, Any] = {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1", "dns": ["10.10.0.1"]}
+    network: dict[str, Any] = {
+        "subnet": "10.10.0.0/24",
+        "gateway": "10.10.0.1",
+        "dns": ["10.10.0.1"],
+        "build_ip": "10.10.0.250",
+    }
     if domain:
         network["domain"] = domain
     data: dict[str, Any] = {

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 TEMPLATE_TAG = "homelab-template"
+# A template version whose image runs qemu-guest-agent (homelab baked it in, or Packer's install did).
+AGENT_TAG = "guest-agent"
 PREFIX = "homelab: "
 
 
