@@ -36,7 +36,12 @@ def test_apply_then_deploy_key_over_pinned_ssh(
     vm.exec(["usermod", "-p", "*", "homelab"])  # as cloud-init leaves it: no password, yet not locked for SSH
     fake_pve.call("set", host_keys={vm.address: vm.host_key_pub})
     data = lab_data(fake_pve, [{"name": "web", "ip": vm.address}], repo={"url": git_server.url, "branch": "main"})
-    data["network"] = {"subnet": "10.77.0.0/16", "gateway": "10.77.0.1", "dns": ["10.77.0.1"]}  # the test hosts'
+    data["network"] = {
+        "subnet": "10.77.0.0/16",
+        "gateway": "10.77.0.1",
+        "dns": ["10.77.0.1"],
+        "build_ip": "10.77.255.250",
+    }
     lab = write_lab(tmp_path / "lab.yml", data)
 
     result = run_cli("apply", "--yes", lab=lab)

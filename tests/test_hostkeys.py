@@ -158,7 +158,12 @@ def test_an_ipconfig0_change_re_pins_address_and_key_and_ssh_uses_the_new_key(
         host.exec(["usermod", "-p", "*", "homelab"])
     fake_pve.call("set", host_keys={h1.address: h1.host_key_pub, h2.address: h2.host_key_pub})
     data = lab_data(fake_pve, [{"name": "web", "ip": h1.address}])
-    data["network"] = {"subnet": "10.77.0.0/16", "gateway": "10.77.0.1", "dns": ["10.77.0.1"]}
+    data["network"] = {
+        "subnet": "10.77.0.0/16",
+        "gateway": "10.77.0.1",
+        "dns": ["10.77.0.1"],
+        "build_ip": "10.77.255.250",
+    }
     lab = write_lab(tmp_path / "lab.yml", data)
     assert run_cli("apply", "--yes", lab=lab).exit_code == 0
     admin_pub = (tmp_path / "state" / "test" / "ssh" / "id_ed25519.pub").read_text()

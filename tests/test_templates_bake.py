@@ -184,8 +184,7 @@ def test_a_clone_of_a_template_whose_image_lacks_the_agent_has_none(
     result = run_cli("apply", "--yes", lab=write_lab(tmp_path / "lab.yml", data))
 
     assert result.exit_code != 0
-    assert (
-        "web: the guest agent reported no address within 1s (Proxmox: QEMU guest agent is not running)" in result.stdout
-    )
+    assert "web: the guest agent did not answer within 1s: the template lacks qemu-guest-agent" in result.stdout
+    assert "(last answer: 500 QEMU guest agent is not running)" in result.stdout
     (web,) = [vm for vm in fake_pve.vms() if vm["name"] == "web"]
     assert web["status"] == "running" and not web["agent"]
