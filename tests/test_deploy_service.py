@@ -92,7 +92,11 @@ def test_preview_then_confirm_then_run_with_pinned_inventory(lab: Lab, tmp_path:
     assert "  web (10.77.1.2): traefik, portainer" in out.lines
     assert "  + db: /home/homelab/stacks/db/.env (new file)" in out.lines
     assert "  web: ok (ok=1 changed=1 failed=0 unreachable=0)" in out.lines
-    assert runner.requests[0].extravars == {"homelab_install_packages": False, "homelab_start_stacks": False}
+    extravars = dict(runner.requests[0].extravars)
+    secrets_file = Path(extravars.pop("homelab_secrets_file"))  # portainer's admin password, traefik's login
+    assert extravars == {"homelab_install_packages": False, "homelab_start_stacks": False}
+    # outside the deploy's workdir (inventory, artifacts), and gone once the deploy is over
+    assert tmp_path / "state" / "test" / "deploy" not in secrets_file.parents and not secrets_file.exists()
     assert runner.requests[0].playbook.name == "deploy.yml" and runner.requests[0].playbook.is_file()
     hosts = runner.hosts[1]
     assert sorted(hosts) == ["db", "web"]  # spare lists no stacks

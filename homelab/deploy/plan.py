@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from homelab.deploy.render import VmRender, missing_requirements, render_lab
+from homelab.deploy.render import Secrets, VmRender, missing_requirements, render_lab
 from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
@@ -114,14 +114,16 @@ def prepare(
     options: DeployOptions | None = None,
     hosts: list[Host] | None = None,
     deployed: Collection[str] | None = None,
+    secrets: Secrets | None = None,
 ) -> Deployment:
     """The targets of a deploy, from the lab, the recorded hosts and the deploy record; renders every VM's files.
 
     A VM that lists no stacks is a target only when an earlier deploy put stacks on it (``deployed``,
-    read from the deploy record when not given): the deploy then clears it of them.
+    read from the deploy record when not given): the deploy then clears it of them. ``secrets``: the stack
+    secrets' values (:func:`homelab.deploy.secretvalues.stack_secret_values`); None renders them masked.
     """
     options = options or DeployOptions()
-    renders = render_lab(lab)
+    renders = render_lab(lab, secrets)
     deployed = deployed_vms(lab) if deployed is None else deployed
     for vm in lab.vms:
         if vm.name not in renders and vm.name in deployed:
