@@ -88,7 +88,7 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "+ web: /home/homelab/stacks/portainer/.env (new file)" in result.stdout  # the preview came first
     assert result.stdout.index("Changes:") < result.stdout.index("Deploying:") < result.stdout.index("Summary:")
-    assert "  web: ok (ok=2 changed=2 failed=0 unreachable=0)" in result.stdout  # stack files, stack secrets
+    assert "  web: ok (ok=3 changed=3 failed=0 unreachable=0)" in result.stdout  # files, secrets and that they changed
     rendered = render_lab(lab, stack_secret_values(lab))  # the values the deploy generated and kept
     for name, vm in (("web", web), ("db", db)):
         expected = {f.path: f.content for f in rendered[name].files}

@@ -297,3 +297,24 @@ def test_secrets_show_prints_a_stacks_secrets_and_list_never_does(tmp_path: Path
     assert shown.exit_code == 0 and f"PORTAINER_ADMIN_PASSWORD (user admin): {password}" in shown.output
     listed = run_cli("secrets", "list", lab=lab_path)
     assert "portainer  PORTAINER_ADMIN_PASSWORD  generated" in listed.output and password not in listed.output
+
+
+def test_docker_comes_from_dockers_repository_after_cloud_init_is_done() -> None:
+    role = catalogue()["traefik"].path.parent / "ansible" / "roles" / "docker"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    assert defaults["homelab_docker_source"] == "docker"
+    assert "docker-compose-plugin" in defaults["homelab_docker_packages"]["docker"]
+    assert defaults["homelab_docker_releases"] == {"Debian": ["bookworm", "trixie"], "Ubuntu": ["noble"]}
+    (block,) = yaml.safe_load((role / "tasks" / "main.yml").read_text())
+    install = next(task for task in block["block"] if task["name"] == "Install Docker")["block"]
+    names = [task["name"] for task in install]
+    assert names.index("Wait for cloud-init to finish") < names.index("Install Docker and compose")
+    assert "cloud-init status --wait" in install[0]["ansible.builtin.shell"]
+    repo = next(task for task in install if task["name"] == "Docker's apt repository")["block"]
+    source = next(task for task in repo if task["name"] == "Docker's repository")["ansible.builtin.deb822_repository"]
+    assert source["uris"].startswith("https://download.docker.com/linux/")
+    assert source["signed_by"] == "/etc/apt/keyrings/docker.asc"
+    lab = make_lab(vms=[{"name": "w", "ip": "10.10.0.11", "stacks": ["traefik"]}])
+    from homelab.deploy.plan import prepare
+
+    assert any("Docker's apt repository" in line for line in prepare(lab, hosts=[]).describe())

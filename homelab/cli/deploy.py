@@ -29,7 +29,7 @@ def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option(
         "--no-install-docker",
         is_flag=True,
-        help="Do not install docker.io and compose where they are missing (the VM has its own Docker).",
+        help="Do not install Docker and compose where they are missing (the VM has its own Docker).",
     )(command)
     return yes_option(command)
 

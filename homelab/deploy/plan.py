@@ -24,7 +24,7 @@ from homelab.state.reading import StateFileError, notice, read_state_json
 class DeployOptions:
     """What a deploy does besides copying the stacks' files."""
 
-    install_packages: bool = True  # install docker.io + compose from the distribution where missing
+    install_packages: bool = True  # install Docker and compose (lab.docker.source) where missing
     start_stacks: bool = True  # create the homelab network and run `docker compose up -d`
     vms: tuple[str, ...] = ()  # only these VMs; empty: every VM that lists stacks (or must be cleared of them)
     keep_removed: bool = False  # leave stacks the lab file no longer lists where they are (and say so)
@@ -86,7 +86,11 @@ class Deployment:
         lines.append(
             "Docker: "
             + (
-                "docker.io and compose installed from the distribution where missing"
+                (
+                    "Docker Engine and the compose plugin installed from Docker's apt repository where missing"
+                    if self.lab.docker.source == "docker"
+                    else "docker.io and compose installed from the distribution where missing"
+                )
                 if opts.install_packages
                 else "left as it is (not installed by this deploy)"
             )

@@ -110,7 +110,7 @@ def execute(
                 message = f"{message} ({HOST_KEY_HINT.format(pinned=_fingerprint(pinned[event.host]))})"
             result.message = message
 
-    extravars = deployment.options.extravars()
+    extravars = {"homelab_docker_source": deployment.lab.docker.source, **deployment.options.extravars()}
     if secrets_file is not None:
         extravars["homelab_secrets_file"] = str(secrets_file)  # the path only: the values stay out of the run
     request = RunRequest(playbook(), inventory_path, where, extravars, check=check)
