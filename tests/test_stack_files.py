@@ -318,3 +318,28 @@ def test_docker_comes_from_dockers_repository_after_cloud_init_is_done() -> None
     from homelab.deploy.plan import prepare
 
     assert any("Docker's apt repository" in line for line in prepare(lab, hosts=[]).describe())
+
+
+def test_a_lab_without_a_public_domain_gets_a_wildcard_certificate_from_its_own_ca() -> None:
+    from cryptography import x509
+
+    from homelab.deploy.localca import ca_cert_path, ca_dir, local_tls
+    from homelab.deploy.secretvalues import stack_secret_values
+
+    lab = make_lab(vms=[{"name": "w", "ip": "10.10.0.11", "stacks": ["traefik"]}])  # home.arpa
+    preview = local_tls(lab, "home.arpa", keep=False)
+    assert not ca_dir(lab).exists() and "first deploy" in preview.cert  # a preview makes no CA
+    values = stack_secret_values(lab)["traefik"]
+    ca = x509.load_pem_x509_certificate(ca_cert_path(lab).read_bytes())
+    leaf = x509.load_pem_x509_certificate(values["LOCAL_TLS_CERT"].encode())
+    leaf.verify_directly_issued_by(ca)
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["*.home.arpa", "home.arpa"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert (ca_dir(lab) / "homelab-ca.key").stat().st_mode & 0o777 == 0o600
+    assert (ca_dir(lab) / "wildcard.key").stat().st_mode & 0o777 == 0o600
+    from cryptography.hazmat.primitives import serialization
+
+    loaded = serialization.load_pem_private_key(values["LOCAL_TLS_KEY"].encode(), None)
+    assert loaded.public_key().public_numbers() == leaf.public_key().public_numbers()
+    assert stack_secret_values(lab)["traefik"]["LOCAL_TLS_CERT"] == values["LOCAL_TLS_CERT"]  # kept, not remade
