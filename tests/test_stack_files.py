@@ -208,7 +208,7 @@ def test_the_media_stack_shares_one_data_tree_and_picks_its_download_client() ->
     env = files["media/.env"].content
     assert "COMPOSE_FILE=compose.yml:compose.qbittorrent.yml" in env and files["media/.env"].host_ids
     lab = parse_lab(yaml.safe_dump(one_vm(timezone="Europe/Berlin")))
-    assert stackfiles.data_dirs(lab) == (
+    assert stackfiles.data_dirs(lab, lab.vms[0]) == (
         "/data",
         "/data/torrents",
         "/data/torrents/tv",
@@ -217,7 +217,9 @@ def test_the_media_stack_shares_one_data_tree_and_picks_its_download_client() ->
         "/data/media/tv",
         "/data/media/movies",
     )
-    assert render_lab(lab)["all"].data_dirs == stackfiles.data_dirs(lab)
+    assert render_lab(lab)["all"].data_dirs == stackfiles.data_dirs(lab, lab.vms[0])
+    on_disk = parse_lab(yaml.safe_dump(one_vm(settings={"data_disk": "100G"})))  # the VM's data disk holds it
+    assert stackfiles.data_root(on_disk, on_disk.vms[0]) == "/home/homelab/data/media"
     assert all(
         "TZ=Europe/Berlin" in f.content
         for p, f in files_of(one_vm(timezone="Europe/Berlin")).items()

@@ -194,7 +194,7 @@ def render_env(lab: Lab, vm: Vm, name: str) -> str:
         values[ui.host_var] = host
     if name == "media":
         values["COMPOSE_FILE"] = stackfiles.media_compose_files(lab, vm)
-        values["DATA_ROOT"] = stackfiles.data_root(lab)
+        values["DATA_ROOT"] = stackfiles.data_root(lab, vm)
         values["PUID"], values["PGID"] = "@PUID@", "@PGID@"  # the ids of the VM's user, put in on the VM
     if settings:
         values.update(settings.env)
@@ -249,7 +249,7 @@ def render_stack(lab: Lab, vm: Vm, name: str, secrets: Secrets | None = None) ->
     for item in hidden:
         content = item.content if item.content is not None else stackfiles.MASKED.format(stack=name)
         files.append(RenderedFile(f"{name}/secrets/{item.name}", content, stackfiles.SECRET_MODE, secret=True))
-    data = stackfiles.data_dirs(lab) if name == "media" else ()
+    data = stackfiles.data_dirs(lab, vm) if name == "media" else ()
     private = (f"{name}/secrets",) if hidden else ()
     return RenderedStack(name, tuple(dirs), tuple(files), private, data)
 

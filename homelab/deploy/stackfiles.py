@@ -58,15 +58,18 @@ def media_vpn(lab: Lab) -> bool:
     return bool(settings and settings.env.get("VPN_SERVICE_PROVIDER"))
 
 
-def data_root(lab: Lab) -> str:
-    """The media stack's /data tree on the VM."""
+def data_root(lab: Lab, vm: Vm) -> str:
+    """The media stack's /data tree on the VM: stacks.media.env.DATA_ROOT, else a folder on the VM's data disk
+    (mounted at /home/<user>/data), else /data."""
     settings = lab.stacks.get("media")
-    return (settings.env.get("DATA_ROOT") if settings else None) or "/data"
+    if settings and settings.env.get("DATA_ROOT"):
+        return settings.env["DATA_ROOT"]
+    return f"/home/{lab.access.user}/data/media" if lab.data_disk_for(vm) else "/data"
 
 
-def data_dirs(lab: Lab) -> tuple[str, ...]:
+def data_dirs(lab: Lab, vm: Vm) -> tuple[str, ...]:
     """The /data tree, parents first: torrents and media, each with tv and movies."""
-    root = data_root(lab).rstrip("/")
+    root = data_root(lab, vm).rstrip("/")
     return (root, *(f"{root}/{top}{sub}" for top in ("torrents", "media") for sub in ("", "/tv", "/movies")))
 
 
