@@ -19,6 +19,7 @@ import yaml
 
 from homelab.errors import SecretError
 from homelab.lab.models import Lab
+from homelab.masking import register
 from homelab.paths import state_dir
 from homelab.stacks import SecretSpec
 from homelab.state.files import write_secret
@@ -127,6 +128,7 @@ def resolve(lab: Lab, wanted: Mapping[str, Iterable[SecretSpec]], *, keep: bool 
                     f"stacks.{stack}: secret {spec.name} has no value: {where_it_belongs(lab, stack, spec.name)}"
                 )
                 continue
+            register(value)  # no message of this run shows it (homelab.masking)
             found.setdefault(stack, {})[spec.name] = Secret(stack, spec.name, value, source)
     if missing:
         raise SecretError("; ".join(missing))
