@@ -1,18 +1,19 @@
 """`docker compose up` through the deploy, for real: dockerd inside an SSH test host, an image built offline.
 
-No image can be pulled here, so the test makes one: a static busybox imported as ``traefik:test`` and tagged
-``portainer/portainer-ce:test``, and the lab pins both stacks' version to ``test``. The shipped compose files
-and their rendered .env then start that image on the ``homelab`` network the stacks role creates; dropping
-portainer from the lab takes its container down. dockerd runs in the host's own mount and
-network namespaces: /run is a tmpfs there (its socket stays inside), its data lives in the host's /home,
-and the cgroup hierarchies are mounted there (``ip netns exec`` hides the machine's). The homelab user owns
-the socket group, so the role runs docker without sudo (homelab_docker_become=false). The docker role runs
-as on a baked VM: it finds Docker and compose (the machine's, through the shared /usr) and installs nothing.
+No image can be pulled here, so the test makes one: a static busybox imported and tagged as every image the
+stacks pin (their default tags). The shipped compose files and their rendered .env then start it on the
+networks the stacks role creates; swapping portainer for homepage in the lab takes its container down. dockerd
+runs in the host's own mount and network namespaces: /run is a tmpfs there (its socket stays inside), its data
+lives in the host's /home, and the cgroup hierarchies are mounted there (``ip netns exec`` hides the
+machine's). The homelab user owns the socket group, so the role runs docker without sudo
+(homelab_docker_become=false). The docker role runs as on a baked VM: it finds Docker and compose (the
+machine's, through the shared /usr) and installs nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -22,13 +23,17 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.plan import DeployOptions
 from homelab.deploy.service import deploy_stacks
+from homelab.deploy.stackfiles import secret_specs
+from homelab.stacks import catalogue, pinned_images
 from homelab.state.hosts import Host, save_hosts
+from homelab.state.stacksecrets import known
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.hosts import SshHost
 from tests.harness.labs import make_lab
@@ -113,14 +118,21 @@ def dockerd(vm: SshHost, group: str) -> Iterator[str]:
                 root.rmdir()
 
 
-def test_deploy_starts_the_stacks_with_compose_takes_a_dropped_one_down_and_a_second_deploy_changes_nothing(
+def containers(vm: SshHost) -> dict[str, dict[str, Any]]:
+    """Every container by its compose service name: docker inspect's record."""
+    ids = vm.exec(["docker", "ps", "-aq"]).stdout.split()
+    found = json.loads(vm.exec(["docker", "inspect", *ids]).stdout) if ids else []
+    return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in found}
+
+
+def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_changes_nothing(
     tmp_path: Path, ssh_hosts: HostFactory
 ) -> None:
     reason = why_not()
     if reason:
         pytest.skip(reason)
-    web = {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer"]}
-    stacks = {"traefik": {"version": "test"}, "portainer": {"version": "test"}}
+    web = {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer", "media"]}
+    stacks = {"media": {"env": {"DATA_ROOT": "/home/homelab/data"}}}  # homelab may make it without sudo
     lab = make_lab(vms=[web], domain="lab.example", stacks=stacks)
     (vm,) = ssh_hosts(1, per_user_keys=True)
     vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
@@ -128,38 +140,124 @@ def test_deploy_starts_the_stacks_with_compose_takes_a_dropped_one_down_and_a_se
     authorize = "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"
     vm.exec(["sh", "-c", authorize], input=ensure_admin_key(lab))
     save_hosts(lab, [Host("web", vm.address, "homelab", host_key=vm.host_key_pub)])
+    uid, gid = (vm.exec(["id", flag, "homelab"]).stdout.strip() for flag in ("-u", "-g"))
 
     with dockerd(vm, group="homelab"):
         rootfs = tmp_path / "rootfs"
         (rootfs / "bin").mkdir(parents=True)
         shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
         entrypoint = '["/bin/busybox", "sh", "-c", "trap \\"exit 0\\" TERM; /bin/busybox sleep 600 & wait", "sh"]'
-        vm.exec(["sh", "-c", f"tar -C {rootfs} -c . | docker import -c 'ENTRYPOINT {entrypoint}' - traefik:test"])
-        vm.exec(["docker", "tag", "traefik:test", "portainer/portainer-ce:test"])
+        vm.exec(["sh", "-c", f"tar -C {rootfs} -c . | docker import -c 'ENTRYPOINT {entrypoint}' - busybox:test"])
+        for image, _, tag in {pin for name in catalogue() for pin in pinned_images(name)}:
+            vm.exec(["docker", "tag", "busybox:test", f"{image}:{tag}"])  # every image the stacks pin, offline
 
-        # The docker role runs too: the host has Docker and compose (the machine's /usr), so it installs nothing.
-        options = DeployOptions(extra_vars={"homelab_docker_become": False})
+        # A fresh VM: the preview runs to the end (new stack folders and all) and says something would change.
+        options = DeployOptions(extra_vars={"homelab_docker_become": False, "homelab_data_become": False})
         lines: list[str] = []
+        check = deploy_stacks(lab, lines.append, lambda question: None, options, check_only=True)
+        assert check.ok and check.would_change, "\n".join(lines)  # `homelab deploy --check` exits 3
+        assert "  + web: /home/homelab/stacks/media/.env (new file)" in lines
+        assert "  ~ web: Stack secrets (0600 files; not shown)" in lines
+
+        lines.clear()
         result = deploy_stacks(lab, lines.append, lambda question: None, options)
         assert result.ok and result.run is not None, "\n".join(lines)
         assert any("web: ok Look for Docker and compose" in line for line in lines), lines
-        assert not any("Install docker.io" in line or "Read the distribution" in line for line in lines), lines
-        assert any("web: changed Create the homelab network" in line for line in lines), lines
+        assert not any("Install Docker" in line or "Read the distribution" in line for line in lines), lines
+        assert any("web: changed Create the homelab networks: homelab-socket" in line for line in lines), lines
         assert any("web: changed Compose up: traefik" in line for line in lines), lines
-        running = vm.exec(["docker", "ps", "--format", "{{.Image}} {{.Status}} {{.Networks}}"]).stdout.split("\n")
-        assert sorted(line.split()[0] for line in running if line) == ["portainer/portainer-ce:test", "traefik:test"]
-        assert all(line.split()[1] == "Up" and line.endswith("homelab") for line in running if line)
+        running = containers(vm)
+        assert sorted(running) == sorted(
+            [
+                "traefik",
+                "socket-proxy",
+                "portainer",
+                "jellyfin",
+                "sonarr",
+                "radarr",
+                "prowlarr",
+                "bazarr",
+                "jellyseerr",
+                "qbittorrent",
+            ]
+        )
+        assert all(c["State"]["Running"] for c in running.values())
 
-        # portainer leaves the lab file: its container goes, then its folder; traefik keeps running.
-        lab = make_lab(vms=[dict(web, stacks=["traefik"])], domain="lab.example", stacks=stacks)
+        # Nothing claimable, one socket user besides Portainer: the read-only proxy on an internal network.
+        def socket_users() -> set[str]:
+            return {
+                name
+                for name, c in containers(vm).items()
+                if any(m["Source"].endswith("docker.sock") for m in c["Mounts"])
+            }
+
+        assert socket_users() == {"socket-proxy", "portainer"}
+        assert list(running["socket-proxy"]["NetworkSettings"]["Networks"]) == ["homelab-socket"]
+        assert (
+            vm.exec(["docker", "network", "inspect", "-f", "{{.Internal}}", "homelab-socket"]).stdout.strip() == "true"
+        )
+        password = known(lab, "portainer", secret_specs(lab, "portainer"))["PORTAINER_ADMIN_PASSWORD"].value
+        host_file = "/home/homelab/stacks/portainer/secrets/PORTAINER_ADMIN_PASSWORD"
+        assert vm.exec(["stat", "-c", "%U %a", host_file]).stdout.split() == ["homelab", "600"]
+        assert running["portainer"]["Args"][-2:] == ["--admin-password-file", "/secrets/PORTAINER_ADMIN_PASSWORD"]
+        inside = vm.exec(
+            ["docker", "exec", running["portainer"]["Id"], "/bin/busybox", "cat", "/secrets/PORTAINER_ADMIN_PASSWORD"]
+        )
+        assert inside.stdout == password
+        assert all(password not in json.dumps(c) for c in running.values())  # not in any container's config
+        labels = running["jellyfin"]["Config"]["Labels"]
+        assert labels["traefik.http.routers.jellyfin.entrypoints"] == "websecure"
+        assert labels["traefik.http.routers.jellyfin.tls"] == "true"
+
+        # The media stack: /data owned by the VM's user, the same mount everywhere, hardlinks across it.
+        tree = vm.exec(["sh", "-c", "cd /home/homelab/data && stat -c '%n %U %a' . */ */*/"]).stdout.split("\n")
+        assert sorted(line.split()[0] for line in tree if line) == [
+            ".",
+            "media/",
+            "media/movies/",
+            "media/tv/",
+            "torrents/",
+            "torrents/movies/",
+            "torrents/tv/",
+        ]
+        assert {tuple(line.split()[1:]) for line in tree if line} == {("homelab", "2775")}
+        env = dict(item.split("=", 1) for item in running["sonarr"]["Config"]["Env"])
+        assert (env["PUID"], env["PGID"], env["UMASK"]) == (uid, gid, "002")
+        link = (
+            "cd /data && /bin/busybox touch torrents/tv/episode.mkv && /bin/busybox ln torrents/tv/episode.mkv "
+            "media/tv/episode.mkv && /bin/busybox stat -c '%h %u' media/tv/episode.mkv"
+        )
+        made = vm.exec(
+            ["docker", "exec", "-u", f"{uid}:{gid}", running["sonarr"]["Id"], "/bin/busybox", "sh", "-c", link]
+        )
+        assert made.stdout.split() == ["2", uid]
+        seen = [
+            "docker",
+            "exec",
+            running["jellyfin"]["Id"],
+            "/bin/busybox",
+            "stat",
+            "-c",
+            "%h",
+            "/data/media/tv/episode.mkv",
+        ]
+        assert vm.exec(seen).stdout.strip() == "2"  # Jellyfin sees the same file through the same mount
+
+        # portainer and homepage swap places in one edit: the preview still runs, the removal is not skipped.
+        lab = make_lab(vms=[dict(web, stacks=["traefik", "homepage", "media"])], domain="lab.example", stacks=stacks)
         lines.clear()
-        dropped = deploy_stacks(lab, lines.append, lambda question: None, options)
-        assert dropped.ok and "  - web: stack portainer (compose down, folder removed)" in lines, "\n".join(lines)
+        swapped = deploy_stacks(lab, lines.append, lambda question: None, options)
+        assert swapped.ok and "  - web: stack portainer (compose down, folder removed)" in lines, "\n".join(lines)
         assert any("web: changed Compose down: portainer" in line for line in lines), lines
-        running = vm.exec(["docker", "ps", "-a", "--format", "{{.Image}} {{.Status}}"]).stdout.split("\n")
-        assert [line.split()[:2] for line in running if line] == [["traefik:test", "Up"]]
+        assert any("web: changed Compose up: homepage" in line for line in lines), lines
+        assert "portainer" not in containers(vm) and "homepage" in containers(vm)
         assert not (vm.home_dir / "homelab" / "stacks" / "portainer").exists()
+        assert socket_users() == {"socket-proxy"}  # Homepage reads the proxy, not the socket
+        assert "homelab-socket" in containers(vm)["homepage"]["NetworkSettings"]["Networks"]
 
         lines.clear()
         again = deploy_stacks(lab, lines.append, lambda question: None, options)
         assert again.run is not None and again.run.hosts["web"].stats.changed == 0, "\n".join(lines)
+        lines.clear()
+        after = deploy_stacks(lab, lines.append, lambda question: None, options, check_only=True)
+        assert after.ok and not after.would_change, "\n".join(lines)  # `homelab deploy --check` exits 0

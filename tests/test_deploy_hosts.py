@@ -18,6 +18,7 @@ from homelab.adapters.ansible import AnsibleRunner
 from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.plan import DeployOptions, prepare, workdir
 from homelab.deploy.render import render_lab
+from homelab.deploy.secretvalues import stack_secret_values, staged_secrets
 from homelab.deploy.service import execute, stage
 from homelab.lab import load_lab
 from homelab.lab.models import Lab
@@ -88,13 +89,19 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "+ web: /home/homelab/stacks/portainer/.env (new file)" in result.stdout  # the preview came first
     assert result.stdout.index("Changes:") < result.stdout.index("Deploying:") < result.stdout.index("Summary:")
-    assert "  web: ok (ok=1 changed=1 failed=0 unreachable=0)" in result.stdout
-    rendered = render_lab(lab)
+    assert "  web: ok (ok=3 changed=3 failed=0 unreachable=0)" in result.stdout  # files, secrets and that they changed
+    rendered = render_lab(lab, stack_secret_values(lab))  # the values the deploy generated and kept
     for name, vm in (("web", web), ("db", db)):
         expected = {f.path: f.content for f in rendered[name].files}
         on_host = stacks_on(vm)
-        assert {path for path, (_, mode) in on_host.items() if mode == "644"} == set(expected)
+        assert {path for path, (_, mode) in on_host.items() if mode == "644"} == {
+            f.path for f in rendered[name].plain_files
+        }
+        assert {path for path, (_, mode) in on_host.items() if mode == "600"} == {
+            f.path for f in rendered[name].secret_files
+        }
         assert {path for path, (_, mode) in on_host.items() if mode == "755"} == set(rendered[name].dirs)
+        assert {path for path, (_, mode) in on_host.items() if mode == "700"} == set(rendered[name].private_dirs)
         assert {owner for owner, _ in on_host.values()} == {"homelab:homelab"}
         uid = int(vm.exec(["id", "-u", "homelab"]).stdout)
         root = vm.home_dir / "homelab" / "stacks"  # the machine's side of the host's /home
@@ -103,26 +110,29 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
             assert (root / path).read_text() == content
     assert "PORTAINER_HOST=docker.lab.example" in (web.home_dir / "homelab/stacks/portainer/.env").read_text()
     services = (db.home_dir / "homelab/stacks/homepage/config/services.yaml").read_text()
-    assert "http://docker.lab.example" in services and "http://traefik.lab.example" in services
+    assert "https://docker.lab.example" in services and "https://traefik.lab.example" in services
+    assert "http://" not in services
     assert sorted(os.listdir("/home")) == machine_home  # the machine's own /home is untouched
 
     result = run_cli("deploy", "--yes", "--no-install-docker", "--no-start", lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
-    assert "  db: ok (ok=1 changed=0 failed=0 unreachable=0)" in result.stdout
+    assert "  db: ok (ok=2 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The real run (not only check mode) is idempotent too: Ansible's own stats say changed=0.
-    deployment = prepare(lab, DeployOptions(install_packages=False, start_stacks=False))
+    deployment = prepare(
+        lab, DeployOptions(install_packages=False, start_stacks=False), secrets=stack_secret_values(lab)
+    )
     inventory = stage(deployment, tmp_path / "state" / "test" / "ssh" / "id_ed25519", workdir(lab))
-    with AnsibleRunner() as runner:
-        report = execute(deployment, runner, inventory, workdir(lab), check=False)
+    with AnsibleRunner() as runner, staged_secrets(deployment) as secrets_file:
+        report = execute(deployment, runner, inventory, workdir(lab), check=False, secrets_file=secrets_file)
     assert {name: (h.stats.ok, h.stats.changed, h.stats.failed) for name, h in report.hosts.items()} == {
-        "web": (1, 0, 0),
-        "db": (1, 0, 0),
+        "web": (2, 0, 0),
+        "db": (2, 0, 0),
     }
 
     # db now presents a key other than the pinned one: it fails by name, web still gets its change.
-    lab_path.write_text(LAB.replace("stacks:\n  portainer:", "stacks:\n  traefik:\n    version: v3.2\n  portainer:"))
+    lab_path.write_text(LAB.replace("stacks:\n  portainer:", "stacks:\n  traefik:\n    version: v3.6.2\n  portainer:"))
     records = json.loads(hosts_file(lab).read_text())
     records["hosts"][1]["host_key"] = OTHER_KEY
     hosts_file(lab).write_text(json.dumps(records))
@@ -130,12 +140,13 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     assert result.exit_code == 1
     assert "the deploy failed on db (Stack files); the other VMs are deployed" in result.stderr
     assert (
-        "  ~ web: /home/homelab/stacks/traefik/.env" in result.stdout and "      +TRAEFIK_VERSION=v3.2" in result.stdout
+        "  ~ web: /home/homelab/stacks/traefik/.env" in result.stdout
+        and "      +TRAEFIK_VERSION=v3.6.2" in result.stdout
     )
     failed = next(line for line in result.stdout.splitlines() if line.startswith("  db: FAILED"))
     assert "Host key verification failed" in failed
-    assert "web: ok (ok=1 changed=1" in result.stdout
-    assert "TRAEFIK_VERSION=v3.2" in (web.home_dir / "homelab/stacks/traefik/.env").read_text()
+    assert "web: ok (ok=2 changed=1" in result.stdout
+    assert "TRAEFIK_VERSION=v3.6.2" in (web.home_dir / "homelab/stacks/traefik/.env").read_text()
     assert "TRAEFIK_VERSION" not in (db.home_dir / "homelab/stacks/traefik/.env").read_text()
 
 
@@ -161,16 +172,29 @@ def test_stack_add_keeps_the_comments_and_deploys_the_new_stack(tmp_path: Path, 
             "traefik/compose.yml",
             "traefik/.env",
             "traefik/.homelab-stack",
+            "traefik/acme",
+            "traefik/dynamic",
+            "traefik/dynamic/tls.yml",
+            "traefik/traefik.yml",
+            "traefik/traefik.env",
+            "traefik/secrets",
+            "traefik/secrets/dashboard.htpasswd",
+            "traefik/secrets/local-tls.crt",
+            "traefik/secrets/local-tls.key",
             "homepage",
             "homepage/compose.yml",
             "homepage/.env",
             "homepage/.homelab-stack",
             "homepage/config",
             "homepage/config/services.yaml",
+            "homepage/config/docker.yaml",
             "portainer",
             "portainer/compose.yml",
             "portainer/.env",
             "portainer/.homelab-stack",
+            "portainer/data",
+            "portainer/secrets",
+            "portainer/secrets/PORTAINER_ADMIN_PASSWORD",
         ]
     )
 
@@ -232,7 +256,7 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "  - web: stack portainer (folder removed; no compose down: --no-start)" in result.stdout
-    assert "web: changed Remove stack folders" in result.stdout and "web: ok (ok=2 changed=1" in result.stdout
+    assert "web: changed Remove stack folders" in result.stdout and "web: ok (ok=3 changed=1" in result.stdout
     assert not (stacks / "portainer").exists()
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (stacks / "traefik").iterdir()} == traefik
     assert {name: sorted(p.name for p in (stacks / name).iterdir()) for name in theirs} == theirs
@@ -240,7 +264,7 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
-    assert "  web: ok (ok=1 changed=0 failed=0 unreachable=0)" in result.stdout
+    assert "  web: ok (ok=2 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The VM lists no stacks at all: the deploy record says homelab put some there, so it is cleared too.
     lab_path.write_text(ONE_VM.replace("    stacks: [traefik, portainer]\n", ""))

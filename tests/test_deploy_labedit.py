@@ -37,7 +37,7 @@ vms:
   # no stacks yet
 stacks:
   traefik:
-    version: v3.1
+    version: v3.6.2
 """
 
 

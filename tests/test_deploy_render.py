@@ -30,7 +30,7 @@ VMS = [
     {"name": "spare", "ip": "10.10.0.12"},
 ]
 STACKS = {
-    "traefik": {"version": "v3.2"},
+    "traefik": {"version": "v3.6.2"},
     "portainer": {"subdomain": "docker"},
     "media": {"env": {"TZ": "Europe/Berlin", "PUID": "1001", "SONARR_VERSION": "4.0.10"}},
 }
@@ -50,6 +50,15 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
         "traefik/compose.yml",
         "traefik/.env",
         "traefik/.homelab-stack",
+        "traefik/traefik.yml",
+        "traefik/dynamic/tls.yml",
+        "traefik/traefik.env",
+        "traefik/secrets/dashboard.htpasswd",
+        "traefik/secrets/local-tls.crt",
+        "traefik/secrets/local-tls.key",
+        "media/compose.gpu.yml",
+        "media/compose.qbittorrent.yml",
+        "media/compose.vpn.yml",
         "media/compose.yml",
         "media/.env",
         "media/.homelab-stack",
@@ -57,16 +66,25 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
     marker = next(f.content for f in rendered["media"].files if f.path == "media/.homelab-stack")
     assert "lab=test\nstack=media\n" in marker  # what lets homelab remove the folder, and only this one
     assert rendered["web"].root == "/home/homelab/stacks"
-    assert {f.mode for f in rendered["web"].files} == {0o644}
+    assert {f.path: f.mode for f in rendered["web"].files if f.mode != 0o644} == {
+        "traefik/secrets/dashboard.htpasswd": 0o600,
+        "traefik/secrets/local-tls.crt": 0o600,
+        "traefik/secrets/local-tls.key": 0o600,
+        "portainer/secrets/PORTAINER_ADMIN_PASSWORD": 0o600,
+    }
+    assert all(f.secret for f in rendered["web"].files if f.mode == 0o600)
     assert env_of(lab, "web", "traefik") == {
         "COMPOSE_PROJECT_NAME": "traefik",
-        "TRAEFIK_VERSION": "v3.2",
+        "TZ": "Etc/UTC",
+        "TRAEFIK_VERSION": "v3.6.2",
         "TRAEFIK_HOST": "traefik.lab.example",
     }
     assert env_of(lab, "web", "portainer")["PORTAINER_HOST"] == "docker.lab.example"  # stacks.portainer.subdomain
     media = env_of(lab, "media", "media")
     assert media["JELLYFIN_HOST"] == "jellyfin.lab.example" and media["SONARR_HOST"] == "sonarr.lab.example"
     assert media["TZ"] == "Europe/Berlin" and media["PUID"] == "1001" and media["SONARR_VERSION"] == "4.0.10"
+    assert media["PGID"] == "@PGID@"  # the VM's user's gid, put in on the VM (homelab_files host_ids)
+    assert media["COMPOSE_FILE"] == "compose.yml:compose.qbittorrent.yml" and media["DATA_ROOT"] == "/data"
     assert "JELLYFIN_VERSION" not in media  # no stacks.media.version: the compose file's default stays
 
 
@@ -89,13 +107,13 @@ def test_homepage_lists_every_stack_in_the_lab_by_vm() -> None:
     assert list(groups) == ["web", "media"]
     web = {name: entry["href"] for item in groups["web"] for name, entry in item.items()}
     assert web == {
-        "Traefik": "http://traefik.lab.example",
-        "Portainer": "http://docker.lab.example",
-        "Homepage": "http://home.lab.example",
+        "Traefik": "https://traefik.lab.example",
+        "Portainer": "https://docker.lab.example",
+        "Homepage": "https://home.lab.example",
     }
     media = [name for item in groups["media"] for name in item]
-    assert media == ["Traefik", "Jellyfin", "Sonarr", "Radarr", "Prowlarr"]
-    assert [link.url for link in links(lab)][:2] == ["http://traefik.lab.example", "http://docker.lab.example"]
+    assert media == ["Traefik", "Jellyfin", "Jellyseerr", "Sonarr", "Radarr", "Prowlarr", "Bazarr", "qBittorrent"]
+    assert all(link.url.startswith("https://") for link in links(lab))
 
 
 def test_env_values_are_quoted_so_compose_reads_them_literally() -> None:
@@ -137,7 +155,10 @@ def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path
     images = [service["image"] for service in config["services"].values()]
     assert any(image.endswith(":9.9.9") for image in images), images  # stacks.<name>.version reached compose
     rules = [
-        value for service in config["services"].values() for key, value in service["labels"].items() if "rule" in key
+        value
+        for service in config["services"].values()
+        for key, value in service.get("labels", {}).items()
+        if "rule" in key
     ]
     assert rules and all(rule.startswith("Host(`") and rule.endswith(".lab.example`)") for rule in rules)
     assert config["networks"]["homelab"].get("external") in (True, {"name": "homelab"})
@@ -160,9 +181,19 @@ def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
     assert "GlobalKnownHostsFile=/dev/null" in args and "StrictHostKeyChecking=no" not in args
     assert entry["homelab_stacks"] == ["traefik", "portainer", "homepage"]
     assert entry["homelab_lab"] == "test" and entry["homelab_remove_stacks"] == ["media"]
-    assert entry["homelab_stack_dirs"] == ["traefik", "portainer", "homepage", "homepage/config"]
+    assert entry["homelab_stack_dirs"] == [
+        "traefik",
+        "traefik/acme",
+        "traefik/dynamic",
+        "portainer",
+        "portainer/data",
+        "homepage",
+        "homepage/config",
+    ]
     env = next(f for f in entry["homelab_stack_files"] if f["path"] == "traefik/.env")
-    assert env["mode"] == "0644" and "TRAEFIK_VERSION=v3.2" in base64.b64decode(env["content_b64"]).decode()
+    assert env["mode"] == "0644" and "TRAEFIK_VERSION=v3.6.2" in base64.b64decode(env["content_b64"]).decode()
+    # secret files are never in the inventory (it lives beside ansible-runner's artifacts)
+    assert not [f for f in entry["homelab_stack_files"] if "/secrets/" in f["path"] or f["mode"] == "0600"]
 
 
 @pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="ansible-playbook is not installed (ansible-core)")

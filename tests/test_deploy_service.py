@@ -92,7 +92,15 @@ def test_preview_then_confirm_then_run_with_pinned_inventory(lab: Lab, tmp_path:
     assert "  web (10.77.1.2): traefik, portainer" in out.lines
     assert "  + db: /home/homelab/stacks/db/.env (new file)" in out.lines
     assert "  web: ok (ok=1 changed=1 failed=0 unreachable=0)" in out.lines
-    assert runner.requests[0].extravars == {"homelab_install_packages": False, "homelab_start_stacks": False}
+    extravars = dict(runner.requests[0].extravars)
+    secrets_file = Path(extravars.pop("homelab_secrets_file"))  # portainer's admin password, traefik's login
+    assert extravars == {
+        "homelab_install_packages": False,
+        "homelab_start_stacks": False,
+        "homelab_docker_source": "docker",
+    }
+    # outside the deploy's workdir (inventory, artifacts), and gone once the deploy is over
+    assert tmp_path / "state" / "test" / "deploy" not in secrets_file.parents and not secrets_file.exists()
     assert runner.requests[0].playbook.name == "deploy.yml" and runner.requests[0].playbook.is_file()
     hosts = runner.hosts[1]
     assert sorted(hosts) == ["db", "web"]  # spare lists no stacks
@@ -368,7 +376,7 @@ def test_cli_stack_list_with_and_without_a_lab(lab_file: Path, tmp_path: Path) -
     result = run_cli("stack", "list", lab=lab_file)
     assert (
         result.exit_code == 0
-        and "on: web, db  http://portainer.lab.example" in result.stdout
+        and "on: web, db  https://portainer.lab.example" in result.stdout
         and "on: not in the lab" in result.stdout
     )
     result = run_cli("stack", "list", "--json", lab=lab_file)

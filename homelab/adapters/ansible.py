@@ -8,10 +8,11 @@ key checking off) and host key checking on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -236,8 +237,6 @@ class AnsibleRunner:
     def run(self, request: RunRequest, on_event: OnEvent) -> RunOutcome:
         import tempfile
 
-        import ansible_runner
-
         if self._control_dir is None:
             # short and private: a control socket's path must stay under the 108 bytes of a unix socket
             self._control_dir = tempfile.mkdtemp(prefix="hl-ssh-")
@@ -261,18 +260,8 @@ class AnsibleRunner:
         mode = " --check --diff" if request.check else " --diff"
         log.info("ansible: %s%s (inventory %s)", request.playbook, mode, request.inventory)
         try:
-            result = ansible_runner.run(
-                private_data_dir=str(request.workdir),
-                playbook=str(request.playbook),
-                inventory=str(request.inventory),
-                extravars=dict(request.extravars),
-                envvars=envvars,
-                cmdline="--check --diff" if request.check else "--diff",
-                event_handler=handler,
-                quiet=True,
-                rotate_artifacts=4,
-                suppress_env_files=True,
-            )
+            with _without_homelab_env():
+                result = self._run(request, envvars, handler)
         except (OSError, RuntimeError, ValueError) as exc:
             raise OperationError(f"ansible-runner could not start ansible-playbook: {exc}") from None
         tail: tuple[str, ...] = ()
@@ -284,6 +273,35 @@ class AnsibleRunner:
                 pass
         log.info("ansible: %s (rc %s)", result.status, result.rc)
         return RunOutcome(str(result.status), int(result.rc or 0), to_host_stats(result.stats), tail)
+
+    @staticmethod
+    def _run(request: RunRequest, envvars: dict[str, str], handler: Callable[[dict[str, Any]], bool]) -> Any:
+        import ansible_runner
+
+        return ansible_runner.run(
+            private_data_dir=str(request.workdir),
+            playbook=str(request.playbook),
+            inventory=str(request.inventory),
+            extravars=dict(request.extravars),
+            envvars=envvars,
+            cmdline="--check --diff" if request.check else "--diff",
+            event_handler=handler,
+            quiet=True,
+            rotate_artifacts=4,
+            suppress_env_files=True,
+        )
+
+
+@contextlib.contextmanager
+def _without_homelab_env() -> Iterator[None]:
+    """Hide homelab's own variables (secrets among them: HOMELAB_PROXMOX_TOKEN, HOMELAB_<STACK>_<NAME>) from
+    ansible-runner, which hands its whole environment to ansible-playbook and records it in the run's
+    artifacts (``artifacts/<id>/command``). Ansible needs none of them."""
+    hidden = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("HOMELAB_")}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
 
 
 def ansible_available() -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,7 +29,7 @@ def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option(
         "--no-install-docker",
         is_flag=True,
-        help="Do not install docker.io and compose where they are missing (the VM has its own Docker).",
+        help="Do not install Docker and compose where they are missing (the VM has its own Docker).",
     )(command)
     return yes_option(command)
 
@@ -84,7 +85,7 @@ def deploy(
 
 @click.group()
 def stack() -> None:
-    """Service stacks: list what homelab ships, add one to a VM."""
+    """Service stacks: list what homelab ships, add one to a VM, render them to a folder."""
 
 
 @stack.command("list")
@@ -109,6 +110,20 @@ def list_stacks(app: App, as_json: bool) -> None:
             where = ", ".join(row.vms) if row.vms else "not in the lab"
             urls = f"  {' '.join(row.urls)}" if row.vms and row.urls else ""
             click.echo(f"{'':<{width}}  on: {where}{urls}")
+
+
+@stack.command("render")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@pass_app
+def render(app: App, dest: Path) -> None:
+    """Write what each VM's stacks folder gets under DEST/<vm>/ (secrets masked), to read or commit."""
+    from homelab.deploy.render import render_lab, write_tree
+
+    for vm, rendered in render_lab(app.lab).items():
+        written = write_tree(rendered, dest / vm)
+        click.echo(f"{vm}: {len(written)} file(s) in {dest / vm} (on the VM: {rendered.root})")
+        for folder in rendered.data_dirs:
+            click.echo(f"  and the folder {folder} on the VM, owned by {rendered.user}")
 
 
 @stack.command("add")

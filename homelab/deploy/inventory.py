@@ -1,5 +1,6 @@
 """The Ansible inventory for a deploy, made from the hosts `homelab apply` recorded.
 
+A stack's secret files are not in it (see :func:`secret_entries`).
 Each host logs in as its recorded user with homelab's admin key (or the host's own key file), and SSH
 checks the host key against a known_hosts file that holds exactly the pinned keys of this deploy's
 hosts, with the strict options of :func:`homelab.adapters.ssh.ssh_args` (no global known_hosts, so
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from homelab.adapters.ssh import ssh_args
-from homelab.deploy.render import VmRender
+from homelab.deploy.render import RenderedFile, VmRender
 from homelab.state.hosts import Host
 
 
@@ -46,12 +47,32 @@ def host_vars(
         "homelab_remove_stacks": list(remove),
         "homelab_data_disk": data_disk,
         "homelab_stack_dirs": list(render.dirs),
-        "homelab_stack_files": [
-            # base64: Ansible templates inventory strings, and a compose file may hold {{ }} of its own
-            {"path": f.path, "mode": f"{f.mode:04o}", "content_b64": base64.b64encode(f.content.encode()).decode()}
-            for f in render.files
-        ],
+        "homelab_stack_files": file_entries(render.plain_files),
+        "homelab_data_dirs": list(render.data_dirs),
     }
+
+
+def file_entries(files: Sequence[RenderedFile]) -> list[dict[str, Any]]:
+    """The homelab_files module's entries for ``files``."""
+    return [
+        # base64: Ansible templates inventory strings, and a compose file may hold {{ }} of its own
+        {
+            "path": f.path,
+            "mode": f"{f.mode:04o}",
+            "content_b64": base64.b64encode(f.content.encode()).decode(),
+            "host_ids": f.host_ids,
+        }
+        for f in files
+    ]
+
+
+def secret_entries(render: VmRender) -> dict[str, Any]:
+    """What the no_log "Stack secrets" task writes on one VM: its 0700 folders and 0600 files.
+
+    Never part of the inventory (which lives beside ansible-runner's artifacts): homelab writes these to a
+    private file of their own for the run's duration, which the play reads on this machine.
+    """
+    return {"dirs": list(render.private_dirs), "files": file_entries(render.secret_files)}
 
 
 def inventory(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -25,6 +25,6 @@ def stack_rows(lab: Lab | None) -> list[StackRow]:
     rows = []
     for name, info in sorted(catalogue().items()):
         vms = tuple(vm.name for vm in lab.vms if name in vm.stacks) if lab else ()
-        urls = tuple(f"http://{host}" for _, host in ui_hosts(lab, name)) if lab else ()
+        urls = tuple(f"https://{host}" for _, host in ui_hosts(lab, name)) if lab else ()
         rows.append(StackRow(name, info.description, info.requires, vms, urls))
     return rows

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from homelab.deploy.render import VmRender, missing_requirements, render_lab
+from homelab.deploy.render import Secrets, VmRender, missing_requirements, render_lab
 from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
@@ -24,7 +24,7 @@ from homelab.state.reading import StateFileError, notice, read_state_json
 class DeployOptions:
     """What a deploy does besides copying the stacks' files."""
 
-    install_packages: bool = True  # install docker.io + compose from the distribution where missing
+    install_packages: bool = True  # install Docker and compose (lab.docker.source) where missing
     start_stacks: bool = True  # create the homelab network and run `docker compose up -d`
     vms: tuple[str, ...] = ()  # only these VMs; empty: every VM that lists stacks (or must be cleared of them)
     keep_removed: bool = False  # leave stacks the lab file no longer lists where they are (and say so)
@@ -86,7 +86,11 @@ class Deployment:
         lines.append(
             "Docker: "
             + (
-                "docker.io and compose installed from the distribution where missing"
+                (
+                    "Docker Engine and the compose plugin installed from Docker's apt repository where missing"
+                    if self.lab.docker.source == "docker"
+                    else "docker.io and compose installed from the distribution where missing"
+                )
                 if opts.install_packages
                 else "left as it is (not installed by this deploy)"
             )
@@ -114,14 +118,16 @@ def prepare(
     options: DeployOptions | None = None,
     hosts: list[Host] | None = None,
     deployed: Collection[str] | None = None,
+    secrets: Secrets | None = None,
 ) -> Deployment:
     """The targets of a deploy, from the lab, the recorded hosts and the deploy record; renders every VM's files.
 
     A VM that lists no stacks is a target only when an earlier deploy put stacks on it (``deployed``,
-    read from the deploy record when not given): the deploy then clears it of them.
+    read from the deploy record when not given): the deploy then clears it of them. ``secrets``: the stack
+    secrets' values (:func:`homelab.deploy.secretvalues.stack_secret_values`); None renders them masked.
     """
     options = options or DeployOptions()
-    renders = render_lab(lab)
+    renders = render_lab(lab, secrets)
     deployed = deployed_vms(lab) if deployed is None else deployed
     for vm in lab.vms:
         if vm.name not in renders and vm.name in deployed:

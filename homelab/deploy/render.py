@@ -1,10 +1,13 @@
 """What each VM's stacks folder should hold, rendered from the lab file: pure, no I/O but the packaged stacks.
 
-For every stack a VM lists, /home/<user>/stacks/<name>/ gets the stack's compose.yml as shipped and a
+For every stack a VM lists, /home/<user>/stacks/<name>/ gets the stack's compose files as shipped and a
 ``.env`` that compose reads beside it: the image version (stacks.<name>.version), one ``<UI>_HOST``
-per web UI (<subdomain>.<network.domain>, which the compose files turn into Traefik Host rules), and
-stacks.<name>.env last, so it can override anything. Homepage also gets config/services.yaml, which
-links every stack's UI in the lab, grouped by VM. The lab model holds no secrets, so neither do these.
+per web UI (<subdomain>.<network.domain>, which the compose files turn into Traefik Host rules, on HTTPS),
+the lab's TZ, and stacks.<name>.env last, so it can override anything. Homepage also gets
+config/services.yaml, which links every stack's UI in the lab (https), grouped by VM; Traefik its static and
+dynamic configuration (:mod:`homelab.deploy.stackfiles`). The lab model holds no secrets, so neither do
+these: a stack's secrets are rendered only into its secrets/ folder (0600 files), from values passed in,
+or masked when none are (a preview of files, `homelab stack render`).
 Every stack folder also gets a ``.homelab-stack`` marker (lab and stack): homelab removes only folders
 that carry one (see :mod:`homelab.deploy.removed`).
 """
@@ -12,12 +15,14 @@ that carry one (see :mod:`homelab.deploy.removed`).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
 
 import yaml
 
+from homelab.deploy import stackfiles
 from homelab.deploy.removed import MARKER, marker_text
 from homelab.errors import InputError
 from homelab.lab.models import Lab, Vm
@@ -60,6 +65,8 @@ class RenderedFile:
     path: str
     content: str
     mode: int = FILE_MODE
+    secret: bool = False  # a secret: 0600, never in the inventory, the preview's diff or a log
+    host_ids: bool = False  # @PUID@ and @PGID@ become the ids of the VM's user when written there
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class RenderedStack:
     name: str
     dirs: tuple[str, ...]
     files: tuple[RenderedFile, ...]
+    private_dirs: tuple[str, ...] = ()  # folders only the owner may enter (0700): secrets/
+    data_dirs: tuple[str, ...] = ()  # absolute folders outside the stacks folder, owned by the user (/data)
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,22 @@ class VmRender:
     vm: str
     user: str
     stacks: tuple[RenderedStack, ...]
+
+    @property
+    def private_dirs(self) -> tuple[str, ...]:
+        return tuple(d for s in self.stacks for d in s.private_dirs)
+
+    @property
+    def data_dirs(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d for s in self.stacks for d in s.data_dirs))
+
+    @property
+    def secret_files(self) -> tuple[RenderedFile, ...]:
+        return tuple(f for f in self.files if f.secret)
+
+    @property
+    def plain_files(self) -> tuple[RenderedFile, ...]:
+        return tuple(f for f in self.files if not f.secret)
 
     @property
     def root(self) -> str:
@@ -142,7 +167,7 @@ def ui_hosts(lab: Lab, name: str) -> list[tuple[WebUi, str]]:
 def links(lab: Lab) -> list[Link]:
     """Every stack UI in the lab, in lab order (VMs, then each VM's stacks)."""
     return [
-        Link(vm.name, name, ui.name, f"http://{host}", ui.icon, ui.description)
+        Link(vm.name, name, ui.name, f"https://{host}", ui.icon, ui.description)
         for vm in lab.vms
         for name in vm.stacks
         for ui, host in ui_hosts(lab, name)
@@ -162,11 +187,15 @@ def render_env(lab: Lab, vm: Vm, name: str) -> str:
     """The stack's .env for ``vm``."""
     meta = stack_meta(name)
     settings = lab.stacks.get(name)
-    values: dict[str, str] = {"COMPOSE_PROJECT_NAME": name}
+    values: dict[str, str] = {"COMPOSE_PROJECT_NAME": name, "TZ": lab.timezone}
     if meta.version_var and settings and settings.version:
         values[meta.version_var] = settings.version
     for ui, host in ui_hosts(lab, name):
         values[ui.host_var] = host
+    if name == "media":
+        values["COMPOSE_FILE"] = stackfiles.media_compose_files(lab, vm)
+        values["DATA_ROOT"] = stackfiles.data_root(lab, vm)
+        values["PUID"], values["PGID"] = "@PUID@", "@PGID@"  # the ids of the VM's user, put in on the VM
     if settings:
         values.update(settings.env)
     lines = [f"# {HEADER}", f"# lab {lab.name}, VM {vm.name}, stack {name}"]
@@ -186,30 +215,53 @@ def render_homepage_services(lab: Lab) -> str:
     return f"# {HEADER}\n# Every stack of lab {lab.name}, by VM.\n{body}"
 
 
-def render_stack(lab: Lab, vm: Vm, name: str) -> RenderedStack:
-    """One stack's folder for ``vm``."""
+# Folders a stack's containers write to, made owned by the user (else dockerd makes them root's)
+CONFIG_DIRS = {
+    "media": ("jellyfin", "sonarr", "radarr", "prowlarr", "bazarr", "jellyseerr", "qbittorrent"),
+    "portainer": ("data",),
+    "traefik": ("acme", "dynamic"),
+    "homepage": ("config",),
+}
+Secrets = Mapping[str, Mapping[str, str]]
+
+
+def render_stack(lab: Lab, vm: Vm, name: str, secrets: Secrets | None = None) -> RenderedStack:
+    """One stack's folder for ``vm``; ``secrets`` (per stack, by name) None: secret files are masked."""
     meta = stack_meta(name)
-    compose = (meta.path / "compose.yml").read_text(encoding="utf-8")
     files = [
-        RenderedFile(f"{name}/compose.yml", compose),
-        RenderedFile(f"{name}/.env", render_env(lab, vm, name)),
+        RenderedFile(f"{name}/{path.name}", path.read_text(encoding="utf-8"))
+        for path in sorted(meta.path.glob("compose*.yml"))
+    ]
+    files += [
+        RenderedFile(f"{name}/.env", render_env(lab, vm, name), host_ids=name == "media"),
         RenderedFile(f"{name}/{MARKER}", marker_text(lab.name, name)),
     ]
-    dirs = [name]
+    dirs = [name, *(f"{name}/{sub}" for sub in CONFIG_DIRS.get(name, ()))]
     if name == "homepage":
-        dirs.append(f"{name}/config")
         files.append(RenderedFile(f"{name}/config/services.yaml", render_homepage_services(lab)))
-    return RenderedStack(name, tuple(dirs), tuple(files))
+        files.append(RenderedFile(f"{name}/config/docker.yaml", stackfiles.homepage_docker(lab)))
+    if name == "traefik":
+        files.append(RenderedFile(f"{name}/traefik.yml", stackfiles.traefik_static(lab, domain(lab))))
+        files.append(RenderedFile(f"{name}/dynamic/tls.yml", stackfiles.traefik_dynamic(lab)))
+        files.append(RenderedFile(f"{name}/traefik.env", stackfiles.traefik_env(lab)))
+    values = None if secrets is None else secrets.get(name, {})
+    hidden = stackfiles.secret_files(lab, name, values)
+    for item in hidden:
+        content = item.content if item.content is not None else stackfiles.MASKED.format(stack=name)
+        files.append(RenderedFile(f"{name}/secrets/{item.name}", content, stackfiles.SECRET_MODE, secret=True))
+    data = stackfiles.data_dirs(lab, vm) if name == "media" else ()
+    private = (f"{name}/secrets",) if hidden else ()
+    return RenderedStack(name, tuple(dirs), tuple(files), private, data)
 
 
-def render_vm(lab: Lab, vm: Vm) -> VmRender:
+def render_vm(lab: Lab, vm: Vm, secrets: Secrets | None = None) -> VmRender:
     """Everything ``vm`` gets, in the order its stacks are listed."""
-    return VmRender(vm.name, lab.access.user, tuple(render_stack(lab, vm, name) for name in vm.stacks))
+    return VmRender(vm.name, lab.access.user, tuple(render_stack(lab, vm, name, secrets) for name in vm.stacks))
 
 
-def render_lab(lab: Lab) -> dict[str, VmRender]:
-    """Every VM that lists stacks, by name, in lab order."""
-    return {vm.name: render_vm(lab, vm) for vm in lab.vms if vm.stacks}
+def render_lab(lab: Lab, secrets: Secrets | None = None) -> dict[str, VmRender]:
+    """Every VM that lists stacks, by name, in lab order; ``secrets`` None: secret files masked."""
+    return {vm.name: render_vm(lab, vm, secrets) for vm in lab.vms if vm.stacks}
 
 
 def missing_requirements(lab: Lab, vm: Vm) -> list[tuple[str, str]]:
@@ -222,6 +274,8 @@ def write_tree(render: VmRender, dest: Path) -> list[Path]:
     written = []
     for folder in render.dirs:
         (dest / folder).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    for folder in render.private_dirs:
+        (dest / folder).mkdir(mode=0o700, parents=True, exist_ok=True)
     for file in render.files:
         path = dest / PurePosixPath(file.path)
         path.parent.mkdir(parents=True, exist_ok=True)

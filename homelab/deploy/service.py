@@ -35,6 +35,7 @@ from homelab.deploy.report import (
     remember_deployed,
     summary_lines,
 )
+from homelab.deploy.secretvalues import stack_secret_values, staged_secrets
 from homelab.errors import OperationError
 from homelab.lab.models import Lab
 from homelab.paths import data_dir
@@ -83,6 +84,7 @@ def execute(
     *,
     check: bool,
     on_event: Callable[[TaskEvent], None] | None = None,
+    secrets_file: Path | None = None,
 ) -> RunReport:
     """Run the playbook once over the ready targets; collect changes, failures and stats."""
     pinned = {t.name: t.host.host_key for t in deployment.ready if t.host and t.host.host_key}
@@ -108,7 +110,10 @@ def execute(
                 message = f"{message} ({HOST_KEY_HINT.format(pinned=_fingerprint(pinned[event.host]))})"
             result.message = message
 
-    request = RunRequest(playbook(), inventory_path, where, deployment.options.extravars(), check=check)
+    extravars = {"homelab_docker_source": deployment.lab.docker.source, **deployment.options.extravars()}
+    if secrets_file is not None:
+        extravars["homelab_secrets_file"] = str(secrets_file)  # the path only: the values stay out of the run
+    request = RunRequest(playbook(), inventory_path, where, extravars, check=check)
     outcome = runner.run(request, collect)
     if not outcome.stats and outcome.rc != 0:
         tail = "\n".join(f"  | {line}" for line in outcome.tail)
@@ -158,13 +163,26 @@ def _preview_and_run(
     confirm: Confirm,
     check_only: bool,
 ) -> None:
+    with staged_secrets(deployment) as secrets_file:
+        _preview_then_run(deployment, result, runner, echo, confirm, check_only, secrets_file)
+
+
+def _preview_then_run(
+    deployment: Deployment,
+    result: DeployResult,
+    runner: PlaybookRunner,
+    echo: Echo,
+    confirm: Confirm,
+    check_only: bool,
+    secrets_file: Path | None,
+) -> None:
     from homelab.state.adminkey import admin_key_path
 
     where = workdir(deployment.lab)
     key_file = admin_key_path(deployment.lab)
     inventory_path = stage(deployment, key_file, where)
     echo("Checking the VMs (Ansible check mode)...")
-    result.preview = execute(deployment, runner, inventory_path, where, check=True)
+    result.preview = execute(deployment, runner, inventory_path, where, check=True, secrets_file=secrets_file)
     result.removals = plan_removals(deployment, result.preview)
     echo("Changes:")
     for line in preview_lines(result.preview, result.removals):
@@ -183,7 +201,9 @@ def _preview_and_run(
         if result.to_remove or unreached:
             inventory_path = stage(run, key_file, where, result.removals)
         echo("Deploying:")
-        result.run = execute(run, runner, inventory_path, where, check=False, on_event=progress_printer(echo))
+        result.run = execute(
+            run, runner, inventory_path, where, check=False, on_event=progress_printer(echo), secrets_file=secrets_file
+        )
     elif len(reached) < len(deployment.ready):
         echo(f"Nothing to change on {', '.join(t.name for t in reached)}.")
     else:
@@ -204,7 +224,8 @@ def deploy_stacks(
     Raises OperationError (after the summary) when any host failed; the other hosts are deployed anyway.
     ``check_only`` stops after the preview.
     """
-    deployment = prepare(lab, options)
+    secrets = stack_secret_values(lab, keep=not check_only) if any(vm.stacks for vm in lab.vms) else {}
+    deployment = prepare(lab, options, secrets=secrets)
     if not deployment.targets:
         echo("Skipped: no VM in the lab file lists stacks.")
         return DeployResult(deployment, skipped="no stacks")

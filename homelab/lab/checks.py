@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from homelab.lab.models import Lab, Network, Proxmox, Template, Vm
-from homelab.stacks import catalogue
+from homelab.lab.models import Docker, Https, Lab, Network, Proxmox, StackSettings, Template, Vm
+from homelab.stacks import DNS_PROVIDER_SECRETS, catalogue, is_secret_name, pinned_images, too_old_for_engine_29
 
 Found = tuple[tuple[str | int, ...], str]
 
@@ -33,6 +33,9 @@ class LabParts:
     all_templates: bool = False
     vms: tuple[tuple[int, Vm], ...] = ()
     stacks: tuple[str, ...] = ()
+    stack_settings: tuple[tuple[str, StackSettings], ...] = ()
+    https: Https | None = None
+    docker: Docker | None = None
 
     @classmethod
     def of(cls, lab: Lab) -> LabParts:
@@ -45,6 +48,9 @@ class LabParts:
             all_templates=True,
             vms=tuple(enumerate(lab.vms)),
             stacks=tuple(lab.stacks),
+            stack_settings=tuple(lab.stacks.items()),
+            https=lab.https,
+            docker=lab.docker,
         )
 
 
@@ -74,6 +80,10 @@ def check_parts(parts: LabParts) -> list[Found]:
         found += _check_build_ip(parts)
     found += _check_vms(parts)
     found += _check_stacks(parts.stacks)
+    current_docker = parts.docker is None or parts.docker.source == "docker"
+    found += _check_stack_settings(parts.stack_settings, current_docker)
+    if parts.https is not None:
+        found += _check_https(parts.https, parts.network)
     return found
 
 
@@ -236,3 +246,56 @@ def _check_stacks(names: tuple[str, ...]) -> list[Found]:
         for name in names
         if name not in known
     ]
+
+
+def _check_stack_settings(settings: tuple[tuple[str, StackSettings], ...], current_docker: bool) -> list[Found]:
+    """No secret in stacks.<name>.env; with Docker's current Engine (docker.source: docker), no image pin
+    known not to work with it."""
+    found: list[Found] = []
+    for name, stack in settings:
+        if name not in catalogue():
+            continue
+        for key in stack.env:
+            if is_secret_name(name, key):
+                found.append(
+                    (
+                        ("stacks", name, "env", key),
+                        f"a secret does not belong in the lab file: set HOMELAB_{name.upper().replace('-', '_')}_{key} "
+                        f"or put it in the secrets file under '<lab>: {{stacks: {{{name}: {{{key}: ...}}}}}}' "
+                        "(`homelab secrets path` shows where)",
+                    )
+                )
+        pins = {var: image for image, var, _ in pinned_images(name)} if current_docker else {}
+        version_var = catalogue()[name].version_var
+        if stack.version and version_var in pins:
+            problem = too_old_for_engine_29(pins[version_var], stack.version)
+            if problem:
+                found.append((("stacks", name, "version"), problem))
+        for key, value in stack.env.items():
+            problem = too_old_for_engine_29(pins[key], value) if key in pins else None
+            if problem:
+                found.append((("stacks", name, "env", key), problem))
+    return found
+
+
+def _check_https(https: Https, network: Network | None) -> list[Found]:
+    if https.ca == "acme" and https.acme is None:
+        return [(("https", "acme"), "required when ca is acme: {email: ..., challenge: dns, dns_provider: cloudflare}")]
+    if https.ca == "acme" and network is not None and not network.domain:
+        return [(("network", "domain"), "required when https.ca is acme: a domain you own, e.g. lab.example.com")]
+    if (
+        https.ca == "acme"
+        and network is not None
+        and network.domain
+        and network.domain.rsplit(".", 1)[-1] in LOCAL_DOMAINS
+    ):
+        return [(("https", "ca"), f"{network.domain} is not a public domain: no public CA signs it; use ca: local")]
+    acme = https.acme
+    if acme is not None and acme.challenge == "dns" and acme.dns_provider not in DNS_PROVIDER_SECRETS:
+        known = ", ".join(sorted(DNS_PROVIDER_SECRETS))
+        return [(("https", "acme", "dns_provider"), f"unknown DNS provider {acme.dns_provider!r}; known: {known}")]
+    return []
+
+
+# Special-use names no public CA issues certificates for (RFC 6761, 6762, 8375, ICANN's .internal)
+LOCAL_DOMAINS = ("arpa", "local", "internal", "lan", "home", "test", "localhost", "invalid", "example")

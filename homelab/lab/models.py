@@ -219,6 +219,12 @@ class Vm(Strict):
         "when the VM is replaced and is kept when the VM is destroyed; default settings.data_disk for VMs with stacks",
     )
     ciupgrade: bool | None = Field(None, description="package upgrade on first boot; default settings.ciupgrade")
+    gpu: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+        description="a Proxmox PCI resource mapping (Datacenter > Resource Mappings) passed to the VM; its "
+        "stacks get /dev/dri (Jellyfin transcodes on it)",
+    )
 
 
 class Repo(Strict):
@@ -238,7 +244,49 @@ class StackSettings(Strict):
     subdomain: DnsName | None = Field(None, description="host name under network.domain for the stack's UI")
     version: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", description="image tag to pin")
     env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")], str] = Field(
-        default_factory=dict, description="extra non-secret environment for the stack"
+        default_factory=dict,
+        description="extra non-secret environment for the stack (secrets go in the secrets file: `homelab secrets`)",
+    )
+
+
+class Acme(Strict):
+    """Certificates from an ACME CA (Let's Encrypt by default) for the lab's domain."""
+
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", description="the ACME account's e-mail address")
+    challenge: Literal["dns", "http"] = Field(
+        "dns", description="dns (DNS-01: a wildcard certificate, no open port needed) or http (HTTP-01 on port 80)"
+    )
+    dns_provider: str = Field(
+        "cloudflare",
+        pattern=r"^[a-z0-9][a-z0-9.-]*$",
+        description="the DNS provider (a lego provider name, e.g. cloudflare); its API token is a secret of "
+        "the traefik stack (secrets file or environment), never in this file",
+    )
+    server: str | None = Field(
+        None,
+        pattern=r"^https://\S+$",
+        description="the ACME directory URL; default Let's Encrypt (its staging or a local test CA for trials)",
+    )
+
+
+class Https(Strict):
+    """How the stacks' web UIs get their certificates. Plain HTTP only ever redirects to HTTPS."""
+
+    ca: Literal["local", "acme"] = Field(
+        "local",
+        description="local (a CA homelab makes for the lab; trust its certificate once: `homelab secrets ca`) "
+        "or acme (a public CA such as Let's Encrypt; needs a domain you own)",
+    )
+    acme: Acme | None = Field(None, description="the ACME settings (ca: acme)")
+
+
+class Docker(Strict):
+    """Where the VMs' Docker Engine and compose plugin come from."""
+
+    source: Literal["docker", "distribution"] = Field(
+        "docker",
+        description="docker (Docker's own apt repository: current Engine and the compose v2 plugin) or "
+        "distribution (the distribution's packages; Debian 12 has Docker 20.10 and compose v1)",
     )
 
 
@@ -260,6 +308,13 @@ class Lab(Strict):
     repo: Repo | None = None
     stacks: dict[DnsName, StackSettings] = Field(default_factory=dict, description="settings per stack")
     backup: Backup = Field(default_factory=Backup)
+    timezone: str = Field(
+        "Etc/UTC",
+        pattern=r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$",
+        description="the stacks' TZ, e.g. Europe/Berlin",
+    )
+    https: Https = Field(default_factory=Https)
+    docker: Docker = Field(default_factory=Docker)
 
     def data_disk_for(self, vm: Vm) -> int | None:
         """The size of a VM's data disk, or None for a VM without one."""

@@ -22,7 +22,19 @@ options:
     type: list
     elements: dict
     default: []
-    description: Files, each with C(path) (relative to O(root)), C(content_b64) and C(mode) (octal string).
+    description:
+      - Files, each with C(path) (relative to O(root)), C(content_b64) and C(mode) (octal string).
+      - C(host_ids) true replaces @PUID@ and @PGID@ in the content with O(owner)'s uid and gid.
+  private_dirs:
+    type: list
+    elements: str
+    default: []
+    description: Folders (relative to O(root)) only the owner may enter (0700).
+  data_dirs:
+    type: list
+    elements: str
+    default: []
+    description: Absolute folders outside O(root) owned by O(owner), group-writable and setgid (2775), parents first.
   remove: {type: list, elements: str, default: [], description: Stack folders (names under O(root)) to delete.}
   lab: {type: str, default: "", description: The lab whose marker a folder in O(remove) must carry.}
 """
@@ -47,7 +59,7 @@ def _inside(root, rel):
     return path
 
 
-def _ensure_dir(module, path, uid, gid, changes):
+def _ensure_dir(module, path, uid, gid, changes, mode=0o755):
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -61,16 +73,25 @@ def _ensure_dir(module, path, uid, gid, changes):
             }
         )
         if not module.check_mode:
-            os.mkdir(path, 0o755)
-            os.chmod(path, 0o755)
+            os.mkdir(path, 0o700)
             os.chown(path, uid, gid)
+            os.chmod(path, mode)
         return True
     if not stat.S_ISDIR(st.st_mode):
         module.fail_json(msg=f"{path} exists and is not a folder")
-    if stat.S_IMODE(st.st_mode) != 0o755 or st.st_uid != uid:
+    if stat.S_IMODE(st.st_mode) != mode or st.st_uid != uid or st.st_gid != gid:
+        changes.append(
+            {
+                "before_header": path,
+                "after_header": path,
+                "before": {"path": path, "mode": oct(stat.S_IMODE(st.st_mode)), "owner": st.st_uid},
+                "after": {"path": path, "mode": oct(mode), "owner": uid},
+                "homelab_change": "attributes",
+            }
+        )
         if not module.check_mode:
-            os.chmod(path, 0o755)
             os.chown(path, uid, gid)
+            os.chmod(path, mode)  # after chown, which clears the setgid bit
         return True
     return False
 
@@ -186,6 +207,8 @@ def main():
             "owner": {"type": "str", "required": True},
             "dirs": {"type": "list", "elements": "str", "default": []},
             "files": {"type": "list", "elements": "dict", "default": []},
+            "private_dirs": {"type": "list", "elements": "str", "default": []},
+            "data_dirs": {"type": "list", "elements": "path", "default": []},
             "remove": {"type": "list", "elements": "str", "default": []},
             "lab": {"type": "str", "default": ""},
         },
@@ -201,15 +224,26 @@ def main():
         module.fail_json(msg=f"logged in as uid {os.geteuid()}: cannot give files to {user.pw_name} without root")
     changes = []
     changed_paths = []
-    dirs, files = module.params["dirs"], module.params["files"]
+    dirs, files, private = module.params["dirs"], module.params["files"], module.params["private_dirs"]
     try:
-        for rel in ["", *dirs] if dirs or files else []:  # nothing to write: root is not made either
+        for rel in ["", *dirs] if dirs or files or private else []:  # nothing to write: root is not made either
             path = _inside(root, rel) if rel else root
             if _ensure_dir(module, path, uid, gid, changes):
+                changed_paths.append(path)
+        for rel in private:
+            path = _inside(root, rel)
+            if _ensure_dir(module, path, uid, gid, changes, mode=0o700):
+                changed_paths.append(path)
+        for path in module.params["data_dirs"]:
+            if not os.path.isabs(path):
+                raise ValueError(f"{path!r} is not an absolute path")
+            if _ensure_dir(module, os.path.normpath(path), uid, gid, changes, mode=0o2775):
                 changed_paths.append(path)
         for entry in files:
             path = _inside(root, entry["path"])
             data = base64.b64decode(entry["content_b64"])
+            if entry.get("host_ids"):
+                data = data.replace(b"@PUID@", str(uid).encode()).replace(b"@PGID@", str(gid).encode())
             if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
                 changed_paths.append(path)
         for name in module.params["remove"]:
