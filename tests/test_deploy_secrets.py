@@ -28,6 +28,7 @@ network:
   subnet: 10.10.0.0/24
   gateway: 10.10.0.1
   domain: lab.example.com
+  build_ip: 10.10.0.250
 https:
   ca: acme
   acme:
