@@ -26,3 +26,13 @@ def isolated_homelab_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.setenv("HOMELAB_STATE_DIR", str(state))
     monkeypatch.setenv("HOMELAB_CONFIG_DIR", str(config))
     yield tmp_path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The real-guest tests' timings (image build, boot, `homelab up`) at the end of every run that had them."""
+    import sys
+
+    module = sys.modules.get("tests.test_e2e_guest")
+    timings = getattr(module, "TIMINGS", None)
+    if timings:
+        terminalreporter.write_line("real-guest timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
