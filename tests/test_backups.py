@@ -9,7 +9,7 @@ import pytest
 
 from homelab.demo.launcher import FakeProxmox
 from tests.harness.cli import run_cli
-from tests.harness.labs import lab_data, write_lab
+from tests.harness.labs import add_template_version, lab_data, write_lab
 
 pytestmark = pytest.mark.integration
 
@@ -73,18 +73,7 @@ def test_schedule_keeps_the_lab_backup_job_in_step_with_its_vms(
     assert sorted(int(v) for v in job["vmid"].split(",")) == lab_vmids(fake_pve)
     assert run_cli("plan", lab=lab).exit_code == 0
     # a VM replaced by a new template version: the job follows its new vmid
-    fake_pve.call(
-        "add_vm",
-        vmid=9001,
-        name="debian-docker-202611201200",
-        template=True,
-        guest_agent=True,  # a version with the agent baked in, as `homelab template build` makes them
-        config={
-            "agent": "1",
-            "scsi0": "local-lvm:base-9001-disk-0,size=8G",
-            "tags": "guest-agent;homelab-template;homelab-test",
-        },
-    )
+    add_template_version(fake_pve)
     assert run_cli("apply", "--yes", lab=lab).exit_code == 0
     job = fake_pve.call("backup_jobs")["homelab-test"]
     assert sorted(int(v) for v in job["vmid"].split(",")) == lab_vmids(fake_pve)

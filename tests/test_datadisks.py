@@ -9,7 +9,7 @@ import pytest
 
 from homelab.demo.launcher import FakeProxmox
 from tests.harness.cli import run_cli
-from tests.harness.labs import lab_data, write_lab
+from tests.harness.labs import add_template_version, lab_data, write_lab
 
 pytestmark = pytest.mark.integration
 
@@ -52,22 +52,6 @@ def data_volumes(fake: FakeProxmox) -> dict[str, int]:
     return {n: v["size"] for n, v in volumes(fake).items() if v["size"] in (50 * GIB, 30 * GIB)}
 
 
-def new_version(fake: FakeProxmox) -> None:
-    fake.call(
-        "add_vm",
-        vmid=9001,
-        name="debian-docker-202611201200",
-        template=True,
-        guest_agent=True,  # a version with the agent baked in, as `homelab template build` makes them
-        config={
-            "agent": "1",
-            "ostype": "l26",
-            "scsi0": "local-lvm:base-9001-disk-0,size=8G",
-            "tags": "guest-agent;homelab-template;homelab-test",
-        },
-    )
-
-
 def test_created_vms_get_their_data_disk_and_a_second_plan_is_clean(lab_file: Path, fake_pve: FakeProxmox) -> None:
     result = run_cli("plan", lab=lab_file)
     assert "new data disk 50G" in result.stdout and "new data disk 30G" in result.stdout
@@ -83,7 +67,7 @@ def test_a_new_template_version_moves_the_data_disk_without_a_copy(lab_file: Pat
     assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     before = {n: v[0] for n, v in by_name(fake_pve).items()}
     data_before = data_volumes(fake_pve)
-    new_version(fake_pve)
+    add_template_version(fake_pve)
     result = run_cli("plan", lab=lab_file)
     assert result.exit_code == 3
     assert result.stdout.count("the data disk moves from") == 2
@@ -117,7 +101,7 @@ def test_an_interrupted_replacement_converges_with_one_holder(
 ) -> None:
     assert run_cli("apply", "--yes", lab=lab_file).exit_code == 0
     data_before = sorted(data_volumes(fake_pve).values())
-    new_version(fake_pve)
+    add_template_version(fake_pve)
     fake_pve.call("fail", method=method, suffix=suffix, status=500, message="injected fault", times=1)
     assert run_cli("apply", "--yes", lab=lab_file).exit_code != 0
     holders = [vm for vms in by_name(fake_pve).values() for vm in vms if data_drive(vm)]

@@ -10,7 +10,7 @@ import pytest
 
 from homelab.demo.launcher import FakeProxmox
 from tests.harness.cli import run_cli
-from tests.harness.labs import lab_data, write_lab
+from tests.harness.labs import add_template_version, lab_data, write_lab
 
 pytestmark = pytest.mark.integration
 
@@ -73,18 +73,7 @@ def test_a_replacement_moves_the_data_disk_of_a_vm_with_snapshots(
 ) -> None:
     assert run_cli("snapshot", "--yes", "media", lab=lab_file).exit_code == 0
     old = media(fake_pve)["vmid"]
-    fake_pve.call(
-        "add_vm",
-        vmid=9001,
-        name="debian-docker-202611201200",
-        template=True,
-        guest_agent=True,  # a version with the agent baked in, as `homelab template build` makes them
-        config={
-            "agent": "1",
-            "scsi0": "local-lvm:base-9001-disk-0,size=8G",
-            "tags": "guest-agent;homelab-template;homelab-test",
-        },
-    )
+    add_template_version(fake_pve)
     plan = run_cli("plan", lab=lab_file)
     assert f"the snapshots of {old} go with it" in plan.stdout
     result = run_cli("apply", "--yes", lab=lab_file)

@@ -67,3 +67,21 @@ def write_lab(path: Path, data: dict[str, Any]) -> Path:
     """Write ``data`` (see :func:`lab_data`) as the lab file ``path``; returns ``path``."""
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def add_template_version(fake: FakeProxmox, vmid: int = 9001, version: str = "202611201200", lab: str = "test") -> None:
+    """A newer version of the template debian-docker in ``fake``, as `homelab template build` leaves one for lab
+    ``lab``: marked with the lab's tags and with the guest agent baked in. Lab VMs on an older one get replaced."""
+    fake.call(
+        "add_vm",
+        vmid=vmid,
+        name=f"debian-docker-{version}",
+        template=True,
+        guest_agent=True,
+        config={
+            "agent": "1",
+            "ostype": "l26",
+            "scsi0": f"local-lvm:base-{vmid}-disk-0,size=8G",
+            "tags": f"guest-agent;homelab-template;homelab-{lab}",
+        },
+    )
