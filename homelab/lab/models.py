@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from homelab.lab.types import IPv4, Size, Subnet, VmAddress
+from homelab.lab.types import IPv4, OptionalSize, Size, Subnet, VmAddress
 
 DnsName = Annotated[
     str,
@@ -167,7 +167,7 @@ class Settings(Strict):
 
     concurrency: int = Field(4, ge=1, le=64, description="VMs worked on at once")
     full_clone: bool = Field(False, description="full clones instead of linked clones, lab-wide")
-    data_disk: Size | None = Field(
+    data_disk: OptionalSize | None = Field(
         None,
         description="a data disk for every VM that runs stacks (unless the VM sets data_disk), e.g. 100G; it holds "
         "the stacks' state and survives replacements",
@@ -213,7 +213,7 @@ class Vm(Strict):
     tags: list[Tag] = Field(default_factory=list)
     stacks: list[DnsName] = Field(default_factory=list, description="service stacks this VM runs")
     full: bool | None = Field(None, description="full clone for this VM; default settings.full_clone")
-    data_disk: Size | None = Field(
+    data_disk: OptionalSize | None = Field(
         None,
         description="size of the VM's data disk (mounted at /home/homelab/data), e.g. 200G; it moves to the new VM "
         "when the VM is replaced and is kept when the VM is destroyed; default settings.data_disk for VMs with stacks",

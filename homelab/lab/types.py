@@ -47,19 +47,28 @@ def format_size(size: int) -> str:
     return str(size)
 
 
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    PlainSerializer(format_size, return_type=str),
-    WithJsonSchema(
+def _size_schema(description: str) -> WithJsonSchema:
+    return WithJsonSchema(
         {
             "anyOf": [
                 {"type": "string", "pattern": r"^\d+(\.\d+)?[KMGT]$"},
                 {"type": "integer", "minimum": 1, "description": "GiB"},
             ],
-            "description": "A size such as 32G, 512M or 1T (or an integer number of GiB).",
+            "description": description,
         }
-    ),
+    )
+
+
+SIZE = "A size such as 32G, 512M or 1T (or an integer number of GiB)."
+Size = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size, return_type=str), _size_schema(SIZE)]
+# The same type for optional fields (``OptionalSize | None``). Its schema must differ from Size's: pydantic 2.10
+# reuses the JSON schema of equal annotated types and writes a field's default into it, so a Size | None field
+# would show the default of some other Size field.
+OptionalSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    PlainSerializer(format_size, return_type=str),
+    _size_schema(SIZE + " Leave it out for none."),
 ]
 
 
