@@ -23,9 +23,9 @@ def secrets_file() -> Path:
     return Path(os.environ.get("HOMELAB_SECRETS") or config_dir() / "secrets.yml")
 
 
-def _file_secrets(lab_name: str) -> dict[str, str]:
-    """The lab's section of the secrets file: ``<lab name>: {proxmox_token: ..., proxmox_password: ...}``."""
-    path = secrets_file()
+def read_private_yaml(path: Path) -> object:
+    """The YAML document of a secrets file that only its owner may read ({} when there is no file);
+    SecretError when others may read it or it is not YAML. The caller checks its shape."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -33,9 +33,15 @@ def _file_secrets(lab_name: str) -> dict[str, str]:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecretError(f"{path}: readable by other users (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
         raise SecretError(f"{path}: not valid YAML") from None
+
+
+def _file_secrets(lab_name: str) -> dict[str, str]:
+    """The lab's section of the secrets file: ``<lab name>: {proxmox_token: ..., proxmox_password: ...}``."""
+    path = secrets_file()
+    data = read_private_yaml(path)
     section = data.get(lab_name, {}) if isinstance(data, dict) else None
     if not isinstance(section, dict):
         raise SecretError(f"{path}: {lab_name}: must be a mapping such as {{proxmox_token: ...}}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from homelab.masking import register
 from homelab.paths import state_dir
 from homelab.stacks import SecretSpec
 from homelab.state.files import write_secret
-from homelab.state.secrets import secrets_file
+from homelab.state.secrets import read_private_yaml, secrets_file
 
 PASSWORD_BYTES = 18  # 24 characters of urlsafe base64
 
@@ -57,16 +56,7 @@ class Secret:
 
 
 def _read_private_yaml(path: Path) -> dict[str, object]:
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return {}
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SecretError(f"{path}: readable by other users (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise SecretError(f"{path}: not valid YAML") from None
+    data = read_private_yaml(path)
     if not isinstance(data, dict):
         raise SecretError(f"{path}: must be a mapping")
     return data
