@@ -220,8 +220,8 @@ def converge_vms(
         raise OperationError(f"some VMs failed (see above); run `{again}` again to finish them")
     if job:
         names = {vm.name for vm in lab.vms}
-        job = job_change(api, lab, sorted(o.vmid for o in result.outcomes if o.vmid and o.ok and o.vm in names))
-        if job and job.difference:
+        job = job.for_vmids(lab, sorted(o.vmid for o in result.outcomes if o.vmid and o.ok and o.vm in names))
+        if job.difference:
             apply_job(api, job, lab)
             echo(job.describe(lab) + ": done")
     return planned.plan, result

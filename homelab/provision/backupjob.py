@@ -25,6 +25,12 @@ class JobChange:
     def describe(self, lab: Lab) -> str:
         return f"backup job {job_id(lab)}: {self.difference}"
 
+    def for_vmids(self, lab: Lab, vmids: list[int]) -> JobChange:
+        """The same job for other VMs (those an apply ended with), from what was read before: no API call."""
+        storage = str((self.wanted or {}).get("storage") or lab.backup.storage)
+        wanted = desired_job(lab, vmids, storage)
+        return JobChange(self.current, wanted, job_difference(self.current, wanted))
+
 
 def job_change(api: PveApi, lab: Lab, vmids: list[int]) -> JobChange | None:
     """The job's change for VMs ``vmids``, or None when the lab sets no schedule."""
