@@ -387,9 +387,12 @@ def up(
         current = "deploy"
         stage(4, 4, "Docker and the service stacks")
         if deploy:
+            from homelab.deploy.plan import DeployOptions
             from homelab.deploy.service import deploy_stacks
+            from homelab.provision.snapshotting import before_removal
 
-            deploy_stacks(lab, echo, confirm, runner=deploy_runner)
+            hook = before_removal(api, lab, echo) if lab.settings.snapshot_before_changes else None
+            deploy_stacks(lab, echo, confirm, DeployOptions(before_removal=hook), runner=deploy_runner)
             result.stacks = "deployed"
         else:
             echo(f"Skipped ({skip_reason}).")

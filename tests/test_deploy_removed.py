@@ -120,6 +120,30 @@ def test_a_dropped_stack_is_previewed_confirmed_and_removed_exactly_as_previewed
     assert result.ok and [r.stack for r in result.to_remove] == ["media"]
 
 
+def test_the_vms_losing_stacks_are_snapshotted_after_the_question_and_before_the_run() -> None:
+    lab = make_lab(vms=[WEB, SPARE])
+    runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
+    out = Recorder()
+    seen: list[tuple[list[str], int, int]] = []
+    hook = lambda vms: seen.append((list(vms), len(runner.requests), len(out.questions)))  # noqa: E731
+    deploy_stacks(lab, out.echo, out.confirm, DeployOptions(before_removal=hook), runner=runner)
+    assert seen == [(["web"], 1, 1)], "once, for web, after the check run and the question, before the run"
+    assert "  snapshot web first, data disk included (settings.snapshot_before_changes)" in out.lines
+    assert [r.check for r in runner.requests] == [True, False]
+
+
+def test_a_snapshot_that_fails_stops_the_deploy_before_anything_is_removed() -> None:
+    lab = make_lab(vms=[WEB, SPARE])
+    runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
+
+    def hook(vms: object) -> None:
+        raise OperationError("snapshot of web failed: storage does not support snapshots")
+
+    with pytest.raises(OperationError, match="snapshot of web failed"):
+        deploy_stacks(lab, Recorder().echo, Recorder().confirm, DeployOptions(before_removal=hook), runner=runner)
+    assert [r.check for r in runner.requests] == [True], "nothing ran after the failed snapshot"
+
+
 def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

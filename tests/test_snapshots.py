@@ -81,3 +81,56 @@ def test_a_replacement_moves_the_data_disk_of_a_vm_with_snapshots(
     vm = media(fake_pve)
     assert vm["vmid"] != old and "serial=homelab-data" in str(vm["config"].get("scsi1"))
     assert run_cli("plan", lab=lab_file).exit_code == 0
+    assert "snapshotted with the data disk before its first start" in plan.stdout
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_a_replacement_snapshots_the_new_vm_with_the_data_before_its_first_start(
+    lab_file: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch, setting: bool
+) -> None:
+    settings = {"snapshots_keep": 2, "snapshot_before_changes": setting}
+    write_lab(lab_file, lab_data(fake_pve, VMS, settings=settings))
+    old = media(fake_pve)["vmid"]
+    add_template_version(fake_pve)
+    plan = run_cli("plan", lab=lab_file)
+    assert ("before its first start" in plan.stdout) is setting
+    fake_pve.requests(clear=True)
+    result = run_cli("apply", "--yes", lab=lab_file)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    new = media(fake_pve)["vmid"]
+    assert new != old
+    names = snapshot_names(fake_pve, monkeypatch)
+    if not setting:
+        assert names == []
+        return
+    assert len(names) == 1 and names[0].startswith("homelab_")
+    calls = [(m, p) for m, p in fake_pve.requests() if m == "POST" and f"/qemu/{new}/" in p]
+    order = [p.rsplit(f"/qemu/{new}/", 1)[1] for _, p in calls]
+    # taken after the disk arrived (moved onto the stopped new VM) and before the new VM ever started
+    assert order.index("snapshot") < order.index("status/start"), order
+    moved = [p for m, p in fake_pve.requests() if m == "POST" and p.endswith(f"/qemu/{old}/move_disk")]
+    assert moved, "the data disk was reassigned from the old VM"
+    # the snapshot holds the data disk: a rollback returns the data to the moment of the handover
+    result = run_cli("rollback", "--yes", "media", lab=lab_file)
+    assert result.exit_code == 0, result.stderr
+    assert f"back to {names[0]}" in result.stdout
+    assert media(fake_pve)["status"] == "running"
+    assert run_cli("plan", lab=lab_file).exit_code == 0
+
+
+def test_the_deploys_hook_snapshots_the_vms_losing_stacks_through_proxmox(
+    lab_file: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from homelab.adapters.proxmox.connect import connect
+    from homelab.errors import InputError
+    from homelab.lab.loader import load_lab
+    from homelab.provision.snapshotting import before_removal
+
+    lab = load_lab(lab_file)
+    said: list[str] = []
+    hook = before_removal(connect(lab), lab, said.append)
+    hook(["media"])
+    names = snapshot_names(fake_pve, monkeypatch)
+    assert len(names) == 1 and any(line == f"media: {names[0]} taken" for line in said)
+    with pytest.raises(InputError, match="not a VM of lab"):
+        hook(["nosuch"])

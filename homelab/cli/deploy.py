@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,17 @@ def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool, keep
     )
 
 
+def _snapshot_hook(app: App) -> Callable[[Sequence[str]], None]:
+    """Snapshot VMs through Proxmox before stacks are taken off them (connects only when called)."""
+
+    def snapshot(vms: Sequence[str]) -> None:
+        from homelab.provision.snapshotting import before_removal
+
+        before_removal(app.api, app.lab, app.echo)(vms)
+
+    return snapshot
+
+
 @click.command()
 @deploy_options
 @click.option("--check", is_flag=True, help="Only show what would change (exit 3 when something would).")
@@ -67,13 +79,10 @@ def deploy(
     """
     from homelab.deploy.service import deploy_stacks
 
-    result = deploy_stacks(
-        app.lab,
-        app.echo,
-        app.confirm,
-        _options(vms, no_install_docker, no_start, keep_removed),
-        check_only=check,
-    )
+    options = _options(vms, no_install_docker, no_start, keep_removed)
+    if app.lab.settings.snapshot_before_changes:
+        options = replace(options, before_removal=_snapshot_hook(app))
+    result = deploy_stacks(app.lab, app.echo, app.confirm, options, check_only=check)
     if check:
         failed = [host for host in result.hosts if not host.ok]
         if failed:

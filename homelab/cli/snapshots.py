@@ -13,23 +13,9 @@ from homelab.errors import InputError
 
 
 def _live(app: App, names: tuple[str, ...]) -> dict[str, Any]:
-    """Lab VM name -> its VM on Proxmox, for ``names`` (all the lab's when empty); unknown names refused."""
-    from homelab.provision.facts import gather
+    from homelab.provision.snapshotting import live_vms
 
-    lab = app.lab
-    unknown = sorted(set(names) - {vm.name for vm in lab.vms})
-    if unknown:
-        raise InputError(f"not a VM of lab {lab.name}: {', '.join(unknown)}")
-    wanted = set(names) or {vm.name for vm in lab.vms}
-    found = {}
-    for live in gather(app.api, lab).managed:
-        name = (live.meta or {}).get("vm") or live.name
-        if name in wanted and not live.is_keeper:
-            found[name] = live
-    missing = sorted(wanted - set(found))
-    if missing:
-        raise InputError(f"not on Proxmox yet: {', '.join(missing)} (run `homelab apply` first)")
-    return found
+    return live_vms(app.api, app.lab, names)
 
 
 @click.command()
@@ -45,19 +31,14 @@ def snapshot(app: App, note: str, vms: tuple[str, ...]) -> None:
     by hand are never pruned. A replacement deletes the old VM's snapshots (they would block moving its data
     disk, and go with the old VM anyway)."""
     from homelab.adapters.proxmox import snapshots as snaps
+    from homelab.provision.snapshotting import take_and_prune
 
-    lab, timeout = app.lab, app.lab.settings.timeouts.task
     live = _live(app, vms)
     name = snaps.new_name()
     for vm, item in sorted(live.items()):
         app.echo(f"snapshot {vm} ({item.vmid}) as {name}")
     app.confirm(f"Snapshot {len(live)} VM(s)?")
-    for vm, item in sorted(live.items()):
-        snaps.take(app.api, item.node, item.vmid, name, note or "taken by homelab snapshot", timeout)
-        for old in snaps.to_prune(snaps.snapshots(app.api, item.node, item.vmid), lab.settings.snapshots_keep):
-            snaps.delete(app.api, item.node, item.vmid, old.name, timeout)
-            app.echo(f"{vm}: pruned {old.name} (settings.snapshots_keep: {lab.settings.snapshots_keep})")
-        app.echo(f"{vm}: {name} taken")
+    take_and_prune(app.api, app.lab, live, name, note or "taken by homelab snapshot", app.echo)
 
 
 @click.command()

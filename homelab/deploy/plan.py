@@ -7,7 +7,7 @@ earlier deploy (the deploy record says which). A target needs a host record with
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ class DeployOptions:
     vms: tuple[str, ...] = ()  # only these VMs; empty: every VM that lists stacks (or must be cleared of them)
     keep_removed: bool = False  # leave stacks the lab file no longer lists where they are (and say so)
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
+    # called with the VMs stacks are about to be taken off, before the run (a snapshot of each; see
+    # settings.snapshot_before_changes); None: nothing
+    before_removal: Callable[[Sequence[str]], None] | None = field(default=None, compare=False)
 
     def extravars(self) -> dict[str, Any]:
         return {

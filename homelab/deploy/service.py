@@ -187,6 +187,9 @@ def _preview_then_run(
     echo("Changes:")
     for line in preview_lines(result.preview, result.removals):
         echo(line)
+    if result.to_remove and deployment.options.before_removal is not None:
+        vms = ", ".join(sorted({r.vm for r in result.to_remove}))
+        echo(f"  snapshot {vms} first, data disk included (settings.snapshot_before_changes)")
     if check_only:
         return
     reached = result.reached
@@ -196,6 +199,9 @@ def _preview_then_run(
         unreached = [t.name for t in deployment.ready if t not in reached]
         left_out = f" ({', '.join(unreached)} could not be reached: not deployed)" if unreached else ""
         confirm(f"Deploy to {len(reached)} VM(s)?{left_out}")
+        removing = sorted({r.vm for r in result.to_remove} & {t.name for t in reached})
+        if removing and deployment.options.before_removal is not None:
+            deployment.options.before_removal(removing)
         # A VM the preview could not reach gets nothing: the run changes only what was shown.
         run = replace(deployment, targets=tuple(t for t in deployment.targets if t in reached))
         if result.to_remove or unreached:

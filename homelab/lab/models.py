@@ -175,6 +175,11 @@ class Settings(Strict):
     snapshots_keep: int = Field(
         3, ge=0, le=100, description="snapshots homelab took (`homelab snapshot`) kept per VM; older ones are pruned"
     )
+    snapshot_before_changes: bool = Field(
+        True,
+        description="snapshot a VM before a change that could lose data (a replacement: the new VM with the moved "
+        "data disk, before its first start; a stack removal), so `homelab rollback VM` can return to it",
+    )
     ciupgrade: bool = Field(
         False,
         description="let cloud-init upgrade every package on a new VM's first boot (PVE's own default is on); off: "

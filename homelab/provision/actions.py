@@ -117,6 +117,8 @@ class ReplaceVM(Action):
     data_from: str | None = None
     # the old VM has snapshots: they block moving its data disk and go with it
     drops_snapshots: bool = False
+    # snapshot the new VM (with the moved data disk) before its first start (settings.snapshot_before_changes)
+    snapshot_first: bool = False
     kind: ClassVar[str] = "replace"
 
     def describe(self) -> str:
@@ -125,6 +127,8 @@ class ReplaceVM(Action):
             text += f"; the data disk moves from {self.old_vmid} to the new VM (kept, not copied)"
         if self.drops_snapshots:
             text += f"; the snapshots of {self.old_vmid} go with it"
+        if self.snapshot_first:
+            text += "; the new VM is snapshotted with the data disk before its first start (`homelab rollback`)"
         return text
 
 

@@ -26,7 +26,9 @@ from homelab.adapters.proxmox.datadisks import (
 )
 from homelab.adapters.proxmox.marks import parse_mark
 from homelab.adapters.proxmox.snapshots import delete as delete_snapshot
+from homelab.adapters.proxmox.snapshots import new_name as new_snapshot_name
 from homelab.adapters.proxmox.snapshots import snapshots
+from homelab.adapters.proxmox.snapshots import take as take_snapshot
 from homelab.adapters.proxmox.vms import stop_vm
 from homelab.lab.models import Lab
 from homelab.lab.types import format_size
@@ -74,6 +76,14 @@ class DataDisks:
         for snap in reversed(snapshots(self.api, node, vmid)):
             self.step(vm, f"deleting snapshot {snap.name} of {vmid}")
             delete_snapshot(self.api, node, vmid, snap.name, self.timeout)
+
+    def snapshot_first(self, vm: str, node: str, vmid: int, replaced: int) -> None:
+        """Snapshot a new VM that just got its data disk, before its first start: what the data was when the
+        old VM stopped, for `homelab rollback` if the new software damages it (pruned like any of ours)."""
+        name = new_snapshot_name()
+        self.step(vm, f"snapshot {name} of {vmid} with the data disk, before its first start")
+        note = f"taken by homelab before the first start of {vmid}, which replaced {replaced}"
+        take_snapshot(self.api, node, vmid, name, note, self.timeout)
 
     def adopt(self, vm: str, node: str, vmid: int, keeper: int, key: str) -> None:
         """Give a recreated VM the data disk the keeper kept for it."""

@@ -304,6 +304,8 @@ class Executor:
                     self.disks.drop_snapshots(*old)
                 if action.data_from:
                     self.disks.move(action.vm, node, action.old_vmid, action.data_from, vmid)
+                    if action.snapshot_first:
+                        self.disks.snapshot_first(action.vm, node, vmid, action.old_vmid)
             try:
                 with self._slot():
                     self._start(action.vm, node, vmid)

@@ -153,7 +153,10 @@ def _plan_vm(
         data_from = current.data_disk.key if current.data_disk else (DATA_KEY if holder is not None else None)
         static = vm.ip != "dhcp"
         snaps = data_from is not None and bool(current.config.get("parent"))
-        actions.append(ReplaceVM(vm.name, current.vmid, current.node, reason, replace_create, static, data_from, snaps))
+        first = data_from is not None and lab.settings.snapshot_before_changes
+        actions.append(
+            ReplaceVM(vm.name, current.vmid, current.node, reason, replace_create, static, data_from, snaps, first)
+        )
     else:
         changes = _diff(current, desired)
         running = current.status == "running"
