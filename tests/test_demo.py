@@ -75,7 +75,7 @@ def test_the_demo_prints_no_line_twice_leaves_nothing_behind_and_says_what_next(
     assert [line for line in lines if lines.count(line) > 1] == []
     # each template step and each VM's result once
     assert sum("download https://cloud.debian.org" in line for line in lines) == 1
-    assert sum(line.endswith("bake: installing qemu-guest-agent") for line in lines) == 1
+    assert sum(line.endswith("bake: installing qemu-guest-agent git") for line in lines) == 1
     assert sum("docker-01" in line and "192.168.10.20" in line for line in lines) == 2  # apply summary, status
     assert "ok      docker-01 vmid 100 at 192.168.10.20" in proc.stdout
     assert list(temp_root.iterdir()) == []  # the demo folder is gone

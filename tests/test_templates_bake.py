@@ -48,7 +48,7 @@ def test_template_build_bakes_the_agent_in_and_a_clone_of_it_has_one(
     for line in (
         f"{build_host.address} offered SSH host key SHA256:",
         "bake: waiting for cloud-init to finish",
-        "bake: installing qemu-guest-agent",
+        "bake: installing qemu-guest-agent git",
         "bake: enabling qemu-guest-agent",
         "bake: shutting VM 9000 down",
     ):
@@ -89,7 +89,7 @@ def test_a_bake_whose_install_fails_removes_the_build_vm_and_says_why(
 
     assert result.exit_code != 0
     message = result.stdout + result.stderr
-    assert "installing qemu-guest-agent failed: E: Unable to locate package qemu-guest-agent" in message
+    assert "installing qemu-guest-agent git failed: E: Unable to locate package qemu-guest-agent" in message
     assert "VM 9000 was removed" in message and "Traceback" not in message
     assert fake_pve.vms() == [] and fake_pve.call("agent_disks") == []
 

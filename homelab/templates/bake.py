@@ -1,4 +1,4 @@
-"""The bake: boot the imported cloud image once and install what every template needs (qemu-guest-agent).
+"""The bake: boot the imported cloud image once and install what every template needs (qemu-guest-agent, git).
 
 Debian's and Ubuntu's cloud images ship without qemu-guest-agent, and homelab learns each VM's address and host
 key through the agent. So the cloud-image builder boots the new VM once before it becomes a template, at the
@@ -30,6 +30,8 @@ from homelab.lab.models import Lab
 Progress = Callable[[str], None]
 
 AGENT_PACKAGE = "qemu-guest-agent"
+# The deploy key's checkout of the config repo runs git on the VM, and Debian's cloud images have none.
+BAKE_PACKAGES = (AGENT_PACKAGE, "git")
 # cloud-init settings that exist only for the bake: the template leaves them to each clone.
 BUILD_SETTINGS = ("ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain")
 # Seconds apt waits for the dpkg lock (cloud-init or unattended-upgrades may hold it at first boot), per try.
@@ -54,7 +56,7 @@ class BakeTemplateVm:
     vmid: int
     address: str
     user: str
-    packages: tuple[str, ...] = (AGENT_PACKAGE,)
+    packages: tuple[str, ...] = BAKE_PACKAGES
 
     def describe(self) -> str:
         return (
