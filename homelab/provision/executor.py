@@ -15,7 +15,7 @@ from homelab.adapters.proxmox.labvms import boot_disk
 from homelab.adapters.proxmox.marks import describe_vm, marks_as, parse_mark
 from homelab.adapters.proxmox.placement import migrate_offline
 from homelab.adapters.proxmox.vmconfig import encode_config
-from homelab.adapters.proxmox.vms import delete_vm, start_vm, stop_vm
+from homelab.adapters.proxmox.vms import delete_vm, shutdown_vm, start_vm, stop_vm
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
@@ -256,6 +256,12 @@ class Executor:
         self.report.step(vm, f"stopping {vmid}")
         stop_vm(self.api, node, vmid, self.timeouts.task)
 
+    def _shut_down(self, vm: str, node: str, vmid: int) -> None:
+        """A VM whose data disk moves on: shut down cleanly, so the guest's unwritten data reaches the disk."""
+        self.report.step(vm, f"shutting {vmid} down")
+        grace = min(self.timeouts.start, 300)
+        shutdown_vm(self.api, node, vmid, grace, self.timeouts.task, f"shutdown of {vmid}")
+
     def _update(self, action: UpdateVM) -> None:
         self.report.step(action.vm, "updating " + ", ".join(c.key for c in action.changes))
         config = encode_config({c.key: c.new for c in action.changes})
@@ -290,7 +296,8 @@ class Executor:
         finished, address and host key read): returns its vmid, node, address and host key.
 
         With a static IP or a data disk both cannot run at once: the new VM is fully built but stopped, the old
-        one stopped (and its data disk moved over), the new one started; if it does not come up, it is stopped,
+        one shut down cleanly (its guest writes out what it holds; hard-stopped after a grace period) and its data
+        disk moved over, the new one started; if it does not come up, it is stopped,
         the data disk goes back and the old one is started again.
         """
         create, old = action.create, (action.vm, action.old_node, action.old_vmid)
@@ -299,7 +306,7 @@ class Executor:
             vmid, node = self._create(create, start=not handover)
         if handover:
             with self._slot():
-                self._stop(*old)
+                self._shut_down(*old)
                 if action.drops_snapshots:
                     self.disks.drop_snapshots(*old)
                 if action.data_from:

@@ -45,6 +45,18 @@ def stop_vm(api: PveApi, node: str, vmid: int, timeout: float) -> None:
     api.run_task("POST", f"/nodes/{node}/qemu/{vmid}/status/stop", node, timeout, f"stop of {vmid}")
 
 
+def shutdown_vm(api: PveApi, node: str, vmid: int, grace: int, timeout: float, what: str) -> None:
+    """Shut a VM down the way its guest wants it (the guest agent, else ACPI), so that what the guest has not
+    written yet reaches its disks; stopped hard after ``grace`` seconds. A VM that is not running counts."""
+    try:
+        upid = api.post(f"/nodes/{node}/qemu/{vmid}/status/shutdown", timeout=grace, forceStop=1)
+        if isinstance(upid, str) and upid.startswith("UPID:"):
+            api.wait_task(node, upid, grace + timeout, what)
+    except ProxmoxError as exc:
+        if "not running" not in str(exc):
+            raise
+
+
 def delete_vm(
     api: PveApi,
     node: str,
