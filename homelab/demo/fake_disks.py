@@ -36,6 +36,9 @@ class DiskReassign:
                 vm.config[key] = vm.pending.pop(key)
         return result
 
+    def _disk_reassigned(self, old_volid: str, new_volid: str) -> None:
+        """Called when a volume got its new name in a reassignment (a fake with real disk files moves its file)."""
+
     def _routes_homelab_disks(self) -> list[tuple[str, str, Any]]:
         return [("POST", "/nodes/{node}/qemu/{vmid}/move_disk", self._homelab_move_disk)]
 
@@ -101,6 +104,7 @@ class DiskReassign:
             vol["vmid"] = target_vmid
             volumes[new_name] = vol
             new_volid = f"{sid}:{new_name}"
+            fake._disk_reassigned(f"{sid}:{name}", new_volid)
             _, props = split_drive(str(source.config[disk]))
             del source.config[disk]
             if re.fullmatch(r"unused\d+", target_disk):

@@ -20,6 +20,13 @@ Disks
     unless another disk is backed by them. The guest boots the image's kernel and initrd directly: the
     image has no boot loader (:mod:`tests.harness.guest_image`).
 
+    A disk PVE allocates new (``scsi1: local-lvm:1,serial=homelab-data``, homelab's data disk) becomes a blank
+    qcow2 file of its size when its VM first starts, attached like PVE attaches it (``scsiN`` at LUN N of the
+    virtio-scsi controller, with its ``serial``, so the guest sees
+    ``/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_homelab-data``). A reassignment (``move_disk`` with
+    ``target-vmid``, :mod:`homelab.demo.fake_disks`) gives the same file to the other VM: nothing is copied.
+    Disks are not hot-plugged into a running guest (homelab attaches and moves them while the VM is stopped).
+
 Power
     ``status/start`` generates the NoCloud seed from the VM's config as PVE does at every start
     (:mod:`tests.harness.nocloud`), then starts QEMU (:class:`~tests.harness.realvm.Guest`) with the boot
@@ -215,6 +222,40 @@ def real_class() -> type:
                 self.boot_of[new] = self.boot_of.pop(volid)
             return new
 
+        def _disk_reassigned(self, old_volid: str, new_volid: str) -> None:
+            """A reassigned volume keeps its file (PVE renames the volume; nothing is copied)."""
+            if old_volid in self.real_files:
+                self.real_files[new_volid] = self.real_files.pop(old_volid)
+            if old_volid in self.boot_of:
+                self.boot_of[new_volid] = self.boot_of.pop(old_volid)
+
+        def _blank_disk(self, volume: str, size: int) -> Path:
+            """A new empty disk (a drive PVE allocated, e.g. ``scsi1: local-lvm:1``): a qcow2 file of its size."""
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", volume)
+            (self.vm_dir / "disks").mkdir(parents=True, exist_ok=True)
+            path = self.vm_dir / "disks" / f"{name}.qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)], check=True)
+            self.real_files[volume] = path
+            return path
+
+        def _extra_disks(self, vm: Any, boot: str) -> list[tuple[str, Path, str | None]]:
+            """The VM's other disks (not the boot disk, not a cdrom): a new one becomes a blank file."""
+            disks: list[tuple[str, Path, str | None]] = []
+            for key in sorted(vm.config):
+                if key == boot or not DRIVE.match(key):
+                    continue
+                volume, props = _split(str(vm.config[key]))
+                if _is_cdrom(volume, props) or "cloudinit" in volume:
+                    continue
+                if volume in self.real_files:
+                    path = self.real_files[volume]
+                elif (vm.vmid, key) in self.origins:
+                    path = self._disk_file(vm, key)
+                else:
+                    path = self._blank_disk(volume, _size(props.get("size")) or 1024**3)
+                disks.append((key, path, props.get("serial")))
+            return disks
+
         def _disk_file(self, vm: Any, key: str) -> Path:
             """The real file of ``vm``'s drive ``key``, made now (an overlay) if it is not yet."""
             volume, props = _split(str(vm.config.get(key, "")))
@@ -311,6 +352,7 @@ def real_class() -> type:
             """Disk, seed and QEMU settings for ``vm``'s next start (blocking: run in a thread)."""
             key = self._boot_disk(vm)
             disk = self._disk_file(vm, key)
+            extra = self._extra_disks(vm, key)
             entry = self.boot_of[_split(str(vm.config[key]))[0]]
             workdir = self.vm_dir / str(vm.vmid)
             workdir.mkdir(parents=True, exist_ok=True)
@@ -335,6 +377,7 @@ def real_class() -> type:
                 cpus=max(1, min(cores, self.max_cpus)),
                 disk_bus="scsi" if key.startswith("scsi") else "virtio",
                 instance_id=seed.instance_id if seed else "",
+                extra_disks=extra,
             )
             return guest
 

@@ -54,6 +54,7 @@ __all__ = [
     "guest_support",
     "lab_network",
     "make_overlay",
+    "route_to_host",
 ]
 
 SUBNET_PREFIX = "10.78"
@@ -184,6 +185,17 @@ def make_network(index: int = 0) -> LabNetwork:
             _run(["ip", "netns", "del", netns], check=False)
         raise
     return net
+
+
+def route_to_host(network: LabNetwork, host: Any) -> None:
+    """Let the guests on ``network`` reach an SSH test host (:class:`tests.harness.hosts.SshHost`) through the
+    machine: forwarding on just the two veth interfaces (the machine's global ``ip_forward`` stays as it is) and
+    a route back from the host's namespace. The guests' default route is the machine already."""
+    for veth in (network.veth, host.veth):
+        path = Path(f"/proc/sys/net/ipv4/conf/{veth}/forwarding")
+        if path.exists():
+            path.write_text("1")
+    _run(["ip", "-n", host.netns, "route", "replace", str(network.subnet), "via", host.machine_address])
 
 
 @contextlib.contextmanager
@@ -405,6 +417,8 @@ class Guest:
     started_at: float = 0.0
     instance_id: str = ""
     extra_args: list[str] = field(default_factory=list)
+    # More disks after the boot disk: (PVE drive key such as scsi1, qcow2 file, serial or None).
+    extra_disks: list[tuple[str, Path, str | None]] = field(default_factory=list)
     # Unix socket paths are limited to 108 bytes: the sockets live in a short folder of their own.
     sockets: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hlq-")))
 
@@ -476,10 +490,24 @@ class Guest:
             "-device",
             f"virtio-net-pci,netdev=net0,mac={self.mac}",
         ]
+        scsi = self.disk_bus == "scsi" or any(key.startswith("scsi") for key, _, _ in self.extra_disks)
+        if scsi:
+            args += ["-device", "virtio-scsi-pci,id=scsihw0"]
         if self.disk_bus == "scsi":
-            args += ["-device", "virtio-scsi-pci,id=scsihw0", "-device", "scsi-hd,bus=scsihw0.0,drive=drive0"]
+            args += ["-device", "scsi-hd,bus=scsihw0.0,channel=0,scsi-id=0,lun=0,drive=drive0"]
         else:
             args += ["-device", "virtio-blk-pci,drive=drive0"]
+        for key, path, serial in self.extra_disks:
+            # As PVE attaches them: scsiN on the virtio-scsi controller at LUN N, virtioN on virtio-blk; the
+            # serial names the disk in the guest's /dev/disk/by-id (scsi-0QEMU_QEMU_HARDDISK_<serial>).
+            drive = f"drive-{key}"
+            args += ["-drive", f"file={path},format=qcow2,if=none,id={drive},cache=unsafe,discard=unmap"]
+            extra = f",serial={serial}" if serial else ""
+            if key.startswith("scsi"):
+                lun = int(key[4:])
+                args += ["-device", f"scsi-hd,bus=scsihw0.0,channel=0,scsi-id=0,lun={lun},drive={drive}{extra}"]
+            else:
+                args += ["-device", f"virtio-blk-pci,drive={drive}{extra}"]
         if self.seed_iso is not None:
             args += ["-drive", f"file={self.seed_iso},if=ide,index=2,media=cdrom,readonly=on"]
         if self.agent_socket is not None:
