@@ -61,6 +61,8 @@ DEPLOY_PACKAGES = (
     "sudo",
     "ca-certificates",
     "cloud-init",
+    # Ansible's apt module needs it (the docker role); without it the module installs it first (not in check mode)
+    "python3-apt",
 )
 """What homelab's bake playbook and docker role install (templates/ansible/bake.yml, the docker role)."""
 

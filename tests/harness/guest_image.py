@@ -56,12 +56,15 @@ __all__ = [
     "cache_dir",
     "debian_mirror",
     "ensure_image",
+    "is_cached",
 ]
 
 RECIPE_VERSION = 2
 """Bump when the build steps change in a way the recipe below does not show."""
 
 SUITE = "bookworm"
+DEBOOTSTRAP_TIMEOUT = 3600
+"""Seconds debootstrap may take: about 80 s on an idle machine, over 15 minutes on a busy 2-core one."""
 DISK_SIZE = "3G"
 APT_PROXY_PORT = 3142
 """Port of the apt proxy on the guest's default gateway (the local repository, see aptrepo.py)."""
@@ -259,6 +262,12 @@ def _load(variant: str, key: str, path: Path) -> GuestImage:
     )
 
 
+def is_cached(variant: str = STOCK, *, root: Path | None = None) -> bool:
+    """Whether the cache holds the image of ``variant`` for the current recipe (no build needed)."""
+    base = Path(root) if root is not None else cache_dir()
+    return (base / f"{variant}-{image_key(variant)}" / "manifest.json").is_file()
+
+
 def ensure_image(variant: str = STOCK, *, root: Path | None = None) -> GuestImage:
     """The image of ``variant`` from the cache, built first if the cache has none for the current recipe.
 
@@ -370,6 +379,7 @@ def _build(variants: Sequence[str], base: Path) -> None:
                 mirror,
             ],
             log,
+            timeout=DEBOOTSTRAP_TIMEOUT,
         )
         _prepare(tree)
         bootstrapped = time.monotonic() - started
@@ -385,7 +395,18 @@ def _build(variants: Sequence[str], base: Path) -> None:
             if target != tree:
                 shutil.rmtree(target, ignore_errors=True)
     finally:
+        _unmount_under(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _unmount_under(folder: Path) -> None:
+    """Unmount whatever is mounted below ``folder``, deepest first: a debootstrap killed by its timeout leaves
+    the target's /proc (and maybe /sys or /dev) mounted, and removing the tree must never walk into those."""
+    prefix = str(folder.resolve()) + "/"
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 def _dpkg_install(tree: Path, packages: Sequence[str], scratch: Path, log: Path) -> None:
