@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -141,10 +142,16 @@ COMPOSE = shutil.which("docker-compose")
 @pytest.mark.parametrize("stack", sorted(catalogue()))
 def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path: Path) -> None:
     assert COMPOSE is not None
+    stacks: dict[str, Any] = {}
+    for name in catalogue():  # the settings a stack requires (no default), e.g. wg-easy's WG_HOST
+        meta = yaml.safe_load((catalogue()[name].path / "stack.yml").read_text()) or {}
+        env = {s["name"]: "vpn.lab.example" for s in meta.get("settings") or () if s.get("required")}
+        if env:
+            stacks[name] = {"env": env}
+    env = {**stacks.get(stack, {}).get("env", {}), "TITLE": "my lab $HOME", "TZ": "Europe/Berlin"}
+    stacks[stack] = {"version": "9.9.9", "env": env}
     lab = make_lab(
-        vms=[{"name": "all", "ip": "10.10.0.10", "stacks": sorted(catalogue())}],
-        domain="lab.example",
-        stacks={stack: {"version": "9.9.9", "env": {"TITLE": "my lab $HOME", "TZ": "Europe/Berlin"}}},
+        vms=[{"name": "all", "ip": "10.10.0.10", "stacks": sorted(catalogue())}], domain="lab.example", stacks=stacks
     )
     write_tree(render_lab(lab)["all"], tmp_path)
     folder = tmp_path / stack

@@ -33,8 +33,23 @@ ACME_DNS = {"ca": "acme", "acme": {"email": "me@lab.example.com", "dns_provider"
 CORE = ["homepage", "media", "portainer", "traefik"]  # the stacks whose secrets the secret tests name
 
 
+def required_env(names: list[str]) -> dict[str, dict[str, Any]]:
+    """stacks.<name>.env for the settings a stack requires (no default), e.g. wg-easy's WG_HOST."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in names:
+        meta = yaml.safe_load((catalogue()[name].path / "stack.yml").read_text()) or {}
+        env = {s["name"]: "example.lab.example.com" for s in meta.get("settings") or () if s.get("required")}
+        if env:
+            found[name] = {"env": env}
+    return found
+
+
 def one_vm(stacks_: list[str] = ALL, **sections: Any) -> dict[str, Any]:
-    return lab_data(vms=[{"name": "all", "ip": "10.10.0.10", "stacks": stacks_}], domain="lab.example.com", **sections)
+    stacks = required_env(stacks_)
+    for name, given in (sections.pop("stacks", None) or {}).items():
+        stacks[name] = {**stacks.get(name, {}), **given}
+    vms = [{"name": "all", "ip": "10.10.0.10", "stacks": stacks_}]
+    return lab_data(vms=vms, domain="lab.example.com", **({"stacks": stacks} if stacks else {}), **sections)
 
 
 def files_of(lab_data_: dict[str, Any], secrets: Any = None) -> dict[str, Any]:
