@@ -62,6 +62,7 @@ def test_a_new_vm_that_does_not_come_up_is_stopped_before_the_old_one_starts_and
     (new,) = set(named(fake_pve, "web")) - {old}
     assert f"new VM {new} did not come up (" in result.output and f"going back to {old}" in result.output
     assert "interrupted" not in result.output
+    assert f"rolling {new} back to" in result.output  # to the snapshot of its first start: the data as it was
     web = named(fake_pve, "web")
     assert web[old]["status"] == "running" and web[new]["status"] == "stopped"
     assert DATA_KEY in web[old]["config"] and DATA_KEY not in web[new]["config"]  # the data disk came back
@@ -117,4 +118,36 @@ def test_ctrl_c_during_a_handover_goes_back_says_interrupted_and_never_runs_two_
     for name in ("web", "db"):
         (final,) = named(fake_pve, name).values()
         assert final["status"] == "running" and final["mark"]["state"] == "ready"
+    assert fake_pve.call("monitor_overlaps") == []
+
+
+@pytest.mark.fake_pve(time_scale=0.02, agent_delay=100)
+def test_a_run_killed_after_the_snapshot_before_the_first_start_is_put_right_by_the_next_one(
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL while the new VM boots: the data disk is on it, with the snapshot of its first start. The next run
+    keeps the old VM: the new one is rolled back to that snapshot (the data as the old one left it), the disk moves
+    back, the new one goes, and the replacement runs again; never two VMs on the address."""
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    lab = write_lab(tmp_path / "lab.yml", lab_data(fake_pve, [{"name": "db", "ip": "10.10.0.11", "data_disk": "1G"}]))
+    monkeypatch.setenv("HOMELAB_LAB", str(lab))
+    assert run_cli("apply", "--yes").exit_code == 0
+    (old,) = named(fake_pve, "db")
+    add_template_version(fake_pve)
+    fake_pve.call("monitor_clear")
+    run = start(homelab_env(tmp_path / "state", fake_pve.token_secret), "--lab", str(lab), "apply", "--yes")
+    assert run.stdout is not None
+    for line in run.stdout:
+        if "db: waiting for the guest agent" in line:
+            run.send_signal(signal.SIGKILL)
+            break
+    run.wait(30)
+    (new,) = set(named(fake_pve, "db")) - {old}
+    assert DATA_KEY in named(fake_pve, "db")[new]["config"] and named(fake_pve, "db")[new]["status"] == "running"
+    assert planned("db")[:2] == [("move-data-disk", None), ("remove", new)]
+    result = run_cli("apply", "--yes")
+    assert result.exit_code == 0, result.output
+    assert f"rolling {new} back to" in result.output
+    (final,) = named(fake_pve, "db").values()
+    assert final["vmid"] not in (old, new) and DATA_KEY in final["config"] and final["mark"]["state"] == "ready"
     assert fake_pve.call("monitor_overlaps") == []

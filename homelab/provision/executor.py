@@ -20,7 +20,7 @@ from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.datadisk import DataDisks
 from homelab.provision.guestagent import GuestAgent
-from homelab.provision.handover import came_up, go_back, replacing
+from homelab.provision.handover import came_up, go_back, replacing, unwind
 from homelab.provision.outcomes import (
     ApplyResult,
     Reporter,
@@ -149,6 +149,10 @@ class Executor:
                 self.disks.attach_new(action.vm, action.node, action.vmid, action.size)
         elif isinstance(action, MoveDataDisk):
             with self._slot():
+                if action.unwind:
+                    unwind(
+                        self.api, self.lab, self.report.step, action.vm, action.node, action.from_vmid, action.to_vmid
+                    )
                 self.disks.move(action.vm, action.node, action.from_vmid, action.from_key, action.to_vmid)
         elif isinstance(action, Unchanged):
             outcome.vmid, outcome.node = action.vmid, action.node

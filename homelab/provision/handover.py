@@ -62,6 +62,20 @@ def wait_idle(api: PveApi, node: str, vmid: int, timeout: float) -> None:
         time.sleep(0.1)
 
 
+def unwind(api: PveApi, lab: Lab, step: Step, vm: str, node: str, vmid: int, old: int) -> None:
+    """Before an unfinished replacement's new VM gives the data disk back to ``old``: roll it back to the snapshot
+    taken before its first start (the data as the old VM left it) and drop its snapshots, which PVE's disk move
+    refuses to leave behind. Nothing to do for a new VM without snapshots."""
+    taken = snapshots(api, node, vmid)
+    if taken:
+        if api.get(f"/nodes/{node}/qemu/{vmid}/status/current").get("status") == "running":
+            step(vm, f"stopping {vmid}")
+            stop_vm(api, node, vmid, lab.settings.timeouts.task)
+        step(vm, f"rolling {vmid} back to {taken[0].name}: the data disk goes back as {old} left it")
+        rollback(api, node, vmid, taken[0].name, lab.settings.timeouts.task, start=False)
+        DataDisks(api, lab, step, lambda: 0).drop_snapshots(vm, node, vmid)
+
+
 def _stopped(api: PveApi, node: str, vmid: int, timeout: float) -> None:
     try:
         stop_vm(api, node, vmid, timeout)
@@ -90,15 +104,8 @@ def go_back(
         if not handover:
             return
         if action.data_from and DATA_KEY in (api.get(f"/nodes/{node}/qemu/{vmid}/config") or {}):
-            disks = DataDisks(api, lab, step, lambda: 0)
-            taken = snapshots(api, node, vmid)
-            if taken:
-                # the snapshot before the first start holds the data as the old VM left it; PVE moves no disk a
-                # snapshot uses, and the old VM gets back exactly what it had
-                step(action.vm, f"rolling {vmid} back to {taken[0].name}: the data disk goes back as {old} left it")
-                rollback(api, node, vmid, taken[0].name, timeouts.task, start=False)
-                disks.drop_snapshots(action.vm, node, vmid)
-            disks.move(action.vm, node, vmid, DATA_KEY, old, action.data_from)
+            unwind(api, lab, step, action.vm, node, vmid, old)
+            DataDisks(api, lab, step, lambda: 0).move(action.vm, node, vmid, DATA_KEY, old, action.data_from)
         step(action.vm, f"starting {old} again")
         start_vm(api, action.old_node, old, timeouts.start, f"start of {action.vm}")
     except HomelabError as failed:

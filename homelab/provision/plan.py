@@ -139,7 +139,8 @@ def _plan_vm(
         if holder.node != current.node:
             return [Blocked(vm.name, f"its data disk is on VM {holder.vmid} on node {holder.node}, not {current.node}")]
         assert holder.data_disk is not None
-        moves.append(MoveDataDisk(vm.name, holder.vmid, holder.data_disk.key, current.vmid, current.node))
+        unwind = (holder.meta or {}).get("state") in UNFINISHED and bool(holder.config.get("parent"))
+        moves.append(MoveDataDisk(vm.name, holder.vmid, holder.data_disk.key, current.vmid, current.node, unwind))
     elif adopt and not reason:
         moves.append(MoveDataDisk(vm.name, adopt[0], adopt[1], current.vmid, current.node))
     if reason:
