@@ -275,6 +275,7 @@ def is_secret_name(stack: str, key: str, known: Mapping[str, StackInfo] | None =
     providers = {n for names in DNS_PROVIDER_SECRETS.values() for n in names}
     return key in declared or key in providers or bool(SECRET_LOOKING.search(key))
 
+
 # Images that talk to the Docker API, and the first release that works with Docker Engine 29 (which refuses
 # API versions below 1.44): older ones fail with "client version 1.24 is too old". From the projects'
 # release notes (Traefik v3.6.1, Portainer 2.33.4); checked by the lab checks and tests/test_stack_pins.py.

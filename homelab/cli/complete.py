@@ -43,10 +43,9 @@ complete_template = _from_lab(lambda lab: (t.name for t in lab.templates))
 
 def complete_catalog_stack(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     """Stacks of the catalog (what `homelab stack add` takes)."""
+    from homelab.errors import HomelabError
     from homelab.lab import find_lab_path
     from homelab.stacks import catalogue
-
-    from homelab.errors import HomelabError
 
     lab_file = find_lab_path(_lab_path(ctx))
     try:

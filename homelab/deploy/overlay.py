@@ -27,7 +27,7 @@ AUTH_MIDDLEWARE = {"authelia": "authelia@docker"}
 # stacks never put behind the lab-wide default: the auth server itself, and Traefik (its dashboard has a login)
 NO_DEFAULT_AUTH = frozenset({"authelia", "traefik"})
 _ROUTER_RULE = re.compile(r"^traefik\.http\.routers\.([A-Za-z0-9_-]+)\.rule$")
-HEADER = "# Written by `homelab deploy` from the lab file (stacks.{name}: extend, auth); changes here are overwritten.\n"
+HEADER = "# Written by `homelab deploy` from the lab file (stacks.{name}: extend, auth); changes here are lost.\n"
 
 
 def auth_for(lab: Lab, name: str) -> str:

@@ -6,9 +6,8 @@ that editors use to complete lab.yml.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 

@@ -8,8 +8,8 @@ yet is generated (and, unless only previewing, kept). Never logged; a value's re
 
 from __future__ import annotations
 
-import os
 import base64
+import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
