@@ -247,7 +247,11 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
         lab = make_lab(vms=[dict(web, stacks=["traefik", "homepage", "media"])], domain="lab.example", stacks=stacks)
         lines.clear()
         swapped = deploy_stacks(lab, lines.append, lambda question: None, options)
-        assert swapped.ok and "  - web: stack portainer (compose down, folder removed)" in lines, "\n".join(lines)
+        assert (
+            swapped.ok
+            and "  - web: stack portainer (compose down, folder removed); its data is kept in /home/homelab/data/stacks/portainer"
+            in lines
+        ), "\n".join(lines)
         assert any("web: changed Compose down: portainer" in line for line in lines), lines
         assert any("web: changed Compose up: homepage" in line for line in lines), lines
         assert "portainer" not in containers(vm) and "homepage" in containers(vm)
