@@ -202,7 +202,9 @@ def volume_problem(
     rel = source.removeprefix("./")
     if rel in generated or rel in generated_dirs:
         return None  # a file homelab writes into the stack folder (read-only configuration)
-    return f"bind mount {source!r} is not under ${{STATE_DIR}} (state:), ./secrets, ${{DATA_ROOT}}, /dev or /etc/localtime"
+    return (
+        f"bind mount {source!r} is not under ${{STATE_DIR}} (state:), ./secrets, ${{DATA_ROOT}}, /dev or /etc/localtime"
+    )
 
 
 def router_problems(where: str, labels: Mapping[str, str], uis: Mapping[str, Any], linked: set[str]) -> list[str]:
@@ -216,7 +218,7 @@ def router_problems(where: str, labels: Mapping[str, str], uis: Mapping[str, Any
         if labels.get(f"{prefix}.entrypoints") != "websecure":
             found.append(f"{where}: router {router} is not on entrypoint websecure (HTTPS)")
         if labels.get(f"{prefix}.tls") != "true":
-            found.append(f"{where}: router {router} has no tls: \"true\"")
+            found.append(f'{where}: router {router} has no tls: "true"')
         hosts = re.findall(r"\$\{([A-Z0-9_]+)", rule)
         ui = next((uis[h] for h in hosts if h in uis), None)
         if ui is None:

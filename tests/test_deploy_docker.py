@@ -249,7 +249,8 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
         swapped = deploy_stacks(lab, lines.append, lambda question: None, options)
         assert (
             swapped.ok
-            and "  - web: stack portainer (compose down, folder removed); its data is kept in /home/homelab/data/stacks/portainer"
+            and "  - web: stack portainer (compose down, folder removed); its data is kept in "
+            "/home/homelab/data/stacks/portainer"
             in lines
         ), "\n".join(lines)
         assert any("web: changed Compose down: portainer" in line for line in lines), lines

@@ -243,8 +243,8 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     result = run_cli("deploy", "--check", "--no-install-docker", "--no-start", lab=lab_path)
     assert result.exit_code == 3, result.stdout  # something would change
     assert (
-        "  - web: stack portainer (folder removed; no compose down: --no-start); its data is kept in /home/homelab/data/stacks/portainer"
-        in result.stdout
+        "  - web: stack portainer (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/portainer" in result.stdout
     )
     assert (
         "stack mine" not in result.stdout and "elsewhere" not in result.stdout and "portainer-old" not in result.stdout
@@ -259,8 +259,8 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert (
-        "  - web: stack portainer (folder removed; no compose down: --no-start); its data is kept in /home/homelab/data/stacks/portainer"
-        in result.stdout
+        "  - web: stack portainer (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/portainer" in result.stdout
     )
     assert "web: changed Remove stack folders" in result.stdout and "web: ok (ok=3 changed=1" in result.stdout
     assert not (stacks / "portainer").exists()
@@ -278,8 +278,8 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "  web (" in result.stdout and "): no stacks (those deployed before are removed)" in result.stdout
     assert (
-        "  - web: stack traefik (folder removed; no compose down: --no-start); its data is kept in /home/homelab/data/stacks/traefik"
-        in result.stdout
+        "  - web: stack traefik (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/traefik" in result.stdout
     )
     assert sorted(p.name for p in stacks.iterdir()) == ["elsewhere", "mine", "portainer-old"]
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)

@@ -62,8 +62,8 @@ def test_removals_describe_what_happens() -> None:
     assert "ALL ITS DATA IS DELETED FOR GOOD: /home/homelab/data/stacks/media" in purged and "no undo" in purged
     no_start = RemoveStack("web", "media", compose_down=False, state=state)
     assert (
-        no_start.describe()
-        == "- web: stack media (folder removed; no compose down: --no-start); its data is kept in /home/homelab/data/stacks/media"
+        no_start.describe() == "- web: stack media (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/media"
     )
     kept = removed_stacks("web", "test", [], {"media": MARK["media"]}, keep=True)
     assert [r.describe() for r in kept] == ["= web: stack media kept (no longer in the lab file; --keep-removed)"]
@@ -120,8 +120,8 @@ def test_a_dropped_stack_is_previewed_confirmed_and_removed_exactly_as_previewed
     out = Recorder()
     result = deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
     assert (
-        "  - web: stack media (compose down, folder removed); its data is kept in /home/homelab/data/stacks/media"
-        in out.lines
+        "  - web: stack media (compose down, folder removed); its data is kept in "
+        "/home/homelab/data/stacks/media" in out.lines
     )
     assert (
         "Stacks no longer listed: `docker compose down`, then their folder is deleted; their data in "
@@ -166,8 +166,8 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
     out = Recorder()
     deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
     assert (
-        "  - web: stack media (folder removed; no compose down: --no-start); its data is kept in /home/homelab/data/stacks/media"
-        in out.lines
+        "  - web: stack media (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/media" in out.lines
     )
     assert "  (no file or package would change)" not in out.lines
     assert [r.check for r in runner.requests] == [True, False]
@@ -178,7 +178,8 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
     result = run_cli("deploy", "--check", "--no-start", lab=lab_file)
     assert (
         result.exit_code == 3
-        and "  - web: stack media (folder removed; no compose down: --no-start); its data is kept in /home/homelab/data/stacks/media"
+        and "  - web: stack media (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/media"
         in result.stdout
     )
     result = run_cli("deploy", "--check", "--no-start", "--keep-removed", lab=lab_file)
@@ -208,7 +209,8 @@ def test_a_host_the_preview_could_not_check_gets_no_removals() -> None:
     with pytest.raises(OperationError, match="failed on spare"):
         deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
     assert [line for line in out.lines if line.startswith("  - ")] == [
-        "  - web: stack media (folder removed; no compose down: --no-start); its data is kept in /home/homelab/data/stacks/media"
+        "  - web: stack media (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/media"
     ]
     assert runner.hosts[1]["web"]["homelab_remove_stacks"] == ["media"]
     assert "spare" not in runner.hosts[1]  # the run never goes to a VM the preview could not reach
@@ -236,8 +238,8 @@ def test_a_vm_that_lists_no_stacks_any_more_is_cleared_while_the_record_names_it
     out = Recorder()
     deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=cleared)
     assert (
-        "  - spare: stack traefik (folder removed; no compose down: --no-start); its data is kept in /home/homelab/data/stacks/traefik"
-        in out.lines
+        "  - spare: stack traefik (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/traefik" in out.lines
     )
     assert cleared.hosts[1]["spare"]["homelab_remove_stacks"] == ["traefik"]
     assert deployed_vms(lab) == {"web"}

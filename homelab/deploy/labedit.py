@@ -110,6 +110,27 @@ def _vm_entry(data: Any, vm_name: str | None, name: str, what: str) -> tuple[str
     return vm_name, vms[names.index(vm_name)]
 
 
+def _append_key(entry: Any, key: str, value: Any) -> None:
+    """Add ``key`` at the end of a mapping, before the comment lines that followed its last key (they belong
+    to what comes next in the file); an end-of-line comment stays on its line."""
+    keys = list(entry.keys())
+    entry[key] = value
+    if not keys or keys[-1] not in entry.ca.items:
+        return
+    slots = entry.ca.items[keys[-1]]
+    token = slots[2] if len(slots) > 2 else None
+    if token is None:
+        return
+    from ruamel.yaml.tokens import CommentToken
+
+    text: str = token.value
+    eol, newline, rest = ("", "", text) if text.startswith("\n") else text.partition("\n")
+    if not rest.strip():
+        return
+    slots[2] = CommentToken(eol + newline, token.start_mark, None) if eol else None
+    entry.ca.items[key] = [None, None, CommentToken(("\n" if eol else "") + rest, token.start_mark, None), None]
+
+
 def _with_requirements(stack: str, known: Mapping[str, StackInfo], running: list[str]) -> list[str]:
     """``stack`` and the stacks it needs (recursively) that are not in ``running``, requirements first."""
     order: list[str] = []
@@ -184,7 +205,7 @@ def add_stack_text(
     elif adding:
         added = CommentedSeq(adding)
         added.fa.set_flow_style()
-        entry["stacks"] = added
+        _append_key(entry, "stacks", added)
     if changed_settings:
         _set_env(data, stack, changed_settings)
     new_text = _dump(yaml, data)
