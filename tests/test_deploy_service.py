@@ -372,7 +372,11 @@ def test_cli_deploy_without_a_terminal_needs_yes(lab_file: Path, monkeypatch: py
 
 def test_cli_stack_list_with_and_without_a_lab(lab_file: Path, tmp_path: Path) -> None:
     result = run_cli("stack", "list", lab=tmp_path / "missing.yml")
-    assert result.exit_code == 0 and "portainer  Management     Portainer CE" in result.stdout and "on:" not in result.stdout
+    assert (
+        result.exit_code == 0
+        and "portainer  Management     Portainer CE" in result.stdout
+        and "on:" not in result.stdout
+    )
     result = run_cli("stack", "list", lab=lab_file)
     assert (
         result.exit_code == 0
