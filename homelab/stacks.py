@@ -119,6 +119,18 @@ class StackInfo:
     def required_settings(self) -> tuple[Setting, ...]:
         return tuple(s for s in self.settings if s.required)
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services of every compose file of the stack (for stacks.<name>.extend)."""
+        names: dict[str, None] = {}
+        for path in sorted(self.path.glob("compose*.yml")):
+            try:
+                doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            names.update(dict.fromkeys(str(s) for s in (doc.get("services") or {}) if isinstance(doc, dict)))
+        return tuple(names)
+
 
 def _fail(meta: Path, key: str, message: str) -> InputError:
     return InputError(f"{meta}: {key}: {message}")

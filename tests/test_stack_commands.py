@@ -281,3 +281,22 @@ def test_stack_new_scaffolds_and_refuses_an_existing_folder(lab_file: Path) -> N
         from homelab.deploy.scaffold import new_stack
 
         new_stack(lab_file.parent, "My_App")
+
+
+def test_the_lab_check_names_a_missing_required_setting_and_an_unknown_extended_service(lab_file: Path) -> None:
+    user_stack(
+        lab_file.parent,
+        "vpn",
+        "description: A VPN of my own for the lab\ncategory: Remote access\n"
+        "settings: [{name: VPN_HOSTNAME, required: true, description: the public name}]\n",
+        'services:\n  vpn:\n    image: "example/vpn:${VPN_VERSION:-1.2.3}"\n    restart: unless-stopped\n',
+    )
+    data = yaml.safe_load(lab_file.read_text())
+    data["vms"][1]["stacks"] = ["vpn"]
+    data["stacks"]["portainer"] = {"extend": {"services": {"portainr": {"environment": {"A": "b"}}}}}
+    lab_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = run_cli("validate", lab=lab_file)
+    assert result.exit_code != 0
+    assert "vms[1].stacks[0]: stack vpn needs stacks.vpn.env.VPN_HOSTNAME (the public name)" in result.output
+    assert "stacks.portainer.extend.services.portainr: stack portainer has no service 'portainr'" in result.output
+    assert "did you mean 'portainer'?" in result.output

@@ -88,6 +88,7 @@ def check_parts(parts: LabParts) -> list[Found]:
     current_docker = parts.docker is None or parts.docker.source == "docker"
     found += _check_stack_settings(parts.stack_settings, current_docker, parts.folder)
     found += _check_auth(parts)
+    found += _check_required_settings(parts)
     if parts.https is not None:
         found += _check_https(parts.https, parts.network)
     return found
@@ -265,7 +266,15 @@ def _check_stack_settings(
         if name not in known:
             continue
         extended = stack.extend.services.items() if stack.extend else ()
+        services = known[name].services if extended else ()
         for service, ext in extended:
+            if service not in services:
+                found.append(
+                    (
+                        ("stacks", name, "extend", "services", service),
+                        f"stack {name} has no service {service!r}{_suggest(service, services)}",
+                    )
+                )
             for key in ext.environment:
                 if is_secret_name(name, key, known):
                     loc = ("stacks", name, "extend", "services", service, "environment", key)
@@ -290,6 +299,24 @@ def _check_stack_settings(
             problem = too_old_for_engine_29(pins[key], value) if key in pins else None
             if problem:
                 found.append((("stacks", name, "env", key), problem))
+    return found
+
+
+def _check_required_settings(parts: LabParts) -> list[Found]:
+    """A stack a VM runs gets every setting its stack.yml requires (they have no default)."""
+    known = catalogue(parts.folder)
+    settings = dict(parts.stack_settings)
+    found: list[Found] = []
+    for i, vm in parts.vms:
+        for k, stack in enumerate(vm.stacks):
+            if stack not in known:
+                continue
+            env = settings[stack].env if stack in settings else {}
+            for setting in known[stack].required_settings:
+                if not env.get(setting.name):
+                    what = setting.description or "no default"
+                    key = f"stacks.{stack}.env.{setting.name}"
+                    found.append((("vms", i, "stacks", k), f"stack {stack} needs {key} ({what})"))
     return found
 
 
