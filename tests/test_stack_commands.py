@@ -300,3 +300,17 @@ def test_the_lab_check_names_a_missing_required_setting_and_an_unknown_extended_
     assert "vms[1].stacks[0]: stack vpn needs stacks.vpn.env.VPN_HOSTNAME (the public name)" in result.output
     assert "stacks.portainer.extend.services.portainr: stack portainer has no service 'portainr'" in result.output
     assert "did you mean 'portainer'?" in result.output
+
+
+def test_two_stacks_publishing_one_port_on_a_vm_are_refused(lab_file: Path) -> None:
+    user_stack(
+        lab_file.parent,
+        "edge",
+        'description: Another proxy of my own for the lab\ncategory: Network\nports: ["443:8443"]\n',
+        'services:\n  edge:\n    image: "example/edge:${EDGE_VERSION:-1.2.3}"\n    restart: unless-stopped\n',
+    )
+    data = yaml.safe_load(lab_file.read_text())
+    data["vms"][0]["stacks"].append("edge")
+    lab_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = run_cli("validate", lab=lab_file)
+    assert result.exit_code != 0 and "vms[0].stacks[3]: edge and traefik both publish port 443/tcp" in result.output

@@ -89,6 +89,7 @@ def check_parts(parts: LabParts) -> list[Found]:
     found += _check_stack_settings(parts.stack_settings, current_docker, parts.folder)
     found += _check_auth(parts)
     found += _check_required_settings(parts)
+    found += _check_ports(parts)
     if parts.https is not None:
         found += _check_https(parts.https, parts.network)
     return found
@@ -317,6 +318,27 @@ def _check_required_settings(parts: LabParts) -> list[Found]:
                     what = setting.description or "no default"
                     key = f"stacks.{stack}.env.{setting.name}"
                     found.append((("vms", i, "stacks", k), f"stack {stack} needs {key} ({what})"))
+    return found
+
+
+def _host_port(spec: str) -> str:
+    """ "53:53/udp" -> "53/udp", "127.0.0.1:80:80" -> "127.0.0.1:80/tcp": the host side a port takes."""
+    ports, _, proto = spec.partition("/")
+    host = ports.rsplit(":", 1)[0] if ":" in ports else ports
+    return f"{host}/{proto or 'tcp'}"
+
+
+def _check_ports(parts: LabParts) -> list[Found]:
+    """Two stacks on one VM cannot publish the same host port (stack.yml ports)."""
+    known = catalogue(parts.folder)
+    found: list[Found] = []
+    for i, vm in parts.vms:
+        taken: dict[str, str] = {}
+        for k, stack in enumerate(vm.stacks):
+            for spec in known[stack].ports if stack in known else ():
+                port = _host_port(spec)
+                if taken.setdefault(port, stack) != stack:
+                    found.append((("vms", i, "stacks", k), f"{stack} and {taken[port]} both publish port {port}"))
     return found
 
 
