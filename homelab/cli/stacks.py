@@ -9,7 +9,7 @@ import click
 from homelab import ui
 from homelab.cli.app import App, pass_app
 from homelab.cli.complete import complete_catalog_stack, complete_vm
-from homelab.cli.deploy import _options, deploy_options, render
+from homelab.cli.deploy import _options, _snapshot_hook, deploy_options, render
 from homelab.errors import InputError
 
 
@@ -207,10 +207,14 @@ def remove(
     if not next(v for v in lab.vms if v.name == removed.vm).stacks and removed.vm not in deployed_vms(lab):
         click.echo(f"{removed.vm} was never deployed to: nothing to take down.")
         return
-    options = _options((removed.vm,), no_install_docker, no_start, keep_removed)
     from dataclasses import replace
 
-    deploy_stacks(lab, app.echo, app.confirm, replace(options, purge_data=(name,) if purge_data else ()))
+    options = replace(
+        _options((removed.vm,), no_install_docker, no_start, keep_removed), purge_data=(name,) if purge_data else ()
+    )
+    if lab.settings.snapshot_before_changes:
+        options = replace(options, before_removal=_snapshot_hook(app))  # a way back, data disk included
+    deploy_stacks(lab, app.echo, app.confirm, options)
 
 
 @stack.command("new")
