@@ -5,7 +5,8 @@ Per stack: the compose-spec JSON schema; `docker compose config` where compose v
 pinned to a version tag (never latest; a major-only tag only for databases); every Traefik router on
 websecure with TLS and a matching web UI entry in stack.yml (the Homepage link, same container port); no
 secret with a literal default or value in compose; every bind mount from STATE_DIR (a folder listed in
-state:), ./secrets, ${DATA_ROOT}, /dev, /etc/localtime or a file homelab generates; the Docker socket only
+state:), ./secrets, ${DATA_ROOT}, /dev, /etc/localtime, a file the stack ships or homelab generates, or a
+read-only view of the host (/, /proc, /sys); the Docker socket only
 in the traefik stack's socket proxy and in Portainer; restart: unless-stopped; a category from the list and
 a description. The scaffold of `homelab stack new` passes the same checks.
 """
@@ -107,7 +108,6 @@ def problems(name: str, folder: Path | None = None) -> list[str]:
         found.append("stack.yml has no description (one line: what it is and what it is for)")
     secrets = {s.name for s in info.secrets}
     generated = {path for path in files if not path.startswith(("compose", ".env", "secrets/", ".homelab"))}
-    generated_dirs = {p.split("/")[0] for p in generated if "/" in p}
     uis = {ui.host_var: ui for ui in info.uis}
     linked: set[str] = set()
     for path, doc in all_composes(files):
@@ -122,13 +122,13 @@ def problems(name: str, folder: Path | None = None) -> list[str]:
                 if body.get("restart") != "unless-stopped":
                     found.append(f"{where}: restart: unless-stopped is missing")
             for key, value in environment(body).items():
-                if key in secrets:
+                if key in secrets and not re.match(r"^(file:)?/secrets/[A-Za-z0-9_.-]+$", value):
                     found.append(f"{where}: secret {key} has a value in compose (use {key}_FILE or secrets.env)")
                 for var in re.findall(r"\$\{([A-Z0-9_]+)", str(value)):
                     if var in secrets:
                         found.append(f"{where}: secret {var} comes from .env (use {var}_FILE or secrets.env)")
             for volume in body.get("volumes") or ():
-                problem = volume_problem(name, service, info, volume, generated, generated_dirs)
+                problem = volume_problem(name, service, info, volume, generated)
                 if problem:
                     found.append(f"{where}: {problem}")
             found += router_problems(where, labels_of(body), uis, linked)
@@ -176,13 +176,12 @@ def split_volume(text: str) -> tuple[str, str]:
     return text, ""
 
 
-def volume_problem(
-    stack: str, service: str, info: StackInfo, volume: Any, generated: set[str], generated_dirs: set[str]
-) -> str | None:
+def volume_problem(stack: str, service: str, info: StackInfo, volume: Any, generated: set[str]) -> str | None:
     if isinstance(volume, dict):
         if volume.get("type") != "bind":
             return None
         source = str(volume.get("source", ""))
+        rest = "x:ro" if volume.get("read_only") else "x"
     else:
         source, rest = split_volume(str(volume))
         if not rest:
@@ -197,10 +196,12 @@ def volume_problem(
         return None if m.group(1) in info.state else f"{source}: {m.group(1)!r} is not listed in state:"
     if source.startswith("${DATA_ROOT") or source.startswith("/dev/") or source == "/etc/localtime":
         return None
+    if source in ("/", "/proc", "/sys") and "ro" in rest.split(":")[-1].split(","):
+        return None  # a read-only view of the host (node exporter)
     if source in ("./secrets",):
         return None
     rel = source.removeprefix("./")
-    if rel in generated or rel in generated_dirs:
+    if rel in generated or any(path.startswith(f"{rel.rstrip('/')}/") for path in generated):
         return None  # a file homelab writes into the stack folder (read-only configuration)
     return (
         f"bind mount {source!r} is not under ${{STATE_DIR}} (state:), ./secrets, ${{DATA_ROOT}}, /dev or /etc/localtime"

@@ -314,3 +314,53 @@ def test_two_stacks_publishing_one_port_on_a_vm_are_refused(lab_file: Path) -> N
     lab_file.write_text(yaml.safe_dump(data, sort_keys=False))
     result = run_cli("validate", lab=lab_file)
     assert result.exit_code != 0 and "vms[0].stacks[3]: edge and traefik both publish port 443/tcp" in result.output
+
+
+def test_files_a_stack_ships_and_files_a_stack_module_generates_are_rendered(
+    lab_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.machinery
+    import sys
+    import types
+
+    from homelab.deploy import render
+
+    folder = user_stack(
+        lab_file.parent,
+        "metrics",
+        "description: Metrics of my own for the lab\ncategory: Monitoring\n",
+        'services:\n  metrics:\n    image: "example/metrics:${METRICS_VERSION:-2.1.0}"\n    restart: unless-stopped\n'
+        "    volumes: [./conf/provisioning:/etc/provisioning:ro]\n",
+    )
+    (folder / "conf" / "provisioning").mkdir(parents=True)
+    (folder / "conf" / "provisioning" / "source.yml").write_text("url: http://prometheus:9090\n")
+    (folder / ".editor-backup").write_text("not shipped\n")
+    data = yaml.safe_load(lab_file.read_text())
+    data["vms"][1]["stacks"] = ["metrics"]
+    lab_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    stack = render.render_stack(load_lab(lab_file), load_lab(lab_file).vms[1], "metrics")
+    assert {f.path for f in stack.files} == {
+        "metrics/compose.yml",
+        "metrics/conf/provisioning/source.yml",
+        "metrics/.env",
+        "metrics/.homelab-stack",
+    }
+    assert stack.dirs == ("metrics", "metrics/conf", "metrics/conf/provisioning")  # parents first, for the module
+
+    # a built-in stack with a module homelab.deploy.stack_<name> gets the files its files() generates
+    module = types.ModuleType("homelab.deploy.stack_portainer")
+    module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
+
+    def files(lab: object, vm: object, values: object) -> list[tuple[str, str, bool]]:
+        return [
+            ("generated.yml", "a: 1\n", False),
+            ("secrets/users.yml", "masked\n" if values is None else "x\n", True),
+        ]
+
+    module.files = files  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    lab = load_lab(lab_file)
+    made = {f.path: f for f in render.render_stack(lab, lab.vms[0], "portainer").files}
+    assert made["portainer/generated.yml"].content == "a: 1\n" and not made["portainer/generated.yml"].secret
+    assert made["portainer/secrets/users.yml"].secret and made["portainer/secrets/users.yml"].mode == 0o600
+    assert render.stack_generator("traefik") is None

@@ -17,8 +17,10 @@ that carry one (see :mod:`homelab.deploy.removed`).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -214,14 +216,45 @@ GENERATED_DIRS = {"traefik": ("dynamic",), "homepage": ("config",)}
 Secrets = Mapping[str, Mapping[str, str]]
 
 
+# Files a stack folder ships that are not copied to the VM
+NOT_SHIPPED = ("stack.yml", overlay.OVERLAY)
+
+
+def shipped_files(info: StackInfo) -> list[tuple[str, str]]:
+    """(path relative to the stack folder, text) of every file the stack ships to the VM: its compose files and
+    any configuration beside them (prometheus.yml, grafana/provisioning/...), not stack.yml, hidden files or
+    secrets/."""
+    found = []
+    for path in sorted(info.path.rglob("*")):
+        rel = path.relative_to(info.path).as_posix()
+        if not path.is_file() or rel in NOT_SHIPPED or rel.startswith(("secrets/", "state/")):
+            continue
+        if any(part.startswith(".") for part in PurePosixPath(rel).parts):
+            continue
+        try:
+            found.append((rel, path.read_text(encoding="utf-8")))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: a stack ships text files only (configuration, not binaries)") from None
+    return found
+
+
+Generator = Callable[[Lab, Vm, "Mapping[str, str] | None"], "list[tuple[str, str, bool]]"]
+
+
+def stack_generator(name: str) -> Generator | None:
+    """The ``files(lab, vm, values)`` of ``homelab.deploy.stack_<name>`` when a built-in stack has such a module:
+    files it generates from the lab (path in the stack folder, content, is a secret; values None: masked)."""
+    module_name = f"homelab.deploy.stack_{name.replace('-', '_')}"
+    if importlib.util.find_spec(module_name) is None:
+        return None
+    files: Generator | None = getattr(importlib.import_module(module_name), "files", None)
+    return files
+
+
 def render_stack(lab: Lab, vm: Vm, name: str, secrets: Secrets | None = None) -> RenderedStack:
     """One stack's folder for ``vm``; ``secrets`` (per stack, by name) None: secret files are masked."""
     meta = stack_meta(lab, name)
-    files = [
-        RenderedFile(f"{name}/{path.name}", path.read_text(encoding="utf-8"))
-        for path in sorted(meta.path.glob("compose*.yml"))
-        if path.name != overlay.OVERLAY
-    ]
+    files = [RenderedFile(f"{name}/{rel}", text) for rel, text in shipped_files(meta)]
     chosen = {f"{name}/{file}" for file in compose_files(lab, vm, name)}
     extra = overlay.overlay(lab, name, [f.content for f in files if f.path in chosen])
     if extra is not None:
@@ -241,6 +274,10 @@ def render_stack(lab: Lab, vm: Vm, name: str, secrets: Secrets | None = None) ->
         files.append(RenderedFile(f"{name}/dynamic/tls.yml", stackfiles.traefik_dynamic(lab)))
         files.append(RenderedFile(f"{name}/traefik.env", stackfiles.traefik_env(lab)))
     values = None if secrets is None else secrets.get(name, {})
+    generated = stack_generator(name) if builtin else None
+    for rel, content, secret in generated(lab, vm, values) if generated else ():
+        mode = stackfiles.SECRET_MODE if secret else FILE_MODE
+        files.append(RenderedFile(f"{name}/{rel}", content, mode, secret=secret))
     hidden = stackfiles.secret_files(lab, name, values)
     for item in hidden:
         content = item.content if item.content is not None else stackfiles.MASKED.format(stack=name)
@@ -250,7 +287,13 @@ def render_stack(lab: Lab, vm: Vm, name: str, secrets: Secrets | None = None) ->
         path = f"{name}/secrets/{overlay.SECRETS_ENV}"
         files.append(RenderedFile(path, content, stackfiles.SECRET_MODE, secret=True))
     data = stackfiles.data_dirs(lab, vm) if name == "media" and builtin else ()
-    private = (f"{name}/secrets",) if hidden or uses_env else ()
+    private = (f"{name}/secrets",) if hidden or uses_env or any(f.secret for f in files) else ()
+    for file in files:  # the folders of shipped and generated files (grafana/provisioning/...), parents first
+        parts = PurePosixPath(file.path).parts[:-1]
+        for depth in range(2, len(parts) + 1):
+            folder = "/".join(parts[:depth])
+            if folder not in dirs and folder not in private:
+                dirs.append(folder)
     root = state_dir(lab, name)
     parents = (root.rsplit("/", 2)[0], root.rsplit("/", 1)[0], root)  # .../data, .../data/stacks, STATE_DIR
     state = (*parents, *(f"{root}/{sub}" for sub in meta.state))
