@@ -50,7 +50,10 @@ options:
       - State folders of an earlier layout, each C(stack), C(src) (relative to O(root)) and C(dest) (absolute).
         A C(src) that is a real folder moves to C(dest) when C(dest) does not exist yet (a rename, or a copy
         that keeps owners and modes, then the old folder goes). Nothing is ever deleted that was not copied.
-  moves_plan_only: {type: bool, default: false, description: Only report the stacks with a move pending (C(pending_moves)).}
+  moves_plan_only:
+    type: bool
+    default: false
+    description: Only report the stacks with a move pending (C(pending_moves)).
   purge_state:
     type: dict
     default: {}
