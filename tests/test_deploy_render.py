@@ -77,6 +77,7 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
     assert env_of(lab, "web", "traefik") == {
         "COMPOSE_PROJECT_NAME": "traefik",
         "TZ": "Etc/UTC",
+        "STATE_DIR": "/home/homelab/data/stacks/traefik",  # the stack's state, kept when the stack goes
         "TRAEFIK_VERSION": "v3.6.2",
         "TRAEFIK_HOST": "traefik.lab.example",
     }
@@ -155,11 +156,6 @@ def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path
     )
     write_tree(render_lab(lab)["all"], tmp_path)
     folder = tmp_path / stack
-    if (
-        "./secrets/secrets.env" in (folder / "compose.yml").read_text()
-        and not (folder / "secrets/secrets.env").exists()
-    ):
-        pytest.skip("the render writes no secrets/secrets.env yet (stack format v2), which this stack's compose reads")
     check = subprocess.run([COMPOSE, "-f", "compose.yml", "config", "-q"], cwd=folder, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     resolved = subprocess.run([COMPOSE, "-f", "compose.yml", "config"], cwd=folder, capture_output=True, text=True)
@@ -196,15 +192,26 @@ def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
     assert "GlobalKnownHostsFile=/dev/null" in args and "StrictHostKeyChecking=no" not in args
     assert entry["homelab_stacks"] == ["traefik", "portainer", "homepage"]
     assert entry["homelab_lab"] == "test" and entry["homelab_remove_stacks"] == ["media"]
-    assert entry["homelab_stack_dirs"] == [
-        "traefik",
-        "traefik/acme",
-        "traefik/dynamic",
-        "portainer",
-        "portainer/data",
-        "homepage",
-        "homepage/config",
+    # generated files only in the stack folders; the state (acme, data, config) under STATE_DIR, made when
+    # missing; state folders of the earlier layout (inside the stack folder) move there once
+    assert entry["homelab_stack_dirs"] == ["traefik", "traefik/dynamic", "portainer", "homepage", "homepage/config"]
+    data = "/home/homelab/data"
+    assert entry["homelab_state_dirs"] == [
+        data,
+        f"{data}/stacks",
+        f"{data}/stacks/traefik",
+        f"{data}/stacks/traefik/acme",
+        f"{data}/stacks/portainer",
+        f"{data}/stacks/portainer/data",
+        f"{data}/stacks/homepage",
+        f"{data}/stacks/homepage/config",
     ]
+    assert entry["homelab_state_moves"][0] == {
+        "stack": "traefik",
+        "src": "traefik/acme",
+        "dest": f"{data}/stacks/traefik/acme",
+    }
+    assert entry["homelab_purge_state"] == {}  # removing media keeps its data
     env = next(f for f in entry["homelab_stack_files"] if f["path"] == "traefik/.env")
     assert env["mode"] == "0644" and "TRAEFIK_VERSION=v3.6.2" in base64.b64decode(env["content_b64"]).decode()
     # secret files are never in the inventory (it lives beside ansible-runner's artifacts)

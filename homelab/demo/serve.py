@@ -69,9 +69,10 @@ def fake_class() -> type:
     from homelab.demo.fake_backup import Backups
     from homelab.demo.fake_cluster import ClusterMixin
     from homelab.demo.fake_disks import DiskReassign
+    from homelab.demo.fake_monitor import IpMonitor
 
     class HomelabFakePve(
-        GuestFiles, fake_access.AccessMixin, ClusterMixin, GuestAgentImages, DiskReassign, Backups, FakePve
+        IpMonitor, GuestFiles, fake_access.AccessMixin, ClusterMixin, GuestAgentImages, DiskReassign, Backups, FakePve
     ):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
@@ -251,6 +252,8 @@ class Server:
             return self.guest.describe(pve.vm(msg["vmid"]))
         if op in ("agent_disks", "build_hosts", "demo_bake"):
             return self.pve.guest_agent_op(op, msg)
+        if op.startswith("monitor_"):
+            return self.pve.monitor_op(op, msg)
         if op == "add_vm":
             self.add_guest(msg)
             return None

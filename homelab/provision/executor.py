@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.adapters.proxmox.datadisks import DATA_KEY
 from homelab.adapters.proxmox.labvms import boot_disk
 from homelab.adapters.proxmox.marks import describe_vm, marks_as, parse_mark
 from homelab.adapters.proxmox.placement import migrate_offline
@@ -21,6 +20,7 @@ from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.datadisk import DataDisks
 from homelab.provision.guestagent import GuestAgent
+from homelab.provision.handover import came_up, go_back, replacing, unwind
 from homelab.provision.outcomes import (
     ApplyResult,
     Reporter,
@@ -149,6 +149,10 @@ class Executor:
                 self.disks.attach_new(action.vm, action.node, action.vmid, action.size)
         elif isinstance(action, MoveDataDisk):
             with self._slot():
+                if action.unwind:
+                    unwind(
+                        self.api, self.lab, self.report.step, action.vm, action.node, action.from_vmid, action.to_vmid
+                    )
                 self.disks.move(action.vm, action.node, action.from_vmid, action.from_key, action.to_vmid)
         elif isinstance(action, Unchanged):
             outcome.vmid, outcome.node = action.vmid, action.node
@@ -287,38 +291,34 @@ class Executor:
 
     def _replace(self, action: ReplaceVM) -> tuple[int, str, str | None, str | None]:
         """Blue/green: the new VM is built beside the old; the old is removed only once the new is up (cloud-init
-        finished, address and host key read): returns its vmid, node, address and host key.
+        finished, address and host key read): returns its vmid, node, address and host key. The new VM is marked
+        "replacing" until then, so a run killed in between leaves the next run knowing the old one ran well.
 
         With a static IP or a data disk both cannot run at once: the new VM is fully built but stopped, the old
-        one stopped (and its data disk moved over), the new one started; if it does not come up, it is stopped,
-        the data disk goes back and the old one is started again.
+        one stopped (and its data disk moved over), the new one started. If it does not come up, or the user
+        interrupts, it goes back (handover.go_back): the new VM is stopped before the old one starts again.
         """
-        create, old = action.create, (action.vm, action.old_node, action.old_vmid)
+        create, old = replacing(action.create, self.lab.name), (action.vm, action.old_node, action.old_vmid)
         handover = action.static_ip or action.data_from is not None
         with self._slot():
             vmid, node = self._create(create, start=not handover)
-        if handover:
-            with self._slot():
-                self._stop(*old)
-                if action.drops_snapshots:
-                    self.disks.drop_snapshots(*old)
-                if action.data_from:
-                    self.disks.move(action.vm, node, action.old_vmid, action.data_from, vmid)
-                    if action.snapshot_first:
-                        self.disks.snapshot_first(action.vm, node, vmid, action.old_vmid)
-            try:
+        try:
+            if handover:
+                with self._slot():
+                    self._stop(*old)
+                    if action.drops_snapshots:
+                        self.disks.drop_snapshots(*old)
+                    if action.data_from:
+                        self.disks.move(action.vm, node, action.old_vmid, action.data_from, vmid)
+                        if action.snapshot_first:
+                            self.disks.snapshot_first(action.vm, node, vmid, action.old_vmid)
                 with self._slot():
                     self._start(action.vm, node, vmid)
-                address, key = self.agent.learn(action.vm, node, vmid, True, None, None, create.template)
-            except HomelabError:
-                self.report.step(action.vm, f"new VM {vmid} did not come up; going back to {action.old_vmid}")
-                self._stop(action.vm, node, vmid)
-                if action.data_from:
-                    self.disks.move(action.vm, node, vmid, DATA_KEY, action.old_vmid, action.data_from)
-                self._start(*old)
-                raise
-        else:
             address, key = self.agent.learn(action.vm, node, vmid, True, None, None, create.template)
+        except HomelabError as exc:
+            go_back(self.api, self.lab, self.report.step, action, node, vmid, exc, handover)
+            raise
+        came_up(self.api, action, node, vmid)
         with self._slot():
             self._remove(*old)
         return vmid, node, address, key
