@@ -69,10 +69,19 @@ def fake_class() -> type:
     from homelab.demo.fake_backup import Backups
     from homelab.demo.fake_cluster import ClusterMixin
     from homelab.demo.fake_disks import DiskReassign
+    from homelab.demo.fake_mapping import PciMappings
     from homelab.demo.fake_monitor import IpMonitor
 
     class HomelabFakePve(
-        IpMonitor, GuestFiles, fake_access.AccessMixin, ClusterMixin, GuestAgentImages, DiskReassign, Backups, FakePve
+        PciMappings,
+        IpMonitor,
+        GuestFiles,
+        fake_access.AccessMixin,
+        ClusterMixin,
+        GuestAgentImages,
+        DiskReassign,
+        Backups,
+        FakePve,
     ):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]

@@ -190,6 +190,8 @@ def render_env(lab: Lab, vm: Vm, name: str, with_overlay: bool = False) -> str:
         values["DATA_ROOT"] = stackfiles.data_root(lab, vm)
     if meta.host_ids:
         values["PUID"], values["PGID"] = "@PUID@", "@PGID@"  # the ids of the VM's user, put in on the VM
+        if vm.gpu:
+            values["RENDER_GID"] = "@RENDER_GID@"  # the VM's render group (owns /dev/dri/renderD*), put in there
     if settings:
         values.update(settings.env)
     lines = [f"# {HEADER}", f"# lab {lab.name}, VM {vm.name}, stack {name}"]

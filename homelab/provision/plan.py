@@ -31,7 +31,7 @@ from homelab.provision.actions import (
 from homelab.provision.facts import Facts, LiveVm, kept_data
 
 # Changing these only takes effect at the next boot (cloud-init regenerates its drive then).
-NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain"}
+NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain", "hostpci0"}
 
 
 def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[ConfigChange, ...]:

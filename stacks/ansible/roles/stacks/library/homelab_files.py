@@ -24,7 +24,8 @@ options:
     default: []
     description:
       - Files, each with C(path) (relative to O(root)), C(content_b64) and C(mode) (octal string).
-      - C(host_ids) true replaces @PUID@ and @PGID@ in the content with O(owner)'s uid and gid.
+      - C(host_ids) true replaces @PUID@ and @PGID@ in the content with O(owner)'s uid and gid, and @RENDER_GID@
+        with the id of the host's render group (which owns /dev/dri/renderD*; a host without one fails).
   private_dirs:
     type: list
     elements: str
@@ -66,6 +67,7 @@ options:
 
 import base64
 import errno
+import grp
 import os
 import pwd
 import shutil
@@ -364,6 +366,8 @@ def main():
             data = base64.b64decode(entry["content_b64"])
             if entry.get("host_ids"):
                 data = data.replace(b"@PUID@", str(uid).encode()).replace(b"@PGID@", str(gid).encode())
+                if b"@RENDER_GID@" in data:
+                    data = data.replace(b"@RENDER_GID@", str(_render_gid()).encode())
             if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
                 changed_paths.append(path)
         purge = module.params["purge_state"]
@@ -375,6 +379,13 @@ def main():
     except (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), changed=bool(changed_paths), paths=changed_paths)
     module.exit_json(changed=bool(changed_paths), paths=changed_paths, diff=changes, stack_markers=_markers(root))
+
+
+def _render_gid() -> int:
+    try:
+        return grp.getgrnam("render").gr_gid
+    except KeyError:
+        raise ValueError("no group 'render' on this host: the VM has no GPU driver loaded (vms[].gpu)") from None
 
 
 if __name__ == "__main__":
