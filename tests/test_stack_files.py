@@ -329,12 +329,16 @@ def test_docker_comes_from_dockers_repository_after_cloud_init_is_done() -> None
     (block,) = yaml.safe_load((role / "tasks" / "main.yml").read_text())
     install = next(task for task in block["block"] if task["name"] == "Install Docker")["block"]
     names = [task["name"] for task in install]
-    assert names.index("Wait for cloud-init to finish") < names.index("Install Docker and compose")
+    assert names.index("Wait for cloud-init to finish") < names.index("Docker's packages")
     assert "cloud-init status --wait" in install[0]["ansible.builtin.shell"]
-    repo = next(task for task in install if task["name"] == "Docker's apt repository")["block"]
-    source = next(task for task in repo if task["name"] == "Docker's repository")["ansible.builtin.deb822_repository"]
-    assert source["uris"].startswith("https://download.docker.com/linux/")
-    assert source["signed_by"] == "/etc/apt/keyrings/docker.asc"
+    included = next(t for t in install if t["name"] == "Docker's packages")
+    assert included["ansible.builtin.include_tasks"] == "packages.yml"
+    repo, packages = yaml.safe_load((role / "tasks" / "packages.yml").read_text())
+    assert packages["name"] == "Install Docker and compose"
+    source = next(task for task in repo["block"] if task["name"] == "Docker's repository")["ansible.builtin.copy"]
+    assert defaults["homelab_docker_repository"] == "https://download.docker.com/linux/{distribution}"
+    assert "URIs: {{ homelab_docker_repo_url }}" in source["content"]
+    assert "Signed-By: /etc/apt/keyrings/docker.asc" in source["content"]
     lab = make_lab(vms=[{"name": "w", "ip": "10.10.0.11", "stacks": ["traefik"]}])
     from homelab.deploy.plan import prepare
 

@@ -37,7 +37,7 @@ from homelab.deploy.report import (
 )
 from homelab.deploy.secretvalues import stack_secret_values, staged_secrets
 from homelab.errors import OperationError
-from homelab.lab.models import Lab
+from homelab.lab.models import Docker, Lab
 from homelab.paths import data_dir
 from homelab.state.files import write_atomic
 
@@ -51,6 +51,17 @@ HOST_KEY_HINT = (
 def playbook() -> Path:
     """The packaged playbook."""
     return data_dir("stacks") / "ansible" / "deploy.yml"
+
+
+def docker_vars(docker: Docker) -> dict[str, str]:
+    """The docker role's settings from the lab's docker section (what the lab leaves unset keeps the role's
+    defaults: Docker's own repository and key)."""
+    found: dict[str, str] = {"homelab_docker_source": docker.source}
+    if docker.repository:
+        found["homelab_docker_repository"] = docker.repository
+    if docker.key_url:
+        found["homelab_docker_key_url"] = docker.key_url
+    return found
 
 
 def stage(deployment: Deployment, key_file: Path, where: Path, removals: Collection[RemoveStack] = ()) -> Path:
@@ -111,7 +122,7 @@ def execute(
                 message = f"{message} ({HOST_KEY_HINT.format(pinned=_fingerprint(pinned[event.host]))})"
             result.message = message
 
-    extravars = {"homelab_docker_source": deployment.lab.docker.source, **deployment.options.extravars()}
+    extravars = {**docker_vars(deployment.lab.docker), **deployment.options.extravars()}
     if secrets_file is not None:
         extravars["homelab_secrets_file"] = str(secrets_file)  # the path only: the values stay out of the run
     request = RunRequest(playbook(), inventory_path, where, extravars, check=check)

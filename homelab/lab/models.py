@@ -329,6 +329,19 @@ class Docker(Strict):
         description="docker (Docker's own apt repository: current Engine and the compose v2 plugin) or "
         "distribution (the distribution's packages; Debian 12 has Docker 20.10 and compose v1)",
     )
+    repository: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s'\"]+$",
+        description="a mirror of Docker's apt repository (source: docker), laid out as Docker's: "
+        "<url>/dists/<release>/stable; {distribution} in it becomes debian or ubuntu; "
+        "default https://download.docker.com/linux/{distribution}",
+    )
+    key_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s'\"]+$",
+        description="where the VMs fetch the repository's signing key (apt checks every package against it: "
+        "fetch it over https or from a host you trust); default <repository>/gpg",
+    )
 
 
 class Lab(Strict):
