@@ -105,6 +105,8 @@ def test_a_missing_mapping_is_refused_with_its_line_before_anything_changes(lab:
         ), result.stderr
         assert "Traceback" not in result.stderr + result.stdout
     assert writes(fake_pve) == []
+    status = run_cli("status", lab=lab)  # reading does not need the GPU: only what creates or configures VMs
+    assert "PCI resource mapping" not in status.stderr and "media" in status.stdout, status.stderr
     add_mapping(fake_pve, device=DEVICE.replace("pve1", "pve2"))  # a device on another node only
     result = run_cli("plan", lab=lab)
     assert result.exit_code == 2

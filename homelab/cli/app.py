@@ -64,7 +64,8 @@ class App:
         from homelab.preflight.service import preflight
         from homelab.provision.nodes import check_nodes
 
-        check_nodes(self.api, self.lab)  # a missing or offline node is named with its lab file key and line
+        # a missing or offline node (or a VM's GPU mapping) is named with its lab file key and line
+        check_nodes(self.api, self.lab, gpus="vms" in wanted)
         preflight(self.api, self.lab, self.command, wanted, templates)
 
     def echo(self, line: str = "") -> None:

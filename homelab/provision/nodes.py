@@ -32,8 +32,9 @@ class NodeProblems(LabFileError):
         return NodeProblems(self.found, str(path), {loc: locate(root, loc) for loc, _ in self.found})
 
 
-def check_nodes(api: PveApi, lab: Lab) -> None:
-    """Raise NodeProblems when a node named by proxmox.node or a VM's node is missing or not online."""
+def check_nodes(api: PveApi, lab: Lab, gpus: bool = False) -> None:
+    """Raise NodeProblems when a node named by proxmox.node or a VM's node is missing or not online, and (``gpus``:
+    for commands that create or configure VMs) when a VM's GPU mapping is missing."""
     named: list[tuple[Loc, str]] = [(("proxmox", "node"), lab.proxmox.node)]
     named += [(("vms", i, "node"), vm.node) for i, vm in enumerate(lab.vms) if vm.node]
     status = {str(n.get("node")): str(n.get("status", "unknown")) for n in api.get("/nodes") or []}
@@ -45,7 +46,8 @@ def check_nodes(api: PveApi, lab: Lab) -> None:
             )
         elif status[node] != "online":
             found.append((loc, f"node {node!r} is {status[node]}, not online: bring it up or move its VMs"))
-    found += missing_mappings(api, lab)
+    if gpus:
+        found += missing_mappings(api, lab)
     if found:
         raise NodeProblems(found)
 
