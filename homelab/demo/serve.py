@@ -68,10 +68,18 @@ def fake_class() -> type:
     from homelab.demo.fake_agent import GuestAgentImages
     from homelab.demo.fake_backup import Backups
     from homelab.demo.fake_cluster import ClusterMixin
+    from homelab.demo.fake_concurrency import ConcurrencySeen
     from homelab.demo.fake_disks import DiskReassign
 
     class HomelabFakePve(
-        GuestFiles, fake_access.AccessMixin, ClusterMixin, GuestAgentImages, DiskReassign, Backups, FakePve
+        ConcurrencySeen,
+        GuestFiles,
+        fake_access.AccessMixin,
+        ClusterMixin,
+        GuestAgentImages,
+        DiskReassign,
+        Backups,
+        FakePve,
     ):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
@@ -281,6 +289,9 @@ class Server:
             return None
         if op == "backup_jobs":
             return pve.backup_jobs
+        extension = getattr(pve, f"control_{op}", None)  # a fake_<topic> mixin's own control op
+        if extension is not None:
+            return extension(**msg)
         raise ValueError(f"unknown op {op!r}")
 
 

@@ -166,6 +166,13 @@ class Settings(Strict):
     """How homelab works against this lab."""
 
     concurrency: int = Field(4, ge=1, le=64, description="VMs worked on at once")
+    api_readers: int = Field(
+        32,
+        ge=1,
+        le=128,
+        description="API reads sent at once while gathering facts (one config read per VM the lab may own); "
+        "reads only, Proxmox's pveproxy serves them in parallel",
+    )
     full_clone: bool = Field(False, description="full clones instead of linked clones, lab-wide")
     data_disk: OptionalSize | None = Field(
         None,

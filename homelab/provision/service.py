@@ -50,8 +50,7 @@ def make_plan(
     """Gather live facts (read-only; or take facts just gathered) and plan."""
     api = api or connect(lab)
     if facts is None:
-        check_nodes(api, lab)
-        facts = gather(api, lab)
+        facts = gather(api, lab, check=lambda: check_nodes(api, lab))
     return Planned(lab, api, facts, plan(lab, facts, options))
 
 

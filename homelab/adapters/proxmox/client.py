@@ -39,7 +39,9 @@ class ProxmoxerTransport:
     @classmethod
     def from_lab(cls, lab: Lab, auth: ProxmoxAuth, timeout: float = 30.0) -> ProxmoxerTransport:
         px = lab.proxmox
-        return cls.connect(px.url, auth, px.verify_tls, px.ca_bundle, timeout)
+        # one kept-alive connection per thread that may call at once: the readers, or the VM workers
+        connections = max(lab.settings.api_readers, lab.settings.concurrency)
+        return cls.connect(px.url, auth, px.verify_tls, px.ca_bundle, timeout, connections)
 
     @classmethod
     def connect(
@@ -49,8 +51,10 @@ class ProxmoxerTransport:
         verify_tls: bool = True,
         ca_bundle: str | None = None,
         timeout: float = 30.0,
+        connections: int = 10,
     ) -> ProxmoxerTransport:
-        """A transport for one API address (https://host:port)."""
+        """A transport for one API address (https://host:port), keeping up to ``connections`` connections open
+        (more threads than that still work, but each extra one pays a new TLS handshake per call)."""
         url = urlparse(address)
         try:
             port = url.port or DEFAULT_PORT
@@ -75,6 +79,9 @@ class ProxmoxerTransport:
             kwargs.update(user=auth.user, password=auth.password)
         try:
             api = ProxmoxAPI(**kwargs)
+            session = getattr(api, "_store", {}).get("session")  # proxmoxer 2.x keeps its Session there
+            if isinstance(session, requests.Session):
+                session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=connections))
         except AuthenticationError as exc:
             raise ProxmoxError(mask(f"{address}: login refused: {exc}"), status=401) from None
         except requests.exceptions.SSLError as exc:
