@@ -11,6 +11,9 @@ import yaml
 
 from homelab.paths import data_dir
 
+# libyaml's safe loader when PyYAML was built with it (the files are homelab's own): 10x faster to read
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 # A name in stacks.<name>.env that looks like a credential: never accepted in the lab file.
 SECRET_LOOKING = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|PRIVATE_KEY|API_KEY|APIKEY|CREDENTIAL)")
 
@@ -45,7 +48,7 @@ def catalogue() -> dict[str, StackInfo]:
     found: dict[str, StackInfo] = {}
     root = data_dir("stacks")
     for meta in sorted(root.glob("*/stack.yml")):
-        info = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
+        info = yaml.load(meta.read_text(encoding="utf-8"), Loader=SAFE_LOADER) or {}  # noqa: S506 (a safe loader)
         name = meta.parent.name
         found[name] = StackInfo(
             name=name,

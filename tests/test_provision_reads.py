@@ -62,5 +62,5 @@ def test_api_readers_is_a_bounded_setting(tmp_path: Path) -> None:
     from tests.harness.labs import make_lab
 
     assert make_lab().settings.api_readers == 32  # the documented default
-    with pytest.raises(LabFileError, match="settings.api_readers"):
+    with pytest.raises(LabFileError, match=r"settings\.api_readers"):
         make_lab(settings={"api_readers": 0})
