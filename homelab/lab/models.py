@@ -165,7 +165,9 @@ class Timeouts(Strict):
 class Settings(Strict):
     """How homelab works against this lab."""
 
-    concurrency: int = Field(4, ge=1, le=64, description="VMs worked on at once")
+    concurrency: int = Field(
+        4, ge=1, le=64, description="clones and other disk tasks at once per Proxmox node (fewer while it is busy)"
+    )
     full_clone: bool = Field(False, description="full clones instead of linked clones, lab-wide")
     data_disk: OptionalSize | None = Field(
         None,
