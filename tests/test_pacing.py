@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from homelab.adapters.proxmox.api import PveApi
 from homelab.demo.launcher import FakeProxmox
+from homelab.errors import ProxmoxError
 from homelab.lab import load_lab
-from homelab.provision.pacing import NodeLoad, parse_load
+from homelab.provision.pacing import NodeLoad, NodePacer, parse_load
 from homelab.provision.service import carry_out, make_plan
 from tests.harness.labs import lab_data, write_lab
 
@@ -67,6 +70,49 @@ def test_node_status_figures_and_when_a_node_is_busy() -> None:
     assert NodeLoad(0.01, 0.95, 0.95, 0.1).busy() == "cpu 95%, memory 95%"
     assert NodeLoad(0.01, 0.1, 0.1, 2.5).busy() == "load 250%"
     assert parse_load({}) == NodeLoad(0.0, 0.0, 0.0, 0.0) and parse_load({}).busy() is None
+    assert parse_load({"loadavg": ["n/a"], "wait": "x", "memory": None}) == NodeLoad(0.0, 0.0, 0.0, 0.0)
+
+
+class NodeStatuses:
+    """A transport answering /nodes/{node}/status with the next of ``answers`` (a dict, or an error to raise)."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+
+    def request(self, method: str, path: str, params: dict[str, Any]) -> Any:
+        assert (method, path) == ("GET", "/nodes/pve1/status")
+        self.asked += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+BUSY = {"wait": 0.6, "cpu": 0.1}
+CALM = {"wait": 0.02, "cpu": 0.1}
+
+
+def test_the_limit_halves_while_busy_and_grows_back_by_one() -> None:
+    statuses = NodeStatuses(BUSY, BUSY, BUSY, CALM, CALM, CALM, CALM)
+    notes: list[str] = []
+    pacer = NodePacer(PveApi(statuses), 4, threading.Event(), lambda vm, m: notes.append(m), refresh=0)
+    limits = []
+    for _ in range(7):
+        with pacer.slot("pve1", "vm01"):
+            limits.append(pacer.node_limit("pve1"))
+    assert limits == [2, 1, 1, 2, 3, 4, 4] and statuses.asked == 7
+    assert notes[0] == "pve1 is busy (iowait 60%): 2 disk task(s) at once" and "calm again" in notes[-1]
+
+
+def test_a_status_the_token_may_not_read_keeps_the_setting() -> None:
+    statuses = NodeStatuses(ProxmoxError("GET /nodes/pve1/status: 403 Permission check failed", status=403))
+    notes: list[str] = []
+    pacer = NodePacer(PveApi(statuses), 3, threading.Event(), lambda vm, m: notes.append(m), refresh=0)
+    for _ in range(3):
+        with pacer.slot("pve1", "vm01"):
+            assert pacer.node_limit("pve1") == 3
+    assert statuses.asked == 1 and len(notes) == 1 and "not readable" in notes[0]
 
 
 # --- against the fake -------------------------------------------------------------------------------------

@@ -44,21 +44,29 @@ class NodeLoad:
 
 
 def parse_load(status: dict[str, Any]) -> NodeLoad:
-    """The load figures of a ``/nodes/{node}/status`` answer (missing figures count as idle)."""
-    memory = status.get("memory") or {}
-    total = float(memory.get("total") or 0)
-    used = float(memory.get("used") or 0)
-    cpus = float((status.get("cpuinfo") or {}).get("cpus") or 0)
-    try:
-        load1 = float((status.get("loadavg") or ["0"])[0])
-    except (TypeError, ValueError):
-        load1 = 0.0
+    """The load figures of a ``/nodes/{node}/status`` answer (missing or unreadable figures count as idle)."""
+    memory = _mapping(status.get("memory"))
+    total, used = _number(memory.get("total")), _number(memory.get("used"))
+    cpus = _number(_mapping(status.get("cpuinfo")).get("cpus"))
+    loadavg = status.get("loadavg")
+    load1 = _number(loadavg[0]) if isinstance(loadavg, list) and loadavg else 0.0
     return NodeLoad(
-        iowait=float(status.get("wait") or 0),
-        cpu=float(status.get("cpu") or 0),
+        iowait=_number(status.get("wait")),
+        cpu=_number(status.get("cpu")),
         memory=used / total if total else 0.0,
         load=load1 / cpus if cpus else 0.0,
     )
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 @dataclass
@@ -131,20 +139,21 @@ class NodePacer:
             if not (state.readable and due and not state.reading):
                 return
             state.reading = True
+        load: NodeLoad | None = None
         try:
             status = self.api.get(f"/nodes/{node}/status")
-            load: NodeLoad | None = parse_load(status if isinstance(status, dict) else {})
+            load = parse_load(status if isinstance(status, dict) else {})
         except ProxmoxError as exc:
-            load = None
             if not exc.transient:
                 self.note(vm, f"{node}: node status not readable ({exc}); {self.limit} disk tasks at once")
                 state.readable = False
-        with self._cond:
-            state.reading = False
-            state.read_at = time.monotonic()
-            if load is not None:
-                self._adjust(node, vm, state, load)
-            self._cond.notify_all()
+        finally:  # also when interrupted: never leave the others waiting for this reading
+            with self._cond:
+                state.reading = False
+                state.read_at = time.monotonic()
+                if load is not None:
+                    self._adjust(node, vm, state, load)
+                self._cond.notify_all()
 
     def _adjust(self, node: str, vm: str, state: _Node, load: NodeLoad) -> None:
         busy = load.busy()
