@@ -46,6 +46,9 @@ from homelab.provision.plan import (
 from homelab.state.hosts import Host
 
 MAX_THREADS = 64
+# Seconds between polls of a task that holds a node's slot, at most: a slot freed late delays the next clone,
+# and these polls are bounded by the node's limit (the waits that hold no slot back off further, to 2-3 s).
+SLOT_POLL = 0.25
 
 
 class Executor:
@@ -209,7 +212,7 @@ class Executor:
             try:
                 with self._slot(tpl.node, action.vm):  # the clone's task loads the template's node
                     upid = self.api.post(f"/nodes/{tpl.node}/qemu/{tpl.vmid}/clone", **params)
-                    self.api.wait_task(tpl.node, upid, self.timeouts.clone, f"clone of {action.vm}")
+                    self.api.wait_task(tpl.node, upid, self.timeouts.clone, f"clone of {action.vm}", max_poll=SLOT_POLL)
                 return vmid, direct or tpl.node
             except ProxmoxError as exc:
                 if not vmid_taken(exc):
@@ -255,7 +258,7 @@ class Executor:
         with self._slot(node, vm):
             upid = self.api.put(f"/nodes/{node}/qemu/{vmid}/resize", disk=disk_key, size=format_size(size))
             if isinstance(upid, str) and upid.startswith("UPID:"):
-                self.api.wait_task(node, upid, self.timeouts.task, f"disk resize of {vmid}")
+                self.api.wait_task(node, upid, self.timeouts.task, f"disk resize of {vmid}", max_poll=SLOT_POLL)
 
     def _start(self, vm: str, node: str, vmid: int) -> None:
         self.report.step(vm, "starting")
