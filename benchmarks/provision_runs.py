@@ -184,14 +184,18 @@ def ansible_apply(fake: FakeProxmox, count: int) -> Run:
     )
     fake.requests(clear=True)
     start = time.monotonic()
-    proc = subprocess.run(
-        ["ansible-playbook", str(PLAYBOOK), "-e", f"ansible_python_interpreter={sys.executable}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    limit = 300 + 120 * count  # at real durations a loaded machine needed ~45 s per VM
+    try:
+        proc = subprocess.run(
+            ["ansible-playbook", str(PLAYBOOK), "-e", f"ansible_python_interpreter={sys.executable}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=limit,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return Run(label, count, time.monotonic() - start, fake.requests(), ok=False, error=f"no end after {limit} s")
     wall = time.monotonic() - start
     served = fake.requests()
     run = Run(label, count, wall, served, peak=max(fake.call("load")["peak"].values(), default=0))
