@@ -46,10 +46,9 @@ class LoadMixin:
 
     # --- disk tasks ----------------------------------------------------------------------------------------
 
-    async def task(self, node: str, ttype: str, tid: Any, user: str, body: Any, vm: Any = None, lock: bool = True,
-                   log: Any = ()) -> Any:  # fmt: skip
+    async def task(self, node: str, ttype: str, tid: Any, user: str, body: Any, **options: Any) -> Any:
         if ttype not in DISK_TASKS:
-            return await super().task(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)  # type: ignore[misc]
+            return await super().task(node, ttype, tid, user, body, **options)  # type: ignore[misc]
 
         async def loaded() -> Any:
             self._load_begin(node, ttype, tid)
@@ -60,7 +59,7 @@ class LoadMixin:
             finally:
                 self._load_end(node, ttype, tid)
 
-        return await super().task(node, ttype, tid, user, loaded, vm=vm, lock=lock, log=log)  # type: ignore[misc]
+        return await super().task(node, ttype, tid, user, loaded, **options)  # type: ignore[misc]
 
     def _load_begin(self, node: str, ttype: str, tid: Any) -> None:
         state = self._load_state()
