@@ -33,6 +33,7 @@ def host_vars(
     lab: str,
     remove: Sequence[str] = (),
     data_disk: bool = False,
+    purge: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One host's inventory entry: how to reach it, what its stacks folder gets and which stacks leave it."""
     return {
@@ -49,6 +50,10 @@ def host_vars(
         "homelab_stack_dirs": list(render.dirs),
         "homelab_stack_files": file_entries(render.plain_files),
         "homelab_data_dirs": list(render.data_dirs),
+        "homelab_state_dirs": list(render.state_dirs),
+        "homelab_state_moves": list(render.state_moves),
+        # removed stacks whose STATE_DIR goes too (--purge-data); every other one is kept
+        "homelab_purge_state": {name: f"/home/{render.user}/data/stacks/{name}" for name in purge},
     }
 
 
