@@ -148,7 +148,7 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
     if reason:
         pytest.skip(reason)
     web = {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer", "media"]}
-    stacks = {"media": {"env": {"DATA_ROOT": "/home/homelab/data"}}}  # homelab may make it without sudo
+    stacks = {"media": {"env": {"DATA_ROOT": "/home/homelab/data/media"}}}  # homelab may make it without sudo
     lab = make_lab(vms=[web], domain="lab.example", stacks=stacks)
     (vm,) = ssh_hosts(1, per_user_keys=True)
     vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
@@ -225,8 +225,17 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
         assert labels["traefik.http.routers.jellyfin.entrypoints"] == "websecure"
         assert labels["traefik.http.routers.jellyfin.tls"] == "true"
 
+        # Each stack's state in STATE_DIR, made by the deploy and owned by the user before any container started
+        owners = vm.exec(
+            ["stat", "-c", "%U", "/home/homelab/data/stacks/traefik/acme", "/home/homelab/data/stacks/media/sonarr"]
+        )
+        assert owners.stdout.split() == ["homelab", "homelab"]
+        mounts = {m["Destination"]: m["Source"] for m in running["sonarr"]["Mounts"]}
+        assert mounts["/config"] == "/home/homelab/data/stacks/media/sonarr"
+
         # The media stack: /data owned by the VM's user, the same mount everywhere, hardlinks across it.
-        tree = vm.exec(["sh", "-c", "cd /home/homelab/data && stat -c '%n %U %a' . */ */*/"]).stdout.split("\n")
+        tree = vm.exec(["sh", "-c", "cd /home/homelab/data/media && stat -c '%n %U %a' . */ */*/"]).stdout
+        tree = tree.split("\n")
         assert sorted(line.split()[0] for line in tree if line) == [
             ".",
             "media/",
@@ -263,7 +272,12 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
         lab = make_lab(vms=[dict(web, stacks=["traefik", "homepage", "media"])], domain="lab.example", stacks=stacks)
         lines.clear()
         swapped = deploy_stacks(lab, lines.append, lambda question: None, options)
-        assert swapped.ok and "  - web: stack portainer (compose down, folder removed)" in lines, "\n".join(lines)
+        assert (
+            swapped.ok
+            and "  - web: stack portainer (compose down, folder removed); its data is kept in "
+            "/home/homelab/data/stacks/portainer"
+            in lines
+        ), "\n".join(lines)
         assert any("web: changed Compose down: portainer" in line for line in lines), lines
         assert any("web: changed Compose up: homepage" in line for line in lines), lines
         assert "portainer" not in containers(vm) and "homepage" in containers(vm)

@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rollback": ("homelab.cli.snapshots", "rollback", "Return a VM to a snapshot."),
     "status": ("homelab.cli.vms", "status", "Show each VM: state, address, template version, drift."),
     "deploy": ("homelab.cli.deploy", "deploy", "Deploy Docker and the service stacks onto the VMs (Ansible)."),
-    "stack": ("homelab.cli.deploy", "stack", "Service stacks: list, add NAME to a VM, render them to a folder."),
+    "stack": ("homelab.cli.stacks", "stack", "Service stacks: list, show, add, remove, new (your own), render."),
     "template": ("homelab.cli.template", "template", "Build, list, prune and render VM templates."),
     "export": ("homelab.cli.export", "export", "Write the lab as Terraform (bpg/proxmox) that adopts the running VMs."),
     "secrets": ("homelab.cli.secrets", "secrets", "Stack secrets: list, show STACK once, the lab's local CA."),

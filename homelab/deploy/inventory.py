@@ -34,6 +34,7 @@ def host_vars(
     lab: str,
     remove: Sequence[str] = (),
     data_disk: bool = False,
+    purge: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One host's inventory entry: how to reach it, what its stacks folder gets and which stacks leave it."""
     return {
@@ -52,6 +53,10 @@ def host_vars(
         "homelab_data_dirs": list(render.data_dirs),
         # what runs once the stacks are up: the preview's "Stacks to start" compares it with `docker ps`
         "homelab_containers": vm_containers(render),
+        "homelab_state_dirs": list(render.state_dirs),
+        "homelab_state_moves": list(render.state_moves),
+        # removed stacks whose STATE_DIR goes too (--purge-data); every other one is kept
+        "homelab_purge_state": {name: f"/home/{render.user}/data/stacks/{name}" for name in purge},
     }
 
 

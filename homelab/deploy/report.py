@@ -35,6 +35,10 @@ class HostChange:
             return f"~ {self.host}: {self.what} (mode or owner)"
         if self.kind == "removed stack":
             return f"- {self.host}: {self.what}/ (stack folder removed)"
+        if self.kind == "data deleted (--purge-data)":
+            return f"- {self.host}: {self.what}/ (DATA DELETED FOR GOOD: --purge-data)"
+        if self.kind.startswith("state of "):
+            return f"> {self.host}: {self.what}/ ({self.kind}: moved, not deleted)"
         return f"~ {self.host}: {self.what}"
 
     def diff_lines(self, limit: int = 20) -> list[str]:

@@ -66,10 +66,11 @@ def stage(deployment: Deployment, key_file: Path, where: Path, removals: Collect
         assert t.host is not None
         own_key = Path(t.host.key_file) if t.host.key_file else key_file
         remove = [r.stack for r in removals if r.vm == t.name and not r.keep]
+        purge = [r.stack for r in removals if r.vm == t.name and r.purge and not r.keep]
         lab = deployment.lab
         data_disk = any(vm.name == t.name and lab.data_disk_for(vm) for vm in lab.vms)
         entries[t.name] = host_vars(
-            t.host, t.render, own_key, known_hosts, lab=lab.name, remove=remove, data_disk=data_disk
+            t.host, t.render, own_key, known_hosts, lab=lab.name, remove=remove, data_disk=data_disk, purge=purge
         )
     path = where / "hosts.yml"
     write_atomic(path, json.dumps(inventory(entries), indent=2) + "\n")
@@ -144,6 +145,8 @@ def plan_removals(deployment: Deployment, preview: RunReport) -> tuple[RemoveSta
             preview.markers[t.name],
             compose_down=options.start_stacks,
             keep=options.keep_removed,
+            purge=options.purge_data,
+            state_root=f"/home/{t.render.user}/data/stacks",
         )
     return tuple(found)
 

@@ -29,6 +29,9 @@ TRANSIENT = re.compile(
 )
 
 
+POOL_SIZE = 64  # connections kept open: one per parallel VM chain (the executor's thread cap)
+
+
 class ProxmoxerTransport:
     """Sends API calls through proxmoxer over HTTPS; maps its failures to ProxmoxError."""
 
@@ -95,6 +98,7 @@ class ProxmoxerTransport:
             ) from None
         except requests.exceptions.RequestException as exc:
             raise ProxmoxError(f"{address}: cannot connect: {_short(exc)}", transient=True) from None
+        _keep_connections(api)
         return cls(api, address)
 
     def request(self, method: str, path: str, params: dict[str, Any]) -> Any:
@@ -126,6 +130,15 @@ class ProxmoxerTransport:
             ) from None
         except AuthenticationError as exc:
             raise ProxmoxError(mask(f"{self._where}: login refused: {exc}"), status=401) from None
+
+
+def _keep_connections(api: Any) -> None:
+    """Keep a connection per parallel chain: requests keeps 10 per host, so with more threads every further call
+    paid a new TLS handshake (proxmoxer keeps its one session in ``_store``; without it, nothing changes)."""
+    session = getattr(api, "_store", {}).get("session")
+    if isinstance(session, requests.Session):
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+        session.mount("https://", adapter)
 
 
 def _short(exc: Exception) -> str:

@@ -74,10 +74,22 @@ class LiveVm:
         return urllib.parse.unquote(text) if key == "sshkeys" else text
 
 
+# The mark's states of a VM homelab has not finished: "creating" from the clone call until it is configured;
+# "replacing" for a replacement's new VM until it came up (then "ready").
+UNFINISHED = ("creating", "replacing")
+
+
 def current_and_leftovers(lives: Iterable[LiveVm], wanted_version: str | None) -> tuple[LiveVm, list[LiveVm]]:
-    """Of the VMs marked with one lab VM's name (several: an interrupted replace), the one that is that VM (on the
-    wanted template version, then the highest vmid) and the others, left over. ``lives`` must not be empty."""
-    ordered = sorted(lives, key=lambda v: ((v.meta or {}).get("version") == wanted_version, v.vmid))
+    """Of the VMs marked with one lab VM's name (several: an interrupted or failed replace), the one that is that
+    VM and the others, left over. The one that last ran well wins: a finished VM before a replacement's new VM
+    that never came up (or whose run was interrupted), then the wanted template version, then the highest vmid.
+    ``lives`` must not be empty."""
+
+    def rank(v: LiveVm) -> tuple[bool, bool, int]:
+        meta = v.meta or {}
+        return meta.get("state") not in UNFINISHED, meta.get("version") == wanted_version, v.vmid
+
+    ordered = sorted(lives, key=rank)
     return ordered[-1], ordered[:-1]
 
 

@@ -79,10 +79,12 @@ PRIVILEGES: tuple[Privilege, ...] = (
     Privilege("VM.Snapshot", VMS, "take and prune snapshots (homelab snapshot)", ("snapshots",)),
     Privilege("VM.Snapshot.Rollback", VMS, "return a VM to a snapshot (homelab rollback)", ("snapshots",)),
     Privilege("VM.Backup", VMS, "back up VMs with vzdump (homelab backup)", ("backups",)),
+    # Optional: without it apply keeps settings.concurrency disk tasks per node (homelab/provision/pacing.py).
+    Privilege("Sys.Audit", NODE, "read the node's load (IO delay, CPU, memory) to pace clones", ("pacing",)),
 )
 # What the README's role covers: everything but the backup job of backup.schedule, which needs Sys.Modify on /
 # (a broad right, granted only by those who want the job).
-ROLE_PURPOSES = ("vms", "build", "cloud-image", "snapshots", "backups")
+ROLE_PURPOSES = ("vms", "build", "cloud-image", "snapshots", "backups", "pacing")
 
 
 def parse_version(text: str | None) -> Version | None:
