@@ -20,6 +20,8 @@ import yaml
 from homelab.errors import InputError
 from homelab.paths import data_dir
 
+# libyaml's safe loader when PyYAML was built with it (the files are homelab's own): 10x faster to read
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 if TYPE_CHECKING:
     from homelab.lab.models import Lab
 
@@ -169,7 +171,7 @@ def read_stack(folder: Path, origin: str = BUILT_IN) -> StackInfo:
     if not (folder / "compose.yml").is_file():
         raise InputError(f"{folder}: a stack needs a compose.yml beside its stack.yml")
     try:
-        data = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
+        data = yaml.load(meta.read_text(encoding="utf-8"), Loader=SAFE_LOADER) or {}  # noqa: S506 (a safe loader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InputError(f"{meta}: cannot read: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

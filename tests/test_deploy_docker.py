@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from homelab.adapters.ansible import AnsibleRunner, OnEvent, RunOutcome, RunRequest, TaskEvent
 from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.plan import DeployOptions
 from homelab.deploy.service import deploy_stacks
@@ -116,6 +117,21 @@ def dockerd(vm: SshHost, group: str) -> Iterator[str]:
                     folder.rmdir()
             with contextlib.suppress(OSError):
                 root.rmdir()
+
+
+class Recording(AnsibleRunner):
+    """The real runner, keeping every task event it reports."""
+
+    def __init__(self, events: list[Any]) -> None:
+        super().__init__()
+        self.events = events
+
+    def run(self, request: RunRequest, on_event: OnEvent) -> RunOutcome:
+        def both(event: TaskEvent) -> None:
+            self.events.append(event)
+            on_event(event)
+
+        return super().run(request, both)
 
 
 def containers(vm: SshHost) -> dict[str, dict[str, Any]]:
@@ -269,9 +285,23 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
         assert socket_users() == {"socket-proxy"}  # Homepage reads the proxy, not the socket
         assert "homelab-socket" in containers(vm)["homepage"]["NetworkSettings"]["Networks"]
 
+        # Nothing changed and every service runs: the preview says so per host ("Stacks to start" answers ok),
+        # and the deploy ends there, with no question and no second play.
         lines.clear()
-        again = deploy_stacks(lab, lines.append, lambda question: None, options)
-        assert again.run is not None and again.run.hosts["web"].stats.changed == 0, "\n".join(lines)
+        events: list[Any] = []
+        again = deploy_stacks(
+            lab, lines.append, lambda question: pytest.fail(question), options, runner=Recording(events)
+        )
+        assert again.ok and again.run is None and "Nothing to change." in lines, "\n".join(lines)
+        assert again.preview is not None and again.preview.hosts["web"].stats.changed == 0
+        assert [e.kind for e in events if e.task == "Stacks to start"] == ["ok"]
+        # A stopped service is something to start: the preview names it, the deploy starts it again.
+        vm.exec(["docker", "stop", containers(vm)["homepage"]["Id"]])
+        lines.clear()
+        restarted = deploy_stacks(lab, lines.append, lambda question: None, options)
+        assert "  ~ web: Stacks to start" in lines, "\n".join(lines)
+        assert any("web: changed Compose up: homepage" in line for line in lines), lines
+        assert containers(vm)["homepage"]["State"]["Running"] and restarted.ok
         lines.clear()
         after = deploy_stacks(lab, lines.append, lambda question: None, options, check_only=True)
         assert after.ok and not after.would_change, "\n".join(lines)  # `homelab deploy --check` exits 0

@@ -90,7 +90,7 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     assert "+ web: /home/homelab/stacks/portainer/.env (new file)" in result.stdout  # the preview came first
     assert result.stdout.index("Changes:") < result.stdout.index("Deploying:") < result.stdout.index("Summary:")
     # files, state folders, secrets and that they changed (and the look for state to move)
-    assert "  web: ok (ok=5 changed=4 failed=0 unreachable=0)" in result.stdout
+    assert "  web: ok (ok=7 changed=4 failed=0 unreachable=0)" in result.stdout
     rendered = render_lab(lab, stack_secret_values(lab))  # the values the deploy generated and kept
     for name, vm in (("web", web), ("db", db)):
         expected = {f.path: f.content for f in rendered[name].files}
@@ -118,7 +118,7 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     result = run_cli("deploy", "--yes", "--no-install-docker", "--no-start", lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
-    assert "  db: ok (ok=4 changed=0 failed=0 unreachable=0)" in result.stdout
+    assert "  db: ok (ok=5 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The real run (not only check mode) is idempotent too: Ansible's own stats say changed=0.
     deployment = prepare(
@@ -127,6 +127,7 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     inventory = stage(deployment, tmp_path / "state" / "test" / "ssh" / "id_ed25519", workdir(lab))
     with AnsibleRunner() as runner, staged_secrets(deployment) as secrets_file:
         report = execute(deployment, runner, inventory, workdir(lab), check=False, secrets_file=secrets_file)
+    # ok: files, secrets and the two includes (the docker role, the real run's compose tasks)
     assert {name: (h.stats.ok, h.stats.changed, h.stats.failed) for name, h in report.hosts.items()} == {
         "web": (4, 0, 0),
         "db": (4, 0, 0),
@@ -263,7 +264,7 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
         "  - web: stack portainer (folder removed; no compose down: --no-start); its data is kept in "
         "/home/homelab/data/stacks/portainer" in result.stdout
     )
-    assert "web: changed Remove stack folders" in result.stdout and "web: ok (ok=5 changed=1" in result.stdout
+    assert "web: changed Remove stack folders" in result.stdout and "web: ok (ok=7 changed=1" in result.stdout
     assert not (stacks / "portainer").exists()
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (stacks / "traefik").iterdir()} == traefik
     assert {name: sorted(p.name for p in (stacks / name).iterdir()) for name in theirs} == theirs
@@ -271,7 +272,7 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
-    assert "  web: ok (ok=4 changed=0 failed=0 unreachable=0)" in result.stdout
+    assert "  web: ok (ok=5 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The VM lists no stacks at all: the deploy record says homelab put some there, so it is cleared too.
     lab_path.write_text(ONE_VM.replace("    stacks: [traefik, portainer]\n", ""))

@@ -327,7 +327,9 @@ def test_docker_comes_from_dockers_repository_after_cloud_init_is_done() -> None
     assert "docker-compose-plugin" in defaults["homelab_docker_packages"]["docker"]
     assert defaults["homelab_docker_releases"] == {"Debian": ["bookworm", "trixie"], "Ubuntu": ["noble"]}
     (block,) = yaml.safe_load((role / "tasks" / "main.yml").read_text())
-    install = next(task for task in block["block"] if task["name"] == "Install Docker")["block"]
+    step = next(task for task in block["block"] if task["name"] == "Install Docker")
+    assert step["ansible.builtin.include_tasks"] == "install.yml"
+    install = yaml.safe_load((role / "tasks" / "install.yml").read_text())
     names = [task["name"] for task in install]
     assert names.index("Wait for cloud-init to finish") < names.index("Docker's packages")
     assert "cloud-init status --wait" in install[0]["ansible.builtin.shell"]

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from homelab import ui
 from homelab.masking import mask
 
 if TYPE_CHECKING:
@@ -74,6 +73,8 @@ class App:
 
     def confirm(self, question: str) -> None:
         """Ask once; --yes answers for the user; declining raises Aborted (exit 1) everywhere."""
+        from homelab import ui
+
         ui.confirm(question, self.yes)
 
     def run_stage(self, run: Callable[..., T], concurrency: int | None, /, **options: Any) -> T:
@@ -83,6 +84,8 @@ class App:
 
     def reporter(self) -> Reporter:
         """Progress per VM: a live table on a terminal (shown only while VMs are worked on), else timestamped lines."""
+        from homelab import ui
+
         return ui.LiveReporter() if sys.stderr.isatty() else ui.LineReporter()
 
 

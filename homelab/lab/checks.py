@@ -6,7 +6,6 @@ its own, so one run of `validate` reports the model's errors and these together.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,6 +60,8 @@ class LabParts:
 
 def _suggest(name: str, known: Iterable[str]) -> str:
     known = sorted(known)
+    import difflib  # only when a name is wrong: validate of a good file never needs it
+
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if close:
         return f"; did you mean {close[0]!r}?"

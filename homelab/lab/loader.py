@@ -8,7 +8,6 @@ alias "bomb") is refused the same way, before it costs time or memory.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import typing
 from collections.abc import Callable
@@ -240,6 +239,8 @@ def _message(err: Any, loc: Loc) -> str:
                 "secrets never go in the lab file: set HOMELAB_PROXMOX_TOKEN (or HOMELAB_PROXMOX_PASSWORD) "
                 "or put it in the secrets file ~/.config/homelab/secrets.yml (mode 0600)"
             )
+        import difflib  # only for an unknown key
+
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         suggestion = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
         return f"unknown key{suggestion}"

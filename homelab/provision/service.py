@@ -55,8 +55,7 @@ def make_plan(
     mapping does not stop it (status and backup only read)."""
     api = api or connect(lab)
     if facts is None:
-        check_nodes(api, lab, gpus)
-        facts = gather(api, lab)
+        facts = gather(api, lab, check=lambda: check_nodes(api, lab, gpus))
     return Planned(lab, api, facts, plan(lab, facts, options))
 
 

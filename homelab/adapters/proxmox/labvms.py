@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,10 +94,11 @@ def current_and_leftovers(lives: Iterable[LiveVm], wanted_version: str | None) -
 
 
 def read_lab_vms(
-    api: PveApi, lab: Lab, guests: Iterable[Guest], workers: int = 8
+    api: PveApi, lab: Lab, guests: Iterable[Guest], readers: int | Executor | None = None
 ) -> tuple[tuple[LiveVm, ...], tuple[LiveVm, ...]]:
-    """The configs of the VMs that may be the lab's (tagged as the lab's, or named like a lab VM), in parallel;
-    split into (marked as the lab's, by vmid; named like a lab VM but not marked as its)."""
+    """The configs of the VMs that may be the lab's (tagged as the lab's, or named like a lab VM), one read each,
+    ``readers`` at once (a number, default ``settings.api_readers``, or a pool the caller shares with its other
+    reads); split into (marked as the lab's, by vmid; named like a lab VM but not marked as its)."""
     names = {vm.name for vm in lab.vms}
     candidates = [g for g in guests if g.is_vm and (lab.tag in g.tags or g.name in names)]
 
@@ -114,8 +115,11 @@ def read_lab_vms(
             lock=config.get("lock") or guest.lock,
         )
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        live = list(pool.map(read, candidates))
+    if isinstance(readers, Executor):
+        live = list(readers.map(read, candidates))
+    else:
+        with ThreadPoolExecutor(readers or lab.settings.api_readers, thread_name_prefix="homelab-read") as pool:
+            live = list(pool.map(read, candidates))
     managed, namesakes = [], []
     for vm in live:
         # The description mark decides (the clone call writes it, so even a half-made VM has it). A tag

@@ -83,10 +83,12 @@ PRIVILEGES: tuple[Privilege, ...] = (
     Privilege("VM.Backup", VMS, "back up VMs with vzdump (homelab backup)", ("backups",)),
     # qemu-server's hostpci check: a mapped device needs Mapping.Use on its mapping (raw host= ids: root@pam only)
     Privilege("Mapping.Use", GPU, "pass the VM its GPU through the PCI resource mapping (vms[].gpu)", ("gpu",)),
+    # Optional: without it apply keeps settings.concurrency disk tasks per node (homelab/provision/pacing.py).
+    Privilege("Sys.Audit", NODE, "read the node's load (IO delay, CPU, memory) to pace clones", ("pacing",)),
 )
 # What the README's role covers: everything but the backup job of backup.schedule, which needs Sys.Modify on /
 # (a broad right, granted only by those who want the job).
-ROLE_PURPOSES = ("vms", "build", "cloud-image", "snapshots", "backups", "gpu")
+ROLE_PURPOSES = ("vms", "build", "cloud-image", "snapshots", "backups", "pacing", "gpu")
 
 
 def parse_version(text: str | None) -> Version | None:
