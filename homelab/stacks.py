@@ -1,30 +1,101 @@
-"""The catalogue of service stacks shipped in stacks/, and what each declares of itself in its stack.yml."""
+"""The catalogue of service stacks: those shipped in stacks/ and a lab's own in ``<lab folder>/stacks/``,
+and what each declares of itself in its stack.yml (stack format v2).
+
+A user stack is a folder ``<lab folder>/stacks/<name>/`` with a stack.yml and a compose.yml, read and checked
+exactly like a built-in one; one with the name of a built-in stack replaces it (its origin says so).
+A stack.yml that cannot be read is refused with one line naming the file and the key.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from homelab.errors import InputError
 from homelab.paths import data_dir
+
+# libyaml's safe loader when PyYAML was built with it (the files are homelab's own): 10x faster to read
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:
+    from homelab.lab.models import Lab
 
 # A name in stacks.<name>.env that looks like a credential: never accepted in the lab file.
 SECRET_LOOKING = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|PRIVATE_KEY|API_KEY|APIKEY|CREDENTIAL)")
+CATEGORIES = (
+    "Media",
+    "Downloads",
+    "Photos",
+    "Documents",
+    "Productivity",
+    "Home",
+    "Network",
+    "Security",
+    "Monitoring",
+    "Development",
+    "Management",
+    "Remote access",
+    "Infrastructure",
+)
+GENERATE_KINDS = ("password", "hex32", "base64-32", "")
+BUILT_IN, USER, OVERRIDES = "built-in", "user", "overrides built-in"
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_SUB = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_KEYS = {
+    "description",
+    "category",
+    "requires",
+    "version_var",
+    "host_ids",
+    "state",
+    "ports",
+    "ui",
+    "secrets",
+    "settings",
+    "docker_api",
+}
 
 
 @dataclass(frozen=True)
 class SecretSpec:
     """A setting of a stack that is a secret: its value never comes from (or goes into) the lab file.
 
-    ``generate``: "password" makes one on the first deploy and keeps it; empty: the user gives it.
+    ``generate``: password (32 url-safe characters), hex32, base64-32 make one on the first deploy and keep
+    it; empty: the user gives it.
     """
 
     name: str
     description: str = ""
     generate: str = ""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A non-secret setting (stacks.<name>.env key): its default, or ``required`` when it has none."""
+
+    name: str
+    default: str | None = None
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class WebUi:
+    """A web UI a stack serves through Traefik, linked from Homepage."""
+
+    name: str
+    host_var: str
+    subdomain: str
+    icon: str = ""
+    description: str = ""
+    port: int | None = None  # the container port Traefik routes to
+    widget: Mapping[str, Any] = field(default_factory=dict)  # Homepage widget settings (no secrets)
 
 
 @dataclass(frozen=True)
@@ -37,33 +108,183 @@ class StackInfo:
     requires: tuple[str, ...]
     secrets: tuple[SecretSpec, ...] = ()
     version_var: str | None = None  # the variable stacks.<name>.version sets
+    category: str = ""
+    state: tuple[str, ...] = ()  # subfolders of STATE_DIR the deploy makes, owned by the user
+    ports: tuple[str, ...] = ()  # host ports it publishes (non-HTTP)
+    uis: tuple[WebUi, ...] = ()
+    settings: tuple[Setting, ...] = ()
+    host_ids: bool = False  # .env gets PUID/PGID of the VM's user
+    docker_api: tuple[str, ...] = ()  # sections of the Docker API it reads through the socket proxy
+    origin: str = BUILT_IN  # built-in, user, or overrides built-in
+
+    @property
+    def required_settings(self) -> tuple[Setting, ...]:
+        return tuple(s for s in self.settings if s.required)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services of every compose file of the stack (for stacks.<name>.extend)."""
+        names: dict[str, None] = {}
+        for path in sorted(self.path.glob("compose*.yml")):
+            try:
+                doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            names.update(dict.fromkeys(str(s) for s in (doc.get("services") or {}) if isinstance(doc, dict)))
+        return tuple(names)
 
 
-@lru_cache(maxsize=1)
-def catalogue() -> dict[str, StackInfo]:
-    """Every stack homelab can deploy, by name."""
-    found: dict[str, StackInfo] = {}
-    root = data_dir("stacks")
-    for meta in sorted(root.glob("*/stack.yml")):
-        info = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
-        name = meta.parent.name
-        found[name] = StackInfo(
-            name=name,
-            path=meta.parent,
-            description=str(info.get("description", "")),
-            requires=tuple(info.get("requires", ())),
-            secrets=tuple(
-                SecretSpec(str(s["name"]), str(s.get("description", "")), str(s.get("generate", "")))
-                for s in info.get("secrets", ())
-            ),
-            version_var=str(info["version_var"]) if info.get("version_var") else None,
+def _fail(meta: Path, key: str, message: str) -> InputError:
+    return InputError(f"{meta}: {key}: {message}")
+
+
+def _strings(meta: Path, key: str, value: object, pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+        raise _fail(meta, key, "must be a list of strings")
+    items = tuple(str(v) for v in value)
+    for item in items:
+        if pattern is not None and not pattern.match(item):
+            raise _fail(meta, key, f"{item!r} is not allowed here")
+    return items
+
+
+def _entries(meta: Path, key: str, value: object, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise _fail(meta, key, "must be a list of mappings")
+    for i, entry in enumerate(value):
+        for name in required:
+            if not entry.get(name):
+                raise _fail(meta, f"{key}[{i}].{name}", "missing")
+    return value
+
+
+def read_stack(folder: Path, origin: str = BUILT_IN) -> StackInfo:
+    """The stack in ``folder`` (its stack.yml), checked; InputError naming the file and key otherwise."""
+    meta = folder / "stack.yml"
+    name = folder.name
+    if not _NAME.match(name):
+        raise InputError(f"{folder}: a stack's folder name must be a DNS label (a-z, 0-9, '-')")
+    if not (folder / "compose.yml").is_file():
+        raise InputError(f"{folder}: a stack needs a compose.yml beside its stack.yml")
+    try:
+        data = yaml.load(meta.read_text(encoding="utf-8"), Loader=SAFE_LOADER) or {}  # noqa: S506 (a safe loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{meta}: cannot read: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{meta}: must be a mapping (description, category, ...)")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise _fail(meta, unknown[0], f"unknown key; known: {', '.join(sorted(_KEYS))}")
+    category = str(data.get("category") or "")
+    if category and category not in CATEGORIES:
+        raise _fail(meta, "category", f"{category!r} is not one of: {', '.join(CATEGORIES)}")
+    secrets = []
+    for i, s in enumerate(_entries(meta, "secrets", data.get("secrets"), ("name",))):
+        kind = str(s.get("generate") or "")
+        if kind not in GENERATE_KINDS:
+            raise _fail(meta, f"secrets[{i}].generate", f"{kind!r}: one of password, hex32, base64-32 or empty")
+        if not _VAR.match(str(s["name"])):
+            raise _fail(meta, f"secrets[{i}].name", "an environment variable name (A-Z, 0-9, _)")
+        secrets.append(SecretSpec(str(s["name"]), str(s.get("description", "")), kind))
+    settings = []
+    for i, s in enumerate(_entries(meta, "settings", data.get("settings"), ("name",))):
+        if not _VAR.match(str(s["name"])):
+            raise _fail(meta, f"settings[{i}].name", "an environment variable name (A-Z, 0-9, _)")
+        default = s.get("default")
+        required = bool(s.get("required", False))
+        if required and default is not None:
+            raise _fail(meta, f"settings[{i}]", "a required setting has no default")
+        default_text = None if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        settings.append(Setting(str(s["name"]), default_text, str(s.get("description", "")), required))
+    uis = []
+    for i, ui in enumerate(_entries(meta, "ui", data.get("ui"), ("name", "host_var", "subdomain"))):
+        port = ui.get("port")
+        if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+            raise _fail(meta, f"ui[{i}].port", "a port number (the container port Traefik routes to)")
+        widget = ui.get("widget") or {}
+        if not isinstance(widget, dict):
+            raise _fail(meta, f"ui[{i}].widget", "a mapping ({type: ..., ...})")
+        uis.append(
+            WebUi(
+                name=str(ui["name"]),
+                host_var=str(ui["host_var"]),
+                subdomain=str(ui["subdomain"]),
+                icon=str(ui.get("icon", "")),
+                description=str(ui.get("description", "")),
+                port=port,
+                widget=widget,
+            )
         )
-    return found
+    return StackInfo(
+        name=name,
+        path=folder,
+        description=str(data.get("description") or ""),
+        requires=_strings(meta, "requires", data.get("requires"), _NAME),
+        secrets=tuple(secrets),
+        version_var=str(data["version_var"]) if data.get("version_var") else None,
+        category=category,
+        state=_strings(meta, "state", data.get("state"), _SUB),
+        ports=_strings(meta, "ports", data.get("ports")),
+        uis=tuple(uis),
+        settings=tuple(settings),
+        host_ids=bool(data.get("host_ids", False)),
+        docker_api=_strings(meta, "docker_api", data.get("docker_api")),
+        origin=origin,
+    )
 
 
-def is_secret_name(stack: str, key: str) -> bool:
+def builtin_root() -> Path:
+    """The packaged stacks folder."""
+    return data_dir("stacks")
+
+
+def user_root(lab_folder: Path | None) -> Path | None:
+    """The lab's own stacks folder (``<lab folder>/stacks``), when there is one and it is not the packaged one."""
+    if lab_folder is None:
+        return None
+    root = lab_folder / "stacks"
+    if not root.is_dir():
+        return None
+    try:
+        if root.resolve() == builtin_root().resolve():
+            return None  # a lab file at the top of a source checkout: its stacks/ are the built-in ones
+    except OSError:
+        return None
+    return root
+
+
+@lru_cache(maxsize=16)
+def catalogue(lab_folder: Path | None = None) -> dict[str, StackInfo]:
+    """Every stack homelab can deploy, by name: the built-in ones, and with ``lab_folder`` the lab's own
+    (``<lab_folder>/stacks/<name>/``), which replace a built-in one of the same name."""
+    found: dict[str, StackInfo] = {}
+    for meta in sorted(builtin_root().glob("*/stack.yml")):
+        found[meta.parent.name] = read_stack(meta.parent)
+    root = user_root(lab_folder)
+    if root is not None:
+        for meta in sorted(root.glob("*/stack.yml")):
+            origin = OVERRIDES if meta.parent.name in found else USER
+            found[meta.parent.name] = read_stack(meta.parent, origin)
+    return dict(sorted(found.items()))
+
+
+def lab_folder(lab: Lab | None) -> Path | None:
+    """The folder of the lab's file (where its own stacks live), when the lab was read from a file."""
+    return None if lab is None else lab.folder
+
+
+def for_lab(lab: Lab | None) -> dict[str, StackInfo]:
+    """The catalogue as the lab sees it (built-in stacks and its own)."""
+    return catalogue(lab_folder(lab))
+
+
+def is_secret_name(stack: str, key: str, known: Mapping[str, StackInfo] | None = None) -> bool:
     """``key`` is a secret of ``stack`` (declared in its stack.yml), or any name that looks like a credential."""
-    info = catalogue().get(stack)
+    info = (catalogue() if known is None else known).get(stack)
     declared = {s.name for s in info.secrets} if info else set()
     providers = {n for names in DNS_PROVIDER_SECRETS.values() for n in names}
     return key in declared or key in providers or bool(SECRET_LOOKING.search(key))
@@ -79,10 +300,10 @@ ENGINE_29_MINIMUM: dict[str, tuple[int, ...]] = {
 _IMAGE = re.compile(r"""image:\s*["']?([^"'\s:$]+):\$\{([A-Z0-9_]+):-([^}]+)\}""")
 
 
-def pinned_images(stack: str) -> list[tuple[str, str, str]]:
+def pinned_images(stack: str, known: Mapping[str, StackInfo] | None = None) -> list[tuple[str, str, str]]:
     """(image, version variable, default tag) of every image in the stack's compose files."""
     found = []
-    for path in sorted(catalogue()[stack].path.glob("compose*.yml")):
+    for path in sorted((catalogue() if known is None else known)[stack].path.glob("compose*.yml")):
         text = path.read_text(encoding="utf-8")
         found += [(m.group(1), m.group(2), m.group(3)) for m in _IMAGE.finditer(text)]
     return list(dict.fromkeys(found))

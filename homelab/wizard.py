@@ -89,10 +89,21 @@ def _default_ssh_key(ctx: Context) -> str:
     return ""
 
 
+# What the first VM runs unless the user picks otherwise: the proxy, the dashboard, Portainer and the media
+# stack. The rest of the catalog is offered after them, unticked (a VM does not get every stack by default).
+STARTER_STACKS = ("homepage", "media", "portainer", "traefik")
+
+
 def _stacks(ctx: Context) -> list[str]:
+    """Every stack of the catalog, the starter ones first."""
     from homelab.stacks import catalogue
 
-    return sorted(catalogue())
+    known = sorted(catalogue())
+    return [s for s in STARTER_STACKS if s in known] + [s for s in known if s not in STARTER_STACKS]
+
+
+def _starter_stacks(ctx: Context) -> list[str]:
+    return [s for s in _stacks(ctx) if s in STARTER_STACKS]
 
 
 CONNECTION = [
@@ -162,7 +173,7 @@ LAB = [
         "Service stacks for the first VM",
         kind="checkbox",
         choices=_stacks,
-        default=lambda ctx: _stacks(ctx),
+        default=_starter_stacks,
     ),
     Question("repo.url", "Private config repo SSH URL (empty: none yet)", default="", required=False),
 ]

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from homelab.adapters.ansible import AnsibleRunner, OnEvent, RunOutcome, RunRequest, TaskEvent
 from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.plan import DeployOptions
 from homelab.deploy.service import deploy_stacks
@@ -118,6 +119,21 @@ def dockerd(vm: SshHost, group: str) -> Iterator[str]:
                 root.rmdir()
 
 
+class Recording(AnsibleRunner):
+    """The real runner, keeping every task event it reports."""
+
+    def __init__(self, events: list[Any]) -> None:
+        super().__init__()
+        self.events = events
+
+    def run(self, request: RunRequest, on_event: OnEvent) -> RunOutcome:
+        def both(event: TaskEvent) -> None:
+            self.events.append(event)
+            on_event(event)
+
+        return super().run(request, both)
+
+
 def containers(vm: SshHost) -> dict[str, dict[str, Any]]:
     """Every container by its compose service name: docker inspect's record."""
     ids = vm.exec(["docker", "ps", "-aq"]).stdout.split()
@@ -132,7 +148,7 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
     if reason:
         pytest.skip(reason)
     web = {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer", "media"]}
-    stacks = {"media": {"env": {"DATA_ROOT": "/home/homelab/data"}}}  # homelab may make it without sudo
+    stacks = {"media": {"env": {"DATA_ROOT": "/home/homelab/data/media"}}}  # homelab may make it without sudo
     lab = make_lab(vms=[web], domain="lab.example", stacks=stacks)
     (vm,) = ssh_hosts(1, per_user_keys=True)
     vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
@@ -209,8 +225,17 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
         assert labels["traefik.http.routers.jellyfin.entrypoints"] == "websecure"
         assert labels["traefik.http.routers.jellyfin.tls"] == "true"
 
+        # Each stack's state in STATE_DIR, made by the deploy and owned by the user before any container started
+        owners = vm.exec(
+            ["stat", "-c", "%U", "/home/homelab/data/stacks/traefik/acme", "/home/homelab/data/stacks/media/sonarr"]
+        )
+        assert owners.stdout.split() == ["homelab", "homelab"]
+        mounts = {m["Destination"]: m["Source"] for m in running["sonarr"]["Mounts"]}
+        assert mounts["/config"] == "/home/homelab/data/stacks/media/sonarr"
+
         # The media stack: /data owned by the VM's user, the same mount everywhere, hardlinks across it.
-        tree = vm.exec(["sh", "-c", "cd /home/homelab/data && stat -c '%n %U %a' . */ */*/"]).stdout.split("\n")
+        tree = vm.exec(["sh", "-c", "cd /home/homelab/data/media && stat -c '%n %U %a' . */ */*/"]).stdout
+        tree = tree.split("\n")
         assert sorted(line.split()[0] for line in tree if line) == [
             ".",
             "media/",
@@ -247,7 +272,12 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
         lab = make_lab(vms=[dict(web, stacks=["traefik", "homepage", "media"])], domain="lab.example", stacks=stacks)
         lines.clear()
         swapped = deploy_stacks(lab, lines.append, lambda question: None, options)
-        assert swapped.ok and "  - web: stack portainer (compose down, folder removed)" in lines, "\n".join(lines)
+        assert (
+            swapped.ok
+            and "  - web: stack portainer (compose down, folder removed); its data is kept in "
+            "/home/homelab/data/stacks/portainer"
+            in lines
+        ), "\n".join(lines)
         assert any("web: changed Compose down: portainer" in line for line in lines), lines
         assert any("web: changed Compose up: homepage" in line for line in lines), lines
         assert "portainer" not in containers(vm) and "homepage" in containers(vm)
@@ -255,9 +285,23 @@ def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_cha
         assert socket_users() == {"socket-proxy"}  # Homepage reads the proxy, not the socket
         assert "homelab-socket" in containers(vm)["homepage"]["NetworkSettings"]["Networks"]
 
+        # Nothing changed and every service runs: the preview says so per host ("Stacks to start" answers ok),
+        # and the deploy ends there, with no question and no second play.
         lines.clear()
-        again = deploy_stacks(lab, lines.append, lambda question: None, options)
-        assert again.run is not None and again.run.hosts["web"].stats.changed == 0, "\n".join(lines)
+        events: list[Any] = []
+        again = deploy_stacks(
+            lab, lines.append, lambda question: pytest.fail(question), options, runner=Recording(events)
+        )
+        assert again.ok and again.run is None and "Nothing to change." in lines, "\n".join(lines)
+        assert again.preview is not None and again.preview.hosts["web"].stats.changed == 0
+        assert [e.kind for e in events if e.task == "Stacks to start"] == ["ok"]
+        # A stopped service is something to start: the preview names it, the deploy starts it again.
+        vm.exec(["docker", "stop", containers(vm)["homepage"]["Id"]])
+        lines.clear()
+        restarted = deploy_stacks(lab, lines.append, lambda question: None, options)
+        assert "  ~ web: Stacks to start" in lines, "\n".join(lines)
+        assert any("web: changed Compose up: homepage" in line for line in lines), lines
+        assert containers(vm)["homepage"]["State"]["Running"] and restarted.ok
         lines.clear()
         after = deploy_stacks(lab, lines.append, lambda question: None, options, check_only=True)
         assert after.ok and not after.would_change, "\n".join(lines)  # `homelab deploy --check` exits 0

@@ -89,7 +89,8 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "+ web: /home/homelab/stacks/portainer/.env (new file)" in result.stdout  # the preview came first
     assert result.stdout.index("Changes:") < result.stdout.index("Deploying:") < result.stdout.index("Summary:")
-    assert "  web: ok (ok=3 changed=3 failed=0 unreachable=0)" in result.stdout  # files, secrets and that they changed
+    # files, state folders, secrets and that they changed (and the look for state to move)
+    assert "  web: ok (ok=7 changed=4 failed=0 unreachable=0)" in result.stdout
     rendered = render_lab(lab, stack_secret_values(lab))  # the values the deploy generated and kept
     for name, vm in (("web", web), ("db", db)):
         expected = {f.path: f.content for f in rendered[name].files}
@@ -117,7 +118,7 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     result = run_cli("deploy", "--yes", "--no-install-docker", "--no-start", lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
-    assert "  db: ok (ok=2 changed=0 failed=0 unreachable=0)" in result.stdout
+    assert "  db: ok (ok=5 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The real run (not only check mode) is idempotent too: Ansible's own stats say changed=0.
     deployment = prepare(
@@ -126,9 +127,10 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     inventory = stage(deployment, tmp_path / "state" / "test" / "ssh" / "id_ed25519", workdir(lab))
     with AnsibleRunner() as runner, staged_secrets(deployment) as secrets_file:
         report = execute(deployment, runner, inventory, workdir(lab), check=False, secrets_file=secrets_file)
+    # ok: files, secrets and the two includes (the docker role, the real run's compose tasks)
     assert {name: (h.stats.ok, h.stats.changed, h.stats.failed) for name, h in report.hosts.items()} == {
-        "web": (2, 0, 0),
-        "db": (2, 0, 0),
+        "web": (4, 0, 0),
+        "db": (4, 0, 0),
     }
 
     # db now presents a key other than the pinned one: it fails by name, web still gets its change.
@@ -138,14 +140,14 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     hosts_file(lab).write_text(json.dumps(records))
     result = run_cli("deploy", "--yes", "--no-install-docker", "--no-start", lab=lab_path)
     assert result.exit_code == 1
-    assert "the deploy failed on db (Stack files); the other VMs are deployed" in result.stderr
+    assert "the deploy failed on db (State to move to the data folder); the other VMs are deployed" in result.stderr
     assert (
         "  ~ web: /home/homelab/stacks/traefik/.env" in result.stdout
         and "      +TRAEFIK_VERSION=v3.6.2" in result.stdout
     )
     failed = next(line for line in result.stdout.splitlines() if line.startswith("  db: FAILED"))
     assert "Host key verification failed" in failed
-    assert "web: ok (ok=2 changed=1" in result.stdout
+    assert "web: ok (ok=4 changed=1" in result.stdout
     assert "TRAEFIK_VERSION=v3.6.2" in (web.home_dir / "homelab/stacks/traefik/.env").read_text()
     assert "TRAEFIK_VERSION" not in (db.home_dir / "homelab/stacks/traefik/.env").read_text()
 
@@ -172,7 +174,6 @@ def test_stack_add_keeps_the_comments_and_deploys_the_new_stack(tmp_path: Path, 
             "traefik/compose.yml",
             "traefik/.env",
             "traefik/.homelab-stack",
-            "traefik/acme",
             "traefik/dynamic",
             "traefik/dynamic/tls.yml",
             "traefik/traefik.yml",
@@ -192,7 +193,6 @@ def test_stack_add_keeps_the_comments_and_deploys_the_new_stack(tmp_path: Path, 
             "portainer/compose.yml",
             "portainer/.env",
             "portainer/.homelab-stack",
-            "portainer/data",
             "portainer/secrets",
             "portainer/secrets/PORTAINER_ADMIN_PASSWORD",
         ]
@@ -216,6 +216,8 @@ vms:
   - name: web
     ip: 10.10.0.10
     stacks: [traefik, portainer]
+settings:
+  snapshot_before_changes: false  # no Proxmox here to snapshot the VM before a stack goes
 """
 FILES_ONLY = ("--yes", "--no-install-docker", "--no-start")
 
@@ -242,7 +244,10 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     lab_path.write_text(ONE_VM.replace("[traefik, portainer]", "[traefik]"))
     result = run_cli("deploy", "--check", "--no-install-docker", "--no-start", lab=lab_path)
     assert result.exit_code == 3, result.stdout  # something would change
-    assert "  - web: stack portainer (folder removed; no compose down: --no-start)" in result.stdout
+    assert (
+        "  - web: stack portainer (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/portainer" in result.stdout
+    )
     assert (
         "stack mine" not in result.stdout and "elsewhere" not in result.stdout and "portainer-old" not in result.stdout
     )
@@ -255,8 +260,11 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
 
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert "  - web: stack portainer (folder removed; no compose down: --no-start)" in result.stdout
-    assert "web: changed Remove stack folders" in result.stdout and "web: ok (ok=3 changed=1" in result.stdout
+    assert (
+        "  - web: stack portainer (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/portainer" in result.stdout
+    )
+    assert "web: changed Remove stack folders" in result.stdout and "web: ok (ok=7 changed=1" in result.stdout
     assert not (stacks / "portainer").exists()
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (stacks / "traefik").iterdir()} == traefik
     assert {name: sorted(p.name for p in (stacks / name).iterdir()) for name in theirs} == theirs
@@ -264,14 +272,17 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
-    assert "  web: ok (ok=2 changed=0 failed=0 unreachable=0)" in result.stdout
+    assert "  web: ok (ok=5 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The VM lists no stacks at all: the deploy record says homelab put some there, so it is cleared too.
     lab_path.write_text(ONE_VM.replace("    stacks: [traefik, portainer]\n", ""))
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "  web (" in result.stdout and "): no stacks (those deployed before are removed)" in result.stdout
-    assert "  - web: stack traefik (folder removed; no compose down: --no-start)" in result.stdout
+    assert (
+        "  - web: stack traefik (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/traefik" in result.stdout
+    )
     assert sorted(p.name for p in stacks.iterdir()) == ["elsewhere", "mine", "portainer-old"]
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0 and "Skipped: no VM in the lab file lists stacks." in result.stdout

@@ -61,8 +61,9 @@ def test_adds_a_stacks_key_to_a_vm_without_one(tmp_path: Path) -> None:
     path.write_text(INIT_STYLE)
     result = add_stack(path, "homepage", "db")
     after = path.read_text()
-    assert result.missing == ("traefik",)  # homepage is reached through traefik, which db does not run
-    assert changed_lines(INIT_STYLE, after) == ["+   stacks: [homepage]"]
+    # homepage is reached through traefik, which db did not run: added with it, first, and said so
+    assert result.missing == () and result.added_requirements == ("traefik",)
+    assert changed_lines(INIT_STYLE, after) == ["+   stacks: [traefik, homepage]"]
     assert "  # no stacks yet" in after and "# My lab. Comments like this one" in after
 
 
@@ -127,11 +128,11 @@ def test_an_edit_that_fails_validation_writes_nothing(tmp_path: Path, monkeypatc
     real = labedit.parse_lab
     seen: list[str] = []
 
-    def strict(text: str, name: str = "lab.yml") -> object:
+    def strict(text: str, name: str = "lab.yml", folder: Path | None = None) -> object:
         seen.append(text)
         if len(seen) == 2:  # the edited text: pretend a rule rejects it
             raise LabFileError([Problem(name, 16, "vms[0].stacks", "rejected")])
-        return real(text, name)
+        return real(text, name, folder)
 
     monkeypatch.setattr(labedit, "parse_lab", strict)
     path = tmp_path / "lab.yml"

@@ -52,9 +52,19 @@ def test_which_stacks_leave_the_vm(case: str) -> None:
 def test_removals_describe_what_happens() -> None:
     assert read_marker(marker_text("test", "media")) == ("test", "media")
     assert read_marker("stack=media\n") is None
-    assert RemoveStack("web", "media").describe() == "- web: stack media (compose down, folder removed)"
-    no_start = RemoveStack("web", "media", compose_down=False)
-    assert no_start.describe() == "- web: stack media (folder removed; no compose down: --no-start)"
+    state = "/home/homelab/data/stacks/media"
+    kept_data = "; its data is kept in /home/homelab/data/stacks/media"
+    assert (
+        RemoveStack("web", "media", state=state).describe()
+        == f"- web: stack media (compose down, folder removed){kept_data}"
+    )
+    purged = RemoveStack("web", "media", state=state, purge=True).describe()
+    assert "ALL ITS DATA IS DELETED FOR GOOD: /home/homelab/data/stacks/media" in purged and "no undo" in purged
+    no_start = RemoveStack("web", "media", compose_down=False, state=state)
+    assert (
+        no_start.describe() == "- web: stack media (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/media"
+    )
     kept = removed_stacks("web", "test", [], {"media": MARK["media"]}, keep=True)
     assert [r.describe() for r in kept] == ["= web: stack media kept (no longer in the lab file; --keep-removed)"]
 
@@ -109,9 +119,13 @@ def test_a_dropped_stack_is_previewed_confirmed_and_removed_exactly_as_previewed
     runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"], "mine": "lab=test\n"}})
     out = Recorder()
     result = deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
-    assert "  - web: stack media (compose down, folder removed)" in out.lines
-    assert "Stacks no longer listed: `docker compose down`, then their folder is deleted with everything in it" in (
-        out.lines
+    assert (
+        "  - web: stack media (compose down, folder removed); its data is kept in "
+        "/home/homelab/data/stacks/media" in out.lines
+    )
+    assert (
+        "Stacks no longer listed: `docker compose down`, then their folder is deleted; their data in "
+        "/home/homelab/data/stacks/<name> is kept" in out.lines
     )
     assert out.questions == ["Deploy to 1 VM(s)?"] and [r.check for r in runner.requests] == [True, False]
     assert runner.hosts[0]["web"]["homelab_remove_stacks"] == []  # the check run removes nothing
@@ -151,7 +165,10 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
     runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
     out = Recorder()
     deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
-    assert "  - web: stack media (folder removed; no compose down: --no-start)" in out.lines
+    assert (
+        "  - web: stack media (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/media" in out.lines
+    )
     assert "  (no file or package would change)" not in out.lines
     assert [r.check for r in runner.requests] == [True, False]
 
@@ -160,7 +177,10 @@ def test_nothing_but_a_removal_is_still_a_change_and_check_exits_3(
     use_fake_runner(monkeypatch, runner)
     result = run_cli("deploy", "--check", "--no-start", lab=lab_file)
     assert (
-        result.exit_code == 3 and "  - web: stack media (folder removed; no compose down: --no-start)" in result.stdout
+        result.exit_code == 3
+        and "  - web: stack media (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/media"
+        in result.stdout
     )
     result = run_cli("deploy", "--check", "--no-start", "--keep-removed", lab=lab_file)
     assert result.exit_code == 0 and "  = web: stack media kept (no longer in the lab file; --keep-removed)" in (
@@ -189,7 +209,8 @@ def test_a_host_the_preview_could_not_check_gets_no_removals() -> None:
     with pytest.raises(OperationError, match="failed on spare"):
         deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=runner)
     assert [line for line in out.lines if line.startswith("  - ")] == [
-        "  - web: stack media (folder removed; no compose down: --no-start)"
+        "  - web: stack media (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/media"
     ]
     assert runner.hosts[1]["web"]["homelab_remove_stacks"] == ["media"]
     assert "spare" not in runner.hosts[1]  # the run never goes to a VM the preview could not reach
@@ -216,7 +237,10 @@ def test_a_vm_that_lists_no_stacks_any_more_is_cleared_while_the_record_names_it
     cleared = with_markers({"spare": {"traefik": MARK["traefik"]}})
     out = Recorder()
     deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=cleared)
-    assert "  - spare: stack traefik (folder removed; no compose down: --no-start)" in out.lines
+    assert (
+        "  - spare: stack traefik (folder removed; no compose down: --no-start); its data is kept in "
+        "/home/homelab/data/stacks/traefik" in out.lines
+    )
     assert cleared.hosts[1]["spare"]["homelab_remove_stacks"] == ["traefik"]
     assert deployed_vms(lab) == {"web"}
     assert json.loads(deployed_file(lab).read_text()) == {"vms": ["web"]}

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -76,6 +77,7 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
     assert env_of(lab, "web", "traefik") == {
         "COMPOSE_PROJECT_NAME": "traefik",
         "TZ": "Etc/UTC",
+        "STATE_DIR": "/home/homelab/data/stacks/traefik",  # the stack's state, kept when the stack goes
         "TRAEFIK_VERSION": "v3.6.2",
         "TRAEFIK_HOST": "traefik.lab.example",
     }
@@ -141,10 +143,16 @@ COMPOSE = shutil.which("docker-compose")
 @pytest.mark.parametrize("stack", sorted(catalogue()))
 def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path: Path) -> None:
     assert COMPOSE is not None
+    stacks: dict[str, Any] = {}
+    for name in catalogue():  # the settings a stack requires (no default), e.g. wg-easy's WG_HOST
+        meta = yaml.safe_load((catalogue()[name].path / "stack.yml").read_text()) or {}
+        env = {s["name"]: "vpn.lab.example" for s in meta.get("settings") or () if s.get("required")}
+        if env:
+            stacks[name] = {"env": env}
+    env = {**stacks.get(stack, {}).get("env", {}), "TITLE": "my lab $HOME", "TZ": "Europe/Berlin"}
+    stacks[stack] = {"version": "9.9.9", "env": env}
     lab = make_lab(
-        vms=[{"name": "all", "ip": "10.10.0.10", "stacks": sorted(catalogue())}],
-        domain="lab.example",
-        stacks={stack: {"version": "9.9.9", "env": {"TITLE": "my lab $HOME", "TZ": "Europe/Berlin"}}},
+        vms=[{"name": "all", "ip": "10.10.0.10", "stacks": sorted(catalogue())}], domain="lab.example", stacks=stacks
     )
     write_tree(render_lab(lab)["all"], tmp_path)
     folder = tmp_path / stack
@@ -160,8 +168,11 @@ def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path
         for key, value in service.get("labels", {}).items()
         if "rule" in key
     ]
-    assert rules and all(rule.startswith("Host(`") and rule.endswith(".lab.example`)") for rule in rules)
-    assert config["networks"]["homelab"].get("external") in (True, {"name": "homelab"})
+    has_ui = bool(yaml.safe_load((catalogue()[stack].path / "stack.yml").read_text()).get("ui"))
+    assert bool(rules) is has_ui  # a stack with a web UI routes it, one without has no router
+    assert all(rule.startswith("Host(`") and rule.endswith(".lab.example`)") for rule in rules)
+    if has_ui:
+        assert config["networks"]["homelab"].get("external") in (True, {"name": "homelab"})
 
 
 def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
@@ -181,15 +192,26 @@ def test_inventory_pins_host_keys_and_uses_homelabs_key(tmp_path: Path) -> None:
     assert "GlobalKnownHostsFile=/dev/null" in args and "StrictHostKeyChecking=no" not in args
     assert entry["homelab_stacks"] == ["traefik", "portainer", "homepage"]
     assert entry["homelab_lab"] == "test" and entry["homelab_remove_stacks"] == ["media"]
-    assert entry["homelab_stack_dirs"] == [
-        "traefik",
-        "traefik/acme",
-        "traefik/dynamic",
-        "portainer",
-        "portainer/data",
-        "homepage",
-        "homepage/config",
+    # generated files only in the stack folders; the state (acme, data, config) under STATE_DIR, made when
+    # missing; state folders of the earlier layout (inside the stack folder) move there once
+    assert entry["homelab_stack_dirs"] == ["traefik", "traefik/dynamic", "portainer", "homepage", "homepage/config"]
+    data = "/home/homelab/data"
+    assert entry["homelab_state_dirs"] == [
+        data,
+        f"{data}/stacks",
+        f"{data}/stacks/traefik",
+        f"{data}/stacks/traefik/acme",
+        f"{data}/stacks/portainer",
+        f"{data}/stacks/portainer/data",
+        f"{data}/stacks/homepage",
+        f"{data}/stacks/homepage/config",
     ]
+    assert entry["homelab_state_moves"][0] == {
+        "stack": "traefik",
+        "src": "traefik/acme",
+        "dest": f"{data}/stacks/traefik/acme",
+    }
+    assert entry["homelab_purge_state"] == {}  # removing media keeps its data
     env = next(f for f in entry["homelab_stack_files"] if f["path"] == "traefik/.env")
     assert env["mode"] == "0644" and "TRAEFIK_VERSION=v3.6.2" in base64.b64decode(env["content_b64"]).decode()
     # secret files are never in the inventory (it lives beside ansible-runner's artifacts)

@@ -4,6 +4,7 @@ and the conversion of ansible-runner's job events."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -119,14 +120,34 @@ def test_nothing_to_change_asks_nothing_and_runs_nothing(lab: Lab) -> None:
     assert "  db: ok (ok=1 changed=0 failed=0 unreachable=0)" in out.lines
 
 
+def web_stopped(request: RunRequest) -> tuple[list[TaskEvent], dict[str, HostStats]]:
+    """The preview finds every file as it should be, and a stack on web with a service not running."""
+    events, stats = all_ok(request)
+    if request.check:
+        events.append(TaskEvent("changed", "web", "Stacks to start"))
+        stats["web"] = HostStats(ok=2, changed=1)
+    return events, stats
+
+
 def test_starting_stacks_is_a_change_that_is_asked_for(lab: Lab) -> None:
-    runner = FakeRunner(all_ok)
+    runner = FakeRunner(web_stopped)
     out = Recorder(refuse=True)
     with pytest.raises(Aborted):
         deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
     assert [r.check for r in runner.requests] == [True]  # refused: the real run never happened
     assert runner.requests[0].extravars["homelab_start_stacks"] is True
     assert "Stacks: the homelab network made, then `docker compose up -d` in each" in out.lines
+    assert "  ~ web: Stacks to start" in out.lines and out.questions == ["Deploy to 2 VM(s)?"]
+
+
+def test_running_stacks_with_nothing_to_change_run_no_second_play(lab: Lab) -> None:
+    """Where the preview's "Stacks to start" finds every service running (no change) and no file differs, the
+    deploy asks nothing and runs nothing more: a re-deploy costs one check-mode play."""
+    runner = FakeRunner(all_ok)
+    out = Recorder()
+    result = deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
+    assert [r.check for r in runner.requests] == [True] and out.questions == []
+    assert "Nothing to change." in out.lines and result.ok and result.run is None
 
 
 def test_a_host_with_another_host_key_fails_by_name_and_the_other_deploys(lab: Lab) -> None:
@@ -191,10 +212,16 @@ def test_no_change_is_said_only_of_the_vms_the_preview_reached(lab: Lab) -> None
 
 
 def test_the_deploy_asks_for_and_goes_to_only_the_vms_the_preview_could_reach(lab: Lab) -> None:
-    runner = FakeRunner(unreachable("db"))
+    def script(request: RunRequest) -> tuple[list[TaskEvent], dict[str, HostStats]]:
+        events, stats = unreachable("db")(request)
+        if request.check:  # web has a stack to start: a change
+            events.append(TaskEvent("changed", "web", "Stacks to start"))
+        return events, stats
+
+    runner = FakeRunner(script)
     out = Recorder()
     with pytest.raises(OperationError, match=r"failed on db \(Stack files\); the other VMs are deployed"):
-        deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)  # starting stacks: a change
+        deploy_stacks(lab, out.echo, out.confirm, DeployOptions(), runner=runner)
     assert out.questions == ["Deploy to 1 VM(s)? (db could not be reached: not deployed)"]
     assert [r.check for r in runner.requests] == [True, False]
     assert sorted(runner.hosts[1]) == ["web"]  # db gets nothing it was not previewed for
@@ -372,7 +399,8 @@ def test_cli_deploy_without_a_terminal_needs_yes(lab_file: Path, monkeypatch: py
 
 def test_cli_stack_list_with_and_without_a_lab(lab_file: Path, tmp_path: Path) -> None:
     result = run_cli("stack", "list", lab=tmp_path / "missing.yml")
-    assert result.exit_code == 0 and "portainer  Portainer CE" in result.stdout and "on:" not in result.stdout
+    assert result.exit_code == 0 and "on:" not in result.stdout
+    assert re.search(r"^portainer +Management +Portainer CE", result.stdout, re.M)  # columns as wide as the longest
     result = run_cli("stack", "list", lab=lab_file)
     assert (
         result.exit_code == 0
@@ -394,9 +422,7 @@ def test_cli_stack_add_then_deploys_only_that_vm(lab_file: Path, monkeypatch: py
     result = run_cli("stack", "add", "traefik", "--vm", "db", "--no-deploy", lab=lab_file)
     assert result.exit_code == 0 and "db already runs traefik; the file is unchanged." in result.stdout
     result = run_cli("stack", "add", "homepage", "--vm", "spare", "--no-deploy", lab=lab_file)
-    assert (
-        result.exit_code == 0
-        and "note: homepage is reached through traefik: homelab stack add traefik --vm spare" in result.stdout
-    )
+    assert result.exit_code == 0 and "added homepage to spare (and traefik, which it needs)." in result.stdout
+    assert yaml.safe_load(lab_file.read_text())["vms"][2]["stacks"] == ["traefik", "homepage"]
     result = run_cli("stack", "add", "portaner", "--no-deploy", lab=lab_file)
     assert result.exit_code == 2 and "unknown stack 'portaner'; did you mean 'portainer'?" in result.stderr

@@ -41,7 +41,11 @@ def test_wheel_install_finds_its_data(tmp_path: Path) -> None:
     assert lines[0].startswith(str(target))
     assert lines[1] == str(target / "homelab" / "_data" / "stacks")
     assert lines[2] == str(target / "homelab" / "_data" / "templates")
-    assert lines[3] == "['homepage', 'media', 'portainer', 'traefik']"
+    assert lines[3] == str(sorted(meta.parent.name for meta in (REPO / "stacks").glob("*/stack.yml")))
+    shipped = target / "homelab" / "_data" / "stacks" / "monitoring"  # files a stack mounts beside its compose
+    assert (shipped / "prometheus.yml").is_file()
+    assert (shipped / "grafana" / "provisioning" / "datasources" / "prometheus.yml").is_file()
+    assert "traefik" in lines[3] and "vaultwarden" in lines[3]  # every stack of the source tree, not only some
     example = target / "homelab" / "_data" / "inventories" / "example" / "lab.yml"
     check = subprocess.run(
         [sys.executable, "-m", "homelab", "--lab", str(example), "validate"],

@@ -30,8 +30,26 @@ SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec" / "compose_
 ACME_DNS = {"ca": "acme", "acme": {"email": "me@lab.example.com", "dns_provider": "cloudflare"}}
 
 
-def one_vm(**sections: Any) -> dict[str, Any]:
-    return lab_data(vms=[{"name": "all", "ip": "10.10.0.10", "stacks": ALL}], domain="lab.example.com", **sections)
+CORE = ["homepage", "media", "portainer", "traefik"]  # the stacks whose secrets the secret tests name
+
+
+def required_env(names: list[str]) -> dict[str, dict[str, Any]]:
+    """stacks.<name>.env for the settings a stack requires (no default), e.g. wg-easy's WG_HOST."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in names:
+        meta = yaml.safe_load((catalogue()[name].path / "stack.yml").read_text()) or {}
+        env = {s["name"]: "example.lab.example.com" for s in meta.get("settings") or () if s.get("required")}
+        if env:
+            found[name] = {"env": env}
+    return found
+
+
+def one_vm(stacks_: list[str] = ALL, **sections: Any) -> dict[str, Any]:
+    stacks = required_env(stacks_)
+    for name, given in (sections.pop("stacks", None) or {}).items():
+        stacks[name] = {**stacks.get(name, {}), **given}
+    vms = [{"name": "all", "ip": "10.10.0.10", "stacks": stacks_}]
+    return lab_data(vms=vms, domain="lab.example.com", **({"stacks": stacks} if stacks else {}), **sections)
 
 
 def files_of(lab_data_: dict[str, Any], secrets: Any = None) -> dict[str, Any]:
@@ -82,7 +100,8 @@ def test_every_router_is_https_and_port_80_only_redirects() -> None:
             parts = key.split(".")
             if parts[:3] == ["traefik", "http", "routers"]:
                 routers.setdefault(parts[3], {})[".".join(parts[4:])] = value
-    assert len(routers) == 10
+    uis = sum(len(yaml.safe_load((catalogue()[name].path / "stack.yml").read_text()).get("ui") or ()) for name in ALL)
+    assert len(routers) == uis  # one router per web UI a stack declares, none more
     for name, router in routers.items():
         assert router["entrypoints"] == "websecure" and router["tls"] == "true", name
     static = yaml.safe_load(files["traefik/traefik.yml"].content)
@@ -142,12 +161,12 @@ def test_a_secret_in_the_lab_file_is_refused_with_where_it_belongs(key: str) -> 
 def test_secrets_come_from_the_environment_the_secrets_file_or_are_generated_and_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = parse_lab(yaml.safe_dump(one_vm(https=ACME_DNS)))
+    lab = parse_lab(yaml.safe_dump(one_vm(CORE, https=ACME_DNS)))
     wanted = stackfiles.wanted_secrets(lab)
-    assert {stack: [s.name for s in specs] for stack, specs in wanted.items()} == {
-        "portainer": ["PORTAINER_ADMIN_PASSWORD"],
-        "traefik": ["TRAEFIK_DASHBOARD_PASSWORD", "CF_DNS_API_TOKEN"],
-    }
+    names = {stack: [s.name for s in specs] for stack, specs in wanted.items()}
+    assert names["portainer"] == ["PORTAINER_ADMIN_PASSWORD"]
+    assert names["traefik"] == ["TRAEFIK_DASHBOARD_PASSWORD", "CF_DNS_API_TOKEN"]
+    assert "media" not in names  # no VPN: no WireGuard key
     with pytest.raises(SecretError, match=r"CF_DNS_API_TOKEN has no value: set HOMELAB_TRAEFIK_CF_DNS_API_TOKEN"):
         resolve(lab, wanted)
     assert not generated_file(lab).exists()  # nothing half-kept
@@ -173,7 +192,7 @@ def test_secrets_come_from_the_environment_the_secrets_file_or_are_generated_and
 
 
 def test_secret_files_are_0600_in_a_0700_folder_and_masked_without_values(tmp_path: Path) -> None:
-    masked = files_of(one_vm())
+    masked = files_of(one_vm(CORE))
     secret = {path: f for path, f in masked.items() if f.secret}
     assert set(secret) == {
         "traefik/secrets/dashboard.htpasswd",
@@ -183,12 +202,12 @@ def test_secret_files_are_0600_in_a_0700_folder_and_masked_without_values(tmp_pa
     }
     assert all(f.mode == 0o600 and "homelab secrets show" in f.content for f in secret.values())
     values = {"portainer": {"PORTAINER_ADMIN_PASSWORD": "pw-one"}, "traefik": {"TRAEFIK_DASHBOARD_PASSWORD": "pw-two"}}
-    real = files_of(one_vm(), values)
+    real = files_of(one_vm(CORE), values)
     assert real["portainer/secrets/PORTAINER_ADMIN_PASSWORD"].content == "pw-one"
     user, hashed = real["traefik/secrets/dashboard.htpasswd"].content.strip().split(":", 1)
     assert user == "admin" and bcrypt.checkpw(b"pw-two", hashed.encode())
     assert (
-        files_of(one_vm(), values)["traefik/secrets/dashboard.htpasswd"].content
+        files_of(one_vm(CORE), values)["traefik/secrets/dashboard.htpasswd"].content
         == real["traefik/secrets/dashboard.htpasswd"].content
     )  # the same password gives the same file: a second deploy changes nothing
     plain = "".join(f.content for f in real.values() if not f.secret)
@@ -290,7 +309,7 @@ def test_stack_render_writes_what_each_vm_gets_with_secrets_masked(
 
 
 def test_secrets_show_prints_a_stacks_secrets_and_list_never_does(tmp_path: Path) -> None:
-    lab_path = write_lab(tmp_path / "lab.yml", one_vm())
+    lab_path = write_lab(tmp_path / "lab.yml", one_vm(CORE))
     lab = parse_lab(lab_path.read_text())
     shown = run_cli("secrets", "show", "portainer", lab=lab_path)
     assert "PORTAINER_ADMIN_PASSWORD: not set yet (made by the first deploy)" in shown.output
@@ -308,14 +327,20 @@ def test_docker_comes_from_dockers_repository_after_cloud_init_is_done() -> None
     assert "docker-compose-plugin" in defaults["homelab_docker_packages"]["docker"]
     assert defaults["homelab_docker_releases"] == {"Debian": ["bookworm", "trixie"], "Ubuntu": ["noble"]}
     (block,) = yaml.safe_load((role / "tasks" / "main.yml").read_text())
-    install = next(task for task in block["block"] if task["name"] == "Install Docker")["block"]
+    step = next(task for task in block["block"] if task["name"] == "Install Docker")
+    assert step["ansible.builtin.include_tasks"] == "install.yml"
+    install = yaml.safe_load((role / "tasks" / "install.yml").read_text())
     names = [task["name"] for task in install]
-    assert names.index("Wait for cloud-init to finish") < names.index("Install Docker and compose")
+    assert names.index("Wait for cloud-init to finish") < names.index("Docker's packages")
     assert "cloud-init status --wait" in install[0]["ansible.builtin.shell"]
-    repo = next(task for task in install if task["name"] == "Docker's apt repository")["block"]
-    source = next(task for task in repo if task["name"] == "Docker's repository")["ansible.builtin.deb822_repository"]
-    assert source["uris"].startswith("https://download.docker.com/linux/")
-    assert source["signed_by"] == "/etc/apt/keyrings/docker.asc"
+    included = next(t for t in install if t["name"] == "Docker's packages")
+    assert included["ansible.builtin.include_tasks"] == "packages.yml"
+    repo, packages = yaml.safe_load((role / "tasks" / "packages.yml").read_text())
+    assert packages["name"] == "Install Docker and compose"
+    source = next(task for task in repo["block"] if task["name"] == "Docker's repository")["ansible.builtin.copy"]
+    assert defaults["homelab_docker_repository"] == "https://download.docker.com/linux/{distribution}"
+    assert "URIs: {{ homelab_docker_repo_url }}" in source["content"]
+    assert "Signed-By: /etc/apt/keyrings/docker.asc" in source["content"]
     lab = make_lab(vms=[{"name": "w", "ip": "10.10.0.11", "stacks": ["traefik"]}])
     from homelab.deploy.plan import prepare
 

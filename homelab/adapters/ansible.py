@@ -28,7 +28,8 @@ ANSIBLE_CFG = """\
 [defaults]
 host_key_checking = True
 retry_files_enabled = False
-interpreter_python = auto_silent
+# homelab's VMs are Debian or Ubuntu cloud images, whose python3 (cloud-init's) is here: no discovery round trip
+interpreter_python = /usr/bin/python3
 gathering = explicit
 nocows = True
 max_diff_size = 65536

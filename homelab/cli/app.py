@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from homelab import ui
 from homelab.masking import mask
 
 if TYPE_CHECKING:
@@ -64,7 +63,8 @@ class App:
         from homelab.preflight.service import preflight
         from homelab.provision.nodes import check_nodes
 
-        check_nodes(self.api, self.lab)  # a missing or offline node is named with its lab file key and line
+        # a missing or offline node (or a VM's GPU mapping) is named with its lab file key and line
+        check_nodes(self.api, self.lab, gpus="vms" in wanted)
         preflight(self.api, self.lab, self.command, wanted, templates)
 
     def echo(self, line: str = "") -> None:
@@ -73,6 +73,8 @@ class App:
 
     def confirm(self, question: str) -> None:
         """Ask once; --yes answers for the user; declining raises Aborted (exit 1) everywhere."""
+        from homelab import ui
+
         ui.confirm(question, self.yes)
 
     def run_stage(self, run: Callable[..., T], concurrency: int | None, /, **options: Any) -> T:
@@ -82,6 +84,8 @@ class App:
 
     def reporter(self) -> Reporter:
         """Progress per VM: a live table on a terminal (shown only while VMs are worked on), else timestamped lines."""
+        from homelab import ui
+
         return ui.LiveReporter() if sys.stderr.isatty() else ui.LineReporter()
 
 

@@ -29,7 +29,7 @@ def backup(app: App, vms: tuple[str, ...]) -> None:
         raise InputError(
             f"not a VM of lab {lab.name}: {', '.join(unknown)} (it has {', '.join(v.name for v in lab.vms)})"
         )
-    planned = make_plan(lab, api=app.api)
+    planned = make_plan(lab, api=app.api, gpus=False)
     wanted = set(vms) or {vm.name for vm in lab.vms}
     by_node: dict[str, list[tuple[str, int]]] = {}
     for live in planned.facts.managed:

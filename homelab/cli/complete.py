@@ -43,6 +43,13 @@ complete_template = _from_lab(lambda lab: (t.name for t in lab.templates))
 
 def complete_catalog_stack(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     """Stacks of the catalog (what `homelab stack add` takes)."""
+    from homelab.errors import HomelabError
+    from homelab.lab import find_lab_path
     from homelab.stacks import catalogue
 
-    return [CompletionItem(name) for name in sorted(catalogue()) if name.startswith(incomplete)]
+    lab_file = find_lab_path(_lab_path(ctx))
+    try:
+        names = catalogue(lab_file.absolute().parent)
+    except HomelabError:  # a broken user stack: complete the built-in ones
+        names = catalogue()
+    return [CompletionItem(name) for name in sorted(names) if name.startswith(incomplete)]

@@ -1,4 +1,4 @@
-"""`homelab deploy` and `homelab stack list | add`: thin commands over homelab.deploy."""
+"""`homelab deploy` and `homelab stack render` (the `stack` group is in homelab.cli.stacks): thin commands."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from typing import Any
 
 import click
 
-from homelab import ui
 from homelab.cli.app import EXIT_CHANGES, App, pass_app, yes_option
-from homelab.cli.complete import complete_catalog_stack, complete_vm
+from homelab.cli.complete import complete_vm
 from homelab.cli.locking import takes_lab_lock
 from homelab.errors import OperationError
 
@@ -92,36 +91,7 @@ def deploy(
             sys.exit(EXIT_CHANGES)
 
 
-@click.group()
-def stack() -> None:
-    """Service stacks: list what homelab ships, add one to a VM, render them to a folder."""
-
-
-@stack.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@pass_app
-def list_stacks(app: App, as_json: bool) -> None:
-    """The stacks homelab can deploy; with a lab file, the VMs that run each and their addresses."""
-    from dataclasses import asdict
-
-    from homelab.deploy.listing import stack_rows
-
-    lab = app.lab if app.lab_path.exists() else None
-    rows = stack_rows(lab)
-    if as_json:
-        ui.echo_json([asdict(row) for row in rows])
-        return
-    width = max(len(row.name) for row in rows)
-    for row in rows:
-        needs = f" (needs {', '.join(row.requires)})" if row.requires else ""
-        click.echo(f"{row.name:<{width}}  {row.description}{needs}")
-        if lab is not None:
-            where = ", ".join(row.vms) if row.vms else "not in the lab"
-            urls = f"  {' '.join(row.urls)}" if row.vms and row.urls else ""
-            click.echo(f"{'':<{width}}  on: {where}{urls}")
-
-
-@stack.command("render")
+@click.command("render")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @pass_app
 def render(app: App, dest: Path) -> None:
@@ -133,45 +103,3 @@ def render(app: App, dest: Path) -> None:
         click.echo(f"{vm}: {len(written)} file(s) in {dest / vm} (on the VM: {rendered.root})")
         for folder in rendered.data_dirs:
             click.echo(f"  and the folder {folder} on the VM, owned by {rendered.user}")
-
-
-@stack.command("add")
-@click.argument("name", shell_complete=complete_catalog_stack)
-@click.option(
-    "--vm",
-    metavar="VM",
-    shell_complete=complete_vm,
-    help="The VM to run it on (needed when the lab has several).",
-)
-@click.option("--no-deploy", is_flag=True, help="Only edit the lab file.")
-@deploy_options
-@pass_app
-def add(
-    app: App,
-    name: str,
-    vm: str | None,
-    no_deploy: bool,
-    no_install_docker: bool,
-    no_start: bool,
-    keep_removed: bool,
-) -> None:
-    """Add stack NAME to a VM in the lab file (comments and order kept), then deploy that VM."""
-    from homelab.deploy.labedit import add_stack
-    from homelab.deploy.service import deploy_stacks
-
-    path = app.lab_path
-    added = add_stack(path, name, vm)
-    if added.changed:
-        click.echo(f"{path}: added {added.stack} to {added.vm}.")
-    else:
-        click.echo(f"{path}: {added.vm} already runs {added.stack}; the file is unchanged.")
-    for needed in added.missing:
-        click.echo(f"note: {added.stack} is reached through {needed}: homelab stack add {needed} --vm {added.vm}")
-    if no_deploy:
-        return
-    deploy_stacks(
-        added.lab,
-        app.echo,
-        app.confirm,
-        _options((added.vm,), no_install_docker, no_start, keep_removed),
-    )

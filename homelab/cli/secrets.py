@@ -41,12 +41,12 @@ def list_secrets(app: App) -> None:
 def show(app: App, stack: str) -> None:
     """Print STACK's secrets (e.g. portainer: the admin password). Only to this terminal; never logged."""
     from homelab.deploy.stackfiles import DASHBOARD_USER, secret_specs
-    from homelab.stacks import catalogue
+    from homelab.stacks import for_lab
     from homelab.state.stacksecrets import known
 
     lab = app.lab
-    if stack not in catalogue():
-        raise InputError(f"unknown stack {stack!r}; known: {', '.join(sorted(catalogue()))}")
+    if stack not in for_lab(lab):
+        raise InputError(f"unknown stack {stack!r}; known: {', '.join(sorted(for_lab(lab)))}")
     specs = secret_specs(lab, stack)
     if not specs:
         click.echo(f"{stack} has no secrets.")

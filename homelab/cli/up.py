@@ -15,7 +15,7 @@ def echo_stage(number: int, total: int, title: str) -> None:
 
 @click.command()
 @yes_option
-@click.option("--concurrency", type=click.IntRange(1, 64), help="VMs worked on at once (default: settings).")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Disk tasks at once per node (default: settings).")
 @click.option("--no-deploy", is_flag=True, help="Stop after the deploy key: do not deploy Docker and the stacks.")
 @new_admin_key_option
 @pass_app

@@ -57,7 +57,7 @@ def plan(app: App, as_json: bool, prune: bool, no_replace: bool) -> None:
 @yes_option
 @click.option("--prune", is_flag=True, help="Also remove VMs marked as this lab's that the file no longer has.")
 @click.option("--no-replace", is_flag=True, help="Refuse instead of replacing VMs.")
-@click.option("--concurrency", type=click.IntRange(1, 64), help="VMs worked on at once (default: settings).")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Disk tasks at once per node (default: settings).")
 @new_admin_key_option
 @pass_app
 @takes_lab_lock

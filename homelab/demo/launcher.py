@@ -116,6 +116,8 @@ class FakeSettings:
     agent_delay: float = 5.0
     cloud_init_secs: float = 3.0  # PVE seconds from the agent's start until cloud-init has finished
     start_secs: float = 0.0
+    clone_secs: float = 0.0  # PVE seconds of disk work per clone on an idle node (fake_load.py)
+    load_capacity: int = 4  # disk tasks a node runs at full speed before clones stretch
     latency: float = 0.0
     address_map: dict[str, str] | None = None
     host_keys: dict[str, str] | None = None
@@ -193,6 +195,8 @@ def _write_config(workdir: Path, host: str, options: FakeSettings) -> dict[str, 
         "agent_delay": options.agent_delay,
         "cloud_init_secs": options.cloud_init_secs,
         "start_secs": options.start_secs,
+        "clone_secs": options.clone_secs,
+        "load_capacity": options.load_capacity,
         "latency": options.latency,
         "address_map": options.address_map or {},
         "host_keys": options.host_keys or {},

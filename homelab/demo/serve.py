@@ -68,10 +68,24 @@ def fake_class() -> type:
     from homelab.demo.fake_agent import GuestAgentImages
     from homelab.demo.fake_backup import Backups
     from homelab.demo.fake_cluster import ClusterMixin
+    from homelab.demo.fake_concurrency import ConcurrencySeen
     from homelab.demo.fake_disks import DiskReassign
+    from homelab.demo.fake_load import LoadMixin
+    from homelab.demo.fake_mapping import PciMappings
+    from homelab.demo.fake_monitor import IpMonitor
 
     class HomelabFakePve(
-        GuestFiles, fake_access.AccessMixin, ClusterMixin, GuestAgentImages, DiskReassign, Backups, FakePve
+        PciMappings,
+        ConcurrencySeen,
+        IpMonitor,
+        LoadMixin,
+        GuestFiles,
+        fake_access.AccessMixin,
+        ClusterMixin,
+        GuestAgentImages,
+        DiskReassign,
+        Backups,
+        FakePve,
     ):
         def _routes_homelab(self) -> list[tuple[str, str, Any]]:
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._homelab_resize)]
@@ -127,11 +141,13 @@ class Server:
         # Reported address -> "ssh-ed25519 AAAA...": the host key the agent shows for that VM (tests map
         # VMs onto real SSH test hosts and their keys).
         self.host_keys: dict[str, str] = dict(config.get("host_keys", {}))
-        # PVE seconds a new (cloned) VM takes to start, like a real boot.
-        self.start_secs = float(config.get("start_secs", 0))
+        # PVE seconds a new (cloned) VM takes to start, like a real boot; taken when its start begins.
+        self.start_secs = self.pve.new_vm_start_secs = float(config.get("start_secs", 0))
+        self.pve.clone_secs = float(config.get("clone_secs", 0))  # disk work of a clone (fake_load.py)
+        self.pve.load_capacity = int(config.get("load_capacity", 4))
+        self.pve.guest_tick = self._tick
         self.pve.cloudinit_host_dns = config.get("host_dns")
         self.guest = GuestSim(self.host_keys, config.get("host_dns"))
-        self._seen: set[int] = set()
         for token, secret in config.get("tokens", {}).items():
             self.pve.apitokens[token] = secret
         fake_access.configure(self.pve, config)  # version, ACLs
@@ -181,23 +197,23 @@ class Server:
         await asyncio.Event().wait()
 
     async def _agents(self) -> None:
-        """Bring each started VM's agent up after agent_delay; take it down when the VM stops."""
+        """Advance every VM's guest (agent up after agent_delay, down when the VM stops); an agent request
+        advances its VM itself (fake_load.py), so this loop's period never delays what a client sees."""
         while True:
-            now = time.time()
-            delay = self.agent_delay * self.pve.time_scale
             for vm in list(self.pve.vms):
-                if vm.vmid not in self._seen:
-                    self._seen.add(vm.vmid)
-                    if not vm.template and not vm.start_secs:
-                        vm.start_secs = self.start_secs
-                if vm.template or vm.vmid in self.no_agent:
-                    continue
-                if vm.status == "running" and _agent_enabled(vm.config) and self.pve.has_guest_agent(vm):
-                    finish = self.cloud_init_secs * self.pve.time_scale
-                    self.guest.tick(vm, now, delay, finish, partial(_interfaces, vm, self.dhcp_net, self.addr_map))
-                elif vm.status != "running" and vm.agent is not None:
-                    vm.agent = None
+                self._tick(vm)
             await asyncio.sleep(0.02)
+
+    def _tick(self, vm: Any) -> None:
+        self.pve.start_default(vm)
+        if vm.template or vm.vmid in self.no_agent:
+            return
+        if vm.status == "running" and _agent_enabled(vm.config) and self.pve.has_guest_agent(vm):
+            delay = self.agent_delay * self.pve.time_scale
+            finish = self.cloud_init_secs * self.pve.time_scale
+            self.guest.tick(vm, time.time(), delay, finish, partial(_interfaces, vm, self.dhcp_net, self.addr_map))
+        elif vm.status != "running" and vm.agent is not None:
+            vm.agent = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
@@ -249,8 +265,12 @@ class Server:
             return None
         if op == "guest":
             return self.guest.describe(pve.vm(msg["vmid"]))
+        if op == "load":
+            return self.pve.load_op(msg)
         if op in ("agent_disks", "build_hosts", "demo_bake"):
             return self.pve.guest_agent_op(op, msg)
+        if op.startswith("monitor_"):
+            return self.pve.monitor_op(op, msg)
         if op == "add_vm":
             self.add_guest(msg)
             return None
@@ -281,6 +301,9 @@ class Server:
             return None
         if op == "backup_jobs":
             return pve.backup_jobs
+        extension = getattr(pve, f"control_{op}", None)  # a fake_<topic> mixin's own control op
+        if extension is not None:
+            return extension(**msg)
         raise ValueError(f"unknown op {op!r}")
 
 

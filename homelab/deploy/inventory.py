@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from homelab.adapters.ssh import ssh_args
+from homelab.deploy.containers import vm_containers
 from homelab.deploy.render import RenderedFile, VmRender
 from homelab.state.hosts import Host
 
@@ -33,6 +34,7 @@ def host_vars(
     lab: str,
     remove: Sequence[str] = (),
     data_disk: bool = False,
+    purge: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One host's inventory entry: how to reach it, what its stacks folder gets and which stacks leave it."""
     return {
@@ -49,6 +51,12 @@ def host_vars(
         "homelab_stack_dirs": list(render.dirs),
         "homelab_stack_files": file_entries(render.plain_files),
         "homelab_data_dirs": list(render.data_dirs),
+        # what runs once the stacks are up: the preview's "Stacks to start" compares it with `docker ps`
+        "homelab_containers": vm_containers(render),
+        "homelab_state_dirs": list(render.state_dirs),
+        "homelab_state_moves": list(render.state_moves),
+        # removed stacks whose STATE_DIR goes too (--purge-data); every other one is kept
+        "homelab_purge_state": {name: f"/home/{render.user}/data/stacks/{name}" for name in purge},
     }
 
 

@@ -28,6 +28,7 @@ class DeployOptions:
     start_stacks: bool = True  # create the homelab network and run `docker compose up -d`
     vms: tuple[str, ...] = ()  # only these VMs; empty: every VM that lists stacks (or must be cleared of them)
     keep_removed: bool = False  # leave stacks the lab file no longer lists where they are (and say so)
+    purge_data: tuple[str, ...] = ()  # removed stacks whose state (STATE_DIR) is deleted too (--purge-data)
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
     # called with the VMs stacks are about to be taken off, before the run (a snapshot of each; see
     # settings.snapshot_before_changes); None: nothing
@@ -106,13 +107,17 @@ class Deployment:
                 else "files only, not started"
             )
         )
+        data = f"/home/{user}/data/stacks/<name>"
         if opts.keep_removed:
             gone = "kept as they are (--keep-removed)"
         elif opts.start_stacks:
-            gone = "`docker compose down`, then their folder is deleted with everything in it"
+            gone = f"`docker compose down`, then their folder is deleted; their data in {data} is kept"
         else:
-            gone = "their folder is deleted with everything in it (compose not run: --no-start)"
+            gone = f"their folder is deleted (compose not run: --no-start); their data in {data} is kept"
         lines.append(f"Stacks no longer listed: {gone}")
+        if opts.purge_data and not opts.keep_removed:
+            names = ", ".join(opts.purge_data)
+            lines.append(f"!!! --purge-data: THE DATA OF {names.upper()} IS DELETED FOR GOOD ({data}); no undo !!!")
         return lines
 
 

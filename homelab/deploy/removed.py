@@ -5,6 +5,9 @@ The preview reads the markers under the VM's stacks folder (the homelab_files mo
 folder is homelab's to remove only when its marker names this lab and the folder's own stack, and the VM
 no longer lists that stack. Anything else there (a folder made by hand, one another lab made, a copy of
 a stack's folder under another name) is left alone.
+
+The stack's state (STATE_DIR, /home/<user>/data/stacks/<name>) is not in its folder and stays: a stack
+added again finds its data. Only ``purge`` (`homelab stack remove --purge-data`) deletes it too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ def marker_text(lab: str, stack: str) -> str:
     """What a stack's marker file says: who made the folder, and what happens to it."""
     return (
         f"# Written by `homelab deploy`: this folder is stack {stack} of lab {lab}. When the lab file no longer\n"
-        "# lists the stack on this VM, the deploy runs `docker compose down` here and deletes the folder;\n"
+        "# lists the stack on this VM, the deploy runs `docker compose down` here and deletes the folder (its\n"
+        "# data in STATE_DIR is kept unless --purge-data);\n"
         "# delete this file to keep the folder out of homelab's hands.\n"
         f"lab={lab}\n"
         f"stack={stack}\n"
@@ -41,19 +45,28 @@ def read_marker(text: str) -> tuple[str, str] | None:
 class RemoveStack:
     """Take a stack off a VM: `docker compose down` in its folder (when stacks are run), then delete the folder.
 
-    ``keep`` (--keep-removed): leave the folder and its containers, and say so.
+    ``keep`` (--keep-removed): leave the folder and its containers, and say so. ``purge`` (--purge-data):
+    delete its state folder ``state`` as well (otherwise kept).
     """
 
     vm: str
     stack: str
     compose_down: bool = True
     keep: bool = False
+    purge: bool = False
+    state: str = ""
 
     def describe(self) -> str:
         if self.keep:
             return f"= {self.vm}: stack {self.stack} kept (no longer in the lab file; --keep-removed)"
         how = "compose down, folder removed" if self.compose_down else "folder removed; no compose down: --no-start"
-        return f"- {self.vm}: stack {self.stack} ({how})"
+        where = self.state or "its state folder"
+        if self.purge:
+            return (
+                f"- {self.vm}: stack {self.stack} ({how}) AND ALL ITS DATA IS DELETED FOR GOOD: {where} "
+                "(--purge-data; no undo)"
+            )
+        return f"- {self.vm}: stack {self.stack} ({how}); its data is kept in {where}"
 
 
 def removed_stacks(
@@ -64,14 +77,19 @@ def removed_stacks(
     *,
     compose_down: bool = True,
     keep: bool = False,
+    purge: Collection[str] = (),
+    state_root: str = "",
 ) -> list[RemoveStack]:
     """The stacks to take off ``vm``: folders whose marker names ``lab`` and their own stack, not in ``listed``.
 
-    ``markers`` maps each folder under the VM's stacks folder that holds a marker file to the file's text.
+    ``markers`` maps each folder under the VM's stacks folder that holds a marker file to the file's text;
+    ``purge``: the stacks whose state goes too; ``state_root``: the folder holding every stack's state.
     """
     found = []
     for folder in sorted(markers):
         owner = read_marker(markers[folder])
         if owner == (lab, folder) and folder not in listed:
-            found.append(RemoveStack(vm, folder, compose_down=compose_down, keep=keep))
+            state = f"{state_root}/{folder}" if state_root else ""
+            gone = folder in purge and not keep
+            found.append(RemoveStack(vm, folder, compose_down=compose_down, keep=keep, purge=gone, state=state))
     return found

@@ -3,7 +3,10 @@
 For every stack a VM lists, /home/<user>/stacks/<name>/ gets the stack's compose files as shipped and a
 ``.env`` that compose reads beside it: the image version (stacks.<name>.version), one ``<UI>_HOST``
 per web UI (<subdomain>.<network.domain>, which the compose files turn into Traefik Host rules, on HTTPS),
-the lab's TZ, and stacks.<name>.env last, so it can override anything. Homepage also gets
+the lab's TZ, STATE_DIR (``/home/<user>/data/stacks/<name>``: the stack's state, on the data disk when the
+VM has one, never deleted with the stack), PUID/PGID for stacks that ask (host_ids), COMPOSE_FILE when the
+stack has variants or homelab adds an overlay (:mod:`homelab.deploy.overlay`), and stacks.<name>.env last,
+so it can override anything. Homepage also gets
 config/services.yaml, which links every stack's UI in the lab (https), grouped by VM; Traefik its static and
 dynamic configuration (:mod:`homelab.deploy.stackfiles`). The lab model holds no secrets, so neither do
 these: a stack's secrets are rendered only into its secrets/ folder (0600 files), from values passed in,
@@ -14,19 +17,20 @@ that carry one (see :mod:`homelab.deploy.removed`).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path, PurePosixPath
 
 import yaml
 
-from homelab.deploy import stackfiles
+from homelab.deploy import overlay, stackfiles
 from homelab.deploy.removed import MARKER, marker_text
 from homelab.errors import InputError
 from homelab.lab.models import Lab, Vm
-from homelab.stacks import catalogue
+from homelab.stacks import StackInfo, WebUi, for_lab
 
 # RFC 8375's name for home networks; used when the lab file has no network.domain.
 DEFAULT_DOMAIN = "home.arpa"
@@ -34,28 +38,6 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 _BARE_VALUE = re.compile(r"^[A-Za-z0-9_./:@%+,=-]*$")
 HEADER = "Written by `homelab deploy` from the lab file; changes made here are overwritten."
-
-
-@dataclass(frozen=True)
-class WebUi:
-    """A web UI a stack serves through Traefik (from its stack.yml)."""
-
-    name: str
-    host_var: str
-    subdomain: str
-    icon: str = ""
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class StackMeta:
-    """What the deploy needs from a stack's stack.yml beyond the catalogue's description."""
-
-    name: str
-    path: Path
-    requires: tuple[str, ...]
-    version_var: str | None
-    uis: tuple[WebUi, ...]
 
 
 @dataclass(frozen=True)
@@ -78,6 +60,8 @@ class RenderedStack:
     files: tuple[RenderedFile, ...]
     private_dirs: tuple[str, ...] = ()  # folders only the owner may enter (0700): secrets/
     data_dirs: tuple[str, ...] = ()  # absolute folders outside the stacks folder, owned by the user (/data)
+    state_dirs: tuple[str, ...] = ()  # STATE_DIR and its subfolders (absolute), made when missing, owned by the user
+    state_moves: tuple[tuple[str, str], ...] = ()  # (old folder in the stack folder, new one under STATE_DIR)
 
 
 @dataclass(frozen=True)
@@ -95,6 +79,14 @@ class VmRender:
     @property
     def data_dirs(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(d for s in self.stacks for d in s.data_dirs))
+
+    @property
+    def state_dirs(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d for s in self.stacks for d in s.state_dirs))
+
+    @property
+    def state_moves(self) -> tuple[dict[str, str], ...]:
+        return tuple({"stack": s.name, "src": a, "dest": b} for s in self.stacks for a, b in s.state_moves)
 
     @property
     def secret_files(self) -> tuple[RenderedFile, ...]:
@@ -128,25 +120,17 @@ class Link:
     url: str
     icon: str = ""
     description: str = ""
+    widget: Mapping[str, object] | None = None
 
 
-@cache
-def stack_meta(name: str) -> StackMeta:
-    """A stack's deploy metadata (version variable, web UIs) from its stack.yml."""
-    info = catalogue()[name]
-    data = yaml.safe_load((info.path / "stack.yml").read_text(encoding="utf-8")) or {}
-    uis = tuple(
-        WebUi(
-            name=str(ui["name"]),
-            host_var=str(ui["host_var"]),
-            subdomain=str(ui["subdomain"]),
-            icon=str(ui.get("icon", "")),
-            description=str(ui.get("description", "")),
-        )
-        for ui in data.get("ui", ())
-    )
-    version_var = data.get("version_var")
-    return StackMeta(name, info.path, info.requires, str(version_var) if version_var else None, uis)
+def stack_meta(lab: Lab, name: str) -> StackInfo:
+    """A stack as the lab sees it (built-in or the lab's own), from its stack.yml."""
+    return for_lab(lab)[name]
+
+
+def state_dir(lab: Lab, name: str) -> str:
+    """STATE_DIR of stack ``name`` on a VM: under /home/<user>/data (the data disk's mount point, if any)."""
+    return f"/home/{lab.access.user}/data/stacks/{name}"
 
 
 def domain(lab: Lab) -> str:
@@ -158,7 +142,7 @@ def ui_hosts(lab: Lab, name: str) -> list[tuple[WebUi, str]]:
     """Each web UI of a stack with its host name; stacks.<name>.subdomain renames the first."""
     settings = lab.stacks.get(name)
     found = []
-    for index, ui in enumerate(stack_meta(name).uis):
+    for index, ui in enumerate(stack_meta(lab, name).uis):
         sub = settings.subdomain if index == 0 and settings and settings.subdomain else ui.subdomain
         found.append((ui, f"{sub}.{domain(lab)}"))
     return found
@@ -167,7 +151,7 @@ def ui_hosts(lab: Lab, name: str) -> list[tuple[WebUi, str]]:
 def links(lab: Lab) -> list[Link]:
     """Every stack UI in the lab, in lab order (VMs, then each VM's stacks)."""
     return [
-        Link(vm.name, name, ui.name, f"https://{host}", ui.icon, ui.description)
+        Link(vm.name, name, ui.name, f"https://{host}", ui.icon, ui.description, ui.widget or None)
         for vm in lab.vms
         for name in vm.stacks
         for ui, host in ui_hosts(lab, name)
@@ -183,19 +167,31 @@ def env_value(key: str, value: str, where: str) -> str:
     return f"'{value}'"
 
 
-def render_env(lab: Lab, vm: Vm, name: str) -> str:
-    """The stack's .env for ``vm``."""
-    meta = stack_meta(name)
+def compose_files(lab: Lab, vm: Vm, name: str) -> list[str]:
+    """The stack's compose files compose reads, in order (its variants chosen for the VM; not the overlay)."""
+    if name == "media" and stack_meta(lab, name).origin != "user":
+        return stackfiles.media_compose_files(lab, vm).split(":")
+    return ["compose.yml"]
+
+
+def render_env(lab: Lab, vm: Vm, name: str, with_overlay: bool = False) -> str:
+    """The stack's .env for ``vm``; ``with_overlay``: COMPOSE_FILE lists compose.homelab.yml last."""
+    meta = stack_meta(lab, name)
     settings = lab.stacks.get(name)
-    values: dict[str, str] = {"COMPOSE_PROJECT_NAME": name, "TZ": lab.timezone}
+    values: dict[str, str] = {"COMPOSE_PROJECT_NAME": name, "TZ": lab.timezone, "STATE_DIR": state_dir(lab, name)}
     if meta.version_var and settings and settings.version:
         values[meta.version_var] = settings.version
     for ui, host in ui_hosts(lab, name):
         values[ui.host_var] = host
-    if name == "media":
-        values["COMPOSE_FILE"] = stackfiles.media_compose_files(lab, vm)
+    files = compose_files(lab, vm, name)
+    if with_overlay or files != ["compose.yml"]:
+        values["COMPOSE_FILE"] = ":".join(files + ([overlay.OVERLAY] if with_overlay else []))
+    if name == "media" and meta.origin != "user":
         values["DATA_ROOT"] = stackfiles.data_root(lab, vm)
+    if meta.host_ids:
         values["PUID"], values["PGID"] = "@PUID@", "@PGID@"  # the ids of the VM's user, put in on the VM
+        if vm.gpu:
+            values["RENDER_GID"] = "@RENDER_GID@"  # the VM's render group (owns /dev/dri/renderD*), put in there
     if settings:
         values.update(settings.env)
     lines = [f"# {HEADER}", f"# lab {lab.name}, VM {vm.name}, stack {name}"]
@@ -205,53 +201,106 @@ def render_env(lab: Lab, vm: Vm, name: str) -> str:
 
 def render_homepage_services(lab: Lab) -> str:
     """Homepage's services.yaml: every stack UI in the lab, one group per VM."""
-    groups: dict[str, list[dict[str, dict[str, str]]]] = {}
+    groups: dict[str, list[dict[str, dict[str, object]]]] = {}
     for link in links(lab):
-        entry = {"href": link.url, "description": link.description or link.stack}
+        entry: dict[str, object] = {"href": link.url, "description": link.description or link.stack}
         if link.icon:
             entry["icon"] = link.icon
+        if link.widget:
+            entry["widget"] = {"url": link.url, **link.widget}
         groups.setdefault(link.vm, []).append({link.name: entry})
     body = yaml.safe_dump([{vm: services} for vm, services in groups.items()], sort_keys=False, allow_unicode=True)
     return f"# {HEADER}\n# Every stack of lab {lab.name}, by VM.\n{body}"
 
 
-# Folders a stack's containers write to, made owned by the user (else dockerd makes them root's)
-CONFIG_DIRS = {
-    "media": ("jellyfin", "sonarr", "radarr", "prowlarr", "bazarr", "jellyseerr", "qbittorrent"),
-    "portainer": ("data",),
-    "traefik": ("acme", "dynamic"),
-    "homepage": ("config",),
-}
+# Folders of generated files inside a stack folder (its state is under STATE_DIR)
+GENERATED_DIRS = {"traefik": ("dynamic",), "homepage": ("config",)}
 Secrets = Mapping[str, Mapping[str, str]]
+
+
+# Files a stack folder ships that are not copied to the VM
+NOT_SHIPPED = ("stack.yml", overlay.OVERLAY)
+
+
+def shipped_files(info: StackInfo) -> list[tuple[str, str]]:
+    """(path relative to the stack folder, text) of every file the stack ships to the VM: its compose files and
+    any configuration beside them (prometheus.yml, grafana/provisioning/...), not stack.yml, hidden files or
+    secrets/."""
+    found = []
+    for path in sorted(info.path.rglob("*")):
+        rel = path.relative_to(info.path).as_posix()
+        if not path.is_file() or rel in NOT_SHIPPED or rel.startswith(("secrets/", "state/")):
+            continue
+        if any(part.startswith(".") for part in PurePosixPath(rel).parts):
+            continue
+        try:
+            found.append((rel, path.read_text(encoding="utf-8")))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: a stack ships text files only (configuration, not binaries)") from None
+    return found
+
+
+Generator = Callable[[Lab, Vm, "Mapping[str, str] | None"], "list[tuple[str, str, bool]]"]
+
+
+def stack_generator(name: str) -> Generator | None:
+    """The ``files(lab, vm, values)`` of ``homelab.deploy.stack_<name>`` when a built-in stack has such a module:
+    files it generates from the lab (path in the stack folder, content, is a secret; values None: masked)."""
+    module_name = f"homelab.deploy.stack_{name.replace('-', '_')}"
+    if importlib.util.find_spec(module_name) is None:
+        return None
+    files: Generator | None = getattr(importlib.import_module(module_name), "files", None)
+    return files
 
 
 def render_stack(lab: Lab, vm: Vm, name: str, secrets: Secrets | None = None) -> RenderedStack:
     """One stack's folder for ``vm``; ``secrets`` (per stack, by name) None: secret files are masked."""
-    meta = stack_meta(name)
-    files = [
-        RenderedFile(f"{name}/{path.name}", path.read_text(encoding="utf-8"))
-        for path in sorted(meta.path.glob("compose*.yml"))
-    ]
+    meta = stack_meta(lab, name)
+    files = [RenderedFile(f"{name}/{rel}", text) for rel, text in shipped_files(meta)]
+    chosen = {f"{name}/{file}" for file in compose_files(lab, vm, name)}
+    extra = overlay.overlay(lab, name, [f.content for f in files if f.path in chosen])
+    if extra is not None:
+        files.append(RenderedFile(f"{name}/{overlay.OVERLAY}", extra))
+    uses_env = overlay.uses_secrets_env(f.content for f in files)
     files += [
-        RenderedFile(f"{name}/.env", render_env(lab, vm, name), host_ids=name == "media"),
+        RenderedFile(f"{name}/.env", render_env(lab, vm, name, extra is not None), host_ids=meta.host_ids),
         RenderedFile(f"{name}/{MARKER}", marker_text(lab.name, name)),
     ]
-    dirs = [name, *(f"{name}/{sub}" for sub in CONFIG_DIRS.get(name, ()))]
-    if name == "homepage":
+    builtin = meta.origin != "user"
+    dirs = [name, *(f"{name}/{sub}" for sub in (GENERATED_DIRS.get(name, ()) if builtin else ()))]
+    if name == "homepage" and builtin:
         files.append(RenderedFile(f"{name}/config/services.yaml", render_homepage_services(lab)))
         files.append(RenderedFile(f"{name}/config/docker.yaml", stackfiles.homepage_docker(lab)))
-    if name == "traefik":
+    if name == "traefik" and builtin:
         files.append(RenderedFile(f"{name}/traefik.yml", stackfiles.traefik_static(lab, domain(lab))))
         files.append(RenderedFile(f"{name}/dynamic/tls.yml", stackfiles.traefik_dynamic(lab)))
         files.append(RenderedFile(f"{name}/traefik.env", stackfiles.traefik_env(lab)))
     values = None if secrets is None else secrets.get(name, {})
+    generated = stack_generator(name) if builtin else None
+    for rel, content, secret in generated(lab, vm, values) if generated else ():
+        mode = stackfiles.SECRET_MODE if secret else FILE_MODE
+        files.append(RenderedFile(f"{name}/{rel}", content, mode, secret=secret))
     hidden = stackfiles.secret_files(lab, name, values)
     for item in hidden:
         content = item.content if item.content is not None else stackfiles.MASKED.format(stack=name)
         files.append(RenderedFile(f"{name}/secrets/{item.name}", content, stackfiles.SECRET_MODE, secret=True))
-    data = stackfiles.data_dirs(lab, vm) if name == "media" else ()
-    private = (f"{name}/secrets",) if hidden else ()
-    return RenderedStack(name, tuple(dirs), tuple(files), private, data)
+    if uses_env:
+        content = overlay.secrets_env(meta, values, env_value) or stackfiles.MASKED.format(stack=name)
+        path = f"{name}/secrets/{overlay.SECRETS_ENV}"
+        files.append(RenderedFile(path, content, stackfiles.SECRET_MODE, secret=True))
+    data = stackfiles.data_dirs(lab, vm) if name == "media" and builtin else ()
+    private = (f"{name}/secrets",) if hidden or uses_env or any(f.secret for f in files) else ()
+    for file in files:  # the folders of shipped and generated files (grafana/provisioning/...), parents first
+        parts = PurePosixPath(file.path).parts[:-1]
+        for depth in range(2, len(parts) + 1):
+            folder = "/".join(parts[:depth])
+            if folder not in dirs and folder not in private:
+                dirs.append(folder)
+    root = state_dir(lab, name)
+    parents = (root.rsplit("/", 2)[0], root.rsplit("/", 1)[0], root)  # .../data, .../data/stacks, STATE_DIR
+    state = (*parents, *(f"{root}/{sub}" for sub in meta.state))
+    moves = tuple((f"{name}/{sub}", f"{root}/{sub}") for sub in meta.state)
+    return RenderedStack(name, tuple(dirs), tuple(files), private, data, state, moves)
 
 
 def render_vm(lab: Lab, vm: Vm, secrets: Secrets | None = None) -> VmRender:
@@ -266,7 +315,7 @@ def render_lab(lab: Lab, secrets: Secrets | None = None) -> dict[str, VmRender]:
 
 def missing_requirements(lab: Lab, vm: Vm) -> list[tuple[str, str]]:
     """(stack, required stack) pairs for stacks whose requirement does not run on the same VM."""
-    return [(name, req) for name in vm.stacks for req in stack_meta(name).requires if req not in vm.stacks]
+    return [(name, req) for name in vm.stacks for req in stack_meta(lab, name).requires if req not in vm.stacks]
 
 
 def write_tree(render: VmRender, dest: Path) -> list[Path]:

@@ -35,6 +35,10 @@ class HostChange:
             return f"~ {self.host}: {self.what} (mode or owner)"
         if self.kind == "removed stack":
             return f"- {self.host}: {self.what}/ (stack folder removed)"
+        if self.kind == "data deleted (--purge-data)":
+            return f"- {self.host}: {self.what}/ (DATA DELETED FOR GOOD: --purge-data)"
+        if self.kind.startswith("state of "):
+            return f"> {self.host}: {self.what}/ ({self.kind}: moved, not deleted)"
         return f"~ {self.host}: {self.what}"
 
     def diff_lines(self, limit: int = 20) -> list[str]:
@@ -158,11 +162,13 @@ class DeployResult:
 
     @property
     def pending(self) -> bool:
-        """On a VM the preview reached: something to change (files, packages, stacks to remove), or stacks to start."""
+        """On a VM the preview reached: something to change (files, packages, stacks to remove, or stacks to start:
+        the preview's "Stacks to start" task is a change where a listed stack has a service that is not running),
+        or a check that stopped at a task: "nothing to do" is said only of a VM checked to the end."""
         reached = {t.name for t in self.reached}
         changes = self.preview is not None and any(c.host in reached for c in self.preview.changes)
-        starts = self.deployment.options.start_stacks and any(not t.clear_only for t in self.reached)
-        return bool(changes or self.to_remove or starts)
+        unfinished = self.preview is not None and any(not self.preview.hosts[name].ok for name in reached)
+        return bool(changes or self.to_remove or unfinished)
 
 
 def remember_deployed(result: DeployResult, before: Collection[str]) -> frozenset[str]:

@@ -37,7 +37,7 @@ from homelab.deploy.report import (
 )
 from homelab.deploy.secretvalues import stack_secret_values, staged_secrets
 from homelab.errors import OperationError
-from homelab.lab.models import Lab
+from homelab.lab.models import Docker, Lab
 from homelab.paths import data_dir
 from homelab.state.files import write_atomic
 
@@ -53,6 +53,17 @@ def playbook() -> Path:
     return data_dir("stacks") / "ansible" / "deploy.yml"
 
 
+def docker_vars(docker: Docker) -> dict[str, str]:
+    """The docker role's settings from the lab's docker section (what the lab leaves unset keeps the role's
+    defaults: Docker's own repository and key)."""
+    found: dict[str, str] = {"homelab_docker_source": docker.source}
+    if docker.repository:
+        found["homelab_docker_repository"] = docker.repository
+    if docker.key_url:
+        found["homelab_docker_key_url"] = docker.key_url
+    return found
+
+
 def stage(deployment: Deployment, key_file: Path, where: Path, removals: Collection[RemoveStack] = ()) -> Path:
     """Write the pinned known_hosts and the inventory under ``where``; the inventory's path.
 
@@ -66,10 +77,11 @@ def stage(deployment: Deployment, key_file: Path, where: Path, removals: Collect
         assert t.host is not None
         own_key = Path(t.host.key_file) if t.host.key_file else key_file
         remove = [r.stack for r in removals if r.vm == t.name and not r.keep]
+        purge = [r.stack for r in removals if r.vm == t.name and r.purge and not r.keep]
         lab = deployment.lab
         data_disk = any(vm.name == t.name and lab.data_disk_for(vm) for vm in lab.vms)
         entries[t.name] = host_vars(
-            t.host, t.render, own_key, known_hosts, lab=lab.name, remove=remove, data_disk=data_disk
+            t.host, t.render, own_key, known_hosts, lab=lab.name, remove=remove, data_disk=data_disk, purge=purge
         )
     path = where / "hosts.yml"
     write_atomic(path, json.dumps(inventory(entries), indent=2) + "\n")
@@ -110,7 +122,7 @@ def execute(
                 message = f"{message} ({HOST_KEY_HINT.format(pinned=_fingerprint(pinned[event.host]))})"
             result.message = message
 
-    extravars = {"homelab_docker_source": deployment.lab.docker.source, **deployment.options.extravars()}
+    extravars = {**docker_vars(deployment.lab.docker), **deployment.options.extravars()}
     if secrets_file is not None:
         extravars["homelab_secrets_file"] = str(secrets_file)  # the path only: the values stay out of the run
     request = RunRequest(playbook(), inventory_path, where, extravars, check=check)
@@ -144,6 +156,8 @@ def plan_removals(deployment: Deployment, preview: RunReport) -> tuple[RemoveSta
             preview.markers[t.name],
             compose_down=options.start_stacks,
             keep=options.keep_removed,
+            purge=options.purge_data,
+            state_root=f"/home/{t.render.user}/data/stacks",
         )
     return tuple(found)
 

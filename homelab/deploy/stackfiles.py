@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import yaml
 
 from homelab.lab.models import Lab, Vm
-from homelab.stacks import DNS_PROVIDER_SECRETS, SecretSpec, catalogue
+from homelab.stacks import DNS_PROVIDER_SECRETS, SecretSpec, for_lab
 
 SECRET_MODE = 0o600
 MASKED = "(secret: written by `homelab deploy`, shown by `homelab secrets show {stack}`)\n"
@@ -37,7 +37,7 @@ class SecretFile:
 
 def secret_specs(lab: Lab, stack: str) -> tuple[SecretSpec, ...]:
     """The secrets ``stack`` needs in this lab: those it declares and uses here, and the DNS provider's token."""
-    specs = list(catalogue()[stack].secrets)
+    specs = list(for_lab(lab)[stack].secrets)
     if stack == "media" and not media_vpn(lab):
         specs = [s for s in specs if s.name != "WIREGUARD_PRIVATE_KEY"]
     acme = lab.https.acme
@@ -49,7 +49,8 @@ def secret_specs(lab: Lab, stack: str) -> tuple[SecretSpec, ...]:
 
 def wanted_secrets(lab: Lab) -> dict[str, tuple[SecretSpec, ...]]:
     """The secrets of every stack some VM runs."""
-    used = dict.fromkeys(name for vm in lab.vms for name in vm.stacks if name in catalogue())
+    known = for_lab(lab)
+    used = dict.fromkeys(name for vm in lab.vms for name in vm.stacks if name in known)
     return {name: specs for name in used if (specs := secret_specs(lab, name))}
 
 

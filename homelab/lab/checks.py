@@ -6,10 +6,10 @@ its own, so one run of `validate` reports the model's errors and these together.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 from homelab.lab.models import Docker, Https, Lab, Network, Proxmox, StackSettings, Template, Vm
@@ -36,6 +36,8 @@ class LabParts:
     stack_settings: tuple[tuple[str, StackSettings], ...] = ()
     https: Https | None = None
     docker: Docker | None = None
+    folder: Path | None = None  # the lab file's folder: its own stacks are in <folder>/stacks/
+    auth: str = "none"  # settings.auth
 
     @classmethod
     def of(cls, lab: Lab) -> LabParts:
@@ -51,11 +53,15 @@ class LabParts:
             stack_settings=tuple(lab.stacks.items()),
             https=lab.https,
             docker=lab.docker,
+            folder=lab.folder,
+            auth=lab.settings.auth,
         )
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
     known = sorted(known)
+    import difflib  # only when a name is wrong: validate of a good file never needs it
+
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if close:
         return f"; did you mean {close[0]!r}?"
@@ -79,9 +85,12 @@ def check_parts(parts: LabParts) -> list[Found]:
         found += _check_network(parts.network)
         found += _check_build_ip(parts)
     found += _check_vms(parts)
-    found += _check_stacks(parts.stacks)
+    found += _check_stacks(parts.stacks, parts.folder)
     current_docker = parts.docker is None or parts.docker.source == "docker"
-    found += _check_stack_settings(parts.stack_settings, current_docker)
+    found += _check_stack_settings(parts.stack_settings, current_docker, parts.folder)
+    found += _check_auth(parts)
+    found += _check_required_settings(parts)
+    found += _check_ports(parts)
     if parts.https is not None:
         found += _check_https(parts.https, parts.network)
     return found
@@ -192,7 +201,7 @@ def _check_vms(parts: LabParts) -> list[Found]:
     vmids: dict[int, int] = {}
     ips: dict[str, int] = {}
     templates = {t.name for _, t in parts.templates}
-    stacks = catalogue()
+    stacks = catalogue(parts.folder)
     for i, vm in parts.vms:
         if vm.name in names:
             found.append((("vms", i, "name"), f"duplicate VM name {vm.name!r} (also vms[{names[vm.name]}])"))
@@ -239,8 +248,8 @@ def _address_problems(ip: str, network: Network) -> list[str]:
     return []
 
 
-def _check_stacks(names: tuple[str, ...]) -> list[Found]:
-    known = catalogue()
+def _check_stacks(names: tuple[str, ...], folder: Path | None) -> list[Found]:
+    known = catalogue(folder)
     return [
         (("stacks", name), f"settings for an unknown stack{_suggest(name, known)}")
         for name in names
@@ -248,15 +257,32 @@ def _check_stacks(names: tuple[str, ...]) -> list[Found]:
     ]
 
 
-def _check_stack_settings(settings: tuple[tuple[str, StackSettings], ...], current_docker: bool) -> list[Found]:
-    """No secret in stacks.<name>.env; with Docker's current Engine (docker.source: docker), no image pin
-    known not to work with it."""
+def _check_stack_settings(
+    settings: tuple[tuple[str, StackSettings], ...], current_docker: bool, folder: Path | None = None
+) -> list[Found]:
+    """No secret in stacks.<name>.env (or its extend environment); with Docker's current Engine (docker.source:
+    docker), no image pin known not to work with it."""
     found: list[Found] = []
+    known = catalogue(folder)
     for name, stack in settings:
-        if name not in catalogue():
+        if name not in known:
             continue
+        extended = stack.extend.services.items() if stack.extend else ()
+        services = known[name].services if extended else ()
+        for service, ext in extended:
+            if service not in services:
+                found.append(
+                    (
+                        ("stacks", name, "extend", "services", service),
+                        f"stack {name} has no service {service!r}{_suggest(service, services)}",
+                    )
+                )
+            for key in ext.environment:
+                if is_secret_name(name, key, known):
+                    loc = ("stacks", name, "extend", "services", service, "environment", key)
+                    found.append((loc, "a secret does not belong in the lab file: declare it in a user stack"))
         for key in stack.env:
-            if is_secret_name(name, key):
+            if is_secret_name(name, key, known):
                 found.append(
                     (
                         ("stacks", name, "env", key),
@@ -265,8 +291,8 @@ def _check_stack_settings(settings: tuple[tuple[str, StackSettings], ...], curre
                         "(`homelab secrets path` shows where)",
                     )
                 )
-        pins = {var: image for image, var, _ in pinned_images(name)} if current_docker else {}
-        version_var = catalogue()[name].version_var
+        pins = {var: image for image, var, _ in pinned_images(name, known)} if current_docker else {}
+        version_var = known[name].version_var
         if stack.version and version_var in pins:
             problem = too_old_for_engine_29(pins[version_var], stack.version)
             if problem:
@@ -275,6 +301,61 @@ def _check_stack_settings(settings: tuple[tuple[str, StackSettings], ...], curre
             problem = too_old_for_engine_29(pins[key], value) if key in pins else None
             if problem:
                 found.append((("stacks", name, "env", key), problem))
+    return found
+
+
+def _check_required_settings(parts: LabParts) -> list[Found]:
+    """A stack a VM runs gets every setting its stack.yml requires (they have no default)."""
+    known = catalogue(parts.folder)
+    settings = dict(parts.stack_settings)
+    found: list[Found] = []
+    for i, vm in parts.vms:
+        for k, stack in enumerate(vm.stacks):
+            if stack not in known:
+                continue
+            env = settings[stack].env if stack in settings else {}
+            for setting in known[stack].required_settings:
+                if not env.get(setting.name):
+                    what = setting.description or "no default"
+                    key = f"stacks.{stack}.env.{setting.name}"
+                    found.append((("vms", i, "stacks", k), f"stack {stack} needs {key} ({what})"))
+    return found
+
+
+def _host_port(spec: str) -> str:
+    """ "53:53/udp" -> "53/udp", "127.0.0.1:80:80" -> "127.0.0.1:80/tcp": the host side a port takes."""
+    ports, _, proto = spec.partition("/")
+    host = ports.rsplit(":", 1)[0] if ":" in ports else ports
+    return f"{host}/{proto or 'tcp'}"
+
+
+def _check_ports(parts: LabParts) -> list[Found]:
+    """Two stacks on one VM cannot publish the same host port (stack.yml ports)."""
+    known = catalogue(parts.folder)
+    found: list[Found] = []
+    for i, vm in parts.vms:
+        taken: dict[str, str] = {}
+        for k, stack in enumerate(vm.stacks):
+            for spec in known[stack].ports if stack in known else ():
+                port = _host_port(spec)
+                if taken.setdefault(port, stack) != stack:
+                    found.append((("vms", i, "stacks", k), f"{stack} and {taken[port]} both publish port {port}"))
+    return found
+
+
+def _check_auth(parts: LabParts) -> list[Found]:
+    """Forward-auth through Authelia needs the authelia stack on the same VM as the stack it protects."""
+    wanted = dict(parts.stack_settings)
+    found: list[Found] = []
+    for i, vm in parts.vms:
+        for k, stack in enumerate(vm.stacks):
+            settings = wanted.get(stack)
+            auth = settings.auth if settings is not None and settings.auth else parts.auth
+            if auth == "authelia" and stack != "authelia" and "authelia" not in vm.stacks:
+                where = f"stacks.{stack}.auth" if settings is not None and settings.auth else "settings.auth"
+                found.append(
+                    (("vms", i, "stacks", k), f"{where} is authelia: add the authelia stack to {vm.name} as well")
+                )
     return found
 
 

@@ -7,7 +7,7 @@ alias "bomb") is refused the same way, before it costs time or memory.
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import os
 import typing
 from collections.abc import Callable
@@ -64,11 +64,12 @@ def load_lab(path: Path) -> Lab:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise LabFileError([Problem(name, line, "", "not UTF-8 text")]) from None
-    return parse_lab(text, name)
+    return parse_lab(text, name, path.absolute().parent)
 
 
-def parse_lab(text: str, name: str = "lab.yml") -> Lab:
-    """Validate lab text; ``name`` is the file name used in messages."""
+def parse_lab(text: str, name: str = "lab.yml", folder: Path | None = None) -> Lab:
+    """Validate lab text; ``name`` is the file name used in messages, ``folder`` the lab's folder (where its
+    own stacks are: <folder>/stacks/<name>/)."""
     refuse_oversize(text.encode("utf-8", "replace"), name)
     loader = BoundedLoader(text)
     try:
@@ -85,8 +86,10 @@ def parse_lab(text: str, name: str = "lab.yml") -> Lab:
         lab = Lab.model_validate(data)
     except ValidationError as exc:
         # The checks still look at every part that is valid on its own: one run reports all it can.
-        found = _from_pydantic(exc, root, name) + _pinned(check_parts(_valid_parts(data)), root, name)
+        parts = dataclasses.replace(_valid_parts(data), folder=folder)
+        found = _from_pydantic(exc, root, name) + _pinned(check_parts(parts), root, name)
         raise LabFileError(_sorted(found)) from None
+    lab._folder = folder
     found = _pinned(cross_check(lab), root, name)
     if found:
         raise LabFileError(_sorted(found))
@@ -236,6 +239,8 @@ def _message(err: Any, loc: Loc) -> str:
                 "secrets never go in the lab file: set HOMELAB_PROXMOX_TOKEN (or HOMELAB_PROXMOX_PASSWORD) "
                 "or put it in the secrets file ~/.config/homelab/secrets.yml (mode 0600)"
             )
+        import difflib  # only for an unknown key
+
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         suggestion = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
         return f"unknown key{suggestion}"

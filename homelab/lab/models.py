@@ -6,9 +6,10 @@ that editors use to complete lab.yml.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 from homelab.lab.types import IPv4, OptionalSize, Size, Subnet, VmAddress
 
@@ -35,7 +36,9 @@ Memory = Annotated[int, Field(ge=256, le=4_194_304, description="an integer numb
 class Strict(BaseModel):
     """Base of every lab model: frozen, unknown keys are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
+    # defer_build: a model's validator is built when first used, so loading a lab builds Lab's (which holds the
+    # others) once instead of one per model at import: `homelab validate` starts faster.
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False, defer_build=True)
 
 
 class Proxmox(Strict):
@@ -165,7 +168,16 @@ class Timeouts(Strict):
 class Settings(Strict):
     """How homelab works against this lab."""
 
-    concurrency: int = Field(4, ge=1, le=64, description="VMs worked on at once")
+    concurrency: int = Field(
+        4, ge=1, le=64, description="clones and other disk tasks at once per Proxmox node (fewer while it is busy)"
+    )
+    api_readers: int = Field(
+        32,
+        ge=1,
+        le=128,
+        description="API reads sent at once while gathering facts (one config read per VM the lab may own); "
+        "reads only, Proxmox's pveproxy serves them in parallel",
+    )
     full_clone: bool = Field(False, description="full clones instead of linked clones, lab-wide")
     data_disk: OptionalSize | None = Field(
         None,
@@ -186,6 +198,11 @@ class Settings(Strict):
         "templates are versioned and rebuilt instead, and no upgrade races the deploy's apt",
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    auth: AuthName = Field(
+        "none",
+        description="forward-auth for every stack's web UIs unless the stack says otherwise (stacks.<name>.auth): "
+        "authelia (its stack must run on the VM) or none",
+    )
 
 
 class Backup(Strict):
@@ -243,6 +260,30 @@ class Repo(Strict):
     branch: str = Field("main", pattern=r"^[A-Za-z0-9._/-]+$")
 
 
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
+AuthName = Literal["authelia", "none"]
+
+
+class ServiceExtension(Strict):
+    """What the lab adds to one service of a stack (rendered into compose.homelab.yml, an overlay)."""
+
+    environment: dict[EnvName, str] = Field(default_factory=dict, description="extra environment (no secrets)")
+    labels: dict[Annotated[str, StringConstraints(min_length=1)], str] = Field(
+        default_factory=dict, description="extra labels"
+    )
+    volumes: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        default_factory=list, description="extra volumes, e.g. /mnt/photos:/photos:ro"
+    )
+
+
+class StackExtension(Strict):
+    """A built-in stack extended from the lab file without copying it."""
+
+    services: dict[Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9._-]+$")], ServiceExtension] = Field(
+        default_factory=dict, description="per service: environment, labels, volumes to add"
+    )
+
+
 class StackSettings(Strict):
     """Per-stack settings (non-secret)."""
 
@@ -251,6 +292,12 @@ class StackSettings(Strict):
     env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")], str] = Field(
         default_factory=dict,
         description="extra non-secret environment for the stack (secrets go in the secrets file: `homelab secrets`)",
+    )
+    extend: StackExtension | None = Field(
+        None, description="environment, labels and volumes added to the stack's services (compose.homelab.yml)"
+    )
+    auth: AuthName | None = Field(
+        None, description="forward-auth in front of the stack's web UIs: authelia, or none (default settings.auth)"
     )
 
 
@@ -293,6 +340,19 @@ class Docker(Strict):
         description="docker (Docker's own apt repository: current Engine and the compose v2 plugin) or "
         "distribution (the distribution's packages; Debian 12 has Docker 20.10 and compose v1)",
     )
+    repository: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s'\"]+$",
+        description="a mirror of Docker's apt repository (source: docker), laid out as Docker's: "
+        "<url>/dists/<release>/stable; {distribution} in it becomes debian or ubuntu; "
+        "default https://download.docker.com/linux/{distribution}",
+    )
+    key_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s'\"]+$",
+        description="where the VMs fetch the repository's signing key (apt checks every package against it: "
+        "fetch it over https or from a host you trust); default <repository>/gpg",
+    )
 
 
 class Lab(Strict):
@@ -320,6 +380,12 @@ class Lab(Strict):
     )
     https: Https = Field(default_factory=Https)
     docker: Docker = Field(default_factory=Docker)
+    _folder: Path | None = PrivateAttr(default=None)
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder of the lab file (its own stacks are in <folder>/stacks/); None for a lab not read from one."""
+        return self._folder
 
     def data_disk_for(self, vm: Vm) -> int | None:
         """The size of a VM's data disk, or None for a VM without one."""

@@ -99,7 +99,11 @@ def check(lab: Lab, facts: AccessFacts, purposes: tuple[str, ...]) -> list[Findi
         places["import_storage"] = importing
     missing = set()
     if "permissions" not in facts.failed:
-        for want in needed(version, purposes, places):
+        wants = needed(version, purposes, places)
+        if "vms" in purposes:  # each GPU mapping the lab's VMs name (vms[].gpu)
+            for gpu in sorted({vm.gpu for vm in lab.vms if vm.gpu}):
+                wants += needed(version, ("gpu",), {**places, "gpu": gpu})
+        for want in wants:
             if not holds(facts.permissions, want.path, want.name):
                 missing.add(want.path)
                 fix = f"{role_command([want.name])} && {grant_command(want.path, px.token_id, px.user)}"

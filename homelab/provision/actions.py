@@ -153,10 +153,18 @@ class MoveDataDisk(Action):
     from_key: str
     to_vmid: int
     node: str
+    # from an unfinished replacement's new VM with the snapshot of its first start: rolled back to it first (the
+    # data as the old VM left it) and its snapshots dropped (PVE moves no disk a snapshot uses)
+    unwind: bool = False
     kind: ClassVar[str] = "move-data-disk"
 
     def describe(self) -> str:
-        return f"move {self.vm}'s data disk from VM {self.from_vmid} to {self.to_vmid} (kept, not copied)"
+        text = f"move {self.vm}'s data disk from VM {self.from_vmid} to {self.to_vmid} (kept, not copied)"
+        if self.unwind:
+            text += (
+                f"; VM {self.from_vmid} is rolled back to its first snapshot first: the data as {self.to_vmid} left it"
+            )
+        return text
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Carry out a Plan against Proxmox: one chain of actions per VM, chains in parallel, bounded."""
+"""Carry out a Plan against Proxmox: one chain of actions per VM, all chains at once, disk work paced per node."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
-from homelab.adapters.proxmox.datadisks import DATA_KEY
 from homelab.adapters.proxmox.labvms import boot_disk
 from homelab.adapters.proxmox.marks import describe_vm, marks_as, parse_mark
 from homelab.adapters.proxmox.placement import migrate_offline
@@ -21,6 +20,7 @@ from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.datadisk import DataDisks
 from homelab.provision.guestagent import GuestAgent
+from homelab.provision.handover import came_up, go_back, replacing, unwind
 from homelab.provision.outcomes import (
     ApplyResult,
     Reporter,
@@ -29,6 +29,7 @@ from homelab.provision.outcomes import (
     VmOutcome,
     vmid_taken,
 )
+from homelab.provision.pacing import NodePacer
 from homelab.provision.plan import (
     Action,
     AddDataDisk,
@@ -45,6 +46,9 @@ from homelab.provision.plan import (
 from homelab.state.hosts import Host
 
 MAX_THREADS = 64
+# Seconds between polls of a task that holds a node's slot, at most: a slot freed late delays the next clone,
+# and these polls are bounded by the node's limit (the waits that hold no slot back off further, to 2-3 s).
+SLOT_POLL = 0.25
 
 
 class Executor:
@@ -62,7 +66,7 @@ class Executor:
         concurrency: int,
     ):
         self.known = known or {}
-        self.slots = threading.Semaphore(concurrency)
+        self.pace = NodePacer(api, concurrency, cancel, reporter.step)
         self.api = api
         self.lab = lab
         self.alloc = allocator
@@ -107,8 +111,9 @@ class Executor:
         return f"vmid {outcome.vmid}" + (f", {outcome.address}" if outcome.address else "")
 
     @contextmanager
-    def _slot(self) -> Iterator[None]:
-        with self.slots:
+    def _slot(self, node: str, vm: str) -> Iterator[None]:
+        """One of ``node``'s slots for disk work (see :mod:`homelab.provision.pacing`)."""
+        with self.pace.slot(node, vm):
             self._check_cancel()
             yield
 
@@ -117,38 +122,38 @@ class Executor:
             raise Interrupted("interrupted")
 
     def _run(self, action: Action, outcome: VmOutcome) -> None:
-        # Work that loads Proxmox (clones, config, starts, deletes) holds one of the `concurrency` slots;
-        # waiting for a guest agent to boot does not, so it never keeps other VMs from starting.
+        # Disk work (clones, disk growth and moves, deletes) holds one of its node's slots while its task runs;
+        # config writes, starts and the waits for guest agents hold none, so they never keep other VMs waiting.
         if isinstance(action, CreateVM):
-            with self._slot():
-                outcome.vmid, outcome.node = self._create(action, start=True)
+            outcome.vmid, outcome.node = self._create(action, start=True)
         elif isinstance(action, ReplaceVM):
             outcome.vmid, outcome.node, outcome.address, outcome.host_key = self._replace(action)
             outcome.learned = True
         elif isinstance(action, UpdateVM):
             outcome.vmid, outcome.node = action.vmid, action.node
-            with self._slot():
-                self._update(action)
+            self._update(action)
         elif isinstance(action, GrowDisk):
             outcome.vmid, outcome.node = action.vmid, action.node
             self.report.step(action.vm, f"growing {action.disk_key} to {format_size(action.new)}")
-            with self._slot():
-                self._resize(action.node, action.vmid, action.disk_key, action.new)
+            self._resize(action.node, action.vmid, action.disk_key, action.new, vm=action.vm)
         elif isinstance(action, StartVM):
             outcome.vmid, outcome.node = action.vmid, action.node
-            with self._slot():
-                self._start(action.vm, action.node, action.vmid)
+            self._start(action.vm, action.node, action.vmid)
         elif isinstance(action, RemoveVM):
-            with self._slot():
+            with self._slot(action.node, action.vm):
                 if action.park_data:
                     self.disks.park(action.vm, action.node, action.vmid, action.park_data)
                 self._remove(action.vm, action.node, action.vmid, action.purge_data)
         elif isinstance(action, AddDataDisk):
             outcome.vmid, outcome.node = action.vmid, action.node
-            with self._slot():
+            with self._slot(action.node, action.vm):
                 self.disks.attach_new(action.vm, action.node, action.vmid, action.size)
         elif isinstance(action, MoveDataDisk):
-            with self._slot():
+            with self._slot(action.node, action.vm):
+                if action.unwind:
+                    unwind(
+                        self.api, self.lab, self.report.step, action.vm, action.node, action.from_vmid, action.to_vmid
+                    )
                 self.disks.move(action.vm, action.node, action.from_vmid, action.from_key, action.to_vmid)
         elif isinstance(action, Unchanged):
             outcome.vmid, outcome.node = action.vmid, action.node
@@ -161,21 +166,24 @@ class Executor:
         if node != action.node:
             self._check_cancel()
             self.report.step(action.vm, f"migrating {vmid} from {node} to {action.node} (offline)")
-            migrate_offline(self.api, node, vmid, action.node, self.timeouts.clone, f"migration of {action.vm}")
+            with self._slot(node, action.vm):
+                migrate_offline(self.api, node, vmid, action.node, self.timeouts.clone, f"migration of {action.vm}")
         node = action.node
         self._check_cancel()
         self.report.step(action.vm, "configuring cloud-init, cores, memory, tags")
         self.api.put(f"/nodes/{node}/qemu/{vmid}/config", **encode_config(action.config))
         if action.adopt:
-            self.disks.adopt(action.vm, node, vmid, *action.adopt)
+            with self._slot(node, action.vm):
+                self.disks.adopt(action.vm, node, vmid, *action.adopt)
         elif action.data_disk:
-            self.disks.attach_new(action.vm, node, vmid, action.data_disk)
+            with self._slot(node, action.vm):
+                self.disks.attach_new(action.vm, node, vmid, action.data_disk)
         config = self.api.get(f"/nodes/{node}/qemu/{vmid}/config")
         disk_key = boot_disk(config)
         if disk_key is None:
             raise OperationError(f"{action.vm}: the clone of {action.template.name} has no boot disk")
         self.report.step(action.vm, f"growing {disk_key} to {format_size(action.disk)}")
-        self._resize(node, vmid, disk_key, action.disk, only_if_larger=str(config[disk_key]))
+        self._resize(node, vmid, disk_key, action.disk, only_if_larger=str(config[disk_key]), vm=action.vm)
         if start:
             self._check_cancel()
             self._start(action.vm, node, vmid)
@@ -202,8 +210,9 @@ class Executor:
             if self.lab.proxmox.pool:
                 params["pool"] = self.lab.proxmox.pool
             try:
-                upid = self.api.post(f"/nodes/{tpl.node}/qemu/{tpl.vmid}/clone", **params)
-                self.api.wait_task(tpl.node, upid, self.timeouts.clone, f"clone of {action.vm}")
+                with self._slot(tpl.node, action.vm):  # the clone's task loads the template's node
+                    upid = self.api.post(f"/nodes/{tpl.node}/qemu/{tpl.vmid}/clone", **params)
+                    self.api.wait_task(tpl.node, upid, self.timeouts.clone, f"clone of {action.vm}", max_poll=SLOT_POLL)
                 return vmid, direct or tpl.node
             except ProxmoxError as exc:
                 if not vmid_taken(exc):
@@ -239,14 +248,17 @@ class Executor:
                 return node
         return None
 
-    def _resize(self, node: str, vmid: int, disk_key: str, size: int, only_if_larger: str | None = None) -> None:
+    def _resize(
+        self, node: str, vmid: int, disk_key: str, size: int, only_if_larger: str | None = None, *, vm: str
+    ) -> None:
         if only_if_larger is not None:
             current = drive_size(only_if_larger)
             if current is not None and current >= size:
                 return
-        upid = self.api.put(f"/nodes/{node}/qemu/{vmid}/resize", disk=disk_key, size=format_size(size))
-        if isinstance(upid, str) and upid.startswith("UPID:"):
-            self.api.wait_task(node, upid, self.timeouts.task, f"disk resize of {vmid}")
+        with self._slot(node, vm):
+            upid = self.api.put(f"/nodes/{node}/qemu/{vmid}/resize", disk=disk_key, size=format_size(size))
+            if isinstance(upid, str) and upid.startswith("UPID:"):
+                self.api.wait_task(node, upid, self.timeouts.task, f"disk resize of {vmid}", max_poll=SLOT_POLL)
 
     def _start(self, vm: str, node: str, vmid: int) -> None:
         self.report.step(vm, "starting")
@@ -293,40 +305,34 @@ class Executor:
 
     def _replace(self, action: ReplaceVM) -> tuple[int, str, str | None, str | None]:
         """Blue/green: the new VM is built beside the old; the old is removed only once the new is up (cloud-init
-        finished, address and host key read): returns its vmid, node, address and host key.
+        finished, address and host key read): returns its vmid, node, address and host key. The new VM is marked
+        "replacing" until then, so a run killed in between leaves the next run knowing the old one ran well.
 
         With a static IP or a data disk both cannot run at once: the new VM is fully built but stopped, the old
         one shut down cleanly (its guest writes out what it holds; hard-stopped after a grace period) and its data
-        disk moved over, the new one started; if it does not come up, it is stopped,
-        the data disk goes back and the old one is started again.
+        disk moved over, the new one started. If it does not come up, or the user interrupts, it goes back
+        (handover.go_back): the new VM is stopped before the old one starts again.
         """
-        create, old = action.create, (action.vm, action.old_node, action.old_vmid)
+        create, old = replacing(action.create, self.lab.name), (action.vm, action.old_node, action.old_vmid)
         handover = action.static_ip or action.data_from is not None
-        with self._slot():
-            vmid, node = self._create(create, start=not handover)
-        if handover:
-            with self._slot():
+        vmid, node = self._create(create, start=not handover)
+        try:
+            if handover:
                 self._shut_down(*old)
-                if action.drops_snapshots:
-                    self.disks.drop_snapshots(*old)
-                if action.data_from:
-                    self.disks.move(action.vm, node, action.old_vmid, action.data_from, vmid)
-                    if action.snapshot_first:
-                        self.disks.snapshot_first(action.vm, node, vmid, action.old_vmid)
-            try:
-                with self._slot():
-                    self._start(action.vm, node, vmid)
-                address, key = self.agent.learn(action.vm, node, vmid, True, None, None, create.template)
-            except HomelabError:
-                self.report.step(action.vm, f"new VM {vmid} did not come up; going back to {action.old_vmid}")
-                self._stop(action.vm, node, vmid)
-                if action.data_from:
-                    self.disks.move(action.vm, node, vmid, DATA_KEY, action.old_vmid, action.data_from)
-                self._start(*old)
-                raise
-        else:
+                with self._slot(node, action.vm):
+                    if action.drops_snapshots:
+                        self.disks.drop_snapshots(*old)
+                    if action.data_from:
+                        self.disks.move(action.vm, node, action.old_vmid, action.data_from, vmid)
+                        if action.snapshot_first:
+                            self.disks.snapshot_first(action.vm, node, vmid, action.old_vmid)
+                self._start(action.vm, node, vmid)
             address, key = self.agent.learn(action.vm, node, vmid, True, None, None, create.template)
-        with self._slot():
+        except HomelabError as exc:
+            go_back(self.api, self.lab, self.report.step, action, node, vmid, exc, handover)
+            raise
+        came_up(self.api, action, node, vmid)
+        with self._slot(action.old_node, action.vm):
             self._remove(*old)
         return vmid, node, address, key
 
@@ -340,8 +346,9 @@ def apply_plan(
     concurrency: int | None = None,
     known: dict[str, Host] | None = None,
 ) -> ApplyResult:
-    """Run every VM's chain, at most ``concurrency`` at once (None: the lab's ``settings.concurrency``, the one
-    place that default is taken). Ctrl-C stops chains at their next step."""
+    """Run every VM's chain at once, with at most ``concurrency`` disk tasks per node (None: the lab's
+    ``settings.concurrency``, the one place that default is taken; fewer while a node reports itself busy).
+    Ctrl-C stops chains at their next step."""
     if plan.blocked:
         raise OperationError("; ".join(b.describe() for b in plan.blocked))
     started = time.monotonic()
@@ -350,7 +357,7 @@ def apply_plan(
     slots = concurrency or lab.settings.concurrency
     executor = Executor(api, lab, VmidAllocator(api, used_vmids), reporter, cancel, known, concurrency=slots)
     chains = list(plan.by_vm().items())
-    # A thread per chain (capped): threads mostly wait; the slots bound the load on Proxmox.
+    # A thread per chain (capped): threads mostly wait; the nodes' slots bound the load on Proxmox.
     workers = max(1, min(len(chains), MAX_THREADS))
     outcomes: dict[str, VmOutcome] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="homelab-vm")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from homelab.adapters.proxmox.api import PveApi
@@ -36,15 +38,28 @@ class Facts(ClusterFacts):
     shared_templates: frozenset[int] = frozenset()
 
 
-def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None = None) -> Facts:
+def gather(
+    api: PveApi, lab: Lab, cluster: ClusterFacts | None = None, check: Callable[[], None] | None = None
+) -> Facts:
     """The cluster's facts (or those just gathered, ``cluster``), then the configs of the VMs that may be this
-    lab's, in parallel."""
-    cluster = cluster or gather_cluster(api)
-    templates = {
-        t.name: tuple(v for v in cluster.versions_of(t.name) if usable_version(v, lab, t.version))
-        for t in lab.templates
-    }
-    managed, namesakes = read_lab_vms(api, lab, cluster.guests, workers)
+    lab's, in parallel.
+
+    Every read goes through one pool of ``settings.api_readers`` threads: the release (and ``check``, a read-only
+    check of the caller's that raises to stop) go out beside the cluster's guests, the config reads right after,
+    so a lab of N VMs takes about 1 + N / api_readers round trips, whatever the latency."""
+    with ThreadPoolExecutor(lab.settings.api_readers, thread_name_prefix="homelab-read") as pool:
+        listed = pool.submit(gather_cluster, api) if cluster is None else None
+        checked = pool.submit(check) if check is not None else None
+        release = pool.submit(read_release, api)
+        if checked is not None:
+            checked.result()
+        cluster = listed.result() if listed is not None else cluster
+        assert cluster is not None
+        templates = {
+            t.name: tuple(v for v in cluster.versions_of(t.name) if usable_version(v, lab, t.version))
+            for t in lab.templates
+        }
+        managed, namesakes = read_lab_vms(api, lab, cluster.guests, pool)
     elsewhere = {
         version
         for vm in lab.vms
@@ -58,7 +73,7 @@ def gather(api: PveApi, lab: Lab, workers: int = 8, cluster: ClusterFacts | None
         unmanaged_namesakes=namesakes,
         templates=templates,
         admin_key=read_admin_public(lab),
-        release=read_release(api),
+        release=release.result(),
         shared_templates=shared_templates(api, sorted(elsewhere, key=lambda v: v.vmid)),
     )
 

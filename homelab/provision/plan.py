@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from homelab.adapters.proxmox.datadisks import DATA_KEY
-from homelab.adapters.proxmox.labvms import current_and_leftovers
+from homelab.adapters.proxmox.labvms import UNFINISHED, current_and_leftovers
 from homelab.adapters.proxmox.marks import parse_mark
 from homelab.adapters.proxmox.placement import has_ciupgrade
 from homelab.adapters.proxmox.versions import TemplateMissing, TemplateVersion, pick_version
@@ -31,7 +31,7 @@ from homelab.provision.actions import (
 from homelab.provision.facts import Facts, LiveVm, kept_data
 
 # Changing these only takes effect at the next boot (cloud-init regenerates its drive then).
-NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain"}
+NEEDS_REBOOT = {"cores", "memory", "ciuser", "sshkeys", "ipconfig0", "nameserver", "searchdomain", "hostpci0"}
 
 
 def _diff(live: LiveVm, desired: dict[str, str]) -> tuple[ConfigChange, ...]:
@@ -139,7 +139,8 @@ def _plan_vm(
         if holder.node != current.node:
             return [Blocked(vm.name, f"its data disk is on VM {holder.vmid} on node {holder.node}, not {current.node}")]
         assert holder.data_disk is not None
-        moves.append(MoveDataDisk(vm.name, holder.vmid, holder.data_disk.key, current.vmid, current.node))
+        unwind = (holder.meta or {}).get("state") in UNFINISHED and bool(holder.config.get("parent"))
+        moves.append(MoveDataDisk(vm.name, holder.vmid, holder.data_disk.key, current.vmid, current.node, unwind))
     elif adopt and not reason:
         moves.append(MoveDataDisk(vm.name, adopt[0], adopt[1], current.vmid, current.node))
     if reason:
@@ -176,13 +177,18 @@ def _plan_vm(
             actions.append(StartVM(vm.name, current.vmid, current.node))
         if not actions and not moves:
             actions.append(Unchanged(vm.name, current.vmid, current.node))
-    removals: list[Action] = [
-        RemoveVM(vm.name, live.vmid, live.node, "left over from an interrupted replace") for live in leftovers
-    ]
-    if vm.ip != "dhcp" and any(isinstance(a, StartVM) for a in actions):
-        # Two VMs must never run with one static address: the leftover goes before the new one starts.
+    removals: list[Action] = [RemoveVM(vm.name, live.vmid, live.node, _leftover(live, current)) for live in leftovers]
+    if vm.ip != "dhcp":
+        # Two VMs must never run with one static address: a leftover (perhaps a replacement's new VM, running,
+        # from a run killed before it could go back) goes before anything of this VM starts.
         return moves + removals + actions
     return moves + actions + removals
+
+
+def _leftover(live: LiveVm, current: LiveVm) -> str:
+    if (live.meta or {}).get("state") in UNFINISHED:
+        return f"the new VM of a replacement that did not finish; {current.vmid} last ran well"
+    return "left over from an interrupted replace"
 
 
 def _replace_reason(vm: Vm, live: LiveVm, version: TemplateVersion, node: str) -> str | None:

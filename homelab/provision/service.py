@@ -45,13 +45,17 @@ class Planned:
 
 
 def make_plan(
-    lab: Lab, options: PlanOptions | None = None, api: PveApi | None = None, facts: Facts | None = None
+    lab: Lab,
+    options: PlanOptions | None = None,
+    api: PveApi | None = None,
+    facts: Facts | None = None,
+    gpus: bool = True,
 ) -> Planned:
-    """Gather live facts (read-only; or take facts just gathered) and plan."""
+    """Gather live facts (read-only; or take facts just gathered) and plan; ``gpus`` False: a VM's missing GPU
+    mapping does not stop it (status and backup only read)."""
     api = api or connect(lab)
     if facts is None:
-        check_nodes(api, lab)
-        facts = gather(api, lab)
+        facts = gather(api, lab, check=lambda: check_nodes(api, lab, gpus))
     return Planned(lab, api, facts, plan(lab, facts, options))
 
 
@@ -150,7 +154,7 @@ class VmStatus:
 
 def status(lab: Lab, api: PveApi | None = None) -> list[VmStatus]:
     """Each lab VM: state on Proxmox, address, template version, whether it matches the file."""
-    planned = make_plan(lab, PlanOptions(), api)
+    planned = make_plan(lab, PlanOptions(), api, gpus=False)
     hosts = {h.name: h for h in load_hosts(lab)}
     groups = planned.plan.by_vm()
     rows = []

@@ -8,6 +8,7 @@ yet is generated (and, unless only previewing, kept). Never logged; a value's re
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,7 @@ from homelab.stacks import SecretSpec
 from homelab.state.files import write_secret
 from homelab.state.secrets import read_private_yaml, secrets_file
 
-PASSWORD_BYTES = 18  # 24 characters of urlsafe base64
+PASSWORD_BYTES = 24  # 32 characters of urlsafe base64
 
 
 def env_name(stack: str, name: str) -> str:
@@ -87,6 +88,10 @@ def generated_values(lab: Lab) -> dict[str, dict[str, str]]:
 def _generate(spec: SecretSpec) -> str:
     if spec.generate == "password":
         return secrets.token_urlsafe(PASSWORD_BYTES)
+    if spec.generate == "hex32":
+        return secrets.token_hex(32)
+    if spec.generate == "base64-32":
+        return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
     raise SecretError(f"cannot generate a secret of kind {spec.generate!r}")
 
 

@@ -15,7 +15,7 @@ from homelab.errors import OperationError
 from homelab.lab.models import Lab, Template
 from homelab.paths import state_dir
 from homelab.templates.bake import OpenShell
-from homelab.templates.facts import import_storages, lab_template, storage_files
+from homelab.templates.facts import half_built, import_storages, lab_template, storage_files
 from homelab.templates.images import Fetch, fetch_text, image_for
 from homelab.templates.packer import PackerSettings, build_with_packer
 from homelab.templates.plan import BuildFacts, BuildPlan, choose_import_storage, plan_cloud_image, plan_packer
@@ -47,6 +47,7 @@ def gather_build_facts(api: PveApi, lab: Lab, template: Template, cluster: Clust
     and the node's storages."""
     cluster = cluster or gather_cluster(api)
     versions = tuple(cluster.versions_of(template.name))
+    leftovers = half_built(api, lab, template, cluster.guests)
     node = lab.proxmox.node
     if template.builder == "cloud-image":
         storages = tuple(import_storages(api, node))
@@ -61,12 +62,15 @@ def gather_build_facts(api: PveApi, lab: Lab, template: Template, cluster: Clust
             import_files=files,
             used_vmids=cluster.used_vmids,
             pve_version=reported,
+            half_built=leftovers,
         )
     storage_type = None
     for item in api.get(f"/nodes/{node}/storage") or []:
         if item.get("storage") == lab.proxmox.storage:
             storage_type = str(item.get("type") or "") or None
-    return BuildFacts(cluster.guests, versions, storage_type=storage_type, used_vmids=cluster.used_vmids)
+    return BuildFacts(
+        cluster.guests, versions, storage_type=storage_type, used_vmids=cluster.used_vmids, half_built=leftovers
+    )
 
 
 def build_paths(lab: Lab, template: Template, version: str) -> tuple[Path, Path]:

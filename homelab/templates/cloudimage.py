@@ -21,13 +21,14 @@ from homelab.errors import HomelabError, OperationError, ProxmoxError, TaskFaile
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, parse_size
 from homelab.templates.bake import BakeTemplateVm, OpenShell, SealTemplateVm, bake, seal
-from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm
+from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm, remove_half_built
 from homelab.templates.plan import (
     BuildPlan,
     ConvertToTemplate,
     CreateTemplateVm,
     DownloadImage,
     GrowTemplateDisk,
+    RemoveHalfBuilt,
     ReuseImage,
 )
 
@@ -137,7 +138,9 @@ def build_cloud_image(
     try:
         for action in plan.actions:
             progress(action.describe())
-            if isinstance(action, DownloadImage):
+            if isinstance(action, RemoveHalfBuilt):
+                remove_half_built(api, lab, plan, action)
+            elif isinstance(action, DownloadImage):
                 _download(api, lab, action)
                 downloaded = True
             elif isinstance(action, ReuseImage):

@@ -13,11 +13,12 @@ from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.guests import Guest, list_guests
-from homelab.adapters.proxmox.marks import parse_mark, split_tags
+from homelab.adapters.proxmox.marks import marks_as, parse_mark, split_tags
 from homelab.adapters.proxmox.versions import (
     TemplateMissing,
     TemplateVersion,
     find_versions,
+    parse_version_name,
     pick_version,
     version_name,
 )
@@ -140,3 +141,28 @@ def import_storages(api: PveApi, node: str) -> list[str]:
 def storage_files(api: PveApi, node: str, storage: str, content: str) -> set[str]:
     """Volume ids (``local:import/x.qcow2``) of one content type on a storage."""
     return {str(item["volid"]) for item in api.get(f"/nodes/{node}/storage/{storage}/content", content=content) or []}
+
+
+@dataclass(frozen=True)
+class HalfBuilt:
+    """A VM an interrupted build of this template left: named and marked as one of its versions, not a template."""
+
+    vmid: int
+    node: str
+    name: str
+    version: str
+
+
+def half_built(api: PveApi, lab: Lab, template: Template, guests: Iterable[Guest]) -> tuple[HalfBuilt, ...]:
+    """The VMs (not templates) named as a version of ``template`` whose description marks them as this lab's build
+    of it: a build killed before it could clean up (SIGKILL, power loss). A VM without that mark is not ours to
+    judge (Packer describes its VM only at the end): left alone, as a namesake."""
+    found = []
+    for guest in guests:
+        version = parse_version_name(template.name, guest.name) if guest.is_vm else None
+        if version is None:
+            continue
+        record = parse_mark((api.get(f"/nodes/{guest.node}/qemu/{guest.vmid}/config") or {}).get("description"))
+        if marks_as(record, lab.name, template=template.name, version=version) and "builder" in (record or {}):
+            found.append(HalfBuilt(guest.vmid, guest.node, guest.name, version))
+    return tuple(sorted(found, key=lambda h: h.vmid))

@@ -9,7 +9,7 @@ from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.vms import NotMarked, delete_vm
 from homelab.errors import HomelabError, OperationError
 from homelab.lab.models import Lab
-from homelab.templates.plan import BuildPlan
+from homelab.templates.plan import BuildPlan, RemoveHalfBuilt
 
 
 class BuildFailed(OperationError):
@@ -55,3 +55,17 @@ def remove_build_vm(api: PveApi, lab: Lab, plan: BuildPlan, node: str, *, unmark
 def left_alone(vmid: int) -> str:
     """Why a failed build removed nothing at its vmid."""
     return f"VM {vmid} is not the one this build made (its name or description differs), so homelab left it alone"
+
+
+def remove_half_built(api: PveApi, lab: Lab, plan: BuildPlan, action: RemoveHalfBuilt) -> None:
+    """Delete a VM an interrupted build left, only if it is still named and marked as that build's."""
+    delete_vm(
+        api,
+        action.node,
+        action.vmid,
+        plan.lab,
+        timeout=lab.settings.timeouts.task,
+        name=action.name,
+        missing_ok=True,
+        mark={"template": plan.template, "version": action.version},
+    )

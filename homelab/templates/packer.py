@@ -16,7 +16,7 @@ from homelab.adapters.proxmox.guests import list_guests
 from homelab.errors import SecretError
 from homelab.lab.models import Lab, Template
 from homelab.state.secrets import ProxmoxAuth, proxmox_auth
-from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm
+from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm, remove_half_built
 from homelab.templates.packer_config import (
     MAIN_FILE,
     PRIVATE_FILES,
@@ -25,7 +25,7 @@ from homelab.templates.packer_config import (
     render_files,
     write_files,
 )
-from homelab.templates.plan import BuildPlan, FinalizeTemplate, RenderPacker, RunPacker
+from homelab.templates.plan import BuildPlan, FinalizeTemplate, RemoveHalfBuilt, RenderPacker, RunPacker
 
 Progress = Callable[[str], None]
 
@@ -124,7 +124,9 @@ def build_with_packer(
     try:
         for action in plan.actions:
             progress(action.describe())
-            if isinstance(action, RenderPacker):
+            if isinstance(action, RemoveHalfBuilt):
+                remove_half_built(api, lab, plan, action)
+            elif isinstance(action, RenderPacker):
                 render_build(lab, template, plan, action, settings, storage_type)
             elif isinstance(action, RunPacker):
                 started = True

@@ -21,7 +21,7 @@ from homelab.errors import InputError, OperationError
 from homelab.lab.models import Lab, Template
 from homelab.lab.types import format_size
 from homelab.templates.bake import BUILD_SETTINGS, BakeTemplateVm, SealTemplateVm
-from homelab.templates.facts import next_free_vmid
+from homelab.templates.facts import HalfBuilt, next_free_vmid
 from homelab.templates.images import Image, image_filename
 from homelab.templates.naming import new_version
 
@@ -48,6 +48,21 @@ class BuildFacts(ClusterFacts):
     storage_type: str | None = None
     # what /version reported (cloud-image builds; None: not read)
     pve_version: str | None = None
+    # VMs an interrupted build of this template left (marked as the lab's, not templates): removed first
+    half_built: tuple[HalfBuilt, ...] = ()
+
+
+@dataclass(frozen=True)
+class RemoveHalfBuilt:
+    """Remove a VM an interrupted build left (it is re-checked against its mark right before)."""
+
+    node: str
+    vmid: int
+    name: str
+    version: str
+
+    def describe(self) -> str:
+        return f"remove VM {self.vmid} {self.name}: a build of version {self.version} that never finished"
 
 
 @dataclass(frozen=True)
@@ -168,7 +183,8 @@ class FinalizeTemplate:
 
 
 BuildAction = (
-    DownloadImage
+    RemoveHalfBuilt
+    | DownloadImage
     | ReuseImage
     | CreateTemplateVm
     | GrowTemplateDisk
@@ -221,6 +237,10 @@ def check_import_version(template: Template, reported: str | None) -> None:
         )
 
 
+def _cleanup(facts: BuildFacts) -> tuple[BuildAction, ...]:
+    return tuple(RemoveHalfBuilt(h.node, h.vmid, h.name, h.version) for h in facts.half_built)
+
+
 def _record(lab: Lab, template: Template, version: str, now: datetime, **extra: str) -> dict[str, str]:
     record = {
         "lab": lab.name,
@@ -235,7 +255,8 @@ def _record(lab: Lab, template: Template, version: str, now: datetime, **extra: 
 
 
 def _identity(template: Template, facts: BuildFacts, now: datetime) -> tuple[str, int, str]:
-    version = new_version(now, [v.version for v in facts.versions])
+    # a half-built VM's version counts as taken: versions only grow, and no two VMs ever share a version's name
+    version = new_version(now, [v.version for v in facts.versions] + [h.version for h in facts.half_built])
     vmid = next_free_vmid(facts.guests, template.vmid_range)
     return version, vmid, version_name(template.name, version)
 
@@ -281,6 +302,7 @@ def plan_cloud_image(
     )
     build_only = tuple(key for key in BUILD_SETTINGS if key in dict(params))
     actions: tuple[BuildAction, ...] = (
+        *_cleanup(facts),
         fetch,
         CreateTemplateVm(node, vmid, name, params),
         GrowTemplateDisk(node, vmid, "scsi0", format_size(template.disk)),
@@ -365,6 +387,7 @@ def plan_packer(
         ("vga", "serial0"),
     )
     actions: tuple[BuildAction, ...] = (
+        *_cleanup(facts),
         RenderPacker(build_dir, source, clone_vm),
         RunPacker(build_dir, log_path, vmid, name, source, clone_vm, iso_file),
         FinalizeTemplate(node, vmid, finalize),

@@ -45,6 +45,19 @@ def start_at_barrier(barrier: Path, env: dict[str, str], *args: str, log: Path) 
         )
 
 
+def start_held(barrier: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """A `homelab ARGS` process held at ``barrier`` (see :func:`start_at_barrier`) whose output (stdout and stderr
+    together) is read line by line: started early, its interpreter start overlaps other work."""
+    return subprocess.Popen(
+        [sys.executable, "-c", BARRIER_MAIN, str(barrier), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+
+
 def wait_ready(barrier: Path, count: int, timeout: float = 120) -> None:
     """Wait until ``count`` processes started with :func:`start_at_barrier` have imported homelab and spin."""
     deadline = time.monotonic() + timeout

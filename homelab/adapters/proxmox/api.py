@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -95,6 +95,11 @@ class PveApi:
                 raise Interrupted(f"interrupted while retrying {method} {path}")
             self.retry.sleep(delay)
             delay = min(delay * 2, self.retry.max_delay)
+
+    def shielded(self) -> PveApi:
+        """The same connection (and call counts), deaf to the user's Ctrl-C: for the few calls that must still
+        be made after it, such as a replacement's rollback (each still bounded by its own timeout)."""
+        return replace(self, cancel=threading.Event(), _lock=threading.Lock())
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, **params)

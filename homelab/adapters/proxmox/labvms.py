@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,18 +74,31 @@ class LiveVm:
         return urllib.parse.unquote(text) if key == "sshkeys" else text
 
 
+# The mark's states of a VM homelab has not finished: "creating" from the clone call until it is configured;
+# "replacing" for a replacement's new VM until it came up (then "ready").
+UNFINISHED = ("creating", "replacing")
+
+
 def current_and_leftovers(lives: Iterable[LiveVm], wanted_version: str | None) -> tuple[LiveVm, list[LiveVm]]:
-    """Of the VMs marked with one lab VM's name (several: an interrupted replace), the one that is that VM (on the
-    wanted template version, then the highest vmid) and the others, left over. ``lives`` must not be empty."""
-    ordered = sorted(lives, key=lambda v: ((v.meta or {}).get("version") == wanted_version, v.vmid))
+    """Of the VMs marked with one lab VM's name (several: an interrupted or failed replace), the one that is that
+    VM and the others, left over. The one that last ran well wins: a finished VM before a replacement's new VM
+    that never came up (or whose run was interrupted), then the wanted template version, then the highest vmid.
+    ``lives`` must not be empty."""
+
+    def rank(v: LiveVm) -> tuple[bool, bool, int]:
+        meta = v.meta or {}
+        return meta.get("state") not in UNFINISHED, meta.get("version") == wanted_version, v.vmid
+
+    ordered = sorted(lives, key=rank)
     return ordered[-1], ordered[:-1]
 
 
 def read_lab_vms(
-    api: PveApi, lab: Lab, guests: Iterable[Guest], workers: int = 8
+    api: PveApi, lab: Lab, guests: Iterable[Guest], readers: int | Executor | None = None
 ) -> tuple[tuple[LiveVm, ...], tuple[LiveVm, ...]]:
-    """The configs of the VMs that may be the lab's (tagged as the lab's, or named like a lab VM), in parallel;
-    split into (marked as the lab's, by vmid; named like a lab VM but not marked as its)."""
+    """The configs of the VMs that may be the lab's (tagged as the lab's, or named like a lab VM), one read each,
+    ``readers`` at once (a number, default ``settings.api_readers``, or a pool the caller shares with its other
+    reads); split into (marked as the lab's, by vmid; named like a lab VM but not marked as its)."""
     names = {vm.name for vm in lab.vms}
     candidates = [g for g in guests if g.is_vm and (lab.tag in g.tags or g.name in names)]
 
@@ -102,8 +115,11 @@ def read_lab_vms(
             lock=config.get("lock") or guest.lock,
         )
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        live = list(pool.map(read, candidates))
+    if isinstance(readers, Executor):
+        live = list(readers.map(read, candidates))
+    else:
+        with ThreadPoolExecutor(readers or lab.settings.api_readers, thread_name_prefix="homelab-read") as pool:
+            live = list(pool.map(read, candidates))
     managed, namesakes = [], []
     for vm in live:
         # The description mark decides (the clone call writes it, so even a half-made VM has it). A tag

@@ -1,12 +1,13 @@
 """The least-privilege role homelab's API token needs, as one table, and the Proxmox VE versions it depends on.
 
 Every row is one privilege on one path (a template filled from the lab: ``{node}``, ``{storage}``,
-``{import_storage}``, ``{bridge}``), why homelab needs it, the PVE versions it applies to and what needs it:
-``vms`` (apply: clone, configure, start, read addresses), ``build`` (any template build) or ``cloud-image`` (a
-cloud-image build: the download). Read from what homelab calls (adapters/proxmox, the stages) and from PVE's
-permission checks (qemu-server API2/Qemu.pm and Qemu/Agent.pm, pve-storage API2/Storage/Status.pm, pve-manager
-API2/Network.pm). Add a row when homelab starts calling something new (VM.Migrate for clusters, Pool.Audit for
-pools, VM.Console for a bake): `homelab doctor`, the README's role and the fake's grants all read this table.
+``{import_storage}``, ``{bridge}``, ``{gpu}``), why homelab needs it, the PVE versions it applies to and what
+needs it: ``vms`` (apply: clone, configure, start, read addresses), ``build`` (any template build),
+``cloud-image`` (a cloud-image build: the download) or ``gpu`` (each GPU mapping the lab's VMs name). Read from
+what homelab calls (adapters/proxmox, the stages) and from PVE's permission checks (qemu-server API2/Qemu.pm
+and Qemu/Agent.pm, pve-storage API2/Storage/Status.pm, pve-manager API2/Network.pm). Add a row when homelab
+starts calling something new (VM.Migrate for clusters, Pool.Audit for pools, VM.Console for a bake):
+`homelab doctor`, the README's role and the fake's grants all read this table.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ VMS, STORAGE, IMPORTS, NODE, BRIDGE = (
     "/nodes/{node}",
     ("/sdn/zones/localnetwork/{bridge}"),
 )
+GPU = "/mapping/pci/{gpu}"  # one row per GPU mapping the lab's VMs name (checked once per name)
 
 PRIVILEGES: tuple[Privilege, ...] = (
     Privilege("VM.Audit", VMS, "see VMs and templates (PVE hides what a token may not audit)"),
@@ -79,10 +81,14 @@ PRIVILEGES: tuple[Privilege, ...] = (
     Privilege("VM.Snapshot", VMS, "take and prune snapshots (homelab snapshot)", ("snapshots",)),
     Privilege("VM.Snapshot.Rollback", VMS, "return a VM to a snapshot (homelab rollback)", ("snapshots",)),
     Privilege("VM.Backup", VMS, "back up VMs with vzdump (homelab backup)", ("backups",)),
+    # qemu-server's hostpci check: a mapped device needs Mapping.Use on its mapping (raw host= ids: root@pam only)
+    Privilege("Mapping.Use", GPU, "pass the VM its GPU through the PCI resource mapping (vms[].gpu)", ("gpu",)),
+    # Optional: without it apply keeps settings.concurrency disk tasks per node (homelab/provision/pacing.py).
+    Privilege("Sys.Audit", NODE, "read the node's load (IO delay, CPU, memory) to pace clones", ("pacing",)),
 )
 # What the README's role covers: everything but the backup job of backup.schedule, which needs Sys.Modify on /
 # (a broad right, granted only by those who want the job).
-ROLE_PURPOSES = ("vms", "build", "cloud-image", "snapshots", "backups")
+ROLE_PURPOSES = ("vms", "build", "cloud-image", "snapshots", "backups", "pacing", "gpu")
 
 
 def parse_version(text: str | None) -> Version | None:

@@ -37,6 +37,11 @@ def desired_config(
         config["nameserver"] = " ".join(net.dns)
     if net.domain:
         config["searchdomain"] = net.domain
+    if vm.gpu:
+        # A resource mapping, which a token may use with Mapping.Use (a raw host= device is for root@pam only).
+        # No pcie=1: that needs the q35 machine and homelab keeps PVE's default (i440fx), where qemu-server
+        # refuses it at start; the GPU is then a plain PCI device, which /dev/dri and transcoding work with.
+        config["hostpci0"] = f"mapping={vm.gpu}"
     return config
 
 

@@ -24,7 +24,8 @@ options:
     default: []
     description:
       - Files, each with C(path) (relative to O(root)), C(content_b64) and C(mode) (octal string).
-      - C(host_ids) true replaces @PUID@ and @PGID@ in the content with O(owner)'s uid and gid.
+      - C(host_ids) true replaces @PUID@ and @PGID@ in the content with O(owner)'s uid and gid, and @RENDER_GID@
+        with the id of the host's render group (which owns /dev/dri/renderD*; a host without one fails).
   private_dirs:
     type: list
     elements: str
@@ -35,11 +36,38 @@ options:
     elements: str
     default: []
     description: Absolute folders outside O(root) owned by O(owner), group-writable and setgid (2775), parents first.
+  state_dirs:
+    type: list
+    elements: str
+    default: []
+    description:
+      - Absolute folders (a stack's STATE_DIR and its subfolders), parents first, made owned by O(owner) (0755)
+        when missing. One that exists is never changed (a container may have made it its own).
+  moves:
+    type: list
+    elements: dict
+    default: []
+    description:
+      - State folders of an earlier layout, each C(stack), C(src) (relative to O(root)) and C(dest) (absolute).
+        A C(src) that is a real folder moves to C(dest) when C(dest) does not exist yet (a rename, or a copy
+        that keeps owners and modes, then the old folder goes). Nothing is ever deleted that was not copied.
+  moves_plan_only:
+    type: bool
+    default: false
+    description: Only report the stacks with a move pending (C(pending_moves)).
+  purge_state:
+    type: dict
+    default: {}
+    description:
+      - Stack name to its state folder, deleted only together with that stack's folder in O(remove)
+        (--purge-data); the path must end in /stacks/<name>.
   remove: {type: list, elements: str, default: [], description: Stack folders (names under O(root)) to delete.}
   lab: {type: str, default: "", description: The lab whose marker a folder in O(remove) must carry.}
 """
 
 import base64
+import errno
+import grp
 import os
 import pwd
 import shutil
@@ -200,6 +228,82 @@ def _remove_stack(module, root, name, lab, changes):
     return True
 
 
+def _purge_state(module, name, path, changes):
+    """Delete a removed stack's state folder (--purge-data): only a real folder named .../stacks/<name>."""
+    path = os.path.normpath(str(path))
+    if not os.path.isabs(path) or not path.endswith(f"/stacks/{name}"):
+        raise ValueError(f"{path!r} is not the state folder of stack {name}")
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    changes.append(
+        {
+            "before_header": path,
+            "after_header": path,
+            "before": {"path": path, "state": "directory"},
+            "after": {"path": path, "state": "absent"},
+            "homelab_change": "data deleted (--purge-data)",
+        }
+    )
+    if not module.check_mode:
+        shutil.rmtree(path)
+    return True
+
+
+def _pending(root, moves):
+    """The moves whose old folder is there (a real folder) and whose new one is not."""
+    found = []
+    for move in moves:
+        src = _inside(root, move["src"])
+        dest = os.path.normpath(move["dest"])
+        if not os.path.isabs(dest):
+            raise ValueError(f"{dest!r} is not an absolute path")
+        if os.path.isdir(src) and not os.path.islink(src) and not os.path.lexists(dest):
+            found.append((move["stack"], src, dest))
+    return found
+
+
+def _make_missing(module, path, uid, gid, changes):
+    """Create ``path`` and its missing parents owned by the user (0755); an existing folder is left as it is."""
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            module.fail_json(msg=f"{path} exists and is not a folder")
+        return False
+    parent = os.path.dirname(path)
+    if parent != path:
+        _make_missing(module, parent, uid, gid, changes)
+    return _ensure_dir(module, path, uid, gid, changes)
+
+
+def _move(module, stack, src, dest, uid, gid, changes):
+    changes.append(
+        {
+            "before_header": src,
+            "after_header": dest,
+            "before": {"path": src, "state": "directory"},
+            "after": {"path": dest, "state": "directory"},
+            "homelab_change": f"state of {stack} moves to {dest}",
+        }
+    )
+    if module.check_mode:
+        return
+    _make_missing(module, os.path.dirname(dest), uid, gid, [])
+    try:
+        os.rename(src, dest)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    # another file system (the data disk): copy everything with owners, modes, links and times, then swap in
+    partial = dest + ".homelab-moving"
+    if os.path.lexists(partial):
+        shutil.rmtree(partial)
+    rc, _, err = module.run_command(["cp", "-a", "--", src, partial])
+    if rc != 0:
+        module.fail_json(msg=f"copying {src} to {partial} failed (the old folder is untouched): {err.strip()}")
+    os.rename(partial, dest)
+    shutil.rmtree(src)
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -211,6 +315,10 @@ def main():
             "data_dirs": {"type": "list", "elements": "path", "default": []},
             "remove": {"type": "list", "elements": "str", "default": []},
             "lab": {"type": "str", "default": ""},
+            "state_dirs": {"type": "list", "elements": "path", "default": []},
+            "moves": {"type": "list", "elements": "dict", "default": []},
+            "moves_plan_only": {"type": "bool", "default": False},
+            "purge_state": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -224,8 +332,22 @@ def main():
         module.fail_json(msg=f"logged in as uid {os.geteuid()}: cannot give files to {user.pw_name} without root")
     changes = []
     changed_paths = []
+    if module.params["moves_plan_only"]:
+        try:
+            pending = _pending(root, module.params["moves"])
+        except ValueError as exc:
+            module.fail_json(msg=str(exc))
+        module.exit_json(changed=False, pending_moves=sorted({stack for stack, _, _ in pending}))
     dirs, files, private = module.params["dirs"], module.params["files"], module.params["private_dirs"]
     try:
+        for stack, src, dest in _pending(root, module.params["moves"]):
+            _move(module, stack, src, dest, uid, gid, changes)
+            changed_paths.append(dest)
+        for path in module.params["state_dirs"]:
+            if not os.path.isabs(path):
+                raise ValueError(f"{path!r} is not an absolute path")
+            if _make_missing(module, os.path.normpath(path), uid, gid, changes):
+                changed_paths.append(path)
         for rel in ["", *dirs] if dirs or files or private else []:  # nothing to write: root is not made either
             path = _inside(root, rel) if rel else root
             if _ensure_dir(module, path, uid, gid, changes):
@@ -244,14 +366,26 @@ def main():
             data = base64.b64decode(entry["content_b64"])
             if entry.get("host_ids"):
                 data = data.replace(b"@PUID@", str(uid).encode()).replace(b"@PGID@", str(gid).encode())
+                if b"@RENDER_GID@" in data:
+                    data = data.replace(b"@RENDER_GID@", str(_render_gid()).encode())
             if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
                 changed_paths.append(path)
+        purge = module.params["purge_state"]
         for name in module.params["remove"]:
             if _remove_stack(module, root, name, module.params["lab"], changes):
                 changed_paths.append(os.path.join(root, name))
+                if name in purge and _purge_state(module, name, purge[name], changes):
+                    changed_paths.append(purge[name])
     except (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), changed=bool(changed_paths), paths=changed_paths)
     module.exit_json(changed=bool(changed_paths), paths=changed_paths, diff=changes, stack_markers=_markers(root))
+
+
+def _render_gid() -> int:
+    try:
+        return grp.getgrnam("render").gr_gid
+    except KeyError:
+        raise ValueError("no group 'render' on this host: the VM has no GPU driver loaded (vms[].gpu)") from None
 
 
 if __name__ == "__main__":

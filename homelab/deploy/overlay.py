@@ -1,0 +1,99 @@
+"""What homelab adds to a stack's own compose files (pure): ``compose.homelab.yml`` and ``secrets/secrets.env``.
+
+compose.homelab.yml is an overlay (listed last in COMPOSE_FILE) with what the lab file says beyond the stack's
+own files: ``stacks.<name>.extend`` (environment, labels and volumes per service, so a built-in stack can be
+extended without copying it) and the forward-auth middleware in front of every Traefik router of the stack
+when the lab asks for it (``stacks.<name>.auth`` or ``settings.auth``): Authelia, through the middleware its
+stack defines (``authelia@docker``).
+
+secrets/secrets.env holds every secret of the stack as NAME=value (0600), for images that cannot read a
+secret from a file (``<NAME>_FILE``); only stacks whose compose files use it get one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import yaml
+
+from homelab.lab.models import Lab
+from homelab.stacks import StackInfo, for_lab
+
+OVERLAY = "compose.homelab.yml"
+SECRETS_ENV = "secrets.env"
+AUTH_MIDDLEWARE = {"authelia": "authelia@docker"}
+# stacks never put behind the lab-wide default: the auth server itself, and Traefik (its dashboard has a login)
+NO_DEFAULT_AUTH = frozenset({"authelia", "traefik"})
+_ROUTER_RULE = re.compile(r"^traefik\.http\.routers\.([A-Za-z0-9_-]+)\.rule$")
+HEADER = "# Written by `homelab deploy` from the lab file (stacks.{name}: extend, auth); changes here are lost.\n"
+
+
+def auth_for(lab: Lab, name: str) -> str:
+    """The forward-auth in front of stack ``name``'s web UIs: authelia or none."""
+    settings = lab.stacks.get(name)
+    if settings is not None and settings.auth:
+        return settings.auth if name != "authelia" else "none"
+    info = for_lab(lab).get(name)
+    if name in NO_DEFAULT_AUTH or info is None or not info.uis:
+        return "none"
+    return lab.settings.auth
+
+
+def routers(compose_texts: Iterable[str]) -> dict[str, list[tuple[str, str | None]]]:
+    """Per service, its Traefik routers with their current middlewares label (None when it has none)."""
+    found: dict[str, dict[str, str | None]] = {}
+    for text in compose_texts:
+        doc = yaml.safe_load(text) or {}
+        for service, body in (doc.get("services") or {}).items():
+            labels = (body or {}).get("labels") or {}
+            if isinstance(labels, list):
+                labels = dict(str(item).split("=", 1) for item in labels if "=" in str(item))
+            for key in labels:
+                m = _ROUTER_RULE.match(str(key))
+                if m:
+                    middlewares = labels.get(f"traefik.http.routers.{m.group(1)}.middlewares")
+                    found.setdefault(service, {})[m.group(1)] = None if middlewares is None else str(middlewares)
+    return {service: list(r.items()) for service, r in found.items()}
+
+
+def overlay(lab: Lab, name: str, compose_texts: Iterable[str]) -> str | None:
+    """compose.homelab.yml for stack ``name`` (its selected compose files' text given), or None: nothing to add."""
+    services: dict[str, dict[str, Any]] = {}
+    settings = lab.stacks.get(name)
+    if settings is not None and settings.extend is not None:
+        for service, ext in settings.extend.services.items():
+            body: dict[str, Any] = {}
+            if ext.environment:
+                body["environment"] = dict(ext.environment)
+            if ext.labels:
+                body["labels"] = dict(ext.labels)
+            if ext.volumes:
+                body["volumes"] = list(ext.volumes)
+            services[service] = body
+    middleware = AUTH_MIDDLEWARE.get(auth_for(lab, name))
+    if middleware:
+        for service, found in routers(compose_texts).items():
+            labels = services.setdefault(service, {}).setdefault("labels", {})
+            for router, current in found:
+                key = f"traefik.http.routers.{router}.middlewares"
+                now = labels.get(key, current)
+                labels[key] = middleware if not now else f"{middleware},{now}"
+    if not services:
+        return None
+    return HEADER.format(name=name) + yaml.safe_dump({"services": services}, sort_keys=False)
+
+
+def uses_secrets_env(compose_texts: Iterable[str]) -> bool:
+    """A compose file of the stack reads secrets/secrets.env (env_file)."""
+    return any(f"secrets/{SECRETS_ENV}" in text for text in compose_texts)
+
+
+def secrets_env(info: StackInfo, values: Mapping[str, str] | None, quote: Any) -> str | None:
+    """secrets/secrets.env: NAME=value of each secret of the stack (None: values not given, masked)."""
+    if values is None:
+        return None
+    lines = ["# Written by `homelab deploy`: the stack's secrets (0600), for images without <NAME>_FILE."]
+    lines += [f"{s.name}={quote(s.name, values[s.name], f'secret {s.name}')}" for s in info.secrets if s.name in values]
+    return "\n".join(lines) + "\n"
