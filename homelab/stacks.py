@@ -47,6 +47,9 @@ BUILT_IN, USER, OVERRIDES = "built-in", "user", "overrides built-in"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _SUB = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+# Docker API sections the traefik stack's socket proxy (tecnativa/docker-socket-proxy) can open, read-only;
+# "all": the stack has the socket itself (Portainer).
+_DOCKER_API = re.compile(r"^(all|containers|events|info|images|networks|volumes|version|ping|system|plugins)$")
 _KEYS = {
     "description",
     "category",
@@ -232,7 +235,7 @@ def read_stack(folder: Path, origin: str = BUILT_IN) -> StackInfo:
         uis=tuple(uis),
         settings=tuple(settings),
         host_ids=bool(data.get("host_ids", False)),
-        docker_api=_strings(meta, "docker_api", data.get("docker_api")),
+        docker_api=_strings(meta, "docker_api", data.get("docker_api"), _DOCKER_API),
         origin=origin,
     )
 

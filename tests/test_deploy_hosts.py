@@ -127,10 +127,10 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     inventory = stage(deployment, tmp_path / "state" / "test" / "ssh" / "id_ed25519", workdir(lab))
     with AnsibleRunner() as runner, staged_secrets(deployment) as secrets_file:
         report = execute(deployment, runner, inventory, workdir(lab), check=False, secrets_file=secrets_file)
-    # ok: files, secrets and the two includes (the docker role, the real run's compose tasks)
+    # ok: state to move, state folders, files, secrets and the two includes (the docker role, the compose tasks)
     assert {name: (h.stats.ok, h.stats.changed, h.stats.failed) for name, h in report.hosts.items()} == {
-        "web": (4, 0, 0),
-        "db": (4, 0, 0),
+        "web": (6, 0, 0),
+        "db": (6, 0, 0),
     }
 
     # db now presents a key other than the pinned one: it fails by name, web still gets its change.
@@ -147,7 +147,7 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     )
     failed = next(line for line in result.stdout.splitlines() if line.startswith("  db: FAILED"))
     assert "Host key verification failed" in failed
-    assert "web: ok (ok=4 changed=1" in result.stdout
+    assert "web: ok (ok=6 changed=1" in result.stdout
     assert "TRAEFIK_VERSION=v3.6.2" in (web.home_dir / "homelab/stacks/traefik/.env").read_text()
     assert "TRAEFIK_VERSION" not in (db.home_dir / "homelab/stacks/traefik/.env").read_text()
 

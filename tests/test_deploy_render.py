@@ -229,3 +229,24 @@ def test_the_playbook_and_its_roles_parse(tmp_path: Path) -> None:
         env={**os.environ, "ANSIBLE_ROLES_PATH": str(playbook().parent / "roles"), "ANSIBLE_LOCAL_TEMP": str(tmp_path)},
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_socket_proxy_opens_only_what_the_vms_stacks_need_and_shared_media_folders_are_made() -> None:
+    stacks = ["traefik", "dozzle", "diun", "audiobookshelf", "navidrome"]
+    lab = make_lab(vms=[{"name": "box", "ip": "10.10.0.12", "stacks": stacks, "data_disk": "50G"}])
+    (render,) = render_lab(lab).values()
+    files = {f.path: f.content for f in render.files}
+    traefik_env = files["traefik/.env"]
+    # dozzle needs INFO, diun IMAGES; nothing here needs networks or volumes: those stay closed (compose's 0)
+    assert "SOCKET_PROXY_INFO=1" in traefik_env and "SOCKET_PROXY_IMAGES=1" in traefik_env
+    assert "SOCKET_PROXY_NETWORKS" not in traefik_env and "SOCKET_PROXY_VOLUMES" not in traefik_env
+    proxy = yaml.safe_load(files["traefik/compose.yml"])["services"]["socket-proxy"]["environment"]
+    assert proxy["POST"] == "0" and proxy["INFO"] == "${SOCKET_PROXY_INFO:-0}"
+    alone = make_lab(vms=[{"name": "box", "ip": "10.10.0.12", "stacks": ["traefik"]}])
+    assert "SOCKET_PROXY_" not in {f.path: f.content for f in render_lab(alone)["box"].files}["traefik/.env"]
+    # the music, audiobooks and podcasts of the one /data tree (on the data disk), made owned by the user
+    root = "/home/homelab/data/media"
+    assert f"DATA_ROOT={root}" in files["audiobookshelf/.env"] and f"DATA_ROOT={root}" in files["navidrome/.env"]
+    assert "DATA_ROOT" not in files["dozzle/.env"]
+    for folder in (root, f"{root}/media", f"{root}/media/audiobooks", f"{root}/media/podcasts", f"{root}/media/music"):
+        assert folder in render.data_dirs, folder

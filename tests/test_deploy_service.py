@@ -359,6 +359,20 @@ def test_runner_events_become_task_events() -> None:
     }
     event = to_task_event(failed)
     assert event is not None and event.message == "non-zero return code: boom"
+    # compose v1 says why only above its last line
+    failed["event_data"]["res"]["stderr"] = (
+        "Creating traefik_socket-proxy_1 ... \nCreating traefik_socket-proxy_1 ... error\n\n"
+        "ERROR: for traefik_socket-proxy_1  Cannot start service socket-proxy: port is already allocated\n\n"
+        "ERROR: for socket-proxy  Cannot start service socket-proxy: port is already allocated\n"
+        "ERROR: Encountered errors while bringing up the project."
+    )
+    event = to_task_event(failed)
+    assert event is not None
+    assert event.message == (
+        "non-zero return code: ERROR: for traefik_socket-proxy_1 Cannot start service socket-proxy: port is already "
+        "allocated; ERROR: for socket-proxy Cannot start service socket-proxy: port is already allocated; "
+        "ERROR: Encountered errors while bringing up the project."
+    )
     ignored = {"event": "runner_on_failed", "event_data": {"host": "web", "task": "t", "ignore_errors": True}}
     event = to_task_event(ignored)
     assert event is not None and event.kind == "ok"

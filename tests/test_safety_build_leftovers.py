@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,41 @@ def test_a_sigkilled_build_is_cleaned_up_by_the_next_one(
     assert fake_pve.call("monitor_overlaps") == []  # the leftover stopped before the new build VM started
     again = run_cli("template", "build", "--dry-run", lab=lab)
     assert "never finished" not in again.output
+
+
+@pytest.mark.fake_pve(guests=[], storages=LOCAL_WITH_IMPORT)
+def test_an_unmarked_vm_of_a_killed_packer_build_is_removed_only_with_this_machines_record(
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from homelab.adapters.proxmox.connect import connect
+    from homelab.lab.loader import load_lab
+    from homelab.state.builds import BuildUnderWay, builds_under_way, record_build
+    from homelab.templates.leftovers import remove_half_built
+    from homelab.templates.plan import RemoveHalfBuilt
+
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    lab_path = _lab(tmp_path, fake_pve)
+    # Packer's VM while it builds: named as the version, no description yet
+    for vmid, version in ((9000, "209911300100"), (9001, "209911300105")):
+        fake_pve.call("add_vm", vmid=vmid, name=f"base-{version}", status="running", config={})
+    result = run_cli("template", "build", "--dry-run", lab=lab_path)
+    assert result.exit_code == 0, result.output
+    assert "never finished" not in result.output, "an unmarked VM without this machine's record is not ours"
+    record_build("test", BuildUnderWay(9000, "base-209911300100", "base", "209911300100"), 9000)
+    result = run_cli("template", "build", "--dry-run", lab=lab_path)
+    assert result.exit_code == 0, result.output
+    assert "remove VM 9000 base-209911300100: a build of version 209911300100 that never finished" in result.output
+    assert "remove VM 9001" not in result.output  # no record names it: left alone
+    lab = load_lab(lab_path)
+    remove_half_built(
+        connect(lab), lab, _plan_of(lab), RemoveHalfBuilt("pve1", 9000, "base-209911300100", "209911300100", True)
+    )
+    assert {vm["vmid"] for vm in fake_pve.vms()} == {9001}
+    assert builds_under_way("test") == {}, "the record goes with the VM"
+
+
+def _plan_of(lab: object) -> Any:
+    """What remove_half_built reads of a build plan: the lab and the template."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(lab="test", template="base")

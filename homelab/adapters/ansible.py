@@ -158,9 +158,26 @@ def _message(res: Mapping[str, Any]) -> str:
     for stream in ("stderr", "stdout", "module_stderr"):
         text = str(res.get(stream) or "").strip()
         if text and text not in msg:
-            last = text.splitlines()[-1].strip()
-            msg = f"{msg}: {last}" if msg else last
+            said = _conclusion(text)
+            msg = f"{msg}: {said}" if msg else said
     return msg or "failed"
+
+
+_ERROR_LINE = re.compile(r"^(ERROR|Error|error)\b[: ]")
+_MAX_CAUSES = 3
+
+
+def _conclusion(text: str) -> str:
+    """A command's output as its last line, after the error lines before it that name the cause (compose v1 ends
+    with "Encountered errors while bringing up the project." and says why only in the ``ERROR: for ...`` lines
+    above it)."""
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    last = lines[-1]
+    causes = [line for line in lines[:-1] if _ERROR_LINE.match(line) and line != last]
+    if not causes:  # no line says ERROR: the ones that mention an error at all
+        causes = [line for line in lines[:-1] if "error" in line.lower() and line != last]
+    causes = list(dict.fromkeys(causes))[-_MAX_CAUSES:]
+    return "; ".join([*causes, last])
 
 
 def one_line(text: str) -> str:

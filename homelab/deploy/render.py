@@ -174,6 +174,23 @@ def compose_files(lab: Lab, vm: Vm, name: str) -> list[str]:
     return ["compose.yml"]
 
 
+# what the socket proxy opens whatever runs beside it (Traefik's and Homepage's needs)
+SOCKET_PROXY_ALWAYS = frozenset({"containers", "events", "version", "ping", "all"})
+
+
+def socket_proxy_sections(lab: Lab, vm: Vm) -> dict[str, str]:
+    """SOCKET_PROXY_<SECTION>=1 for the read-only Docker API sections the VM's other stacks need (stack.yml
+    docker_api), beyond what the proxy always opens; compose reads them with a default of 0 (closed)."""
+    wanted = {s for name in vm.stacks for s in stack_meta(lab, name).docker_api} - SOCKET_PROXY_ALWAYS
+    return {f"SOCKET_PROXY_{section.upper()}": "1" for section in sorted(wanted)}
+
+
+def data_mounts(lab: Lab, name: str) -> tuple[str, ...]:
+    """The folders below DATA_ROOT (the media /data tree) the stack's compose files mount."""
+    meta = stack_meta(lab, name)
+    return stackfiles.data_root_mounts(p.read_text(encoding="utf-8") for p in sorted(meta.path.glob("compose*.yml")))
+
+
 def render_env(lab: Lab, vm: Vm, name: str, with_overlay: bool = False) -> str:
     """The stack's .env for ``vm``; ``with_overlay``: COMPOSE_FILE lists compose.homelab.yml last."""
     meta = stack_meta(lab, name)
@@ -186,8 +203,11 @@ def render_env(lab: Lab, vm: Vm, name: str, with_overlay: bool = False) -> str:
     files = compose_files(lab, vm, name)
     if with_overlay or files != ["compose.yml"]:
         values["COMPOSE_FILE"] = ":".join(files + ([overlay.OVERLAY] if with_overlay else []))
-    if name == "media" and meta.origin != "user":
+    if (name == "media" and meta.origin != "user") or data_mounts(lab, name):
+        # the one /data tree: the media stack's, and the music, books, audiobooks other stacks read from it
         values["DATA_ROOT"] = stackfiles.data_root(lab, vm)
+    if name == "traefik" and meta.origin != "user":
+        values.update(socket_proxy_sections(lab, vm))
     if meta.host_ids:
         values["PUID"], values["PGID"] = "@PUID@", "@PGID@"  # the ids of the VM's user, put in on the VM
         if vm.gpu:
@@ -288,7 +308,12 @@ def render_stack(lab: Lab, vm: Vm, name: str, secrets: Secrets | None = None) ->
         content = overlay.secrets_env(meta, values, env_value) or stackfiles.MASKED.format(stack=name)
         path = f"{name}/secrets/{overlay.SECRETS_ENV}"
         files.append(RenderedFile(path, content, stackfiles.SECRET_MODE, secret=True))
-    data = stackfiles.data_dirs(lab, vm) if name == "media" and builtin else ()
+    if name == "media" and builtin:
+        data = stackfiles.data_dirs(lab, vm)
+    elif mounts := data_mounts(lab, name):
+        data = stackfiles.shared_data_dirs(lab, vm, mounts)
+    else:
+        data = ()
     private = (f"{name}/secrets",) if hidden or uses_env or any(f.secret for f in files) else ()
     for file in files:  # the folders of shipped and generated files (grafana/provisioning/...), parents first
         parts = PurePosixPath(file.path).parts[:-1]

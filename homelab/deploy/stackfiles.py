@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import yaml
@@ -72,6 +73,27 @@ def data_dirs(lab: Lab, vm: Vm) -> tuple[str, ...]:
     """The /data tree, parents first: torrents and media, each with tv and movies."""
     root = data_root(lab, vm).rstrip("/")
     return (root, *(f"{root}/{top}{sub}" for top in ("torrents", "media") for sub in ("", "/tv", "/movies")))
+
+
+_DATA_MOUNT = re.compile(r"\$\{DATA_ROOT[^}]*\}(/[A-Za-z0-9_./-]*)?:")
+
+
+def data_root_mounts(compose_texts: Iterable[str]) -> tuple[str, ...]:
+    """The folders below DATA_ROOT a stack's compose files mount ("" for the root itself), in order."""
+    found = (m.group(1) or "" for text in compose_texts for m in _DATA_MOUNT.finditer(text))
+    return tuple(dict.fromkeys(sub.rstrip("/") for sub in found))
+
+
+def shared_data_dirs(lab: Lab, vm: Vm, mounts: Iterable[str]) -> tuple[str, ...]:
+    """The folders of the /data tree another stack mounts (media/music, ...), parents first, made owned by the
+    user before its containers start (dockerd would make a missing one root's)."""
+    root = data_root(lab, vm).rstrip("/")
+    found: dict[str, None] = {root: None}
+    for sub in mounts:
+        parts = [p for p in sub.split("/") if p]
+        for depth in range(1, len(parts) + 1):
+            found[root + "/" + "/".join(parts[:depth])] = None
+    return tuple(found)
 
 
 def media_compose_files(lab: Lab, vm: Vm) -> str:

@@ -151,12 +151,17 @@ class HalfBuilt:
     node: str
     name: str
     version: str
+    unmarked: bool = False  # a Packer build's VM (described only at the end), known from this machine's record
 
 
 def half_built(api: PveApi, lab: Lab, template: Template, guests: Iterable[Guest]) -> tuple[HalfBuilt, ...]:
     """The VMs (not templates) named as a version of ``template`` whose description marks them as this lab's build
-    of it: a build killed before it could clean up (SIGKILL, power loss). A VM without that mark is not ours to
-    judge (Packer describes its VM only at the end): left alone, as a namesake."""
+        of it: a build killed before it could clean up (SIGKILL, power loss). A VM without that mark is not ours to
+        judge, unless this machine recorded starting that very build there (Packer describes its VM only at the end:
+    :mod:`homelab.state.builds`); any other is left alone, as a namesake."""
+    from homelab.state.builds import builds_under_way
+
+    started = builds_under_way(lab.name)
     found = []
     for guest in guests:
         version = parse_version_name(template.name, guest.name) if guest.is_vm else None
@@ -165,4 +170,7 @@ def half_built(api: PveApi, lab: Lab, template: Template, guests: Iterable[Guest
         record = parse_mark((api.get(f"/nodes/{guest.node}/qemu/{guest.vmid}/config") or {}).get("description"))
         if marks_as(record, lab.name, template=template.name, version=version) and "builder" in (record or {}):
             found.append(HalfBuilt(guest.vmid, guest.node, guest.name, version))
+        elif record is None and (under_way := started.get(guest.vmid)) and under_way.name == guest.name:
+            # Packer's VM, unmarked until the end: this machine recorded starting exactly this build there
+            found.append(HalfBuilt(guest.vmid, guest.node, guest.name, version, unmarked=True))
     return tuple(sorted(found, key=lambda h: h.vmid))

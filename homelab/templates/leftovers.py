@@ -67,5 +67,10 @@ def remove_half_built(api: PveApi, lab: Lab, plan: BuildPlan, action: RemoveHalf
         timeout=lab.settings.timeouts.task,
         name=action.name,
         missing_ok=True,
+        unmarked=action.unmarked,
         mark={"template": plan.template, "version": action.version},
     )
+    if action.unmarked:
+        from homelab.state.builds import record_build
+
+        record_build(lab.name, None, action.vmid)

@@ -15,6 +15,7 @@ from homelab.adapters.proxmox.api import PveApi
 from homelab.adapters.proxmox.guests import list_guests
 from homelab.errors import SecretError
 from homelab.lab.models import Lab, Template
+from homelab.state.builds import BuildUnderWay, record_build
 from homelab.state.secrets import ProxmoxAuth, proxmox_auth
 from homelab.templates.leftovers import BuildFailed, cleaning_up, left_alone, remove_build_vm, remove_half_built
 from homelab.templates.packer_config import (
@@ -130,6 +131,7 @@ def build_with_packer(
                 render_build(lab, template, plan, action, settings, storage_type)
             elif isinstance(action, RunPacker):
                 started = True
+                record_build(lab.name, BuildUnderWay(plan.vmid, plan.name, plan.template, plan.version), plan.vmid)
                 try:
                     run_packer(lab, plan, action, settings, progress)
                 finally:
@@ -139,6 +141,7 @@ def build_with_packer(
                 finalize(api, lab, action)
             else:  # pragma: no cover - a plan from plan_packer holds nothing else
                 raise TypeError(f"not a packer action: {action!r}")
+        record_build(lab.name, None, plan.vmid)  # a template now, marked: no record needed
     except BaseException as exc:
         if not started:
             raise
@@ -150,6 +153,8 @@ def build_with_packer(
                 progress(f"build failed; removing what Packer left at VM {plan.vmid}")
                 # Packer describes the template only once it is done: a VM it is still making has no mark yet.
                 removed = remove_build_vm(api, lab, plan, leftover[0].node, unmarked=True)
+        if not leftover or removed:
+            record_build(lab.name, None, plan.vmid)  # nothing left, or removed: not under way any more
         if not leftover or not isinstance(exc, Exception):
             raise  # nothing was left, or KeyboardInterrupt and the like: cleaned up, now let it through
         what = left_alone(plan.vmid) if removed is None else f"VM {plan.vmid} was removed"

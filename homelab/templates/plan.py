@@ -60,6 +60,7 @@ class RemoveHalfBuilt:
     vmid: int
     name: str
     version: str
+    unmarked: bool = False  # a Packer build this machine recorded starting (Packer marks its VM only at the end)
 
     def describe(self) -> str:
         return f"remove VM {self.vmid} {self.name}: a build of version {self.version} that never finished"
@@ -238,7 +239,7 @@ def check_import_version(template: Template, reported: str | None) -> None:
 
 
 def _cleanup(facts: BuildFacts) -> tuple[BuildAction, ...]:
-    return tuple(RemoveHalfBuilt(h.node, h.vmid, h.name, h.version) for h in facts.half_built)
+    return tuple(RemoveHalfBuilt(h.node, h.vmid, h.name, h.version, h.unmarked) for h in facts.half_built)
 
 
 def _record(lab: Lab, template: Template, version: str, now: datetime, **extra: str) -> dict[str, str]:
