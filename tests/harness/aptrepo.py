@@ -55,6 +55,7 @@ DEPLOY_PACKAGES = (
     "qemu-guest-agent",
     "docker.io",
     "docker-compose",
+    "apparmor",  # the docker role installs it with Debian's docker.io
     "curl",
     "git",
     "python3",
