@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,14 +124,25 @@ class StackInfo:
     def required_settings(self) -> tuple[Setting, ...]:
         return tuple(s for s in self.settings if s.required)
 
-    @property
+    @cached_property
+    def compose_texts(self) -> tuple[tuple[str, str], ...]:
+        """(file name, text) of every compose file of the stack (compose*.yml), read once per StackInfo."""
+        found = []
+        for path in sorted(self.path.glob("compose*.yml")):
+            try:
+                found.append((path.name, path.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(f"{path}: cannot read: {str(exc).splitlines()[0]}") from None
+        return tuple(found)
+
+    @cached_property
     def services(self) -> tuple[str, ...]:
         """The services of every compose file of the stack (for stacks.<name>.extend)."""
         names: dict[str, None] = {}
-        for path in sorted(self.path.glob("compose*.yml")):
+        for _, text in self.compose_texts:
             try:
-                doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except (OSError, yaml.YAMLError):
+                doc = yaml.load(text, Loader=SAFE_LOADER) or {}  # noqa: S506 (a safe loader)
+            except yaml.YAMLError:
                 continue
             names.update(dict.fromkeys(str(s) for s in (doc.get("services") or {}) if isinstance(doc, dict)))
         return tuple(names)
@@ -306,8 +317,7 @@ _IMAGE = re.compile(r"""image:\s*["']?([^"'\s:$]+):\$\{([A-Z0-9_]+):-([^}]+)\}""
 def pinned_images(stack: str, known: Mapping[str, StackInfo] | None = None) -> list[tuple[str, str, str]]:
     """(image, version variable, default tag) of every image in the stack's compose files."""
     found = []
-    for path in sorted((catalogue() if known is None else known)[stack].path.glob("compose*.yml")):
-        text = path.read_text(encoding="utf-8")
+    for _, text in (catalogue() if known is None else known)[stack].compose_texts:
         found += [(m.group(1), m.group(2), m.group(3)) for m in _IMAGE.finditer(text)]
     return list(dict.fromkeys(found))
 

@@ -187,8 +187,7 @@ def socket_proxy_sections(lab: Lab, vm: Vm) -> dict[str, str]:
 
 def data_mounts(lab: Lab, name: str) -> tuple[str, ...]:
     """The folders below DATA_ROOT (the media /data tree) the stack's compose files mount."""
-    meta = stack_meta(lab, name)
-    return stackfiles.data_root_mounts(p.read_text(encoding="utf-8") for p in sorted(meta.path.glob("compose*.yml")))
+    return stackfiles.data_root_mounts(text for _, text in stack_meta(lab, name).compose_texts)
 
 
 def render_env(lab: Lab, vm: Vm, name: str, with_overlay: bool = False) -> str:
@@ -247,11 +246,15 @@ def shipped_files(info: StackInfo) -> list[tuple[str, str]]:
     any configuration beside them (prometheus.yml, grafana/provisioning/...), not stack.yml, hidden files or
     secrets/."""
     found = []
+    compose = dict(info.compose_texts)  # read once per stack (the .env and the /data tree read them too)
     for path in sorted(info.path.rglob("*")):
         rel = path.relative_to(info.path).as_posix()
         if not path.is_file() or rel in NOT_SHIPPED or rel.startswith(("secrets/", "state/")):
             continue
         if any(part.startswith(".") for part in PurePosixPath(rel).parts):
+            continue
+        if rel in compose:
+            found.append((rel, compose[rel]))
             continue
         try:
             found.append((rel, path.read_text(encoding="utf-8")))
