@@ -9,7 +9,7 @@ import click
 from homelab import ui
 from homelab.cli.app import App, pass_app
 from homelab.cli.complete import complete_catalog_stack, complete_vm
-from homelab.cli.deploy import _options, _snapshot_hook, deploy_options, render
+from homelab.cli.deploy import _options, deploy_options, render, snapshot_hook
 from homelab.errors import InputError
 
 
@@ -210,10 +210,10 @@ def remove(
     from dataclasses import replace
 
     options = replace(
-        _options((removed.vm,), no_install_docker, no_start, keep_removed), purge_data=(name,) if purge_data else ()
+        _options((removed.vm,), no_install_docker, no_start, keep_removed),
+        purge_data=(name,) if purge_data else (),
+        before_removal=snapshot_hook(app, lab),  # a way back, data disk included
     )
-    if lab.settings.snapshot_before_changes:
-        options = replace(options, before_removal=_snapshot_hook(app))  # a way back, data disk included
     deploy_stacks(lab, app.echo, app.confirm, options)
 
 
