@@ -87,19 +87,26 @@ def _inside(root, rel):
     return path
 
 
+def _change(path, before, after, kind, after_header=None):
+    """One entry of the diff Ansible shows (homelab reads ``homelab_change``: what kind of change it is)."""
+    return {
+        "before_header": path,
+        "after_header": after_header or path,
+        "before": before,
+        "after": after,
+        "homelab_change": kind,
+    }
+
+
+def _folder(path, state):
+    return {"path": path, "state": state}
+
+
 def _ensure_dir(module, path, uid, gid, changes, mode=0o755):
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        changes.append(
-            {
-                "before_header": path,
-                "after_header": path,
-                "before": {"path": path, "state": "absent"},
-                "after": {"path": path, "state": "directory"},
-                "homelab_change": "new folder",
-            }
-        )
+        changes.append(_change(path, _folder(path, "absent"), _folder(path, "directory"), "new folder"))
         if not module.check_mode:
             os.mkdir(path, 0o700)
             os.chown(path, uid, gid)
@@ -108,15 +115,8 @@ def _ensure_dir(module, path, uid, gid, changes, mode=0o755):
     if not stat.S_ISDIR(st.st_mode):
         module.fail_json(msg=f"{path} exists and is not a folder")
     if stat.S_IMODE(st.st_mode) != mode or st.st_uid != uid or st.st_gid != gid:
-        changes.append(
-            {
-                "before_header": path,
-                "after_header": path,
-                "before": {"path": path, "mode": oct(stat.S_IMODE(st.st_mode)), "owner": st.st_uid},
-                "after": {"path": path, "mode": oct(mode), "owner": uid},
-                "homelab_change": "attributes",
-            }
-        )
+        before = {"path": path, "mode": oct(stat.S_IMODE(st.st_mode)), "owner": st.st_uid}
+        changes.append(_change(path, before, {"path": path, "mode": oct(mode), "owner": uid}, "attributes"))
         if not module.check_mode:
             os.chown(path, uid, gid)
             os.chmod(path, mode)  # after chown, which clears the setgid bit
@@ -137,16 +137,9 @@ def _write_file(module, path, data, mode, uid, gid, changes):
     same_content = before == data
     if st is not None and same_content and stat.S_IMODE(st.st_mode) == mode and st.st_uid == uid:
         return False
-    changes.append(
-        {
-            "before_header": path,
-            "after_header": path,
-            "before": (before or b"").decode("utf-8", "replace"),
-            "after": data.decode("utf-8", "replace"),
-            # new file, new content, or only its mode or owner differ (then before == after)
-            "homelab_change": "new" if st is None else "content" if not same_content else "attributes",
-        }
-    )
+    # new file, new content, or only its mode or owner differ (then before == after)
+    kind = "new" if st is None else "content" if not same_content else "attributes"
+    changes.append(_change(path, (before or b"").decode("utf-8", "replace"), data.decode("utf-8", "replace"), kind))
     if module.check_mode:
         return True
     if same_content:
@@ -214,15 +207,7 @@ def _remove_stack(module, root, name, lab, changes):
     text = _marker(path)
     if text is None or _owner(text) != (lab, name):
         return False  # not homelab's (any longer): leave it
-    changes.append(
-        {
-            "before_header": path,
-            "after_header": path,
-            "before": {"path": path, "state": "directory"},
-            "after": {"path": path, "state": "absent"},
-            "homelab_change": "removed stack",
-        }
-    )
+    changes.append(_change(path, _folder(path, "directory"), _folder(path, "absent"), "removed stack"))
     if not module.check_mode:
         shutil.rmtree(path)  # never follows a symlink inside (and path itself is a real folder)
     return True
@@ -235,15 +220,7 @@ def _purge_state(module, name, path, changes):
         raise ValueError(f"{path!r} is not the state folder of stack {name}")
     if not os.path.isdir(path) or os.path.islink(path):
         return False
-    changes.append(
-        {
-            "before_header": path,
-            "after_header": path,
-            "before": {"path": path, "state": "directory"},
-            "after": {"path": path, "state": "absent"},
-            "homelab_change": "data deleted (--purge-data)",
-        }
-    )
+    changes.append(_change(path, _folder(path, "directory"), _folder(path, "absent"), "data deleted (--purge-data)"))
     if not module.check_mode:
         shutil.rmtree(path)
     return True
@@ -275,15 +252,8 @@ def _make_missing(module, path, uid, gid, changes):
 
 
 def _move(module, stack, src, dest, uid, gid, changes):
-    changes.append(
-        {
-            "before_header": src,
-            "after_header": dest,
-            "before": {"path": src, "state": "directory"},
-            "after": {"path": dest, "state": "directory"},
-            "homelab_change": f"state of {stack} moves to {dest}",
-        }
-    )
+    before, after = _folder(src, "directory"), _folder(dest, "directory")
+    changes.append(_change(src, before, after, f"state of {stack} moves to {dest}", after_header=dest))
     if module.check_mode:
         return
     _make_missing(module, os.path.dirname(dest), uid, gid, [])
