@@ -260,6 +260,22 @@ def test_a_vm_that_failed_keeps_its_record() -> None:
     assert deployed_vms(lab) == frozenset()  # an unreadable record clears nothing
 
 
+def test_no_deploy_record_reads_as_no_deploy_yet_and_a_malformed_one_is_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lab = make_lab(vms=[WEB, SPARE])
+    assert not deployed_file(lab).exists()
+    assert deployed_vms(lab) == frozenset()
+    out = Recorder()
+    assert deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=with_markers({})).ok
+    assert capsys.readouterr().err == "", "a first deploy says nothing of a deploy record"
+    assert not any("deploy record" in line for line in out.lines)
+    deployed_file(lab).write_text('["web"]')
+    assert deployed_vms(lab) == frozenset()
+    said = capsys.readouterr().err
+    assert 'the deploy record is not {"vms": [...]}' in said and "the next deploy writes a new record" in said
+
+
 def test_the_runner_reports_the_markers_homelab_files_found() -> None:
     res = {"changed": False, "stack_markers": {"media": "lab=test\nstack=media\n", "traefik": "x"}}
     event = to_task_event({"event": "runner_on_ok", "event_data": {"host": "web", "task": "Stack files", "res": res}})

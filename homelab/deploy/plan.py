@@ -185,6 +185,8 @@ def deployed_vms(lab: Lab) -> frozenset[str]:
     path = deployed_file(lab)
     try:
         data = read_state_json(path, "deploy record")
+        if data is None:
+            return frozenset()  # no deploy yet
         vms = data.get("vms", []) if isinstance(data, dict) else None
         if not isinstance(vms, list):
             raise StateFileError(path, 'the deploy record is not {"vms": [...]}')
