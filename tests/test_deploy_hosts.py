@@ -15,17 +15,16 @@ from pathlib import Path
 import pytest
 
 from homelab.adapters.ansible import AnsibleRunner
-from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.plan import DeployOptions, prepare, workdir
 from homelab.deploy.render import render_lab
 from homelab.deploy.secretvalues import stack_secret_values, staged_secrets
 from homelab.deploy.service import execute, stage
 from homelab.lab import load_lab
-from homelab.lab.models import Lab
-from homelab.state.hosts import Host, hosts_file, save_hosts
+from homelab.state.hosts import hosts_file
 from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.hosts import SshHost
+from tests.harness.vms import provision
 
 pytestmark = pytest.mark.integration
 
@@ -55,18 +54,6 @@ stacks:
     subdomain: docker
 """
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-
-
-def provision(lab: Lab, vms: dict[str, SshHost]) -> None:
-    """What apply and cloud-init leave behind: the homelab user with the admin key, hosts.json with pinned keys."""
-    admin_pub = ensure_admin_key(lab)
-    for vm in vms.values():
-        vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
-        vm.exec(["usermod", "-p", "*", "homelab"])  # no password, yet not locked for SSH
-        vm.exec(
-            ["sh", "-c", "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"], input=admin_pub
-        )
-    save_hosts(lab, [Host(name, vm.address, "homelab", host_key=vm.host_key_pub) for name, vm in vms.items()])
 
 
 def stacks_on(vm: SshHost) -> dict[str, tuple[str, str]]:

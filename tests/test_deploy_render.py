@@ -21,6 +21,7 @@ from homelab.lab.loader import load_lab
 from homelab.lab.models import Lab
 from homelab.stacks import catalogue
 from homelab.state.hosts import Host
+from tests.harness.docker import COMPOSE, needs_compose
 from tests.harness.labs import lab_data, make_lab, write_lab
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -137,10 +138,7 @@ def test_nothing_from_the_environment_or_secrets_file_reaches_the_rendered_files
     assert "s3cr3t-token-value" not in text and "token" not in text.lower()
 
 
-COMPOSE = shutil.which("docker-compose")
-
-
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
+@needs_compose
 @pytest.mark.parametrize("stack", sorted(catalogue()))
 def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path: Path) -> None:
     assert COMPOSE is not None

@@ -6,7 +6,6 @@ with Docker Engine 29, and compose files that pass the compose-spec schema."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from homelab.lab.loader import parse_lab
 from homelab.stacks import catalogue, pinned_images, too_old_for_engine_29
 from homelab.state.stacksecrets import generated_file, resolve
 from tests.harness.cli import run_cli
+from tests.harness.docker import COMPOSE, needs_compose
 from tests.harness.labs import lab_data, make_lab, write_lab
 
 ALL = sorted(catalogue())
@@ -269,10 +269,7 @@ def test_shipped_image_pins_work_with_docker_engine_29() -> None:
     parse_lab(yaml.safe_dump(one_vm(stacks={"traefik": {"version": "v3.1"}}, docker={"source": "distribution"})))
 
 
-COMPOSE = shutil.which("docker-compose")
-
-
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
+@needs_compose
 @pytest.mark.parametrize("vpn", [False, True])
 def test_the_media_stack_validates_as_compose_reads_it_from_its_env(vpn: bool, tmp_path: Path) -> None:
     assert COMPOSE is not None
