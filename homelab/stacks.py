@@ -148,6 +148,11 @@ class StackInfo:
         return tuple(names)
 
 
+def is_stack_name(name: str) -> bool:
+    """``name`` can name a stack (a DNS label: its folder, its state folder)."""
+    return bool(_NAME.match(name))
+
+
 def _fail(meta: Path, key: str, message: str) -> InputError:
     return InputError(f"{meta}: {key}: {message}")
 

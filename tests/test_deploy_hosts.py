@@ -273,3 +273,38 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     assert sorted(p.name for p in stacks.iterdir()) == ["elsewhere", "mine", "portainer-old"]
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0 and "Skipped: no VM in the lab file lists stacks." in result.stdout
+
+
+def test_purge_data_deletes_what_an_earlier_removal_kept_and_only_that(tmp_path: Path, ssh_hosts: HostFactory) -> None:
+    lab_path = tmp_path / "lab.yml"
+    lab_path.write_text(ONE_VM)
+    (vm,) = ssh_hosts(1, per_user_keys=True)
+    provision(load_lab(lab_path), {"web": vm})
+    assert run_cli("deploy", *FILES_ONLY, lab=lab_path).exit_code == 0
+    data = vm.home_dir / "homelab" / "data" / "stacks"
+    mine = "mkdir -p stacks/mine data/stacks/mine && echo keep > data/stacks/mine/keep.txt"  # made by hand
+    for stack in ("portainer", "traefik"):
+        mine += f" && echo db > data/stacks/{stack}/{stack}.db"
+    vm.exec(["su", "homelab", "-c", f"cd /home/homelab && {mine}"])
+    result = run_cli("stack", "remove", "portainer", "--vm", "web", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert (data / "portainer" / "portainer.db").is_file(), "removed: its data kept"
+    lab_text = lab_path.read_bytes()
+
+    result = run_cli("stack", "remove", "portainer", "--vm", "web", "--purge-data", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "web does not run portainer (the lab file stays as it is); the data its removal kept goes:" in result.stdout
+    assert "  - web: /home/homelab/data/stacks/portainer/ (DATA DELETED FOR GOOD: --purge-data)" in result.stdout
+    assert "web: changed Delete kept data (--purge-data)" in result.stdout
+    assert not (data / "portainer").exists()
+    assert (data / "traefik" / "traefik.db").is_file() and (data / "mine" / "keep.txt").is_file()
+    assert lab_path.read_bytes() == lab_text
+
+    result = run_cli("stack", "remove", "portainer", "--vm", "web", "--purge-data", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "Nothing to change." in result.stdout
+    assert "web: nothing deleted: no /home/homelab/data/stacks/portainer there" in result.stdout
+    # a folder of that name in the stacks folder (here one made by hand): its data is not homelab's to delete
+    result = run_cli("stack", "remove", "mine", "--vm", "web", "--purge-data", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "web: nothing deleted" in result.stdout and (data / "mine" / "keep.txt").is_file()

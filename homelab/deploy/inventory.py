@@ -35,6 +35,7 @@ def host_vars(
     remove: Sequence[str] = (),
     data_disk: bool = False,
     purge: Sequence[str] = (),
+    purge_kept: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One host's inventory entry: how to reach it, what its stacks folder gets and which stacks leave it."""
     return {
@@ -57,6 +58,8 @@ def host_vars(
         "homelab_state_moves": list(render.state_moves),
         # removed stacks whose STATE_DIR goes too (--purge-data); every other one is kept
         "homelab_purge_state": {name: f"/home/{render.user}/data/stacks/{name}" for name in purge},
+        # stacks removed before whose kept STATE_DIR goes now (`homelab stack remove --purge-data`)
+        "homelab_purge_kept": {name: f"/home/{render.user}/data/stacks/{name}" for name in purge_kept},
     }
 
 

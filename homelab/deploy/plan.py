@@ -138,7 +138,9 @@ def prepare(
     renders = render_lab(lab, secrets)
     deployed = deployed_vms(lab) if deployed is None else deployed
     for vm in lab.vms:
-        if vm.name not in renders and vm.name in deployed:
+        # a VM that lists no stacks is cleared of those deployed before, or has their kept data purged
+        purging = bool(options.purge_data) and vm.name in options.vms
+        if vm.name not in renders and (vm.name in deployed or purging):
             renders[vm.name] = VmRender(vm.name, lab.access.user, ())
     known_vms = {vm.name for vm in lab.vms}
     for name in options.vms:

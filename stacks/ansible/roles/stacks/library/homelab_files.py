@@ -59,8 +59,9 @@ options:
     type: dict
     default: {}
     description:
-      - Stack name to its state folder, deleted only together with that stack's folder in O(remove)
-        (--purge-data); the path must end in /stacks/<name>.
+      - Stack name to its state folder (--purge-data); the path must end in /stacks/<name>. For a stack in
+        O(remove), deleted only together with its folder; for any other (one removed by an earlier deploy,
+        its data kept), only when no folder of that name is under O(root).
   remove: {type: list, elements: str, default: [], description: Stack folders (names under O(root)) to delete.}
   lab: {type: str, default: "", description: The lab whose marker a folder in O(remove) must carry.}
 """
@@ -226,6 +227,15 @@ def _purge_state(module, name, path, changes):
     return True
 
 
+def _purge_kept(module, root, name, path, changes):
+    """Delete the data an earlier removal kept (--purge-data): only while the stack has no folder under root."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a folder name")
+    if os.path.lexists(os.path.join(root, name)):
+        return False  # deployed, or a folder homelab did not remove: its data is not left over
+    return _purge_state(module, name, path, changes)
+
+
 def _pending(root, moves):
     """The moves whose old folder is there (a real folder) and whose new one is not."""
     found = []
@@ -340,12 +350,15 @@ def main():
                     data = data.replace(b"@RENDER_GID@", str(_render_gid()).encode())
             if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
                 changed_paths.append(path)
-        purge = module.params["purge_state"]
-        for name in module.params["remove"]:
+        purge, remove = module.params["purge_state"], module.params["remove"]
+        for name in remove:
             if _remove_stack(module, root, name, module.params["lab"], changes):
                 changed_paths.append(os.path.join(root, name))
                 if name in purge and _purge_state(module, name, purge[name], changes):
                     changed_paths.append(purge[name])
+        for name in sorted(set(purge) - set(remove)):
+            if _purge_kept(module, root, name, purge[name], changes):
+                changed_paths.append(purge[name])
     except (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), changed=bool(changed_paths), paths=changed_paths)
     module.exit_json(changed=bool(changed_paths), paths=changed_paths, diff=changes, stack_markers=_markers(root))
