@@ -17,7 +17,7 @@ from homelab.demo.launcher import FakeProxmox
 from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.gitserver import GitServer, git_server_fixture  # noqa: F401
-from tests.harness.labs import lab_data, write_lab
+from tests.harness.labs import HOSTS_NETWORK, lab_data, write_lab
 from tests.harness.vms import add_lab_user, authorize
 
 pytestmark = pytest.mark.e2e
@@ -36,12 +36,7 @@ def test_apply_then_deploy_key_over_pinned_ssh(
     add_lab_user(vm)  # as cloud-init leaves it
     fake_pve.call("set", host_keys={vm.address: vm.host_key_pub})
     data = lab_data(fake_pve, [{"name": "web", "ip": vm.address}], repo={"url": git_server.url, "branch": "main"})
-    data["network"] = {
-        "subnet": "10.77.0.0/16",
-        "gateway": "10.77.0.1",
-        "dns": ["10.77.0.1"],
-        "build_ip": "10.77.255.250",
-    }
+    data["network"] = dict(HOSTS_NETWORK)
     lab = write_lab(tmp_path / "lab.yml", data)
 
     result = run_cli("apply", "--yes", lab=lab)

@@ -21,7 +21,7 @@ from homelab.demo.launcher import FakeProxmox
 from homelab.errors import OperationError
 from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
-from tests.harness.labs import lab_data, write_lab
+from tests.harness.labs import HOSTS_NETWORK, lab_data, write_lab
 from tests.harness.nocloud import HostDns, nocloud_seed
 from tests.harness.vms import add_lab_user, authorize
 
@@ -158,12 +158,7 @@ def test_an_ipconfig0_change_re_pins_address_and_key_and_ssh_uses_the_new_key(
         add_lab_user(host)
     fake_pve.call("set", host_keys={h1.address: h1.host_key_pub, h2.address: h2.host_key_pub})
     data = lab_data(fake_pve, [{"name": "web", "ip": h1.address}])
-    data["network"] = {
-        "subnet": "10.77.0.0/16",
-        "gateway": "10.77.0.1",
-        "dns": ["10.77.0.1"],
-        "build_ip": "10.77.255.250",
-    }
+    data["network"] = dict(HOSTS_NETWORK)
     lab = write_lab(tmp_path / "lab.yml", data)
     assert run_cli("apply", "--yes", lab=lab).exit_code == 0
     admin_pub = (tmp_path / "state" / "test" / "ssh" / "id_ed25519.pub").read_text()
