@@ -4,7 +4,8 @@ compose.homelab.yml is an overlay (listed last in COMPOSE_FILE) with what the la
 own files: ``stacks.<name>.extend`` (environment, labels and volumes per service, so a built-in stack can be
 extended without copying it) and the forward-auth middleware in front of every Traefik router of the stack
 when the lab asks for it (``stacks.<name>.auth`` or ``settings.auth``): Authelia, through the middleware its
-stack defines (``authelia@docker``).
+stack defines (``authelia@docker``); and the guards of what a first visitor could claim
+(:mod:`homelab.deploy.firstvisit`).
 
 secrets/secrets.env holds every secret of the stack as NAME=value (0600), for images that cannot read a
 secret from a file (``<NAME>_FILE``); only stacks whose compose files use it get one.
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from homelab.deploy import firstvisit
 from homelab.lab.models import Lab
 from homelab.stacks import StackInfo, for_lab
 
@@ -39,6 +41,14 @@ def auth_for(lab: Lab, name: str) -> str:
     if name in NO_DEFAULT_AUTH or info is None or not info.uis:
         return "none"
     return lab.settings.auth
+
+
+def guard_middleware(lab: Lab, name: str) -> str | None:
+    """The login in front of the stack's first-visit guards (stack.yml ui[].first_visit.guard): the stack's
+    forward-auth, else the traefik stack's basic auth; None when the lab turned them off (auth: none)."""
+    if firstvisit.opted_out(lab, name):
+        return None
+    return AUTH_MIDDLEWARE.get(auth_for(lab, name)) or firstvisit.GUARD_MIDDLEWARE
 
 
 def routers(compose_texts: Iterable[str]) -> dict[str, list[tuple[str, str | None]]]:
@@ -80,6 +90,10 @@ def overlay(lab: Lab, name: str, compose_texts: Iterable[str]) -> str | None:
                 key = f"traefik.http.routers.{router}.middlewares"
                 now = labels.get(key, current)
                 labels[key] = middleware if not now else f"{middleware},{now}"
+    info = for_lab(lab).get(name)
+    if info is not None and (guard := guard_middleware(lab, name)):
+        for service, labels in firstvisit.guard_labels(info, compose_texts, guard, services).items():
+            services.setdefault(service, {}).setdefault("labels", {}).update(labels)
     if not services:
         return None
     return HEADER.format(name=name) + yaml.safe_dump({"services": services}, sort_keys=False)
