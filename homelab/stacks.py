@@ -69,8 +69,8 @@ _KEYS = {
 class SecretSpec:
     """A setting of a stack that is a secret: its value never comes from (or goes into) the lab file.
 
-    ``generate``: password (32 url-safe characters), hex32, hex16 (16 bytes, 32 hex digits), base64-32 make one on the first deploy and keep
-    it; empty: the user gives it.
+    ``generate``: password (32 url-safe characters), hex32, hex16 (32 hex digits), base64-32 make one on the
+    first deploy and keep it; empty: the user gives it.
     """
 
     name: str

@@ -58,9 +58,7 @@ def media_lab(**media: Any) -> Lab:
 def routers(render: VmRender, stack: str = "media") -> dict[str, dict[str, str]]:
     """Every Traefik router of the stack as compose would merge its files (the overlay last), by name."""
     files = {f.path: f.content for f in render.files}
-    env = dict(
-        line.split("=", 1) for line in files[f"{stack}/.env"].splitlines() if line and not line.startswith("#")
-    )
+    env = dict(line.split("=", 1) for line in files[f"{stack}/.env"].splitlines() if line and not line.startswith("#"))
     found: dict[str, dict[str, str]] = {}
     for name in env["COMPOSE_FILE"].split(":"):
         for body in (yaml.safe_load(files[f"{stack}/{name}"])["services"] or {}).values():
@@ -145,7 +143,7 @@ def test_the_seeded_files_parse_and_carry_the_generated_values() -> None:
     assert conf["BitTorrent"]["Session\\DefaultSavePath"] == "/data/torrents"  # into the one /data tree
     bazarr = yaml.safe_load(seeded[f"{STATE}/bazarr/config/config.yaml"].content)["auth"]
     assert bazarr["type"] == "form" and bazarr["username"] == "admin"
-    assert bazarr["password"] == hashlib.md5(media["BAZARR_PASSWORD"].encode()).hexdigest()  # noqa: S324
+    assert bazarr["password"] == hashlib.md5(media["BAZARR_PASSWORD"].encode()).hexdigest()
     assert bazarr["apikey"] == media["BAZARR_API_KEY"]
     # the same secrets render the same files: a redeploy has nothing new to write
     (again,) = render_lab(lab, values).values()
@@ -198,9 +196,18 @@ def test_with_authelia_the_guards_are_its_login_and_auth_none_opts_out_with_a_wa
     [
         ("{guard: [Startup]}", r"ui\[0\]\.first_visit\.guard: 'Startup' is not allowed here"),
         ("{seed: {kind: plex, file: a.xml}}", r"ui\[0\]\.first_visit\.seed\.kind: 'plex': one of servarr"),
-        ("{seed: {kind: servarr, file: ../x.xml, api_key: K}}", r"ui\[0\]\.first_visit\.seed\.file: a path under the stack's STATE_DIR"),
-        ("{seed: {kind: servarr, file: a.xml, api_key: NOPE}}", r"ui\[0\]\.first_visit\.seed\.api_key: must name a secret the stack"),
-        ("{seed: {kind: servarr, file: a.xml, api_key: K, password: K}}", r"ui\[0\]\.first_visit\.seed\.password: unknown; servarr takes"),
+        (
+            "{seed: {kind: servarr, file: ../x.xml, api_key: K}}",
+            r"ui\[0\]\.first_visit\.seed\.file: a path under the stack's STATE_DIR",
+        ),
+        (
+            "{seed: {kind: servarr, file: a.xml, api_key: NOPE}}",
+            r"ui\[0\]\.first_visit\.seed\.api_key: must name a secret the stack",
+        ),
+        (
+            "{seed: {kind: servarr, file: a.xml, api_key: K, password: K}}",
+            r"ui\[0\]\.first_visit\.seed\.password: unknown; servarr takes",
+        ),
         ("{login: yes}", r"ui\[0\]\.first_visit: a mapping with guard"),
     ],
 )

@@ -23,7 +23,7 @@ import yaml
 
 from homelab.errors import InputError
 from homelab.lab.models import Lab
-from homelab.stacks import StackInfo, WebUi
+from homelab.stacks import Seed, StackInfo, WebUi
 
 GUARD_MIDDLEWARE = "homelab-guard@docker"  # defined by the traefik stack (stacks/traefik/compose.yml)
 GUARD_PRIORITY = "10000"  # above any Host() rule's default priority (its length)
@@ -117,13 +117,13 @@ def guarded_uis(info: StackInfo) -> list[tuple[WebUi, tuple[str, ...]]]:
     return [(ui, ui.first_visit.guard) for ui in info.uis if ui.first_visit and ui.first_visit.guard]
 
 
-def seeded_uis(info: StackInfo) -> list[WebUi]:
-    return [ui for ui in info.uis if ui.first_visit and ui.first_visit.seed]
+def seeded_uis(info: StackInfo) -> list[tuple[WebUi, Seed]]:
+    return [(ui, ui.first_visit.seed) for ui in info.uis if ui.first_visit and ui.first_visit.seed]
 
 
 def seeded_secrets(info: StackInfo) -> frozenset[str]:
     """The secrets that go only into seeded files (never a file of their own in secrets/)."""
-    return frozenset(n for ui in seeded_uis(info) for n in ui.first_visit.seed.secrets.values())  # type: ignore[union-attr]
+    return frozenset(n for _, seed in seeded_uis(info) for n in seed.secrets.values())
 
 
 def describe(lab: Lab, info: StackInfo, forward_auth: str) -> tuple[list[str], list[str]]:
@@ -143,7 +143,7 @@ def describe(lab: Lab, info: StackInfo, forward_auth: str) -> tuple[list[str], l
             else "the lab's login (user admin, `homelab secrets show traefik`)"
         )
         lines.append(f"{info.name}: {', '.join(guarded)} behind {login}")
-    seeded = [ui.name for ui in seeded_uis(info)]
+    seeded = [ui.name for ui, _ in seeded_uis(info)]
     if seeded:
         lines.append(
             f"{info.name}: {', '.join(seeded)} set up before their first start, once "

@@ -178,8 +178,8 @@ def prepare(
         targets.append(Target(renders[vm.name], host, problem))
         for stack, needed in missing_requirements(lab, vm):
             warnings.append(f"{vm.name}: {stack} is reached through {needed}, which this VM does not run")
-        for stack in renders[vm.name].stacks:
-            known = for_lab(lab).get(stack.name)
+        for rendered in renders[vm.name].stacks:
+            known = for_lab(lab).get(rendered.name)
             if known is not None:
                 warnings += [f"{vm.name}: {w}" for w in firstvisit.describe(lab, known, "none")[1]]
     return Deployment(lab, tuple(targets), options, tuple(warnings))

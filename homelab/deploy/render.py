@@ -339,15 +339,15 @@ def seeds(lab: Lab, meta: StackInfo, values: Mapping[str, str] | None) -> tuple[
     ``values`` None: masked."""
     found = []
     guarded = overlay.guard_middleware(lab, meta.name) is not None
-    for ui in firstvisit.seeded_uis(meta):
-        seed = ui.first_visit.seed  # type: ignore[union-attr]
+    for ui, seed in firstvisit.seeded_uis(meta):
+        whole = ui.first_visit is not None and "/" in ui.first_visit.guard
         if values is None:
             content = stackfiles.MASKED.format(stack=meta.name)
         else:
             missing = [n for n in seed.secrets.values() if not values.get(n)]
             if missing:
                 raise SecretError(f"stack {meta.name}: the secret {missing[0]} has no value")
-            content = seed_content(seed, values, guarded and "/" in ui.first_visit.guard)  # type: ignore[union-attr]
+            content = seed_content(seed, values, guarded and whole)
         path = f"{state_dir(lab, meta.name)}/{seed.file}"
         found.append(RenderedFile(path, content, stackfiles.SECRET_MODE, secret=True))
     return tuple(found)

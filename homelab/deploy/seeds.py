@@ -74,7 +74,7 @@ def qbittorrent_config(password: str) -> str:
             "",
             "[Preferences]",
             "WebUI\\LocalHostAuth=true",
-            f"WebUI\\Password_PBKDF2=\"{qbittorrent_hash(password)}\"",
+            f'WebUI\\Password_PBKDF2="{qbittorrent_hash(password)}"',
             f"WebUI\\Username={LOGIN_USER}",
             "",
         ]
