@@ -24,7 +24,7 @@ from homelab.deploy.firstvisit import GUARD_MIDDLEWARE
 from homelab.deploy.inventory import host_vars, secret_entries
 from homelab.deploy.plan import prepare
 from homelab.deploy.render import VmRender, render_lab
-from homelab.errors import InputError
+from homelab.errors import InputError, LabFileError
 from homelab.lab.loader import load_lab, parse_lab
 from homelab.lab.models import Lab
 from homelab.stacks import catalogue, read_stack
@@ -48,8 +48,10 @@ def values_for(lab: Lab) -> dict[str, dict[str, str]]:
     return values
 
 
-def media_lab(**media: Any) -> Lab:
+def media_lab(lab_wide_auth: str | None = None, **media: Any) -> Lab:
     data = lab_data(vms=[{"name": "m", "ip": "10.10.0.10", "stacks": ["traefik", "authelia", "media"]}])
+    if lab_wide_auth:
+        data["settings"] = {"auth": lab_wide_auth}
     if media:
         data["stacks"] = {"media": media}
     return parse_lab(yaml.safe_dump(data, sort_keys=False))
@@ -170,15 +172,16 @@ def test_no_seeded_secret_reaches_a_plain_file_the_inventory_or_a_masked_render(
 
 
 def test_with_authelia_the_guards_are_its_login_and_auth_none_opts_out_with_a_warning() -> None:
-    behind = media_lab(auth="authelia")
-    (render,) = render_lab(behind, values_for(behind)).values()
-    found = routers(render)
-    assert found["jellyfin-setup-guard"]["middlewares"] == "authelia@docker"
-    assert found["sonarr"]["middlewares"] == "authelia@docker"  # once, not twice
-    seeded = {f.path: f.content for f in render.seeds}
-    assert "<AuthenticationMethod>External</AuthenticationMethod>" in seeded[f"{STATE}/sonarr/config.xml"]
-    plan = "\n".join(prepare(behind, hosts=[], deployed=()).describe())
-    assert "behind Authelia's login" in plan
+    for behind in (media_lab("authelia"), media_lab(auth="authelia")):  # lab-wide, or the stack's
+        (render,) = render_lab(behind, values_for(behind)).values()
+        found = routers(render)
+        assert found["jellyfin-setup-guard"]["middlewares"] == "authelia@docker"
+        assert "middlewares" not in found["jellyfin"]  # a login page in front would lock its TV apps out
+        assert found["sonarr"]["middlewares"] == "authelia@docker"  # once, not twice
+        seeded = {f.path: f.content for f in render.seeds}
+        assert "<AuthenticationMethod>External</AuthenticationMethod>" in seeded[f"{STATE}/sonarr/config.xml"]
+        plan = "\n".join(prepare(behind, hosts=[], deployed=()).describe())
+        assert "behind Authelia's login" in plan
 
     opened = media_lab(auth="none")
     (render,) = render_lab(opened, values_for(opened)).values()
@@ -189,6 +192,30 @@ def test_with_authelia_the_guards_are_its_login_and_auth_none_opts_out_with_a_wa
     assert "AuthenticationMethod" not in seeded[f"{STATE}/sonarr/config.xml"]
     warnings = prepare(opened, hosts=[], deployed=()).warnings
     assert any("stacks.media.auth is none" in w and "claimed by whoever opens them first" in w for w in warnings)
+
+
+def test_setup_done_lifts_a_guard_but_never_one_an_app_trusts() -> None:
+    lab = media_lab(setup_done=["Jellyseerr"])
+    (render,) = render_lab(lab, values_for(lab)).values()
+    found = routers(render)
+    assert "middlewares" not in found["jellyseerr"]  # its users sign in with their Jellyfin accounts now
+    assert found["sonarr"]["middlewares"] == GUARD_MIDDLEWARE and "jellyfin-setup-guard" in found
+    plan = "\n".join(prepare(lab, hosts=[], deployed=()).describe())
+    assert "Jellyfin /Startup, Sonarr, Radarr, Prowlarr behind the lab's login" in plan
+    assert "Jellyseerr set up by you (stacks.media.setup_done)" in plan
+    for name, message in (
+        ("Sonarr", "Sonarr trusts the login in front of it"),
+        ("Plex", "'Plex' is no web UI of media with a guarded setup"),
+        ("Bazarr", "'Bazarr' is no web UI of media with a guarded setup"),
+    ):
+        data = lab_data(vms=[{"name": "m", "ip": "10.10.0.10", "stacks": ["traefik", "media"]}])
+        data["stacks"] = {"media": {"setup_done": [name]}}
+        text = yaml.safe_dump(data, sort_keys=False)
+        with pytest.raises(LabFileError) as caught:
+            parse_lab(text)
+        (line,) = caught.value.lines()
+        line_no = next(i for i, row in enumerate(text.splitlines(), 1) if f"- {name}" in row)
+        assert line.startswith(f"lab.yml:{line_no}: stacks.media.setup_done[0]: {message}"), line
 
 
 @pytest.mark.parametrize(

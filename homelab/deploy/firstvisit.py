@@ -7,10 +7,14 @@ what the first visit would give away (``ui[].first_visit``) and this closes it.
   working and only its setup wizard (/Startup) asks for the login. The login is Authelia's when the stack
   is behind it (settings.auth or stacks.<name>.auth: authelia), else Traefik's basic auth ``homelab-guard``
   (the traefik stack's, with the dashboard's user admin and generated password: `homelab secrets show traefik`).
+  A UI guarded only on paths is one whose own apps sign in to it: a forward-auth goes on those paths only,
+  never in front of all of it (stacks.<name>.extend can still add a middleware to its router by hand).
 - ``seed``: a file written into the app's state before its first start (:mod:`homelab.deploy.seeds`), from the
   stack's generated secrets, only when it is not there yet.
 
 ``stacks.<name>.auth: none`` turns the guards off; the deploy's plan then warns what is left open.
+``stacks.<name>.setup_done: [Jellyseerr]`` lifts a UI's guard once its setup is done (never of one that trusts
+the guard's login: the *arr apps).
 """
 
 from __future__ import annotations
@@ -74,20 +78,25 @@ def path_rule(rule: str, paths: Iterable[str]) -> str:
 
 
 def guard_labels(
-    info: StackInfo, compose_texts: Iterable[str], middleware: str, overlay: Mapping[str, Mapping[str, Any]]
+    lab: Lab,
+    info: StackInfo,
+    compose_texts: Iterable[str],
+    middleware: str,
+    overlay: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, dict[str, str]]:
     """Per service, the labels that put ``middleware`` in front of each guarded path of the stack's UIs.
 
     ``overlay``: the labels homelab already adds per service (stacks.<name>.extend, the forward-auth), which a
-    guard builds on.
+    guard builds on. UIs named in stacks.<name>.setup_done get none.
     """
     labels = _labels(compose_texts)
+    done = set(lab.stacks[info.name].setup_done) if info.name in lab.stacks else set()
     for service, body in overlay.items():
         labels.setdefault(service, {}).update({k: str(v) for k, v in (body.get("labels") or {}).items()})
     added: dict[str, dict[str, str]] = {}
     for ui in info.uis:
         guard = ui.first_visit.guard if ui.first_visit else ()
-        if not guard:
+        if not guard or ui.name in done:  # stacks.<name>.setup_done: the user did it, the login is lifted
             continue
         service, router = ui_router(info, ui, labels)
         own = labels[service]
@@ -113,6 +122,13 @@ def guard_labels(
     return added
 
 
+def own_login_routers(info: StackInfo, compose_texts: Iterable[str]) -> set[str]:
+    """The routers of the UIs guarded only on setup paths: their own apps sign in to them (a browser login page
+    in front would lock Jellyfin's TV and phone apps out), so a forward-auth goes only on those paths."""
+    labels = _labels(compose_texts)
+    return {ui_router(info, ui, labels)[1] for ui, paths in guarded_uis(info) if "/" not in paths}
+
+
 def guarded_uis(info: StackInfo) -> list[tuple[WebUi, tuple[str, ...]]]:
     return [(ui, ui.first_visit.guard) for ui in info.uis if ui.first_visit and ui.first_visit.guard]
 
@@ -131,7 +147,14 @@ def describe(lab: Lab, info: StackInfo, forward_auth: str) -> tuple[list[str], l
     credentials are (``forward_auth``: the stack's, authelia or none)."""
     lines: list[str] = []
     warnings: list[str] = []
-    guarded = [ui.name + ("" if "/" in paths else " " + ", ".join(paths)) for ui, paths in guarded_uis(info)]
+    done = set(lab.stacks[info.name].setup_done) if info.name in lab.stacks else set()
+    guarded = [
+        ui.name + ("" if "/" in paths else " " + ", ".join(paths))
+        for ui, paths in guarded_uis(info)
+        if ui.name not in done
+    ]
+    if done:
+        lines.append(f"{info.name}: {', '.join(sorted(done))} set up by you (stacks.{info.name}.setup_done): own login")
     if guarded and opted_out(lab, info.name):
         warnings.append(
             f"stacks.{info.name}.auth is none: {', '.join(guarded)} can be claimed by whoever opens them first"

@@ -70,8 +70,10 @@ def routers(compose_texts: Iterable[str]) -> dict[str, list[tuple[str, str | Non
 
 def overlay(lab: Lab, name: str, compose_texts: Iterable[str]) -> str | None:
     """compose.homelab.yml for stack ``name`` (its selected compose files' text given), or None: nothing to add."""
+    compose_texts = list(compose_texts)
     services: dict[str, dict[str, Any]] = {}
     settings = lab.stacks.get(name)
+    info = for_lab(lab).get(name)
     if settings is not None and settings.extend is not None:
         for service, ext in settings.extend.services.items():
             body: dict[str, Any] = {}
@@ -83,16 +85,19 @@ def overlay(lab: Lab, name: str, compose_texts: Iterable[str]) -> str | None:
                 body["volumes"] = list(ext.volumes)
             services[service] = body
     middleware = AUTH_MIDDLEWARE.get(auth_for(lab, name))
+    # a UI its own apps sign in to (Jellyfin's TV and phone apps) gets the forward-auth only on its setup paths
+    own_login = firstvisit.own_login_routers(info, compose_texts) if info is not None else set()
     if middleware:
         for service, found in routers(compose_texts).items():
             labels = services.setdefault(service, {}).setdefault("labels", {})
             for router, current in found:
+                if router in own_login:
+                    continue
                 key = f"traefik.http.routers.{router}.middlewares"
                 now = labels.get(key, current)
                 labels[key] = middleware if not now else f"{middleware},{now}"
-    info = for_lab(lab).get(name)
     if info is not None and (guard := guard_middleware(lab, name)):
-        for service, labels in firstvisit.guard_labels(info, compose_texts, guard, services).items():
+        for service, labels in firstvisit.guard_labels(lab, info, compose_texts, guard, services).items():
             services.setdefault(service, {}).setdefault("labels", {}).update(labels)
     if not services:
         return None
