@@ -111,6 +111,7 @@ def test_the_example_labs_media_stack_leaves_nothing_to_claim() -> None:
     traefik = yaml.safe_load(next(f.content for f in render.files if f.path == "traefik/compose.yml"))
     labels = traefik["services"]["traefik"]["labels"]
     assert labels["traefik.http.middlewares.homelab-guard.basicauth.usersfile"] == "/secrets/dashboard.htpasswd"
+    assert labels["traefik.http.middlewares.homelab-guard.basicauth.removeheader"] == "true"  # not the apps' business
     assert "traefik/secrets/dashboard.htpasswd" in {f.path for f in render.secret_files}
     plan = "\n".join(prepare(lab, hosts=[], deployed=(), secrets=values_for(lab)).describe())
     assert "media: Jellyfin /Startup, Jellyseerr, Sonarr, Radarr, Prowlarr behind the lab's login" in plan
