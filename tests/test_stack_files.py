@@ -327,6 +327,8 @@ def test_stack_render_writes_what_each_vm_gets_with_secrets_masked(
     everything = "".join(p.read_text() for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert "cf-token-value-123" not in everything + result.output
     assert "and the folder /data/media/movies on the VM, owned by homelab" in result.output
+    seeded = "/home/homelab/data/stacks/media/sonarr/config.xml on the VM when missing"
+    assert seeded in result.output  # what the apps get before their first start is said, never written here
 
 
 def test_secrets_show_prints_a_stacks_secrets_and_list_never_does(tmp_path: Path) -> None:
