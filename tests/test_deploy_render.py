@@ -63,6 +63,7 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
         "media/compose.qbittorrent.yml",
         "media/compose.vpn.yml",
         "media/compose.yml",
+        "media/compose.homelab.yml",  # the first-visit guards (homelab.deploy.firstvisit)
         "media/.env",
         "media/.homelab-stack",
     ]
@@ -88,7 +89,8 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
     assert media["JELLYFIN_HOST"] == "jellyfin.lab.example" and media["SONARR_HOST"] == "sonarr.lab.example"
     assert media["TZ"] == "Europe/Berlin" and media["PUID"] == "1001" and media["SONARR_VERSION"] == "4.0.10"
     assert media["PGID"] == "@PGID@"  # the VM's user's gid, put in on the VM (homelab_files host_ids)
-    assert media["COMPOSE_FILE"] == "compose.yml:compose.qbittorrent.yml" and media["DATA_ROOT"] == "/data"
+    assert media["COMPOSE_FILE"] == "compose.yml:compose.qbittorrent.yml:compose.homelab.yml"  # + the guards
+    assert media["DATA_ROOT"] == "/data"
     assert "JELLYFIN_VERSION" not in media  # no stacks.media.version: the compose file's default stays
 
 

@@ -178,7 +178,7 @@ def test_a_broken_lab_stack_is_named_in_one_line(lab_file: Path) -> None:
     user_stack(lab_file.parent, "bad", "description: x\nsecrets: [{name: X, generate: uuid}]\n", "services: {}\n")
     result = run_cli("stack", "list", lab=lab_file)
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert "stacks/bad/stack.yml: secrets[0].generate: 'uuid': one of password, hex32, base64-32 or empty" in (
+    assert "stacks/bad/stack.yml: secrets[0].generate: 'uuid': one of password, hex32, hex16, base64-32 or empty" in (
         result.output
     )
 
@@ -186,7 +186,7 @@ def test_a_broken_lab_stack_is_named_in_one_line(lab_file: Path) -> None:
 def test_show_names_settings_secrets_ports_and_uis(lab_file: Path) -> None:
     shown = json.loads(run_cli("stack", "show", "media", "--json", lab=lab_file).output)
     assert shown["category"] == "Media" and shown["requires"] == ["traefik"]
-    assert [s["name"] for s in shown["secrets"]] == ["WIREGUARD_PRIVATE_KEY"]
+    assert [s["name"] for s in shown["secrets"]][:2] == ["WIREGUARD_PRIVATE_KEY", "SONARR_API_KEY"]
     assert shown["ports"] == ["6881:6881", "6881:6881/udp"] and "jellyfin" in shown["state"]
     jellyfin = next(ui for ui in shown["ui"] if ui["name"] == "Jellyfin")
     assert jellyfin["url"] == "https://jellyfin.lab.example" and jellyfin["port"] == 8096

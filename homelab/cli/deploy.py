@@ -103,3 +103,5 @@ def render(app: App, dest: Path) -> None:
         click.echo(f"{vm}: {len(written)} file(s) in {dest / vm} (on the VM: {rendered.root})")
         for folder in rendered.data_dirs:
             click.echo(f"  and the folder {folder} on the VM, owned by {rendered.user}")
+        for seed in rendered.seeds:
+            click.echo(f"  and {seed.path} on the VM when missing (an app's settings before its first start; secret)")

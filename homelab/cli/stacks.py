@@ -79,7 +79,14 @@ def show(app: App, name: str, as_json: bool) -> None:
     for service, volumes in data["volumes"].items():
         click.echo(f"  volumes of {service}: {', '.join(volumes)}")
     for item in data["ui"]:
-        click.echo(f"  web UI {item['name']}: {item['url']} (container port {item['port'] or '?'})")
+        visit = item.get("first_visit") or {}
+        guard = visit.get("guard") or []
+        closed = ["behind the lab's login" if "/" in guard else f"{', '.join(guard)} behind the lab's login"] * bool(
+            guard
+        )
+        closed += [f"{visit['seed']} settings written before its first start"] if visit.get("seed") else []
+        first = f"; {'; '.join(closed)}" if closed else ""
+        click.echo(f"  web UI {item['name']}: {item['url']} (container port {item['port'] or '?'}{first})")
     if data["docker_api"]:
         click.echo(f"  Docker API: {', '.join(data['docker_api'])}")
     if data["auth"] != "none":

@@ -78,12 +78,17 @@ def file_entries(files: Sequence[RenderedFile]) -> list[dict[str, Any]]:
 
 
 def secret_entries(render: VmRender) -> dict[str, Any]:
-    """What the no_log "Stack secrets" task writes on one VM: its 0700 folders and 0600 files.
+    """What the no_log "Stack secrets" task writes on one VM: its 0700 folders and 0600 files, and the seeds.
 
     Never part of the inventory (which lives beside ansible-runner's artifacts): homelab writes these to a
     private file of their own for the run's duration, which the play reads on this machine.
     """
-    return {"dirs": list(render.private_dirs), "files": file_entries(render.secret_files)}
+    return {
+        "dirs": list(render.private_dirs),
+        "files": file_entries(render.secret_files),
+        # apps' settings written before their first start, only where missing (homelab.deploy.firstvisit)
+        "seeds": file_entries(render.seeds),
+    }
 
 
 def inventory(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from homelab.deploy import firstvisit
+from homelab.deploy.overlay import auth_for
 from homelab.deploy.render import Secrets, VmRender, missing_requirements, render_lab
 from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
+from homelab.stacks import for_lab
 from homelab.state.hosts import Host, load_hosts
 from homelab.state.reading import StateFileError, notice, read_state_json
 
@@ -86,6 +89,10 @@ class Deployment:
             where = f" ({t.host.address})" if t.host else ""
             lines.append(f"  {t.name}{where}: {stacks}" + (f"  ! {t.problem}" if t.problem else ""))
         lines += [f"  note: {w}" for w in self.warnings]
+        claims = first_visits(self.lab, [s.name for t in self.targets for s in t.render.stacks])
+        if claims:
+            lines.append("First visits (nothing left for a stranger to claim):")
+            lines += [f"  {line}" for line in claims]
         opts = self.options
         lines.append(
             "Docker: "
@@ -119,6 +126,16 @@ class Deployment:
             names = ", ".join(opts.purge_data)
             lines.append(f"!!! --purge-data: THE DATA OF {names.upper()} IS DELETED FOR GOOD ({data}); no undo !!!")
         return lines
+
+
+def first_visits(lab: Lab, stacks: Sequence[str]) -> list[str]:
+    """What of the stacks' first-visit setups is guarded or seeded, and where the credentials are."""
+    known = for_lab(lab)
+    found: list[str] = []
+    for name in dict.fromkeys(stacks):
+        if name in known:
+            found += firstvisit.describe(lab, known[name], auth_for(lab, name))[0]
+    return found
 
 
 def prepare(
@@ -163,6 +180,10 @@ def prepare(
         targets.append(Target(renders[vm.name], host, problem))
         for stack, needed in missing_requirements(lab, vm):
             warnings.append(f"{vm.name}: {stack} is reached through {needed}, which this VM does not run")
+        for rendered in renders[vm.name].stacks:
+            known = for_lab(lab).get(rendered.name)
+            if known is not None:
+                warnings += [f"{vm.name}: {w}" for w in firstvisit.describe(lab, known, "none")[1]]
     return Deployment(lab, tuple(targets), options, tuple(warnings))
 
 

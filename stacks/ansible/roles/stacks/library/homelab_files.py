@@ -43,6 +43,14 @@ options:
     description:
       - Absolute folders (a stack's STATE_DIR and its subfolders), parents first, made owned by O(owner) (0755)
         when missing. One that exists is never changed (a container may have made it its own).
+  seeds:
+    type: list
+    elements: dict
+    default: []
+    description:
+      - Files with an absolute C(path) (in a stack's STATE_DIR), C(content_b64) and C(mode), written only when
+        nothing is at C(path) yet (an app's settings before its first start; never rewritten, so the app's
+        and the user's changes stay). Missing parent folders are made owned by O(owner) (0755).
   moves:
     type: list
     elements: dict
@@ -297,6 +305,7 @@ def main():
             "lab": {"type": "str", "default": ""},
             "state_dirs": {"type": "list", "elements": "path", "default": []},
             "moves": {"type": "list", "elements": "dict", "default": []},
+            "seeds": {"type": "list", "elements": "dict", "default": []},
             "moves_plan_only": {"type": "bool", "default": False},
             "purge_state": {"type": "dict", "default": {}},
         },
@@ -350,6 +359,9 @@ def main():
                     data = data.replace(b"@RENDER_GID@", str(_render_gid()).encode())
             if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
                 changed_paths.append(path)
+        for entry in module.params["seeds"]:
+            if _seed(module, entry, uid, gid, changes):
+                changed_paths.append(entry["path"])
         purge, remove = module.params["purge_state"], module.params["remove"]
         for name in remove:
             if _remove_stack(module, root, name, module.params["lab"], changes):
@@ -362,6 +374,18 @@ def main():
     except (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), changed=bool(changed_paths), paths=changed_paths)
     module.exit_json(changed=bool(changed_paths), paths=changed_paths, diff=changes, stack_markers=_markers(root))
+
+
+def _seed(module, entry, uid, gid, changes):
+    """Write a seed file where nothing is yet; an existing one (the app's or the user's) is left alone."""
+    path = os.path.normpath(str(entry["path"]))
+    if not os.path.isabs(path):
+        raise ValueError(f"{path!r} is not an absolute path")
+    if os.path.lexists(path):
+        return False
+    _make_missing(module, os.path.dirname(path), uid, gid, changes)
+    mode = int(str(entry.get("mode", "0600")), 8)
+    return _write_file(module, path, base64.b64decode(entry["content_b64"]), mode, uid, gid, changes)
 
 
 def _render_gid() -> int:
