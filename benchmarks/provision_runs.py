@@ -32,6 +32,9 @@ WRITES = ("POST", "PUT", "DELETE")
 # fakepve durations are in PVE seconds; time_scale turns them into real ones (0.05: 20 PVE s = 1 s here).
 TIME_SCALE = 0.05
 CLONE_SECS = 1.0  # a linked clone's task on an idle node (a thin snapshot of the template's disk)
+# Of it, under the storage's lock (one clone at a time per storage, pve-storage's cluster_lock_storage): the
+# thin snapshot of the boot disk and the new cloud-init volume, two lvcreate calls of ~0.15 s each on LVM-thin.
+CLONE_LOCK_SECS = 0.3
 START_SECS = 20.0  # a cloned VM's start task (PVE seconds), like qemu bringing up a cloud image
 AGENT_DELAY = 30.0  # from the VM running until qemu-guest-agent reports an address (boot + cloud-init)
 LATENCY = 0.05  # added to every API response (PVE seconds, i.e. 50 ms on a real LAN)
@@ -107,7 +110,12 @@ class TimingReporter:
 def fake_proxmox(workdir: Path, time_scale: float = TIME_SCALE, **overrides: Any) -> Iterator[FakeProxmox]:
     """A fresh fake with the benchmark's durations (overridable), stopped afterwards."""
     settings: dict[str, Any] = dict(
-        time_scale=time_scale, start_secs=START_SECS, agent_delay=AGENT_DELAY, latency=LATENCY, clone_secs=CLONE_SECS
+        time_scale=time_scale,
+        start_secs=START_SECS,
+        agent_delay=AGENT_DELAY,
+        latency=LATENCY,
+        clone_secs=CLONE_SECS,
+        clone_lock_secs=CLONE_LOCK_SECS,
     )
     settings.update(overrides)
     fake = start_fake_proxmox(workdir, **settings)
