@@ -71,15 +71,14 @@ class LoadMixin:
 
         new = options.get("vm")
         kind = self._load_state()["kinds"].pop(getattr(new, "vmid", None), None) if ttype == "qmclone" else None
-        linked = kind is not None and not kind[0]
+        linked, lock_key, gib = (not kind[0], kind[1], kind[2]) if kind else (False, None, 0.0)
 
         async def loaded() -> Any:
             self._load_begin(node, ttype, tid, heavy=not linked)
             try:
                 if linked:
-                    await self._linked_clone_work(node, kind[1])
+                    await self._linked_clone_work(node, lock_key)
                 elif ttype == "qmclone":
-                    gib = kind[2] if kind else 0.0
                     await self._load_work(node, self.clone_secs + self.copy_secs_per_gib * gib)
                 return await body()
             finally:
