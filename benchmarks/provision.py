@@ -59,7 +59,7 @@ def print_settings(scale: float) -> None:
     for name, secs, what in (
         ("clone_secs", CLONE_SECS, "a linked clone's task (no data copied; clones of one template overlap)"),
         ("clone_lock", CLONE_LOCK_SECS, "of it under the storage lock: snapshots one at a time"),
-        ("start_secs", START_SECS, "start task of a cloned VM"),
+        ("start_secs", START_SECS, "start task of a cloned VM (ends once QEMU runs)"),
         ("agent_delay", AGENT_DELAY, "VM running -> guest agent answers"),
         ("cloud_init", 3.0, "agent up -> cloud-init finished, host key written"),
         ("latency", LATENCY, "added to each API answer"),
