@@ -208,3 +208,43 @@ def test_a_start_right_after_the_clone_waits_its_start_delay() -> None:
 
     start_secs, status = asyncio.run(scenario())
     assert start_secs == 30 and status == "running"
+
+
+def test_an_agent_call_while_the_guest_boots_takes_the_guest_ping_timeout() -> None:
+    """PVE pings the agent (3 s timeout) before each command: "not running" comes only after it, and an agent
+    that comes up within it answers the same call."""
+    pytest.importorskip("fakepve", reason="the fake Proxmox needs the test extra")
+    import time
+
+    from fakepve import PveError
+
+    from homelab.demo.serve import fake_class
+
+    async def scenario() -> tuple[float, str, int]:
+        pve = fake_class()(user="root@pam", password="x", host="127.0.0.1", port=8006)
+        pve.time_scale = 0.01
+        vm = pve.add_vm(101, "booting", node="pve1", status="running", config={"name": "booting", "agent": "1"})
+        ticks: list[int] = []
+
+        def tick(v: Any) -> None:  # the first call looks 13 times (at once, then every 0.25 s of 3 s)
+            ticks.append(1)
+            if len(ticks) >= 16:  # up within the second call's ping
+                v.agent = {"interfaces": [], "files": {}}
+
+        pve.guest_tick = tick
+        from fakepve import schema as pve_schema
+
+        match = pve_schema.load().match("/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces")
+        began = time.monotonic()
+        try:
+            await pve._agent_call(match, {"node": "pve1", "vmid": 101})
+            first = "answered"
+        except PveError as exc:
+            first = str(exc)
+        failed_after = time.monotonic() - began
+        await pve._agent_call(match, {"node": "pve1", "vmid": 101})  # answers: the agent came up meanwhile
+        return failed_after, first, vm.agent is not None
+
+    failed_after, first, up = asyncio.run(scenario())
+    assert "QEMU guest agent is not running" in first
+    assert failed_after >= 3 * 0.01 and up

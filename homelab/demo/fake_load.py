@@ -24,7 +24,8 @@ every begin and end (``load_events``); a control op ``load`` returns them.
 A VM's start task takes its ``start_secs`` from the first time the fake sees the VM; the server's agent loop
 used to set it, at most 20 ms late, so a start sent in that window finished at once. The default is now taken
 when the start task begins (:meth:`LoadMixin.start_default`), and the guest agent's timeline is advanced
-right when a client asks the agent (``guest_tick``), so neither delay depends on a polling loop.
+right when a client asks the agent (``guest_tick``), so neither delay depends on a polling loop. An agent call
+to a running VM whose agent is not up yet takes PVE's guest-ping timeout (3 s) before it fails, as on PVE.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ DISK_TASKS = frozenset({"qmclone", "qmmove", "qmigrate", "resize", "qmcreate"})
 GIB = 1024**3
 NODE_MEMORY = 64 * 1024**3  # bytes of RAM a fake node has
 NODE_CPUS = 16
-STEP = 0.25  # PVE seconds between re-sharing a node's disks among its tasks
+STEP = 0.25  # PVE seconds between re-sharing a node's disks among its tasks (and re-checking an agent)
+GUEST_PING = 3.0  # PVE seconds PVE waits for a guest agent's answer to guest-ping
 
 
 class LoadMixin:
@@ -211,7 +213,21 @@ class LoadMixin:
         vm = self.vm(int(values.get("vmid", 0)))  # type: ignore[attr-defined]
         if vm is not None and self.guest_tick is not None:
             self.guest_tick(vm)  # the agent's state as of this very moment, not as of the last loop turn
+            await self._guest_ping(vm)
         return await super()._agent_call(match, values)  # type: ignore[misc]
+
+    async def _guest_ping(self, vm: Any) -> None:
+        """PVE pings the agent before each command (qemu-server's ``qga_check_running``: ``guest-ping`` with a
+        3 s timeout): while a running VM's agent is not up yet, the call answers "not running" only after that
+        timeout, or goes on as soon as the agent comes up within it."""
+        scale = float(getattr(self, "time_scale", 0))
+        waited = 0.0
+        while scale and vm.status == "running" and vm.agent is None and not vm.agent_hangs and waited < GUEST_PING:
+            step = min(STEP, GUEST_PING - waited)
+            await asyncio.sleep(step * scale)
+            waited += step
+            if self.guest_tick is not None:
+                self.guest_tick(vm)
 
 
 def _is_disk(key: str, value: str) -> bool:
