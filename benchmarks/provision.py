@@ -78,6 +78,8 @@ def print_table(rows: list[Run]) -> None:
             notes.append(f"last VM started at {run.started_at:.1f} s")
         if run.chains and run.vms > 1:
             notes.append(f"chains {min(run.chains):.1f}-{max(run.chains):.1f} s")
+        if run.tasks:  # the playbook's tasks (profile_tasks), in order
+            notes.append(", ".join(f"{' '.join(name.split()[:2])} {secs:.0f} s" for name, secs in run.tasks.items()))
         peak = "-" if run.peak is None else str(run.peak)
         print(
             f"{run.label:<44} {run.wall:>7.1f} {run.calls:>6} {run.per_vm():>6.1f} {run.writes:>6} {peak:>5}  "
