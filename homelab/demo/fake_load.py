@@ -108,12 +108,15 @@ class LoadMixin:
         scale = float(getattr(self, "time_scale", 0))
         if not scale:
             return
-        locks = self._load_state()["locks"]
-        lock = locks.setdefault(lock_key, asyncio.Lock())
+        # The lock's turns are booked on the clock, not slept one after another: a busy event loop wakes each
+        # sleeper late, and chained sleeps would add that lateness once per clone (PVE's lvcreate does not wait
+        # for pveproxy's other requests).
+        free_at = self._load_state()["locks"]
         hold = min(self.clone_lock_secs, self.clone_secs)
-        async with lock:
-            await asyncio.sleep(hold * scale)
-        await asyncio.sleep((self.clone_secs - hold) * scale)
+        now = time.monotonic()
+        turn_ends = max(now, free_at.get(lock_key, 0.0)) + hold * scale
+        free_at[lock_key] = turn_ends
+        await asyncio.sleep(turn_ends - now + (self.clone_secs - hold) * scale)
 
     def _load_begin(self, node: str, ttype: str, tid: Any, heavy: bool = True) -> None:
         """Count a task in (``heavy``: it loads the node's disks; a linked clone does not)."""
