@@ -22,7 +22,8 @@ from homelab.adapters.ansible import AnsibleRunner, OnEvent, RunOutcome, RunRequ
 from homelab.deploy.plan import DeployOptions
 from homelab.deploy.service import deploy_stacks
 from homelab.deploy.stackfiles import secret_specs
-from homelab.stacks import catalogue, pinned_images
+from homelab.stackimages import pinned_images
+from homelab.stacks import catalogue
 from homelab.state.stacksecrets import known
 from tests.harness.docker import busybox_image, containers, dockerd, needs_dockerd
 from tests.harness.fixtures_hosts import HostFactory

@@ -19,7 +19,8 @@ from homelab.deploy import stackfiles
 from homelab.deploy.render import render_lab, write_tree
 from homelab.errors import LabFileError, SecretError
 from homelab.lab.loader import parse_lab
-from homelab.stacks import catalogue, pinned_images, too_old_for_engine_29
+from homelab.stackimages import pinned_images, too_old_for_engine_29
+from homelab.stacks import catalogue
 from homelab.state.stacksecrets import generated_file, resolve
 from tests.harness.cli import run_cli
 from tests.harness.docker import COMPOSE, needs_compose

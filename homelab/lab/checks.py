@@ -13,7 +13,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from homelab.lab.models import Docker, Https, Lab, Network, Proxmox, StackSettings, Template, Vm
-from homelab.stacks import DNS_PROVIDER_SECRETS, catalogue, is_secret_name, pinned_images, too_old_for_engine_29
+from homelab.stackimages import pinned_images, too_old_for_engine_29
+from homelab.stacks import DNS_PROVIDER_SECRETS, catalogue, is_secret_name
 
 Found = tuple[tuple[str | int, ...], str]
 
