@@ -32,8 +32,15 @@ WRITES = ("POST", "PUT", "DELETE")
 # fakepve durations are in PVE seconds; time_scale turns them into real ones (0.05: 20 PVE s = 1 s here).
 TIME_SCALE = 0.05
 CLONE_SECS = 1.0  # a linked clone's task on an idle node (a thin snapshot of the template's disk)
-START_SECS = 20.0  # a cloned VM's start task (PVE seconds), like qemu bringing up a cloud image
-AGENT_DELAY = 30.0  # from the VM running until qemu-guest-agent reports an address (boot + cloud-init)
+# Of it, under the storage's lock (one clone at a time per storage, pve-storage's cluster_lock_storage): the
+# thin snapshot of the boot disk and the new cloud-init volume, two lvcreate calls of ~0.15 s each on LVM-thin.
+CLONE_LOCK_SECS = 0.3
+# A start task ends once QEMU runs (qemu-server's vm_start: volumes activated, the cloud-init ISO written, kvm
+# launched and resumed); it does not wait for the guest. The guest then boots until its agent answers.
+# (Until 2026-11-30 this was 20 s of start task and 30 s of boot: the same chain, but a playbook that starts
+# VMs one after another waited 20 s per VM, which real PVE does not make it wait.)
+START_SECS = 3.0  # a cloned VM's start task (PVE seconds)
+AGENT_DELAY = 47.0  # from the VM running until qemu-guest-agent answers (kernel, systemd, the agent)
 LATENCY = 0.05  # added to every API response (PVE seconds, i.e. 50 ms on a real LAN)
 
 
@@ -107,7 +114,12 @@ class TimingReporter:
 def fake_proxmox(workdir: Path, time_scale: float = TIME_SCALE, **overrides: Any) -> Iterator[FakeProxmox]:
     """A fresh fake with the benchmark's durations (overridable), stopped afterwards."""
     settings: dict[str, Any] = dict(
-        time_scale=time_scale, start_secs=START_SECS, agent_delay=AGENT_DELAY, latency=LATENCY, clone_secs=CLONE_SECS
+        time_scale=time_scale,
+        start_secs=START_SECS,
+        agent_delay=AGENT_DELAY,
+        latency=LATENCY,
+        clone_secs=CLONE_SECS,
+        clone_lock_secs=CLONE_LOCK_SECS,
     )
     settings.update(overrides)
     fake = start_fake_proxmox(workdir, **settings)

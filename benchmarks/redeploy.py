@@ -40,7 +40,7 @@ from homelab.adapters.sshkeys import ensure_admin_key  # noqa: E402
 from homelab.deploy.plan import DeployOptions, workdir  # noqa: E402
 from homelab.deploy.service import deploy_stacks  # noqa: E402
 from homelab.lab.models import Lab  # noqa: E402
-from homelab.stacks import pinned_images  # noqa: E402
+from homelab.stackimages import pinned_images  # noqa: E402
 from homelab.state.hosts import Host, save_hosts  # noqa: E402
 from tests.harness.hosts import SshHost, host_support, make_host  # noqa: E402
 from tests.harness.labs import make_lab  # noqa: E402

@@ -389,9 +389,9 @@ def up(
         if deploy:
             from homelab.deploy.plan import DeployOptions
             from homelab.deploy.service import deploy_stacks
-            from homelab.provision.snapshotting import before_removal
+            from homelab.provision.snapshotting import removal_hook
 
-            hook = before_removal(api, lab, echo) if lab.settings.snapshot_before_changes else None
+            hook = removal_hook(api, lab, echo)
             deploy_stacks(lab, echo, confirm, DeployOptions(before_removal=hook), runner=deploy_runner)
             result.stacks = "deployed"
         else:

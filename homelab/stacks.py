@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ CATEGORIES = (
     "Remote access",
     "Infrastructure",
 )
-GENERATE_KINDS = ("password", "hex32", "base64-32", "")
+GENERATE_KINDS = ("password", "hex32", "hex16", "base64-32", "")
 BUILT_IN, USER, OVERRIDES = "built-in", "user", "overrides built-in"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -69,13 +69,45 @@ _KEYS = {
 class SecretSpec:
     """A setting of a stack that is a secret: its value never comes from (or goes into) the lab file.
 
-    ``generate``: password (32 url-safe characters), hex32, base64-32 make one on the first deploy and keep
-    it; empty: the user gives it.
+    ``generate``: password (32 url-safe characters), hex32, hex16 (32 hex digits), base64-32 make one on the
+    first deploy and keep it; empty: the user gives it.
     """
 
     name: str
     description: str = ""
     generate: str = ""
+
+
+# What homelab can write into an app's state before its first start (stack.yml ui[].first_visit.seed.kind),
+# and the secrets each kind takes (by role): see homelab/deploy/seeds.py.
+SEED_KINDS: dict[str, tuple[str, ...]] = {
+    "servarr": ("api_key",),
+    "qbittorrent": ("password",),
+    "bazarr": ("password", "api_key"),
+}
+_GUARD = re.compile(r"^/[A-Za-z0-9_./-]*$")
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A file homelab writes into an app's state before its first start, only when it is not there yet."""
+
+    kind: str  # one of SEED_KINDS
+    file: str  # under the stack's STATE_DIR
+    secrets: Mapping[str, str] = field(default_factory=dict)  # role (api_key, password) -> secret name
+
+
+@dataclass(frozen=True)
+class FirstVisit:
+    """What the first visit of a web UI would give away, and how homelab closes it (stack.yml ui[].first_visit).
+
+    ``guard``: path prefixes (matched ignoring case; "/" is the whole UI) put behind the lab's login by a Traefik
+    router of their own, for a setup that cannot be done in advance (Jellyfin's wizard). ``seed``: the app's
+    settings written before its first start (an API key, a login), so there is no setup to claim.
+    """
+
+    guard: tuple[str, ...] = ()
+    seed: Seed | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +131,7 @@ class WebUi:
     description: str = ""
     port: int | None = None  # the container port Traefik routes to
     widget: Mapping[str, Any] = field(default_factory=dict)  # Homepage widget settings (no secrets)
+    first_visit: FirstVisit | None = None  # a setup the first visitor could claim, and how it is closed
 
 
 @dataclass(frozen=True)
@@ -124,17 +157,33 @@ class StackInfo:
     def required_settings(self) -> tuple[Setting, ...]:
         return tuple(s for s in self.settings if s.required)
 
-    @property
+    @cached_property
+    def compose_texts(self) -> tuple[tuple[str, str], ...]:
+        """(file name, text) of every compose file of the stack (compose*.yml), read once per StackInfo."""
+        found = []
+        for path in sorted(self.path.glob("compose*.yml")):
+            try:
+                found.append((path.name, path.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(f"{path}: cannot read: {str(exc).splitlines()[0]}") from None
+        return tuple(found)
+
+    @cached_property
     def services(self) -> tuple[str, ...]:
         """The services of every compose file of the stack (for stacks.<name>.extend)."""
         names: dict[str, None] = {}
-        for path in sorted(self.path.glob("compose*.yml")):
+        for _, text in self.compose_texts:
             try:
-                doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except (OSError, yaml.YAMLError):
+                doc = yaml.load(text, Loader=SAFE_LOADER) or {}  # noqa: S506 (a safe loader)
+            except yaml.YAMLError:
                 continue
             names.update(dict.fromkeys(str(s) for s in (doc.get("services") or {}) if isinstance(doc, dict)))
         return tuple(names)
+
+
+def is_stack_name(name: str) -> bool:
+    """``name`` can name a stack (a DNS label: its folder, its state folder)."""
+    return bool(_NAME.match(name))
 
 
 def _fail(meta: Path, key: str, message: str) -> InputError:
@@ -165,6 +214,36 @@ def _entries(meta: Path, key: str, value: object, required: tuple[str, ...]) -> 
     return value
 
 
+def _first_visit(meta: Path, key: str, value: object, secret_names: set[str]) -> FirstVisit | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"guard", "seed"} or not value:
+        raise _fail(meta, key, "a mapping with guard (paths) and/or seed ({kind, file, <role>: SECRET})")
+    guard = _strings(meta, f"{key}.guard", value.get("guard"), _GUARD)
+    seed = None
+    raw = value.get("seed")
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise _fail(meta, f"{key}.seed", "a mapping: kind, file and the secrets the kind takes")
+        kind = str(raw.get("kind") or "")
+        if kind not in SEED_KINDS:
+            raise _fail(meta, f"{key}.seed.kind", f"{kind!r}: one of {', '.join(SEED_KINDS)}")
+        file = str(raw.get("file") or "")
+        if not _SUB.match(file) or ".." in file.split("/"):
+            raise _fail(meta, f"{key}.seed.file", "a path under the stack's STATE_DIR (app/config.xml)")
+        unknown = sorted(set(raw) - {"kind", "file", *SEED_KINDS[kind]})
+        if unknown:
+            raise _fail(meta, f"{key}.seed.{unknown[0]}", f"unknown; {kind} takes {', '.join(SEED_KINDS[kind])}")
+        roles = {}
+        for role in SEED_KINDS[kind]:
+            name = str(raw.get(role) or "")
+            if name not in secret_names:
+                raise _fail(meta, f"{key}.seed.{role}", "must name a secret the stack declares (secrets:)")
+            roles[role] = name
+        seed = Seed(kind, file, roles)
+    return FirstVisit(guard, seed)
+
+
 def read_stack(folder: Path, origin: str = BUILT_IN) -> StackInfo:
     """The stack in ``folder`` (its stack.yml), checked; InputError naming the file and key otherwise."""
     meta = folder / "stack.yml"
@@ -189,7 +268,7 @@ def read_stack(folder: Path, origin: str = BUILT_IN) -> StackInfo:
     for i, s in enumerate(_entries(meta, "secrets", data.get("secrets"), ("name",))):
         kind = str(s.get("generate") or "")
         if kind not in GENERATE_KINDS:
-            raise _fail(meta, f"secrets[{i}].generate", f"{kind!r}: one of password, hex32, base64-32 or empty")
+            raise _fail(meta, f"secrets[{i}].generate", f"{kind!r}: one of password, hex32, hex16, base64-32 or empty")
         if not _VAR.match(str(s["name"])):
             raise _fail(meta, f"secrets[{i}].name", "an environment variable name (A-Z, 0-9, _)")
         secrets.append(SecretSpec(str(s["name"]), str(s.get("description", "")), kind))
@@ -211,6 +290,7 @@ def read_stack(folder: Path, origin: str = BUILT_IN) -> StackInfo:
         widget = ui.get("widget") or {}
         if not isinstance(widget, dict):
             raise _fail(meta, f"ui[{i}].widget", "a mapping ({type: ..., ...})")
+        first_visit = _first_visit(meta, f"ui[{i}].first_visit", ui.get("first_visit"), {s.name for s in secrets})
         uis.append(
             WebUi(
                 name=str(ui["name"]),
@@ -220,6 +300,7 @@ def read_stack(folder: Path, origin: str = BUILT_IN) -> StackInfo:
                 description=str(ui.get("description", "")),
                 port=port,
                 widget=widget,
+                first_visit=first_visit,
             )
         )
     return StackInfo(
@@ -291,43 +372,6 @@ def is_secret_name(stack: str, key: str, known: Mapping[str, StackInfo] | None =
     declared = {s.name for s in info.secrets} if info else set()
     providers = {n for names in DNS_PROVIDER_SECRETS.values() for n in names}
     return key in declared or key in providers or bool(SECRET_LOOKING.search(key))
-
-
-# Images that talk to the Docker API, and the first release that works with Docker Engine 29 (which refuses
-# API versions below 1.44): older ones fail with "client version 1.24 is too old". From the projects'
-# release notes (Traefik v3.6.1, Portainer 2.33.4); checked by the lab checks and tests/test_stack_pins.py.
-ENGINE_29_MINIMUM: dict[str, tuple[int, ...]] = {
-    "traefik": (3, 6, 1),
-    "portainer/portainer-ce": (2, 33, 4),
-}
-_IMAGE = re.compile(r"""image:\s*["']?([^"'\s:$]+):\$\{([A-Z0-9_]+):-([^}]+)\}""")
-
-
-def pinned_images(stack: str, known: Mapping[str, StackInfo] | None = None) -> list[tuple[str, str, str]]:
-    """(image, version variable, default tag) of every image in the stack's compose files."""
-    found = []
-    for path in sorted((catalogue() if known is None else known)[stack].path.glob("compose*.yml")):
-        text = path.read_text(encoding="utf-8")
-        found += [(m.group(1), m.group(2), m.group(3)) for m in _IMAGE.finditer(text)]
-    return list(dict.fromkeys(found))
-
-
-def version_tuple(tag: str) -> tuple[int, ...] | None:
-    """v3.6.1 -> (3, 6, 1); None for a tag that is not a version (latest)."""
-    m = re.match(r"^v?(\d+(?:\.\d+)*)", tag)
-    return tuple(int(p) for p in m.group(1).split(".")) if m else None
-
-
-def too_old_for_engine_29(image: str, tag: str) -> str | None:
-    """Why ``image:tag`` cannot talk to Docker Engine 29, or None (fine, or not known to care)."""
-    minimum = ENGINE_29_MINIMUM.get(image)
-    version = version_tuple(tag)
-    if minimum is None or version is None:
-        return None
-    # a short tag (v3.6) floats to the newest patch release
-    if version[: len(minimum)] < minimum[: len(version)] or (len(version) >= len(minimum) and version < minimum):
-        return f"{image}:{tag} cannot talk to Docker Engine 29 (needs {'.'.join(map(str, minimum))} or later)"
-    return None
 
 
 # The credentials Traefik's ACME client (lego) reads for each DNS provider homelab knows; each is a secret

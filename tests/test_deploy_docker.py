@@ -12,111 +12,25 @@ machine's, through the shared /usr) and installs nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
-import shutil
-import signal
-import struct
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from homelab.adapters.ansible import AnsibleRunner, OnEvent, RunOutcome, RunRequest, TaskEvent
-from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.plan import DeployOptions
 from homelab.deploy.service import deploy_stacks
 from homelab.deploy.stackfiles import secret_specs
-from homelab.stacks import catalogue, pinned_images
-from homelab.state.hosts import Host, save_hosts
+from homelab.stackimages import pinned_images
+from homelab.stacks import catalogue
 from homelab.state.stacksecrets import known
+from tests.harness.docker import busybox_image, containers, dockerd, needs_dockerd
 from tests.harness.fixtures_hosts import HostFactory
-from tests.harness.hosts import SshHost
 from tests.harness.labs import make_lab
+from tests.harness.vms import provision
 
 pytestmark = pytest.mark.integration
-
-BUSYBOX = "/usr/bin/busybox"
-CGROUPS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
-
-
-def is_static(path: str) -> bool:
-    """An ELF executable without a program interpreter (PT_INTERP) runs in an image with nothing else in it."""
-    with open(path, "rb") as f:
-        header = f.read(64)
-        if header[:4] != b"\x7fELF" or header[4] != 2:  # 64-bit only
-            return False
-        (phoff,) = struct.unpack_from("<Q", header, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
-    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
-
-
-def why_not() -> str | None:
-    if shutil.which("dockerd") is None:
-        return "dockerd is not installed (Debian package docker.io)"
-    if shutil.which("docker-compose") is None:
-        return "docker-compose is not installed (Debian package docker-compose)"
-    if not os.path.exists(BUSYBOX) or not is_static(BUSYBOX):
-        return f"no static {BUSYBOX} to build an image from offline (Debian package busybox-static)"
-    if not os.path.isdir("/sys/fs/cgroup/devices"):
-        return "dockerd needs the cgroup v1 hierarchies, which this machine does not mount"
-    return None
-
-
-@contextlib.contextmanager
-def dockerd(vm: SshHost, group: str) -> Iterator[str]:
-    """dockerd inside the host's namespaces; yields the cgroup parent its containers live under."""
-    parent = f"homelab-test-{secrets.token_hex(3)}"
-    mounts = [
-        "mount -t tmpfs -o mode=755 tmpfs /run",
-        "mkdir -m 755 /run/sshd",  # sshd needs it for every new connection
-        "mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup",
-        *(f"mkdir /sys/fs/cgroup/{c} && mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}" for c in CGROUPS),
-    ]
-    vm.exec(["sh", "-c", " && ".join(mounts)])
-    argv = ["nsenter", "-t", str(vm.pid), "-n", "-m", "--", "dockerd", "--data-root", "/home/.docker"]
-    argv += ["--exec-root", "/run/docker", "--pidfile", "/run/docker.pid", "-H", "unix:///run/docker.sock"]
-    argv += ["--group", group, "--storage-driver=vfs", "--iptables=false", "--ip6tables=false", "--bridge=none"]
-    argv += ["--cgroup-parent", f"/{parent}", "--shutdown-timeout", "1"]
-    with open(vm.root / "dockerd.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 20
-        while vm.exec(["docker", "version"], check=False).returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dockerd did not start:\n{(vm.root / 'dockerd.log').read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield parent
-    finally:
-        with contextlib.suppress(Exception):
-            ids = vm.exec(["docker", "ps", "-aq"], check=False).stdout.split()
-            if ids:
-                vm.exec(["docker", "rm", "-f", *ids], check=False)
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        # containers have their own network namespace, so the host's teardown would not see a leftover one
-        for controller in CGROUPS:
-            root = Path("/sys/fs/cgroup", controller, parent)
-            for procs in sorted(root.rglob("cgroup.procs"), reverse=True):
-                for pid in procs.read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            with contextlib.suppress(OSError):
-                root.rmdir()
 
 
 class Recording(AnsibleRunner):
@@ -134,36 +48,20 @@ class Recording(AnsibleRunner):
         return super().run(request, both)
 
 
-def containers(vm: SshHost) -> dict[str, dict[str, Any]]:
-    """Every container by its compose service name: docker inspect's record."""
-    ids = vm.exec(["docker", "ps", "-aq"]).stdout.split()
-    found = json.loads(vm.exec(["docker", "inspect", *ids]).stdout) if ids else []
-    return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in found}
-
-
+@needs_dockerd
 def test_deploy_starts_the_stacks_with_compose_swaps_one_and_a_second_deploy_changes_nothing(
     tmp_path: Path, ssh_hosts: HostFactory
 ) -> None:
-    reason = why_not()
-    if reason:
-        pytest.skip(reason)
     web = {"name": "web", "ip": "10.10.0.10", "stacks": ["traefik", "portainer", "media"]}
     stacks = {"media": {"env": {"DATA_ROOT": "/home/homelab/data/media"}}}  # homelab may make it without sudo
     lab = make_lab(vms=[web], domain="lab.example", stacks=stacks)
     (vm,) = ssh_hosts(1, per_user_keys=True)
-    vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
-    vm.exec(["usermod", "-p", "*", "homelab"])
-    authorize = "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"
-    vm.exec(["sh", "-c", authorize], input=ensure_admin_key(lab))
-    save_hosts(lab, [Host("web", vm.address, "homelab", host_key=vm.host_key_pub)])
+    provision(lab, {"web": vm})
     uid, gid = (vm.exec(["id", flag, "homelab"]).stdout.strip() for flag in ("-u", "-g"))
 
     with dockerd(vm, group="homelab"):
-        rootfs = tmp_path / "rootfs"
-        (rootfs / "bin").mkdir(parents=True)
-        shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
         entrypoint = '["/bin/busybox", "sh", "-c", "trap \\"exit 0\\" TERM; /bin/busybox sleep 600 & wait", "sh"]'
-        vm.exec(["sh", "-c", f"tar -C {rootfs} -c . | docker import -c 'ENTRYPOINT {entrypoint}' - busybox:test"])
+        busybox_image(vm, tmp_path, "busybox:test", entrypoint)
         for image, _, tag in {pin for name in catalogue() for pin in pinned_images(name)}:
             vm.exec(["docker", "tag", "busybox:test", f"{image}:{tag}"])  # every image the stacks pin, offline
 

@@ -15,17 +15,16 @@ from pathlib import Path
 import pytest
 
 from homelab.adapters.ansible import AnsibleRunner
-from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.plan import DeployOptions, prepare, workdir
 from homelab.deploy.render import render_lab
 from homelab.deploy.secretvalues import stack_secret_values, staged_secrets
 from homelab.deploy.service import execute, stage
 from homelab.lab import load_lab
-from homelab.lab.models import Lab
-from homelab.state.hosts import Host, hosts_file, save_hosts
+from homelab.state.hosts import hosts_file
 from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.hosts import SshHost
+from tests.harness.vms import provision
 
 pytestmark = pytest.mark.integration
 
@@ -55,18 +54,6 @@ stacks:
     subdomain: docker
 """
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-
-
-def provision(lab: Lab, vms: dict[str, SshHost]) -> None:
-    """What apply and cloud-init leave behind: the homelab user with the admin key, hosts.json with pinned keys."""
-    admin_pub = ensure_admin_key(lab)
-    for vm in vms.values():
-        vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
-        vm.exec(["usermod", "-p", "*", "homelab"])  # no password, yet not locked for SSH
-        vm.exec(
-            ["sh", "-c", "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"], input=admin_pub
-        )
-    save_hosts(lab, [Host(name, vm.address, "homelab", host_key=vm.host_key_pub) for name, vm in vms.items()])
 
 
 def stacks_on(vm: SshHost) -> dict[str, tuple[str, str]]:
@@ -286,3 +273,38 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     assert sorted(p.name for p in stacks.iterdir()) == ["elsewhere", "mine", "portainer-old"]
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0 and "Skipped: no VM in the lab file lists stacks." in result.stdout
+
+
+def test_purge_data_deletes_what_an_earlier_removal_kept_and_only_that(tmp_path: Path, ssh_hosts: HostFactory) -> None:
+    lab_path = tmp_path / "lab.yml"
+    lab_path.write_text(ONE_VM)
+    (vm,) = ssh_hosts(1, per_user_keys=True)
+    provision(load_lab(lab_path), {"web": vm})
+    assert run_cli("deploy", *FILES_ONLY, lab=lab_path).exit_code == 0
+    data = vm.home_dir / "homelab" / "data" / "stacks"
+    mine = "mkdir -p stacks/mine data/stacks/mine && echo keep > data/stacks/mine/keep.txt"  # made by hand
+    for stack in ("portainer", "traefik"):
+        mine += f" && echo db > data/stacks/{stack}/{stack}.db"
+    vm.exec(["su", "homelab", "-c", f"cd /home/homelab && {mine}"])
+    result = run_cli("stack", "remove", "portainer", "--vm", "web", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert (data / "portainer" / "portainer.db").is_file(), "removed: its data kept"
+    lab_text = lab_path.read_bytes()
+
+    result = run_cli("stack", "remove", "portainer", "--vm", "web", "--purge-data", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "web does not run portainer (the lab file stays as it is); the data its removal kept goes:" in result.stdout
+    assert "  - web: /home/homelab/data/stacks/portainer/ (DATA DELETED FOR GOOD: --purge-data)" in result.stdout
+    assert "web: changed Delete kept data (--purge-data)" in result.stdout
+    assert not (data / "portainer").exists()
+    assert (data / "traefik" / "traefik.db").is_file() and (data / "mine" / "keep.txt").is_file()
+    assert lab_path.read_bytes() == lab_text
+
+    result = run_cli("stack", "remove", "portainer", "--vm", "web", "--purge-data", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "Nothing to change." in result.stdout
+    assert "web: nothing deleted: no /home/homelab/data/stacks/portainer there" in result.stdout
+    # a folder of that name in the stacks folder (here one made by hand): its data is not homelab's to delete
+    result = run_cli("stack", "remove", "mine", "--vm", "web", "--purge-data", *FILES_ONLY, lab=lab_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "web: nothing deleted" in result.stdout and (data / "mine" / "keep.txt").is_file()

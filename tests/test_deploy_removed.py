@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from homelab.adapters.ansible import HostStats, RunRequest, TaskEvent, to_task_event
+from homelab.adapters.ansible import FileDiff, HostStats, RunRequest, TaskEvent, to_task_event
 from homelab.deploy.plan import DeployOptions, deployed_file, deployed_vms, prepare
 from homelab.deploy.removed import MARKER, RemoveStack, marker_text, read_marker, removed_stacks
 from homelab.deploy.service import deploy_stacks
@@ -260,6 +260,22 @@ def test_a_vm_that_failed_keeps_its_record() -> None:
     assert deployed_vms(lab) == frozenset()  # an unreadable record clears nothing
 
 
+def test_no_deploy_record_reads_as_no_deploy_yet_and_a_malformed_one_is_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lab = make_lab(vms=[WEB, SPARE])
+    assert not deployed_file(lab).exists()
+    assert deployed_vms(lab) == frozenset()
+    out = Recorder()
+    assert deploy_stacks(lab, out.echo, out.confirm, FILES_ONLY, runner=with_markers({})).ok
+    assert capsys.readouterr().err == "", "a first deploy says nothing of a deploy record"
+    assert not any("deploy record" in line for line in out.lines)
+    deployed_file(lab).write_text('["web"]')
+    assert deployed_vms(lab) == frozenset()
+    said = capsys.readouterr().err
+    assert 'the deploy record is not {"vms": [...]}' in said and "the next deploy writes a new record" in said
+
+
 def test_the_runner_reports_the_markers_homelab_files_found() -> None:
     res = {"changed": False, "stack_markers": {"media": "lab=test\nstack=media\n", "traefik": "x"}}
     event = to_task_event({"event": "runner_on_ok", "event_data": {"host": "web", "task": "Stack files", "res": res}})
@@ -313,3 +329,78 @@ def test_the_module_on_the_host_reports_and_removes_only_marked_folders(tmp_path
     assert module._remove_stack(running, str(root), "media", "test", [])
     assert sorted(p.name for p in root.iterdir()) == ["file", "linked", "linked-marker", "mine"]
     assert (outside / MARKER).is_file()
+
+
+def test_the_module_deletes_kept_data_only_of_a_stack_with_no_folder_left(tmp_path: Path) -> None:
+    module = homelab_files()
+    root, data = tmp_path / "stacks", tmp_path / "data" / "stacks"
+    for folder in (root / "media", data / "media", data / "gone" / "db", data / "elsewhere"):
+        folder.mkdir(parents=True)
+    (data / "gone" / "db" / "x.sqlite").write_text("data")
+    checking, running = SimpleNamespace(check_mode=True), SimpleNamespace(check_mode=False)
+    changes: list[dict[str, Any]] = []
+    assert module._purge_kept(checking, str(root), "gone", str(data / "gone"), changes)
+    assert (data / "gone" / "db" / "x.sqlite").is_file(), "check mode deletes nothing"
+    assert [c["homelab_change"] for c in changes] == ["data deleted (--purge-data)"]
+    assert changes[0]["before_header"] == str(data / "gone")
+    # a stack with a folder under the stacks folder (deployed, or one homelab did not remove) keeps its data
+    assert not module._purge_kept(running, str(root), "media", str(data / "media"), [])
+    assert not module._purge_kept(running, str(root), "absent", str(data / "absent"), [])  # nothing there
+    with pytest.raises(ValueError, match="not the state folder of stack elsewhere"):
+        module._purge_kept(running, str(root), "elsewhere", str(tmp_path / "data"), [])
+    with pytest.raises(ValueError, match="not a folder name"):
+        module._purge_kept(running, str(root), "../data", str(data), [])
+    assert module._purge_kept(running, str(root), "gone", str(data / "gone"), [])
+    assert sorted(p.name for p in data.iterdir()) == ["elsewhere", "media"]
+
+
+def purging(kept_data: dict[str, list[str]]) -> FakeRunner:
+    """Plays the playbook: each host's ``homelab_purge_kept`` stacks whose data ``kept_data`` says is there are
+    deleted (reported in the preview, done in the real run)."""
+
+    def script(request: RunRequest) -> tuple[list[TaskEvent], dict[str, HostStats]]:
+        events: list[TaskEvent] = []
+        for name, entry in inventory_hosts(request).items():
+            events.append(TaskEvent("ok", name, "Stack files", markers=()))
+            paths = [path for stack, path in entry["homelab_purge_kept"].items() if stack in kept_data.get(name, [])]
+            if paths:
+                diffs = tuple(FileDiff(path, "data deleted (--purge-data)") for path in paths)
+                events.append(TaskEvent("changed", name, "Delete kept data (--purge-data)", diffs=diffs))
+        return events, {name: HostStats(ok=2) for name in inventory_hosts(request)}
+
+    return FakeRunner(script)
+
+
+def test_purge_data_of_a_stack_removed_before_previews_snapshots_and_deletes_its_kept_data() -> None:
+    lab = make_lab(vms=[WEB, SPARE])  # neither lists media any more
+    runner = purging({"spare": ["media"]})
+    out = Recorder()
+    seen: list[list[str]] = []
+    options = DeployOptions(vms=("spare",), purge_data=("media",), before_removal=lambda vms: seen.append(list(vms)))
+    result = deploy_stacks(lab, out.echo, out.confirm, options, runner=runner)
+    assert result.ok
+    # spare lists no stacks and has no deploy record: it is a target all the same, for its kept data
+    assert [list(hosts) for hosts in runner.hosts] == [["spare"], ["spare"]]
+    kept = {"media": "/home/homelab/data/stacks/media"}
+    assert [h["spare"]["homelab_purge_kept"] for h in runner.hosts] == [kept, kept]
+    assert [h["spare"]["homelab_remove_stacks"] for h in runner.hosts] == [[], []]
+    assert "  - spare: /home/homelab/data/stacks/media/ (DATA DELETED FOR GOOD: --purge-data)" in out.lines
+    assert "  snapshot spare first, data disk included (settings.snapshot_before_changes)" in out.lines
+    assert out.questions == ["Deploy to 1 VM(s)?"] and seen == [["spare"]]
+    assert deployed_vms(lab) == frozenset(), "deleting kept data puts no stack on the VM"
+
+
+def test_purge_data_never_names_a_listed_stack_or_one_this_deploy_removes() -> None:
+    lab = make_lab(vms=[WEB, SPARE])
+    runner = with_markers({"web": {"traefik": MARK["traefik"], "media": MARK["media"]}})
+    options = DeployOptions(vms=("web",), purge_data=("traefik", "media", "old"))
+    deploy_stacks(lab, Recorder().echo, Recorder().confirm, options, runner=runner)
+    assert [h["web"]["homelab_purge_kept"] for h in runner.hosts] == [
+        {"media": "/home/homelab/data/stacks/media", "old": "/home/homelab/data/stacks/old"},  # the module looks
+        {"old": "/home/homelab/data/stacks/old"},  # media's folder is removed in this run, its data with it
+    ]
+    assert runner.hosts[1]["web"]["homelab_purge_state"] == {"media": "/home/homelab/data/stacks/media"}
+    keep = DeployOptions(vms=("web",), purge_data=("old",), keep_removed=True)
+    runner = with_markers({"web": {"traefik": MARK["traefik"]}})
+    deploy_stacks(lab, Recorder().echo, Recorder().confirm, keep, runner=runner)
+    assert runner.hosts[0]["web"]["homelab_purge_kept"] == {}

@@ -17,10 +17,12 @@ from homelab.adapters.ssh import ssh_args as ssh_common_args
 from homelab.deploy.inventory import host_vars, known_hosts_text
 from homelab.deploy.render import env_value, links, render_lab, write_tree
 from homelab.errors import InputError
+from homelab.lab.loader import load_lab
 from homelab.lab.models import Lab
 from homelab.stacks import catalogue
 from homelab.state.hosts import Host
-from tests.harness.labs import make_lab
+from tests.harness.docker import COMPOSE, needs_compose
+from tests.harness.labs import lab_data, make_lab, write_lab
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
@@ -61,6 +63,7 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
         "media/compose.qbittorrent.yml",
         "media/compose.vpn.yml",
         "media/compose.yml",
+        "media/compose.homelab.yml",  # the first-visit guards (homelab.deploy.firstvisit)
         "media/.env",
         "media/.homelab-stack",
     ]
@@ -86,7 +89,8 @@ def test_each_vm_gets_its_stacks_with_env_from_the_lab() -> None:
     assert media["JELLYFIN_HOST"] == "jellyfin.lab.example" and media["SONARR_HOST"] == "sonarr.lab.example"
     assert media["TZ"] == "Europe/Berlin" and media["PUID"] == "1001" and media["SONARR_VERSION"] == "4.0.10"
     assert media["PGID"] == "@PGID@"  # the VM's user's gid, put in on the VM (homelab_files host_ids)
-    assert media["COMPOSE_FILE"] == "compose.yml:compose.qbittorrent.yml" and media["DATA_ROOT"] == "/data"
+    assert media["COMPOSE_FILE"] == "compose.yml:compose.qbittorrent.yml:compose.homelab.yml"  # + the guards
+    assert media["DATA_ROOT"] == "/data"
     assert "JELLYFIN_VERSION" not in media  # no stacks.media.version: the compose file's default stays
 
 
@@ -136,10 +140,7 @@ def test_nothing_from_the_environment_or_secrets_file_reaches_the_rendered_files
     assert "s3cr3t-token-value" not in text and "token" not in text.lower()
 
 
-COMPOSE = shutil.which("docker-compose")
-
-
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
+@needs_compose
 @pytest.mark.parametrize("stack", sorted(catalogue()))
 def test_every_rendered_compose_file_validates_with_its_env(stack: str, tmp_path: Path) -> None:
     assert COMPOSE is not None
@@ -250,3 +251,35 @@ def test_the_socket_proxy_opens_only_what_the_vms_stacks_need_and_shared_media_f
     assert "DATA_ROOT" not in files["dozzle/.env"]
     for folder in (root, f"{root}/media", f"{root}/media/audiobooks", f"{root}/media/podcasts", f"{root}/media/music"):
         assert folder in render.data_dirs, folder
+
+
+def test_a_stacks_compose_files_are_read_once_however_often_it_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "stacks" / "books"
+    folder.mkdir(parents=True)
+    (folder / "stack.yml").write_text("description: books\n")
+    (folder / "compose.yml").write_text('services:\n  books:\n    volumes: ["${DATA_ROOT:-/data}/media/books:/b"]\n')
+    (folder / "compose.extra.yml").write_text("services:\n  reader: {}\n")
+    vms = [{"name": "web", "ip": "10.10.0.10", "stacks": ["books"]}]
+    reads: list[str] = []
+    real = Path.read_text
+
+    def counting(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self.name.startswith("compose"):
+            reads.append(self.name)
+        return real(self, *args, **kwargs)
+
+    catalogue.cache_clear()
+    try:
+        lab = load_lab(write_lab(tmp_path / "lab.yml", lab_data(vms=vms, domain="lab.example")))
+        monkeypatch.setattr(Path, "read_text", counting)
+        renders = [render_lab(lab)["web"] for _ in range(3)]
+        services = catalogue(tmp_path)["books"].services
+    finally:
+        catalogue.cache_clear()
+    assert services == ("reader", "books")  # compose.extra.yml sorts first
+    books = next(s for s in renders[-1].stacks if s.name == "books")
+    root = books.data_dirs[0]
+    assert books.data_dirs[-2:] == (f"{root}/media", f"{root}/media/books")  # made owned by the user
+    assert sorted(reads) == ["compose.extra.yml", "compose.yml"]  # each file once, for .env, /data and shipping

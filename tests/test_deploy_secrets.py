@@ -14,7 +14,7 @@ from homelab.lab import load_lab
 from homelab.paths import debug_log
 from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
-from tests.test_deploy_hosts import provision
+from tests.harness.vms import provision
 
 pytestmark = pytest.mark.integration
 

@@ -9,22 +9,20 @@ what the container wrote; removing the stack stops it and deletes its folder but
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from homelab.adapters.sshkeys import ensure_admin_key
 from homelab.deploy.plan import DeployOptions
 from homelab.deploy.service import deploy_stacks
 from homelab.lab.loader import load_lab
 from homelab.lab.models import Lab
 from homelab.stacks import catalogue
-from homelab.state.hosts import Host, save_hosts
+from tests.harness.docker import busybox_image, containers, dockerd, needs_dockerd
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.labs import lab_data, write_lab
-from tests.test_deploy_docker import BUSYBOX, containers, dockerd, why_not
+from tests.harness.vms import provision
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +52,10 @@ networks:
 """
 
 
+@needs_dockerd
 def test_a_lab_stack_deploys_keeps_its_data_on_removal_and_purges_only_when_asked(
     tmp_path: Path, ssh_hosts: HostFactory
 ) -> None:
-    reason = why_not()
-    if reason:
-        pytest.skip(reason)
     folder = tmp_path / "lab" / "stacks" / "notes"
     folder.mkdir(parents=True)
     (folder / "stack.yml").write_text(STACK_YML)
@@ -75,11 +71,7 @@ def test_a_lab_stack_deploys_keeps_its_data_on_removal_and_purges_only_when_aske
 
     lab = lab_with(["notes"])
     (vm,) = ssh_hosts(1, per_user_keys=True)
-    vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
-    vm.exec(["usermod", "-p", "*", "homelab"])
-    authorize = "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"
-    vm.exec(["sh", "-c", authorize], input=ensure_admin_key(lab))
-    save_hosts(lab, [Host("web", vm.address, "homelab", host_key=vm.host_key_pub)])
+    provision(lab, {"web": vm})
     # an earlier deployment kept the state inside the stack folder: it moves to STATE_DIR, never deleted
     old = "mkdir -p /home/homelab/stacks/notes/data && echo old > /home/homelab/stacks/notes/data/old.txt"
     vm.exec(["su", "homelab", "-c", old])
@@ -95,11 +87,7 @@ def test_a_lab_stack_deploys_keeps_its_data_on_removal_and_purges_only_when_aske
 
     options = DeployOptions(extra_vars={"homelab_docker_become": False, "homelab_data_become": False})
     with dockerd(vm, group="homelab"):
-        rootfs = tmp_path / "rootfs"
-        (rootfs / "bin").mkdir(parents=True)
-        shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-        (rootfs / "bin" / "sh").symlink_to("busybox")
-        vm.exec(["sh", "-c", f"tar -C {rootfs} -c . | docker import -c 'ENTRYPOINT []' - homelab-notes:1.0.0"])
+        busybox_image(vm, tmp_path, "homelab-notes:1.0.0", sh=True)
 
         lines: list[str] = []
         result = deploy_stacks(lab, lines.append, lambda question: None, options)

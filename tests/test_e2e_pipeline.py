@@ -17,7 +17,8 @@ from homelab.demo.launcher import FakeProxmox
 from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
 from tests.harness.gitserver import GitServer, git_server_fixture  # noqa: F401
-from tests.harness.labs import lab_data, write_lab
+from tests.harness.labs import HOSTS_NETWORK, lab_data, write_lab
+from tests.harness.vms import add_lab_user, authorize
 
 pytestmark = pytest.mark.e2e
 
@@ -32,16 +33,10 @@ def test_apply_then_deploy_key_over_pinned_ssh(
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
     (vm,) = ssh_hosts(1, per_user_keys=True)
     git_server.connect(vm)
-    vm.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
-    vm.exec(["usermod", "-p", "*", "homelab"])  # as cloud-init leaves it: no password, yet not locked for SSH
+    add_lab_user(vm)  # as cloud-init leaves it
     fake_pve.call("set", host_keys={vm.address: vm.host_key_pub})
     data = lab_data(fake_pve, [{"name": "web", "ip": vm.address}], repo={"url": git_server.url, "branch": "main"})
-    data["network"] = {
-        "subnet": "10.77.0.0/16",
-        "gateway": "10.77.0.1",
-        "dns": ["10.77.0.1"],
-        "build_ip": "10.77.255.250",
-    }
+    data["network"] = dict(HOSTS_NETWORK)
     lab = write_lab(tmp_path / "lab.yml", data)
 
     result = run_cli("apply", "--yes", lab=lab)
@@ -61,9 +56,7 @@ def test_apply_then_deploy_key_over_pinned_ssh(
     ]
     # cloud-init's part: homelab's admin key (which apply put in the VM's cloud-init sshkeys) is authorised
     admin_pub = (tmp_path / "state" / "test" / "ssh" / "id_ed25519.pub").read_text()
-    vm.exec(
-        ["sh", "-c", "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"], input=admin_pub
-    )
+    authorize(vm, admin_pub)
 
     result = run_cli("keys", "generate", lab=lab)
     assert result.exit_code == 0

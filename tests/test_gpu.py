@@ -5,7 +5,6 @@ named by doctor with its fix; and the media stack's Jellyfin gets /dev/dri with 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +17,7 @@ from homelab.demo.launcher import FakeProxmox
 from homelab.deploy.render import render_lab, write_tree
 from homelab.lab.loader import parse_lab
 from tests.harness.cli import run_cli
+from tests.harness.docker import COMPOSE, needs_compose
 from tests.harness.labs import lab_data, write_lab
 from tests.test_deploy_removed import homelab_files
 from tests.test_provision import managed, writes
@@ -147,10 +147,7 @@ def test_jellyfin_gets_dev_dri_and_the_render_group_the_deploy_writes() -> None:
     assert "RENDER_GID" not in plain["media/.env"].content and "compose.gpu.yml" not in plain["media/.env"].content
 
 
-COMPOSE = shutil.which("docker-compose")
-
-
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
+@needs_compose
 def test_compose_reads_the_render_group_as_the_host_puts_it_in(tmp_path: Path) -> None:
     assert COMPOSE is not None
     write_tree(render_lab(gpu_lab())["all"], tmp_path)

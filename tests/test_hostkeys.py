@@ -21,8 +21,9 @@ from homelab.demo.launcher import FakeProxmox
 from homelab.errors import OperationError
 from tests.harness.cli import run_cli
 from tests.harness.fixtures_hosts import HostFactory
-from tests.harness.labs import lab_data, write_lab
+from tests.harness.labs import HOSTS_NETWORK, lab_data, write_lab
 from tests.harness.nocloud import HostDns, nocloud_seed
+from tests.harness.vms import add_lab_user, authorize
 
 SLOW_GUEST = pytest.mark.fake_pve(time_scale=0.01, agent_delay=5, cloud_init_secs=40)
 
@@ -154,23 +155,15 @@ def test_an_ipconfig0_change_re_pins_address_and_key_and_ssh_uses_the_new_key(
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
     h1, h2 = ssh_hosts(2, per_user_keys=True)
     for host in (h1, h2):
-        host.exec(["useradd", "-m", "-d", "/home/homelab", "-s", "/bin/sh", "homelab"])
-        host.exec(["usermod", "-p", "*", "homelab"])
+        add_lab_user(host)
     fake_pve.call("set", host_keys={h1.address: h1.host_key_pub, h2.address: h2.host_key_pub})
     data = lab_data(fake_pve, [{"name": "web", "ip": h1.address}])
-    data["network"] = {
-        "subnet": "10.77.0.0/16",
-        "gateway": "10.77.0.1",
-        "dns": ["10.77.0.1"],
-        "build_ip": "10.77.255.250",
-    }
+    data["network"] = dict(HOSTS_NETWORK)
     lab = write_lab(tmp_path / "lab.yml", data)
     assert run_cli("apply", "--yes", lab=lab).exit_code == 0
     admin_pub = (tmp_path / "state" / "test" / "ssh" / "id_ed25519.pub").read_text()
     for host in (h1, h2):  # cloud-init's part: the admin key apply put into sshkeys is authorised
-        host.exec(
-            ["sh", "-c", "mkdir -p /etc/ssh/authorized_keys && cat > /etc/ssh/authorized_keys/homelab"], input=admin_pub
-        )
+        authorize(host, admin_pub)
 
     def connect() -> str:
         host = Host(**hosts_json(tmp_path)["web"])

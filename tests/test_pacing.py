@@ -38,10 +38,14 @@ class Steps:
             self.lines.append((vm, f"finished {ok}: {message}"))
 
 
-def apply(fake: FakeProxmox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, limit: int) -> Steps:
+def apply(
+    fake: FakeProxmox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, limit: int, full: bool = True
+) -> Steps:
+    """Apply ``count`` VMs with ``limit`` slots per node; ``full``: full clones (which hold a slot each)."""
     monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake.token_secret)
     vms = [{"name": f"vm{i:02d}", "ip": f"10.10.0.{100 + i}", "disk": "8G"} for i in range(count)]
-    lab = load_lab(write_lab(tmp_path / "lab.yml", lab_data(fake, vms, settings={"concurrency": limit})))
+    settings = {"concurrency": limit, "full_clone": full}
+    lab = load_lab(write_lab(tmp_path / "lab.yml", lab_data(fake, vms, settings=settings)))
     steps = Steps()
     result = carry_out(make_plan(lab), steps)
     assert result.ok, [o.error for o in result.outcomes if not o.ok]
@@ -128,6 +132,36 @@ def test_never_more_clones_on_a_node_than_its_limit(
     assert fake_pve.call("load")["peak"]["pve1"] <= 3
 
 
+@pytest.mark.fake_pve(time_scale=0.05, clone_secs=10, start_secs=2, agent_delay=2, cloud_init_secs=1)
+def test_linked_clones_hold_no_slot_and_load_no_disk(
+    fake_pve: FakeProxmox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linked clones (the default) are thin snapshots: 6 of them with one slot all run at once, and the node
+    counts none of them as disk load (its IO delay stays low, so the pacer never backs off)."""
+    steps = apply(fake_pve, tmp_path, monkeypatch, 6, 1, full=False)
+    load = fake_pve.call("load")
+    assert clones(fake_pve).count(1) == 6
+    assert load["clones_peak"]["pve1"] == 6
+    assert load["peak"].get("pve1", 0) <= 1  # a resize or nothing; never a clone
+    assert all(not e[5] for e in load["events"] if e[2] == "qmclone")
+    assert not any("is busy" in m for _, m in steps.lines)
+
+
+@pytest.mark.fake_pve(time_scale=0.02, clone_secs=4, clone_lock_secs=2, start_secs=2, agent_delay=2)
+def test_the_fake_takes_linked_clone_snapshots_one_at_a_time(
+    fake_pve: FakeProxmox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PVE's storage lock: linked clones overlap, but each waits its turn for the snapshot, so the n-th clone
+    to begin cannot end before n snapshot steps have passed since the first began."""
+    apply(fake_pve, tmp_path, monkeypatch, 5, 4, full=False)
+    events = [e for e in fake_pve.call("load")["events"] if e[2] == "qmclone"]
+    first = min(e[0] for e in events if e[4] == 1)
+    ends = sorted(e[0] - first for e in events if e[4] == -1)
+    assert fake_pve.call("load")["clones_peak"]["pve1"] >= 2
+    for n, end in enumerate(ends, start=1):
+        assert end >= n * 2 * 0.02 * 0.95, (n, ends)
+
+
 @pytest.mark.fake_pve(time_scale=0.05, clone_secs=2, start_secs=120, agent_delay=2, cloud_init_secs=1)
 def test_starts_and_boots_hold_no_slot(fake_pve: FakeProxmox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """20 VMs, 4 slots: every VM is cloned and its start sent before the first start task has ended."""
@@ -174,3 +208,43 @@ def test_a_start_right_after_the_clone_waits_its_start_delay() -> None:
 
     start_secs, status = asyncio.run(scenario())
     assert start_secs == 30 and status == "running"
+
+
+def test_an_agent_call_while_the_guest_boots_takes_the_guest_ping_timeout() -> None:
+    """PVE pings the agent (3 s timeout) before each command: "not running" comes only after it, and an agent
+    that comes up within it answers the same call."""
+    pytest.importorskip("fakepve", reason="the fake Proxmox needs the test extra")
+    import time
+
+    from fakepve import PveError
+
+    from homelab.demo.serve import fake_class
+
+    async def scenario() -> tuple[float, str, int]:
+        pve = fake_class()(user="root@pam", password="x", host="127.0.0.1", port=8006)
+        pve.time_scale = 0.01
+        vm = pve.add_vm(101, "booting", node="pve1", status="running", config={"name": "booting", "agent": "1"})
+        ticks: list[int] = []
+
+        def tick(v: Any) -> None:  # the first call looks 13 times (at once, then every 0.25 s of 3 s)
+            ticks.append(1)
+            if len(ticks) >= 16:  # up within the second call's ping
+                v.agent = {"interfaces": [], "files": {}}
+
+        pve.guest_tick = tick
+        from fakepve import schema as pve_schema
+
+        match = pve_schema.load().match("/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces")
+        began = time.monotonic()
+        try:
+            await pve._agent_call(match, {"node": "pve1", "vmid": 101})
+            first = "answered"
+        except PveError as exc:
+            first = str(exc)
+        failed_after = time.monotonic() - began
+        await pve._agent_call(match, {"node": "pve1", "vmid": 101})  # answers: the agent came up meanwhile
+        return failed_after, first, vm.agent is not None
+
+    failed_after, first, up = asyncio.run(scenario())
+    assert "QEMU guest agent is not running" in first
+    assert failed_after >= 3 * 0.01 and up

@@ -124,13 +124,33 @@ def test_the_deploys_hook_snapshots_the_vms_losing_stacks_through_proxmox(
     from homelab.adapters.proxmox.connect import connect
     from homelab.errors import InputError
     from homelab.lab.loader import load_lab
-    from homelab.provision.snapshotting import before_removal
+    from homelab.provision.snapshotting import removal_hook
 
     lab = load_lab(lab_file)
     said: list[str] = []
-    hook = before_removal(connect(lab), lab, said.append)
+    connected: list[str] = []
+
+    def connecting() -> Any:
+        connected.append(lab.name)
+        return connect(lab)
+
+    hook = removal_hook(connecting, lab, said.append)
+    assert hook is not None and connected == [], "the deploy's hook connects to Proxmox only when stacks go"
     hook(["media"])
+    assert connected == ["test"]
     names = snapshot_names(fake_pve, monkeypatch)
     assert len(names) == 1 and any(line == f"media: {names[0]} taken" for line in said)
     with pytest.raises(InputError, match="not a VM of lab"):
         hook(["nosuch"])
+
+
+def test_without_snapshot_before_changes_a_deploy_gets_no_removal_hook() -> None:
+    from homelab.provision.snapshotting import removal_hook
+    from tests.harness.labs import make_lab
+
+    def never() -> Any:
+        raise AssertionError("no connection without the setting")
+
+    lab = make_lab(vms=VMS, settings={"snapshot_before_changes": False})
+    assert removal_hook(never, lab, print) is None
+    assert removal_hook(never, make_lab(vms=VMS), print) is not None  # the default: on

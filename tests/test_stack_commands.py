@@ -89,19 +89,40 @@ def test_refusals_leave_the_file_untouched(lab_file: Path, args: list[str], mess
     assert sorted(p.name for p in lab_file.parent.iterdir()) == ["lab.yml"]  # no temp file left
 
 
-def test_a_required_setting_is_refused_without_a_terminal_and_named(lab_file: Path) -> None:
-    user_stack(
-        lab_file.parent,
-        "vpn",
-        "description: A VPN of my own for the lab\ncategory: Remote access\n"
-        "settings: [{name: VPN_HOSTNAME, required: true, description: the public name}]\n",
-        'services:\n  vpn:\n    image: "example/vpn:${VPN_VERSION:-1.2.3}"\n    restart: unless-stopped\n',
-    )
+VPN_STACK_YML = (
+    "description: A VPN of my own for the lab\ncategory: Remote access\n"
+    "settings: [{name: VPN_HOSTNAME, required: true, description: the public name}]\n"
+)
+VPN_COMPOSE = 'services:\n  vpn:\n    image: "example/vpn:${VPN_VERSION:-1.2.3}"\n    restart: unless-stopped\n'
+
+
+@pytest.mark.parametrize(
+    ("on_db", "args", "says"),
+    [
+        (  # no terminal to ask on
+            False,
+            ["stack", "add", "vpn", "--vm", "db", "--no-deploy"],
+            "stack vpn needs the setting VPN_HOSTNAME (the public name): pass --set VPN_HOSTNAME=...",
+        ),
+        (True, ["validate"], "vms[1].stacks[0]: stack vpn needs stacks.vpn.env.VPN_HOSTNAME (the public name)"),
+    ],
+)
+def test_a_missing_required_setting_is_refused_and_named(
+    lab_file: Path, on_db: bool, args: list[str], says: str
+) -> None:
+    user_stack(lab_file.parent, "vpn", VPN_STACK_YML, VPN_COMPOSE)
+    if on_db:
+        data = yaml.safe_load(lab_file.read_text())
+        data["vms"][1]["stacks"] = ["vpn"]
+        lab_file.write_text(yaml.safe_dump(data, sort_keys=False))
     before = lab_file.read_bytes()
-    result = run_cli("stack", "add", "vpn", "--vm", "db", "--no-deploy", lab=lab_file)
-    assert result.exit_code != 0
-    assert "stack vpn needs the setting VPN_HOSTNAME (the public name): pass --set VPN_HOSTNAME=..." in result.output
+    result = run_cli(*args, lab=lab_file)
+    assert result.exit_code != 0 and says in result.output, result.output
     assert lab_file.read_bytes() == before
+
+
+def test_a_required_setting_given_with_set_goes_into_the_lab_file(lab_file: Path) -> None:
+    user_stack(lab_file.parent, "vpn", VPN_STACK_YML, VPN_COMPOSE)
     done = run_cli(
         "stack", "add", "vpn", "--vm", "db", "--set", "VPN_HOSTNAME=vpn.example", "--no-deploy", lab=lab_file
     )
@@ -157,7 +178,7 @@ def test_a_broken_lab_stack_is_named_in_one_line(lab_file: Path) -> None:
     user_stack(lab_file.parent, "bad", "description: x\nsecrets: [{name: X, generate: uuid}]\n", "services: {}\n")
     result = run_cli("stack", "list", lab=lab_file)
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert "stacks/bad/stack.yml: secrets[0].generate: 'uuid': one of password, hex32, base64-32 or empty" in (
+    assert "stacks/bad/stack.yml: secrets[0].generate: 'uuid': one of password, hex32, hex16, base64-32 or empty" in (
         result.output
     )
 
@@ -165,7 +186,7 @@ def test_a_broken_lab_stack_is_named_in_one_line(lab_file: Path) -> None:
 def test_show_names_settings_secrets_ports_and_uis(lab_file: Path) -> None:
     shown = json.loads(run_cli("stack", "show", "media", "--json", lab=lab_file).output)
     assert shown["category"] == "Media" and shown["requires"] == ["traefik"]
-    assert [s["name"] for s in shown["secrets"]] == ["WIREGUARD_PRIVATE_KEY"]
+    assert [s["name"] for s in shown["secrets"]][:2] == ["WIREGUARD_PRIVATE_KEY", "SONARR_API_KEY"]
     assert shown["ports"] == ["6881:6881", "6881:6881/udp"] and "jellyfin" in shown["state"]
     jellyfin = next(ui for ui in shown["ui"] if ui["name"] == "Jellyfin")
     assert jellyfin["url"] == "https://jellyfin.lab.example" and jellyfin["port"] == 8096
@@ -283,21 +304,12 @@ def test_stack_new_scaffolds_and_refuses_an_existing_folder(lab_file: Path) -> N
         new_stack(lab_file.parent, "My_App")
 
 
-def test_the_lab_check_names_a_missing_required_setting_and_an_unknown_extended_service(lab_file: Path) -> None:
-    user_stack(
-        lab_file.parent,
-        "vpn",
-        "description: A VPN of my own for the lab\ncategory: Remote access\n"
-        "settings: [{name: VPN_HOSTNAME, required: true, description: the public name}]\n",
-        'services:\n  vpn:\n    image: "example/vpn:${VPN_VERSION:-1.2.3}"\n    restart: unless-stopped\n',
-    )
+def test_the_lab_check_names_an_unknown_extended_service(lab_file: Path) -> None:
     data = yaml.safe_load(lab_file.read_text())
-    data["vms"][1]["stacks"] = ["vpn"]
     data["stacks"]["portainer"] = {"extend": {"services": {"portainr": {"environment": {"A": "b"}}}}}
     lab_file.write_text(yaml.safe_dump(data, sort_keys=False))
     result = run_cli("validate", lab=lab_file)
     assert result.exit_code != 0
-    assert "vms[1].stacks[0]: stack vpn needs stacks.vpn.env.VPN_HOSTNAME (the public name)" in result.output
     assert "stacks.portainer.extend.services.portainr: stack portainer has no service 'portainr'" in result.output
     assert "did you mean 'portainer'?" in result.output
 

@@ -6,7 +6,6 @@ with Docker Engine 29, and compose files that pass the compose-spec schema."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,11 @@ from homelab.deploy import stackfiles
 from homelab.deploy.render import render_lab, write_tree
 from homelab.errors import LabFileError, SecretError
 from homelab.lab.loader import parse_lab
-from homelab.stacks import catalogue, pinned_images, too_old_for_engine_29
+from homelab.stackimages import pinned_images, too_old_for_engine_29
+from homelab.stacks import catalogue
 from homelab.state.stacksecrets import generated_file, resolve
 from tests.harness.cli import run_cli
+from tests.harness.docker import COMPOSE, needs_compose
 from tests.harness.labs import lab_data, make_lab, write_lab
 
 ALL = sorted(catalogue())
@@ -62,7 +63,15 @@ def composes(files: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def services(files: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: svc for doc in composes(files).values() for name, svc in doc["services"].items()}
+    """Every service as compose sees it across the files: a later file's mappings (labels, ...) merge in."""
+    found: dict[str, dict[str, Any]] = {}
+    for doc in composes(files).values():
+        for name, svc in doc["services"].items():
+            base = found.setdefault(name, {})
+            for key, value in svc.items():
+                both = isinstance(value, dict) and isinstance(base.get(key), dict)
+                base[key] = {**base[key], **value} if both else value
+    return found
 
 
 def test_every_rendered_compose_file_passes_the_compose_spec_schema() -> None:
@@ -101,7 +110,10 @@ def test_every_router_is_https_and_port_80_only_redirects() -> None:
             if parts[:3] == ["traefik", "http", "routers"]:
                 routers.setdefault(parts[3], {})[".".join(parts[4:])] = value
     uis = sum(len(yaml.safe_load((catalogue()[name].path / "stack.yml").read_text()).get("ui") or ()) for name in ALL)
-    assert len(routers) == uis  # one router per web UI a stack declares, none more
+    guards = sum(  # and one per web UI whose setup paths are guarded (homelab.deploy.firstvisit)
+        1 for name in ALL for ui in catalogue()[name].uis if ui.first_visit and set(ui.first_visit.guard) - {"/"}
+    )
+    assert len(routers) == uis + guards  # one router per web UI a stack declares, none more
     for name, router in routers.items():
         assert router["entrypoints"] == "websecure" and router["tls"] == "true", name
     static = yaml.safe_load(files["traefik/traefik.yml"].content)
@@ -166,7 +178,15 @@ def test_secrets_come_from_the_environment_the_secrets_file_or_are_generated_and
     names = {stack: [s.name for s in specs] for stack, specs in wanted.items()}
     assert names["portainer"] == ["PORTAINER_ADMIN_PASSWORD"]
     assert names["traefik"] == ["TRAEFIK_DASHBOARD_PASSWORD", "CF_DNS_API_TOKEN"]
-    assert "media" not in names  # no VPN: no WireGuard key
+    assert "WIREGUARD_PRIVATE_KEY" not in names["media"]  # no VPN: no WireGuard key
+    assert names["media"] == [  # generated, for the apps' settings written before their first start
+        "SONARR_API_KEY",
+        "RADARR_API_KEY",
+        "PROWLARR_API_KEY",
+        "QBITTORRENT_PASSWORD",
+        "BAZARR_PASSWORD",
+        "BAZARR_API_KEY",
+    ]
     with pytest.raises(SecretError, match=r"CF_DNS_API_TOKEN has no value: set HOMELAB_TRAEFIK_CF_DNS_API_TOKEN"):
         resolve(lab, wanted)
     assert not generated_file(lab).exists()  # nothing half-kept
@@ -202,6 +222,7 @@ def test_secret_files_are_0600_in_a_0700_folder_and_masked_without_values(tmp_pa
     }
     assert all(f.mode == 0o600 and "homelab secrets show" in f.content for f in secret.values())
     values = {"portainer": {"PORTAINER_ADMIN_PASSWORD": "pw-one"}, "traefik": {"TRAEFIK_DASHBOARD_PASSWORD": "pw-two"}}
+    values["media"] = {s.name: f"media-{s.name}" for s in catalogue()["media"].secrets}
     real = files_of(one_vm(CORE), values)
     assert real["portainer/secrets/PORTAINER_ADMIN_PASSWORD"].content == "pw-one"
     user, hashed = real["traefik/secrets/dashboard.htpasswd"].content.strip().split(":", 1)
@@ -269,10 +290,7 @@ def test_shipped_image_pins_work_with_docker_engine_29() -> None:
     parse_lab(yaml.safe_dump(one_vm(stacks={"traefik": {"version": "v3.1"}}, docker={"source": "distribution"})))
 
 
-COMPOSE = shutil.which("docker-compose")
-
-
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
+@needs_compose
 @pytest.mark.parametrize("vpn", [False, True])
 def test_the_media_stack_validates_as_compose_reads_it_from_its_env(vpn: bool, tmp_path: Path) -> None:
     assert COMPOSE is not None
@@ -307,6 +325,8 @@ def test_stack_render_writes_what_each_vm_gets_with_secrets_masked(
     everything = "".join(p.read_text() for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert "cf-token-value-123" not in everything + result.output
     assert "and the folder /data/media/movies on the VM, owned by homelab" in result.output
+    seeded = "/home/homelab/data/stacks/media/sonarr/config.xml on the VM when missing"
+    assert seeded in result.output  # what the apps get before their first start is said, never written here
 
 
 def test_secrets_show_prints_a_stacks_secrets_and_list_never_does(tmp_path: Path) -> None:

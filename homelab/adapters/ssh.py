@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import logging
 import shlex
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10
+# Seconds a connection that times out or is refused is tried again: a VM that has just come up (or just taken over
+# an address from the VM it replaced, while the neighbours' ARP caches still name the old one) can miss the first.
+CONNECT_PATIENCE = 60
+CONNECT_RETRY_PAUSE = 3
 
 
 # --- the strict options -----------------------------------------------------------------------------
@@ -216,6 +221,14 @@ def wrap_script(body: str) -> str:
     return f"main() {{\n{body}\n}}\n(set -e; main) </dev/null\n"
 
 
+class _Unreachable(Exception):
+    """A connection attempt the host did not answer (timed out, refused, no banner): worth another try."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Session:
     """One SSH connection to a VM; use as a context manager."""
 
@@ -228,7 +241,6 @@ class Session:
         self._client: paramiko.SSHClient | None = None
 
     def __enter__(self) -> Session:
-        import paramiko
 
         host = self.host
         if not host.host_key and not self.first_contact:
@@ -236,6 +248,29 @@ class Session:
         key_file = login_key(host, self.lab_name)
         if not key_file.is_file():
             raise OperationError(f"{host.name}: homelab's login key {key_file} is missing")
+        where = f"{host.user}@{host.address}" + (f":{host.port}" if host.port != 22 else "")
+        deadline = time.monotonic() + CONNECT_PATIENCE
+        while True:
+            try:
+                client = self._connect(key_file, where)
+                break
+            except _Unreachable as exc:
+                if time.monotonic() + CONNECT_RETRY_PAUSE >= deadline:
+                    raise OperationError(f"{host.name}: cannot connect to {where}: {exc.reason}") from None
+                log.info("%s: %s did not answer (%s); trying again", host.name, where, exc.reason)
+                time.sleep(CONNECT_RETRY_PAUSE)
+        self._client = client
+        transport = client.get_transport()
+        if transport is not None:
+            offered = transport.get_remote_server_key()
+            self.offered_key = f"{offered.get_name()} {offered.get_base64()}"
+        return self
+
+    def _connect(self, key_file: Path, where: str) -> paramiko.SSHClient:
+        """One connection attempt; :class:`_Unreachable` when the host did not answer (worth trying again)."""
+        import paramiko
+
+        host = self.host
         client = paramiko.SSHClient()
         if self.first_contact:
             # Kept in this client's memory only: never loaded from nor saved to any known_hosts file.
@@ -248,7 +283,6 @@ class Session:
             except (ValueError, paramiko.SSHException) as exc:
                 raise OperationError(f"{host.name}: the pinned host key is not usable: {exc}") from None
             client.get_host_keys().add(target, key_type, pinned)
-        where = f"{host.user}@{host.address}" + (f":{host.port}" if host.port != 22 else "")
         try:
             client.connect(
                 host.address,
@@ -269,15 +303,15 @@ class Session:
         except paramiko.AuthenticationException:
             client.close()
             raise OperationError(f"{host.name}: {where} refused homelab's login key") from None
-        except (paramiko.SSHException, OSError) as exc:
+        except OSError as exc:  # timed out, refused, no route
             client.close()
+            raise _Unreachable(str(exc)) from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "banner" in str(exc):  # sshd not answering yet
+                raise _Unreachable(str(exc)) from None
             raise OperationError(f"{host.name}: cannot connect to {where}: {exc}") from None
-        self._client = client
-        transport = client.get_transport()
-        if transport is not None:
-            offered = transport.get_remote_server_key()
-            self.offered_key = f"{offered.get_name()} {offered.get_base64()}"
-        return self
+        return client
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,9 @@ from homelab.cli.app import EXIT_CHANGES, App, pass_app, yes_option
 from homelab.cli.complete import complete_vm
 from homelab.cli.locking import takes_lab_lock
 from homelab.errors import OperationError
+
+if TYPE_CHECKING:
+    from homelab.lab.models import Lab
 
 
 def deploy_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,15 +45,12 @@ def _options(vms: tuple[str, ...], no_install_docker: bool, no_start: bool, keep
     )
 
 
-def _snapshot_hook(app: App) -> Callable[[Sequence[str]], None]:
-    """Snapshot VMs through Proxmox before stacks are taken off them (connects only when called)."""
+def snapshot_hook(app: App, lab: Lab) -> Callable[[Sequence[str]], None] | None:
+    """The deploy's hook that snapshots VMs through Proxmox before stacks are taken off them, when the lab asks
+    for it (settings.snapshot_before_changes); connects only when called."""
+    from homelab.provision.snapshotting import removal_hook
 
-    def snapshot(vms: Sequence[str]) -> None:
-        from homelab.provision.snapshotting import before_removal
-
-        before_removal(app.api, app.lab, app.echo)(vms)
-
-    return snapshot
+    return removal_hook(lambda: app.api, lab, app.echo)
 
 
 @click.command()
@@ -78,9 +78,9 @@ def deploy(
     """
     from homelab.deploy.service import deploy_stacks
 
-    options = _options(vms, no_install_docker, no_start, keep_removed)
-    if app.lab.settings.snapshot_before_changes:
-        options = replace(options, before_removal=_snapshot_hook(app))
+    options = replace(
+        _options(vms, no_install_docker, no_start, keep_removed), before_removal=snapshot_hook(app, app.lab)
+    )
     result = deploy_stacks(app.lab, app.echo, app.confirm, options, check_only=check)
     if check:
         failed = [host for host in result.hosts if not host.ok]
@@ -103,3 +103,5 @@ def render(app: App, dest: Path) -> None:
         click.echo(f"{vm}: {len(written)} file(s) in {dest / vm} (on the VM: {rendered.root})")
         for folder in rendered.data_dirs:
             click.echo(f"  and the folder {folder} on the VM, owned by {rendered.user}")
+        for seed in rendered.seeds:
+            click.echo(f"  and {seed.path} on the VM when missing (an app's settings before its first start; secret)")

@@ -40,6 +40,7 @@ def list_secrets(app: App) -> None:
 @pass_app
 def show(app: App, stack: str) -> None:
     """Print STACK's secrets (e.g. portainer: the admin password). Only to this terminal; never logged."""
+    from homelab.deploy.seeds import LOGIN_USER
     from homelab.deploy.stackfiles import DASHBOARD_USER, secret_specs
     from homelab.stacks import for_lab
     from homelab.state.stacksecrets import known
@@ -53,6 +54,7 @@ def show(app: App, stack: str) -> None:
         return
     have = known(lab, stack, specs)
     users = {"PORTAINER_ADMIN_PASSWORD": "admin", "TRAEFIK_DASHBOARD_PASSWORD": DASHBOARD_USER}
+    users |= {"QBITTORRENT_PASSWORD": LOGIN_USER, "BAZARR_PASSWORD": LOGIN_USER}  # the media stack's seeded logins
     for spec in specs:
         secret = have.get(spec.name)
         if secret is None:

@@ -9,7 +9,7 @@ import click
 from homelab import ui
 from homelab.cli.app import App, pass_app
 from homelab.cli.complete import complete_catalog_stack, complete_vm
-from homelab.cli.deploy import _options, _snapshot_hook, deploy_options, render
+from homelab.cli.deploy import _options, deploy_options, render, snapshot_hook
 from homelab.errors import InputError
 
 
@@ -79,7 +79,14 @@ def show(app: App, name: str, as_json: bool) -> None:
     for service, volumes in data["volumes"].items():
         click.echo(f"  volumes of {service}: {', '.join(volumes)}")
     for item in data["ui"]:
-        click.echo(f"  web UI {item['name']}: {item['url']} (container port {item['port'] or '?'})")
+        visit = item.get("first_visit") or {}
+        guard = visit.get("guard") or []
+        closed = ["behind the lab's login" if "/" in guard else f"{', '.join(guard)} behind the lab's login"] * bool(
+            guard
+        )
+        closed += [f"{visit['seed']} settings written before its first start"] if visit.get("seed") else []
+        first = f"; {'; '.join(closed)}" if closed else ""
+        click.echo(f"  web UI {item['name']}: {item['url']} (container port {item['port'] or '?'}{first})")
     if data["docker_api"]:
         click.echo(f"  Docker API: {', '.join(data['docker_api'])}")
     if data["auth"] != "none":
@@ -158,7 +165,8 @@ def add(
 @click.option(
     "--purge-data",
     is_flag=True,
-    help="Also DELETE the stack's data (/home/<user>/data/stacks/NAME) for good. Default: kept.",
+    help="Also DELETE the stack's data (/home/<user>/data/stacks/NAME) for good. Default: kept. "
+    "For a stack the VM no longer runs: delete the data its removal kept.",
 )
 @click.option("--no-deploy", is_flag=True, help="Only edit the lab file (the next deploy takes the stack down).")
 @deploy_options
@@ -174,7 +182,10 @@ def remove(
     keep_removed: bool,
 ) -> None:
     """Take stack NAME off a VM: the lab file (comments kept), then a deploy that stops it and removes its
-    folder. Its data is kept unless --purge-data. Shows what it will do and asks first."""
+    folder. Its data is kept unless --purge-data. Shows what it will do and asks first.
+
+    With --purge-data, a stack the VM no longer runs has the data its removal kept deleted (the lab file
+    is left as it is): the deploy's preview shows what it finds, then asks."""
     from homelab.deploy.labedit import removal_text, write_lab_text
     from homelab.deploy.plan import deployed_vms
     from homelab.deploy.render import state_dir
@@ -182,6 +193,9 @@ def remove(
 
     if purge_data and (no_deploy or keep_removed):
         raise InputError("--purge-data deletes the data in the deploy: not with --no-deploy or --keep-removed")
+    if purge_data and any(v.name == vm and name not in v.stacks for v in app.lab.vms):
+        _purge_kept_data(app, name, vm, no_install_docker, no_start)
+        return
     path = app.lab_path
     old, new, removed = removal_text(path, name, vm)
     data = state_dir(removed.lab, name)
@@ -210,11 +224,38 @@ def remove(
     from dataclasses import replace
 
     options = replace(
-        _options((removed.vm,), no_install_docker, no_start, keep_removed), purge_data=(name,) if purge_data else ()
+        _options((removed.vm,), no_install_docker, no_start, keep_removed),
+        purge_data=(name,) if purge_data else (),
+        before_removal=snapshot_hook(app, lab),  # a way back, data disk included
     )
-    if lab.settings.snapshot_before_changes:
-        options = replace(options, before_removal=_snapshot_hook(app))  # a way back, data disk included
     deploy_stacks(lab, app.echo, app.confirm, options)
+
+
+def _purge_kept_data(app: App, name: str, vm: str, no_install_docker: bool, no_start: bool) -> None:
+    """--purge-data of a stack ``vm`` no longer lists: a deploy to it that deletes the data an earlier removal
+    kept (the preview shows it when it is there, then asks); the lab file is not changed."""
+    from dataclasses import replace
+
+    from homelab.deploy.render import state_dir
+    from homelab.deploy.report import PURGED
+    from homelab.deploy.service import deploy_stacks
+    from homelab.stacks import is_stack_name
+
+    if not is_stack_name(name):
+        raise InputError(f"{name!r} is not a stack name (a-z, 0-9, '-')")
+    data = state_dir(app.lab, name)
+    click.echo(f"{vm} does not run {name} (the lab file stays as it is); the data its removal kept goes:")
+    click.echo(f"!!! --purge-data: ALL DATA OF {name.upper()} ON {vm.upper()} IS DELETED FOR GOOD:")
+    click.echo(f"!!!   {data} (databases, uploads, configuration). There is no undo.")
+    options = replace(
+        _options((vm,), no_install_docker, no_start, False),
+        purge_data=(name,),
+        before_removal=snapshot_hook(app, app.lab),  # a way back, data disk included
+    )
+    result = deploy_stacks(app.lab, app.echo, app.confirm, options)
+    preview = result.preview.changes if result.preview else []
+    if not any(c.kind == PURGED and c.host == vm for c in preview):
+        click.echo(f"{vm}: nothing deleted: no {data} there (or {name} still has a folder in the stacks folder).")
 
 
 @stack.command("new")

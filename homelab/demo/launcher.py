@@ -116,7 +116,9 @@ class FakeSettings:
     agent_delay: float = 5.0
     cloud_init_secs: float = 3.0  # PVE seconds from the agent's start until cloud-init has finished
     start_secs: float = 0.0
-    clone_secs: float = 0.0  # PVE seconds of disk work per clone on an idle node (fake_load.py)
+    clone_secs: float = 0.0  # PVE seconds a clone task takes on an idle node, besides copying (fake_load.py)
+    clone_lock_secs: float = 0.0  # PVE seconds of a linked clone's snapshot step under the storage lock
+    copy_secs_per_gib: float = 0.0  # PVE seconds a full clone takes per GiB of disk it copies
     load_capacity: int = 4  # disk tasks a node runs at full speed before clones stretch
     latency: float = 0.0
     address_map: dict[str, str] | None = None
@@ -196,6 +198,8 @@ def _write_config(workdir: Path, host: str, options: FakeSettings) -> dict[str, 
         "cloud_init_secs": options.cloud_init_secs,
         "start_secs": options.start_secs,
         "clone_secs": options.clone_secs,
+        "clone_lock_secs": options.clone_lock_secs,
+        "copy_secs_per_gib": options.copy_secs_per_gib,
         "load_capacity": options.load_capacity,
         "latency": options.latency,
         "address_map": options.address_map or {},

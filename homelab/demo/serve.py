@@ -144,6 +144,10 @@ class Server:
         # PVE seconds a new (cloned) VM takes to start, like a real boot; taken when its start begins.
         self.start_secs = self.pve.new_vm_start_secs = float(config.get("start_secs", 0))
         self.pve.clone_secs = float(config.get("clone_secs", 0))  # disk work of a clone (fake_load.py)
+        self.pve.clone_lock_secs, self.pve.copy_secs_per_gib = (
+            config.get("clone_lock_secs", 0),
+            config.get("copy_secs_per_gib", 0),
+        )
         self.pve.load_capacity = int(config.get("load_capacity", 4))
         self.pve.guest_tick = self._tick
         self.pve.cloudinit_host_dns = config.get("host_dns")

@@ -35,6 +35,7 @@ def host_vars(
     remove: Sequence[str] = (),
     data_disk: bool = False,
     purge: Sequence[str] = (),
+    purge_kept: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One host's inventory entry: how to reach it, what its stacks folder gets and which stacks leave it."""
     return {
@@ -57,6 +58,8 @@ def host_vars(
         "homelab_state_moves": list(render.state_moves),
         # removed stacks whose STATE_DIR goes too (--purge-data); every other one is kept
         "homelab_purge_state": {name: f"/home/{render.user}/data/stacks/{name}" for name in purge},
+        # stacks removed before whose kept STATE_DIR goes now (`homelab stack remove --purge-data`)
+        "homelab_purge_kept": {name: f"/home/{render.user}/data/stacks/{name}" for name in purge_kept},
     }
 
 
@@ -75,12 +78,17 @@ def file_entries(files: Sequence[RenderedFile]) -> list[dict[str, Any]]:
 
 
 def secret_entries(render: VmRender) -> dict[str, Any]:
-    """What the no_log "Stack secrets" task writes on one VM: its 0700 folders and 0600 files.
+    """What the no_log "Stack secrets" task writes on one VM: its 0700 folders and 0600 files, and the seeds.
 
     Never part of the inventory (which lives beside ansible-runner's artifacts): homelab writes these to a
     private file of their own for the run's duration, which the play reads on this machine.
     """
-    return {"dirs": list(render.private_dirs), "files": file_entries(render.secret_files)}
+    return {
+        "dirs": list(render.private_dirs),
+        "files": file_entries(render.secret_files),
+        # apps' settings written before their first start, only where missing (homelab.deploy.firstvisit)
+        "seeds": file_entries(render.seeds),
+    }
 
 
 def inventory(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -123,6 +123,14 @@ def stack_details(lab: Lab | None, name: str) -> StackDetails:
             "port": ui.port,
             "host_var": ui.host_var,
             "widget": dict(ui.widget) or None,
+            "first_visit": (
+                {
+                    "guard": list(ui.first_visit.guard),
+                    "seed": ui.first_visit.seed.kind if ui.first_visit.seed else None,
+                }
+                if ui.first_visit
+                else None
+            ),
         }
         for ui in info.uis
     ]

@@ -4,7 +4,8 @@ compose.homelab.yml is an overlay (listed last in COMPOSE_FILE) with what the la
 own files: ``stacks.<name>.extend`` (environment, labels and volumes per service, so a built-in stack can be
 extended without copying it) and the forward-auth middleware in front of every Traefik router of the stack
 when the lab asks for it (``stacks.<name>.auth`` or ``settings.auth``): Authelia, through the middleware its
-stack defines (``authelia@docker``).
+stack defines (``authelia@docker``); and the guards of what a first visitor could claim
+(:mod:`homelab.deploy.firstvisit`).
 
 secrets/secrets.env holds every secret of the stack as NAME=value (0600), for images that cannot read a
 secret from a file (``<NAME>_FILE``); only stacks whose compose files use it get one.
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from homelab.deploy import firstvisit
 from homelab.lab.models import Lab
 from homelab.stacks import StackInfo, for_lab
 
@@ -41,6 +43,14 @@ def auth_for(lab: Lab, name: str) -> str:
     return lab.settings.auth
 
 
+def guard_middleware(lab: Lab, name: str) -> str | None:
+    """The login in front of the stack's first-visit guards (stack.yml ui[].first_visit.guard): the stack's
+    forward-auth, else the traefik stack's basic auth; None when the lab turned them off (auth: none)."""
+    if firstvisit.opted_out(lab, name):
+        return None
+    return AUTH_MIDDLEWARE.get(auth_for(lab, name)) or firstvisit.GUARD_MIDDLEWARE
+
+
 def routers(compose_texts: Iterable[str]) -> dict[str, list[tuple[str, str | None]]]:
     """Per service, its Traefik routers with their current middlewares label (None when it has none)."""
     found: dict[str, dict[str, str | None]] = {}
@@ -60,8 +70,10 @@ def routers(compose_texts: Iterable[str]) -> dict[str, list[tuple[str, str | Non
 
 def overlay(lab: Lab, name: str, compose_texts: Iterable[str]) -> str | None:
     """compose.homelab.yml for stack ``name`` (its selected compose files' text given), or None: nothing to add."""
+    compose_texts = list(compose_texts)
     services: dict[str, dict[str, Any]] = {}
     settings = lab.stacks.get(name)
+    info = for_lab(lab).get(name)
     if settings is not None and settings.extend is not None:
         for service, ext in settings.extend.services.items():
             body: dict[str, Any] = {}
@@ -73,13 +85,20 @@ def overlay(lab: Lab, name: str, compose_texts: Iterable[str]) -> str | None:
                 body["volumes"] = list(ext.volumes)
             services[service] = body
     middleware = AUTH_MIDDLEWARE.get(auth_for(lab, name))
+    # a UI its own apps sign in to (Jellyfin's TV and phone apps) gets the forward-auth only on its setup paths
+    own_login = firstvisit.own_login_routers(info, compose_texts) if info is not None else set()
     if middleware:
         for service, found in routers(compose_texts).items():
             labels = services.setdefault(service, {}).setdefault("labels", {})
             for router, current in found:
+                if router in own_login:
+                    continue
                 key = f"traefik.http.routers.{router}.middlewares"
                 now = labels.get(key, current)
                 labels[key] = middleware if not now else f"{middleware},{now}"
+    if info is not None and (guard := guard_middleware(lab, name)):
+        for service, labels in firstvisit.guard_labels(lab, info, compose_texts, guard, services).items():
+            services.setdefault(service, {}).setdefault("labels", {}).update(labels)
     if not services:
         return None
     return HEADER.format(name=name) + yaml.safe_dump({"services": services}, sort_keys=False)

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from homelab.deploy import firstvisit
+from homelab.deploy.overlay import auth_for
 from homelab.deploy.render import Secrets, VmRender, missing_requirements, render_lab
 from homelab.errors import InputError
 from homelab.lab.models import Lab
 from homelab.paths import state_dir
+from homelab.stacks import for_lab
 from homelab.state.hosts import Host, load_hosts
 from homelab.state.reading import StateFileError, notice, read_state_json
 
@@ -86,6 +89,10 @@ class Deployment:
             where = f" ({t.host.address})" if t.host else ""
             lines.append(f"  {t.name}{where}: {stacks}" + (f"  ! {t.problem}" if t.problem else ""))
         lines += [f"  note: {w}" for w in self.warnings]
+        claims = first_visits(self.lab, [s.name for t in self.targets for s in t.render.stacks])
+        if claims:
+            lines.append("First visits (nothing left for a stranger to claim):")
+            lines += [f"  {line}" for line in claims]
         opts = self.options
         lines.append(
             "Docker: "
@@ -121,6 +128,16 @@ class Deployment:
         return lines
 
 
+def first_visits(lab: Lab, stacks: Sequence[str]) -> list[str]:
+    """What of the stacks' first-visit setups is guarded or seeded, and where the credentials are."""
+    known = for_lab(lab)
+    found: list[str] = []
+    for name in dict.fromkeys(stacks):
+        if name in known:
+            found += firstvisit.describe(lab, known[name], auth_for(lab, name))[0]
+    return found
+
+
 def prepare(
     lab: Lab,
     options: DeployOptions | None = None,
@@ -138,7 +155,9 @@ def prepare(
     renders = render_lab(lab, secrets)
     deployed = deployed_vms(lab) if deployed is None else deployed
     for vm in lab.vms:
-        if vm.name not in renders and vm.name in deployed:
+        # a VM that lists no stacks is cleared of those deployed before, or has their kept data purged
+        purging = bool(options.purge_data) and vm.name in options.vms
+        if vm.name not in renders and (vm.name in deployed or purging):
             renders[vm.name] = VmRender(vm.name, lab.access.user, ())
     known_vms = {vm.name for vm in lab.vms}
     for name in options.vms:
@@ -161,6 +180,10 @@ def prepare(
         targets.append(Target(renders[vm.name], host, problem))
         for stack, needed in missing_requirements(lab, vm):
             warnings.append(f"{vm.name}: {stack} is reached through {needed}, which this VM does not run")
+        for rendered in renders[vm.name].stacks:
+            known = for_lab(lab).get(rendered.name)
+            if known is not None:
+                warnings += [f"{vm.name}: {w}" for w in firstvisit.describe(lab, known, "none")[1]]
     return Deployment(lab, tuple(targets), options, tuple(warnings))
 
 
@@ -185,6 +208,8 @@ def deployed_vms(lab: Lab) -> frozenset[str]:
     path = deployed_file(lab)
     try:
         data = read_state_json(path, "deploy record")
+        if data is None:
+            return frozenset()  # no deploy yet
         vms = data.get("vms", []) if isinstance(data, dict) else None
         if not isinstance(vms, list):
             raise StateFileError(path, 'the deploy record is not {"vms": [...]}')

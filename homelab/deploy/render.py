@@ -26,9 +26,10 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from homelab.deploy import overlay, stackfiles
+from homelab.deploy import firstvisit, overlay, stackfiles
 from homelab.deploy.removed import MARKER, marker_text
-from homelab.errors import InputError
+from homelab.deploy.seeds import seed_content
+from homelab.errors import InputError, SecretError
 from homelab.lab.models import Lab, Vm
 from homelab.stacks import StackInfo, WebUi, for_lab
 
@@ -62,6 +63,7 @@ class RenderedStack:
     data_dirs: tuple[str, ...] = ()  # absolute folders outside the stacks folder, owned by the user (/data)
     state_dirs: tuple[str, ...] = ()  # STATE_DIR and its subfolders (absolute), made when missing, owned by the user
     state_moves: tuple[tuple[str, str], ...] = ()  # (old folder in the stack folder, new one under STATE_DIR)
+    seeds: tuple[RenderedFile, ...] = ()  # absolute files in STATE_DIR written only when missing (secret, 0600)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class VmRender:
     @property
     def state_moves(self) -> tuple[dict[str, str], ...]:
         return tuple({"stack": s.name, "src": a, "dest": b} for s in self.stacks for a, b in s.state_moves)
+
+    @property
+    def seeds(self) -> tuple[RenderedFile, ...]:
+        return tuple(f for s in self.stacks for f in s.seeds)
 
     @property
     def secret_files(self) -> tuple[RenderedFile, ...]:
@@ -187,8 +193,7 @@ def socket_proxy_sections(lab: Lab, vm: Vm) -> dict[str, str]:
 
 def data_mounts(lab: Lab, name: str) -> tuple[str, ...]:
     """The folders below DATA_ROOT (the media /data tree) the stack's compose files mount."""
-    meta = stack_meta(lab, name)
-    return stackfiles.data_root_mounts(p.read_text(encoding="utf-8") for p in sorted(meta.path.glob("compose*.yml")))
+    return stackfiles.data_root_mounts(text for _, text in stack_meta(lab, name).compose_texts)
 
 
 def render_env(lab: Lab, vm: Vm, name: str, with_overlay: bool = False) -> str:
@@ -247,11 +252,15 @@ def shipped_files(info: StackInfo) -> list[tuple[str, str]]:
     any configuration beside them (prometheus.yml, grafana/provisioning/...), not stack.yml, hidden files or
     secrets/."""
     found = []
+    compose = dict(info.compose_texts)  # read once per stack (the .env and the /data tree read them too)
     for path in sorted(info.path.rglob("*")):
         rel = path.relative_to(info.path).as_posix()
         if not path.is_file() or rel in NOT_SHIPPED or rel.startswith(("secrets/", "state/")):
             continue
         if any(part.startswith(".") for part in PurePosixPath(rel).parts):
+            continue
+        if rel in compose:
+            found.append((rel, compose[rel]))
             continue
         try:
             found.append((rel, path.read_text(encoding="utf-8")))
@@ -325,7 +334,26 @@ def render_stack(lab: Lab, vm: Vm, name: str, secrets: Secrets | None = None) ->
     parents = (root.rsplit("/", 2)[0], root.rsplit("/", 1)[0], root)  # .../data, .../data/stacks, STATE_DIR
     state = (*parents, *(f"{root}/{sub}" for sub in meta.state))
     moves = tuple((f"{name}/{sub}", f"{root}/{sub}") for sub in meta.state)
-    return RenderedStack(name, tuple(dirs), tuple(files), private, data, state, moves)
+    return RenderedStack(name, tuple(dirs), tuple(files), private, data, state, moves, seeds(lab, meta, values))
+
+
+def seeds(lab: Lab, meta: StackInfo, values: Mapping[str, str] | None) -> tuple[RenderedFile, ...]:
+    """The files the stack's apps get before their first start (stack.yml ui[].first_visit.seed), in STATE_DIR;
+    ``values`` None: masked."""
+    found = []
+    guarded = overlay.guard_middleware(lab, meta.name) is not None
+    for ui, seed in firstvisit.seeded_uis(meta):
+        whole = ui.first_visit is not None and "/" in ui.first_visit.guard
+        if values is None:
+            content = stackfiles.MASKED.format(stack=meta.name)
+        else:
+            missing = [n for n in seed.secrets.values() if not values.get(n)]
+            if missing:
+                raise SecretError(f"stack {meta.name}: the secret {missing[0]} has no value")
+            content = seed_content(seed, values, guarded and whole)
+        path = f"{state_dir(lab, meta.name)}/{seed.file}"
+        found.append(RenderedFile(path, content, stackfiles.SECRET_MODE, secret=True))
+    return tuple(found)
 
 
 def render_vm(lab: Lab, vm: Vm, secrets: Secrets | None = None) -> VmRender:

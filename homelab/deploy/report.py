@@ -14,6 +14,7 @@ from homelab.deploy.plan import Deployment, Target
 from homelab.deploy.removed import RemoveStack
 
 Echo = Callable[[str], None]
+PURGED = "data deleted (--purge-data)"  # what homelab_files calls deleting a stack's state folder
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class HostChange:
             return f"~ {self.host}: {self.what} (mode or owner)"
         if self.kind == "removed stack":
             return f"- {self.host}: {self.what}/ (stack folder removed)"
-        if self.kind == "data deleted (--purge-data)":
+        if self.kind == PURGED:
             return f"- {self.host}: {self.what}/ (DATA DELETED FOR GOOD: --purge-data)"
         if self.kind.startswith("state of "):
             return f"> {self.host}: {self.what}/ ({self.kind}: moved, not deleted)"
@@ -123,6 +124,12 @@ class DeployResult:
     def to_remove(self) -> list[RemoveStack]:
         """The stacks this deploy takes off their VMs."""
         return [r for r in self.removals if not r.keep]
+
+    @property
+    def losing(self) -> set[str]:
+        """The VMs this deploy takes stacks off or deletes kept data on (the preview found it there)."""
+        purged = {c.host for c in self.preview.changes if c.kind == PURGED} if self.preview else set()
+        return {r.vm for r in self.to_remove} | purged
 
     @property
     def kept(self) -> list[RemoveStack]:

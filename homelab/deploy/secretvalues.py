@@ -40,7 +40,9 @@ def stack_secret_values(lab: Lab, *, keep: bool = True) -> dict[str, dict[str, s
 def staged_secrets(deployment: Deployment) -> Iterator[Path | None]:
     """The private file with each ready VM's secret folders and files (None when no VM has any)."""
     entries = {
-        t.name: secret_entries(t.render) for t in deployment.ready if t.render.secret_files or t.render.private_dirs
+        t.name: secret_entries(t.render)
+        for t in deployment.ready
+        if t.render.secret_files or t.render.private_dirs or t.render.seeds
     }
     if not entries:
         yield None

@@ -21,7 +21,7 @@ from pathlib import Path
 from homelab.adapters.ansible import PlaybookRunner, RunRequest, TaskEvent
 from homelab.adapters.sshkeys import fingerprint
 from homelab.deploy.inventory import host_vars, inventory, known_hosts_text
-from homelab.deploy.plan import Deployment, DeployOptions, deployed_file, deployed_vms, prepare, workdir
+from homelab.deploy.plan import Deployment, DeployOptions, Target, deployed_file, deployed_vms, prepare, workdir
 from homelab.deploy.removed import RemoveStack, removed_stacks
 from homelab.deploy.report import (
     DeployResult,
@@ -78,14 +78,33 @@ def stage(deployment: Deployment, key_file: Path, where: Path, removals: Collect
         own_key = Path(t.host.key_file) if t.host.key_file else key_file
         remove = [r.stack for r in removals if r.vm == t.name and not r.keep]
         purge = [r.stack for r in removals if r.vm == t.name and r.purge and not r.keep]
+        kept = purge_kept(deployment, t, remove)
         lab = deployment.lab
         data_disk = any(vm.name == t.name and lab.data_disk_for(vm) for vm in lab.vms)
         entries[t.name] = host_vars(
-            t.host, t.render, own_key, known_hosts, lab=lab.name, remove=remove, data_disk=data_disk, purge=purge
+            t.host,
+            t.render,
+            own_key,
+            known_hosts,
+            lab=lab.name,
+            remove=remove,
+            data_disk=data_disk,
+            purge=purge,
+            purge_kept=kept,
         )
     path = where / "hosts.yml"
     write_atomic(path, json.dumps(inventory(entries), indent=2) + "\n")
     return path
+
+
+def purge_kept(deployment: Deployment, target: Target, remove: Collection[str]) -> list[str]:
+    """The --purge-data stacks whose data an earlier removal kept on ``target``: neither listed there nor
+    removed by this deploy (the module deletes it only while no folder of the stack is on the VM)."""
+    options = deployment.options
+    if options.keep_removed:
+        return []
+    listed = {s.name for s in target.render.stacks}
+    return [name for name in options.purge_data if name not in listed and name not in remove]
 
 
 def execute(
@@ -201,8 +220,8 @@ def _preview_then_run(
     echo("Changes:")
     for line in preview_lines(result.preview, result.removals):
         echo(line)
-    if result.to_remove and deployment.options.before_removal is not None:
-        vms = ", ".join(sorted({r.vm for r in result.to_remove}))
+    if result.losing and deployment.options.before_removal is not None:
+        vms = ", ".join(sorted(result.losing))
         echo(f"  snapshot {vms} first, data disk included (settings.snapshot_before_changes)")
     if check_only:
         return
@@ -213,7 +232,7 @@ def _preview_then_run(
         unreached = [t.name for t in deployment.ready if t not in reached]
         left_out = f" ({', '.join(unreached)} could not be reached: not deployed)" if unreached else ""
         confirm(f"Deploy to {len(reached)} VM(s)?{left_out}")
-        removing = sorted({r.vm for r in result.to_remove} & {t.name for t in reached})
+        removing = sorted(result.losing & {t.name for t in reached})
         if removing and deployment.options.before_removal is not None:
             deployment.options.before_removal(removing)
         # A VM the preview could not reach gets nothing: the run changes only what was shown.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from homelab.deploy.firstvisit import seeded_secrets
 from homelab.lab.models import Lab, Vm
 from homelab.stacks import DNS_PROVIDER_SECRETS, SecretSpec, for_lab
 
@@ -128,7 +129,10 @@ def secret_files(lab: Lab, stack: str, values: Mapping[str, str] | None) -> list
     Traefik's values also hold the local CA's wildcard certificate and key (LOCAL_TLS_CERT, LOCAL_TLS_KEY).
     """
     found: list[SecretFile] = []
+    seeded = seeded_secrets(for_lab(lab)[stack])  # these go into the apps' seeded files only
     for spec in secret_specs(lab, stack):
+        if spec.name in seeded:
+            continue
         if stack == "traefik" and spec.name == "TRAEFIK_DASHBOARD_PASSWORD":
             password = values.get(spec.name) if values is not None else None
             found.append(

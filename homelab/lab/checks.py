@@ -13,7 +13,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from homelab.lab.models import Docker, Https, Lab, Network, Proxmox, StackSettings, Template, Vm
-from homelab.stacks import DNS_PROVIDER_SECRETS, catalogue, is_secret_name, pinned_images, too_old_for_engine_29
+from homelab.stackimages import pinned_images, too_old_for_engine_29
+from homelab.stacks import DNS_PROVIDER_SECRETS, catalogue, is_secret_name
 
 Found = tuple[tuple[str | int, ...], str]
 
@@ -89,6 +90,7 @@ def check_parts(parts: LabParts) -> list[Found]:
     current_docker = parts.docker is None or parts.docker.source == "docker"
     found += _check_stack_settings(parts.stack_settings, current_docker, parts.folder)
     found += _check_auth(parts)
+    found += _check_setup_done(parts)
     found += _check_required_settings(parts)
     found += _check_ports(parts)
     if parts.https is not None:
@@ -356,6 +358,23 @@ def _check_auth(parts: LabParts) -> list[Found]:
                 found.append(
                     (("vms", i, "stacks", k), f"{where} is authelia: add the authelia stack to {vm.name} as well")
                 )
+    return found
+
+
+def _check_setup_done(parts: LabParts) -> list[Found]:
+    """stacks.<name>.setup_done names web UIs whose setup is guarded, and none that trusts the guard's login."""
+    known = catalogue(parts.folder)
+    found: list[Found] = []
+    for stack, settings in parts.stack_settings:
+        uis = {ui.name: ui for ui in known[stack].uis} if stack in known else {}
+        for j, name in enumerate(settings.setup_done):
+            ui = uis.get(name)
+            where = ("stacks", stack, "setup_done", j)
+            if ui is None or ui.first_visit is None or not ui.first_visit.guard:
+                guarded = [u.name for u in uis.values() if u.first_visit and u.first_visit.guard]
+                found.append((where, f"{name!r} is no web UI of {stack} with a guarded setup ({guarded or 'none'})"))
+            elif ui.first_visit.seed is not None:
+                found.append((where, f"{name} trusts the login in front of it (homelab set it up so): it stays"))
     return found
 
 

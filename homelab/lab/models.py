@@ -299,6 +299,11 @@ class StackSettings(Strict):
     auth: AuthName | None = Field(
         None, description="forward-auth in front of the stack's web UIs: authelia, or none (default settings.auth)"
     )
+    setup_done: list[str] = Field(
+        default_factory=list,
+        description="web UIs of the stack whose first-visit setup you have done (e.g. Jellyseerr once its admin "
+        "exists): the login homelab put in front of their setup is lifted",
+    )
 
 
 class Acme(Strict):

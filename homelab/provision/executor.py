@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from homelab.adapters.proxmox.api import PveApi
@@ -122,7 +122,7 @@ class Executor:
             raise Interrupted("interrupted")
 
     def _run(self, action: Action, outcome: VmOutcome) -> None:
-        # Disk work (clones, disk growth and moves, deletes) holds one of its node's slots while its task runs;
+        # Disk work (full clones, disk growth and moves, deletes) holds one of its node's slots while its task runs;
         # config writes, starts and the waits for guest agents hold none, so they never keep other VMs waiting.
         if isinstance(action, CreateVM):
             outcome.vmid, outcome.node = self._create(action, start=True)
@@ -210,7 +210,9 @@ class Executor:
             if self.lab.proxmox.pool:
                 params["pool"] = self.lab.proxmox.pool
             try:
-                with self._slot(tpl.node, action.vm):  # the clone's task loads the template's node
+                # A full clone copies the disks and loads the template's node: it holds one of its slots. A linked
+                # clone is a thin snapshot PVE takes under its own storage lock: it holds none.
+                with self._slot(tpl.node, action.vm) if action.full else nullcontext():
                     upid = self.api.post(f"/nodes/{tpl.node}/qemu/{tpl.vmid}/clone", **params)
                     self.api.wait_task(tpl.node, upid, self.timeouts.clone, f"clone of {action.vm}", max_poll=SLOT_POLL)
                 return vmid, direct or tpl.node

@@ -1,9 +1,12 @@
 """How much disk work apply puts on each Proxmox node at once.
 
-Clones, disk moves, migrations, disk growth and deletes load a node's disks; each takes one of the node's
+Full clones, disk moves, migrations, disk growth and deletes load a node's disks; each takes one of the node's
 slots (``settings.concurrency`` per node) for as long as its Proxmox task runs. Everything else a VM's chain
-does waits without a slot: its start task, its guest agent coming up, cloud-init finishing. So twenty VMs
-clone four at a time and then all boot at once, instead of booting in waves of four.
+does waits without a slot: its start task, its guest agent coming up, cloud-init finishing. A linked clone
+(the default, ``settings.full_clone: false``) holds none either: PVE makes it a thin snapshot of the
+template's disk (no data copied) under its own per-storage lock, and clones one template many times at once
+under a shared lock (qemu-server's ``clone_vm``). So twenty VMs clone and boot all at once, instead of in
+waves of four; with full clones they copy four at a time and then all boot at once.
 
 The number of slots follows what the node reports (``GET /nodes/{node}/status``, read at most every
 ``REFRESH_SECS`` while work waits for the node): while its IO delay, CPU, memory or load per CPU are above

@@ -1,7 +1,8 @@
 """Snapshots of the lab's VMs by name: taken, then homelab's own beyond settings.snapshots_keep pruned.
 
 Used by `homelab snapshot` and, with settings.snapshot_before_changes, before a deploy removes stacks from a
-VM (the replacement's snapshot is a step of the executor: :meth:`DataDisks.snapshot_first`).
+VM (:func:`removal_hook`, the one place that setting is read; the replacement's snapshot is a step of the
+executor: :meth:`DataDisks.snapshot_first`).
 """
 
 from __future__ import annotations
@@ -52,5 +53,21 @@ def before_removal(api: PveApi, lab: Lab, echo: Callable[[str], None]) -> Callab
         name = snaps.new_name()
         echo(f"Snapshot before removing stacks ({', '.join(vms)}), as {name} (settings.snapshot_before_changes):")
         take_and_prune(api, lab, live_vms(api, lab, vms), name, "taken by homelab before removing stacks", echo)
+
+    return snapshot
+
+
+RemovalHook = Callable[[Sequence[str]], None]
+
+
+def removal_hook(api: PveApi | Callable[[], PveApi], lab: Lab, echo: Callable[[str], None]) -> RemovalHook | None:
+    """The deploy's ``before_removal`` for ``lab``: a snapshot of the VMs losing stacks when
+    settings.snapshot_before_changes is on, else None. ``api`` may be a function that connects: it is called
+    only when stacks are removed (a deploy that removes nothing never talks to Proxmox)."""
+    if not lab.settings.snapshot_before_changes:
+        return None
+
+    def snapshot(vms: Sequence[str]) -> None:
+        before_removal(api if isinstance(api, PveApi) else api(), lab, echo)(vms)
 
     return snapshot

@@ -90,6 +90,8 @@ def _generate(spec: SecretSpec) -> str:
         return secrets.token_urlsafe(PASSWORD_BYTES)
     if spec.generate == "hex32":
         return secrets.token_hex(32)
+    if spec.generate == "hex16":  # 32 hex digits: the form of the *arr apps' and Bazarr's own API keys
+        return secrets.token_hex(16)
     if spec.generate == "base64-32":
         return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
     raise SecretError(f"cannot generate a secret of kind {spec.generate!r}")

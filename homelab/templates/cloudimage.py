@@ -139,7 +139,7 @@ def build_cloud_image(
         for action in plan.actions:
             progress(action.describe())
             if isinstance(action, RemoveHalfBuilt):
-                remove_half_built(api, lab, plan, action)
+                remove_half_built(api, lab, plan.template, action)
             elif isinstance(action, DownloadImage):
                 _download(api, lab, action)
                 downloaded = True

@@ -57,18 +57,19 @@ def left_alone(vmid: int) -> str:
     return f"VM {vmid} is not the one this build made (its name or description differs), so homelab left it alone"
 
 
-def remove_half_built(api: PveApi, lab: Lab, plan: BuildPlan, action: RemoveHalfBuilt) -> None:
-    """Delete a VM an interrupted build left, only if it is still named and marked as that build's."""
+def remove_half_built(api: PveApi, lab: Lab, template: str, action: RemoveHalfBuilt) -> None:
+    """Delete a VM an interrupted build of ``template`` left, only if it is still named and marked as that
+    build's (by ``lab``)."""
     delete_vm(
         api,
         action.node,
         action.vmid,
-        plan.lab,
+        lab.name,
         timeout=lab.settings.timeouts.task,
         name=action.name,
         missing_ok=True,
         unmarked=action.unmarked,
-        mark={"template": plan.template, "version": action.version},
+        mark={"template": template, "version": action.version},
     )
     if action.unmarked:
         from homelab.state.builds import record_build

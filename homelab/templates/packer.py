@@ -126,7 +126,7 @@ def build_with_packer(
         for action in plan.actions:
             progress(action.describe())
             if isinstance(action, RemoveHalfBuilt):
-                remove_half_built(api, lab, plan, action)
+                remove_half_built(api, lab, plan.template, action)
             elif isinstance(action, RenderPacker):
                 render_build(lab, template, plan, action, settings, storage_type)
             elif isinstance(action, RunPacker):

@@ -12,7 +12,7 @@ import pytest
 
 from homelab.demo.launcher import FakeProxmox
 from tests.harness.buildhost import BuildHost, make_build_host
-from tests.harness.hosts import host_support
+from tests.harness.fixtures_hosts import skip_unless_hosts
 
 __all__ = ["bake_network", "build_host"]
 
@@ -20,9 +20,7 @@ __all__ = ["bake_network", "build_host"]
 @pytest.fixture
 def build_host(tmp_path: Path, fake_pve: FakeProxmox) -> Iterator[BuildHost]:
     """A started build host for the lab user ``homelab``, registered with ``fake_pve``; torn down after."""
-    reason = host_support()
-    if reason is not None:
-        pytest.skip(reason)
+    skip_unless_hosts()
     host = make_build_host(tmp_path / "buildhost", 128 + secrets.randbelow(120), "homelab")
     try:
         fake_pve.call("build_hosts", hosts={host.address: host.fake_entry()})

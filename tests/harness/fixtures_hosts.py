@@ -17,13 +17,13 @@ import pytest
 
 from tests.harness.hosts import SshHost, host_support, make_host
 
-__all__ = ["HostFactory", "ssh_host", "ssh_hosts"]
+__all__ = ["HostFactory", "skip_unless_hosts", "ssh_host", "ssh_hosts"]
 
 HostFactory = Callable[..., list[SshHost]]
 """Type of the ``ssh_hosts`` fixture: ``ssh_hosts(n)`` returns ``n`` new hosts."""
 
 
-def _skip_unless_supported() -> None:
+def skip_unless_hosts() -> None:
     """``pytest.skip`` with the reason when test hosts cannot be made here."""
     reason = host_support()
     if reason is not None:
@@ -33,7 +33,7 @@ def _skip_unless_supported() -> None:
 @pytest.fixture
 def ssh_host(tmp_path: Path) -> Iterator[SshHost]:
     """One started test host (function scope), torn down after the test."""
-    _skip_unless_supported()
+    skip_unless_hosts()
     host = make_host("host", tmp_path / "hosts", 1)
     try:
         yield host
@@ -48,7 +48,7 @@ def ssh_hosts(tmp_path: Path) -> Iterator[HostFactory]:
     It may be called more than once in a test; hosts are named ``h1``, ``h2``, ...
     across calls.
     """
-    _skip_unless_supported()
+    skip_unless_hosts()
     made: list[SshHost] = []
 
     def factory(n: int, per_user_keys: bool = False) -> list[SshHost]:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.hosts import SshHost, host_support, make_host
+from tests.harness.fixtures_hosts import skip_unless_hosts
+from tests.harness.hosts import SshHost, make_host
 
 __all__ = ["GitServer", "git_server_fixture", "make_git_server"]
 
@@ -171,9 +172,7 @@ def git_server_fixture(tmp_path: Path) -> Iterator[GitServer]:
 
     Import ``git_server_fixture`` into a test module to use it.
     """
-    reason = host_support()
-    if reason is not None:
-        pytest.skip(reason)
+    skip_unless_hosts()
     server = make_git_server(tmp_path / "gitserver")
     try:
         yield server

@@ -84,11 +84,14 @@ class HostCommandError(subprocess.CalledProcessError):
         return text
 
 
-def _run(argv: Sequence[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run a machine-side command quietly, capturing text output."""
+def _run(
+    argv: Sequence[str], check: bool = True, timeout: float = 30, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a machine-side command quietly (``input`` on its stdin, else none), capturing text output."""
     proc = subprocess.run(
         list(argv),
-        stdin=subprocess.DEVNULL,
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -253,19 +256,7 @@ class SshHost:
         Output is captured as text. With ``check`` a non-zero exit raises
         :class:`HostCommandError` (a ``CalledProcessError``) showing the output.
         """
-        argv = self.ssh_argv(cmd, user=user)
-        proc = subprocess.run(
-            argv,
-            input=input,
-            stdin=subprocess.DEVNULL if input is None else None,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise HostCommandError(proc.returncode, argv, proc.stdout, proc.stderr)
-        return proc
+        return _run(self.ssh_argv(cmd, user=user), check, timeout, input)
 
     def exec(
         self,
@@ -282,19 +273,7 @@ class SshHost:
         """
         if self.pid is None or self._stopped:
             raise RuntimeError(f"{self!r} is not running")
-        full = ["nsenter", "-t", str(self.pid), "-n", "-m", "--", *argv]
-        proc = subprocess.run(
-            full,
-            input=input,
-            stdin=subprocess.DEVNULL if input is None else None,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise HostCommandError(proc.returncode, full, proc.stdout, proc.stderr)
-        return proc
+        return _run(["nsenter", "-t", str(self.pid), "-n", "-m", "--", *argv], check, timeout, input)
 
     def regenerate_host_key(self, timeout: float = 10.0) -> str:
         """Give the host a new ed25519 host key, as cloud-init does for a new instance, and make sshd present it

@@ -14,6 +14,10 @@ from homelab.lab.models import Lab
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOr7xB0Q1YhYyH8nEIpwoZzvvz4cLyYWpaT3wKJ7rpv test@homelab"
 
 
+# A lab network that holds the SSH test hosts' addresses (10.77.x.x; see tests/harness/hosts.py)
+HOSTS_NETWORK = {"subnet": "10.77.0.0/16", "gateway": "10.77.0.1", "dns": ["10.77.0.1"], "build_ip": "10.77.255.250"}
+
+
 def lab_data(
     fake: FakeProxmox | None = None,
     vms: list[dict[str, Any]] | None = None,

@@ -43,6 +43,14 @@ options:
     description:
       - Absolute folders (a stack's STATE_DIR and its subfolders), parents first, made owned by O(owner) (0755)
         when missing. One that exists is never changed (a container may have made it its own).
+  seeds:
+    type: list
+    elements: dict
+    default: []
+    description:
+      - Files with an absolute C(path) (in a stack's STATE_DIR), C(content_b64) and C(mode), written only when
+        nothing is at C(path) yet (an app's settings before its first start; never rewritten, so the app's
+        and the user's changes stay). Missing parent folders are made owned by O(owner) (0755).
   moves:
     type: list
     elements: dict
@@ -59,8 +67,9 @@ options:
     type: dict
     default: {}
     description:
-      - Stack name to its state folder, deleted only together with that stack's folder in O(remove)
-        (--purge-data); the path must end in /stacks/<name>.
+      - Stack name to its state folder (--purge-data); the path must end in /stacks/<name>. For a stack in
+        O(remove), deleted only together with its folder; for any other (one removed by an earlier deploy,
+        its data kept), only when no folder of that name is under O(root).
   remove: {type: list, elements: str, default: [], description: Stack folders (names under O(root)) to delete.}
   lab: {type: str, default: "", description: The lab whose marker a folder in O(remove) must carry.}
 """
@@ -87,19 +96,26 @@ def _inside(root, rel):
     return path
 
 
+def _change(path, before, after, kind, after_header=None):
+    """One entry of the diff Ansible shows (homelab reads ``homelab_change``: what kind of change it is)."""
+    return {
+        "before_header": path,
+        "after_header": after_header or path,
+        "before": before,
+        "after": after,
+        "homelab_change": kind,
+    }
+
+
+def _folder(path, state):
+    return {"path": path, "state": state}
+
+
 def _ensure_dir(module, path, uid, gid, changes, mode=0o755):
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        changes.append(
-            {
-                "before_header": path,
-                "after_header": path,
-                "before": {"path": path, "state": "absent"},
-                "after": {"path": path, "state": "directory"},
-                "homelab_change": "new folder",
-            }
-        )
+        changes.append(_change(path, _folder(path, "absent"), _folder(path, "directory"), "new folder"))
         if not module.check_mode:
             os.mkdir(path, 0o700)
             os.chown(path, uid, gid)
@@ -108,15 +124,8 @@ def _ensure_dir(module, path, uid, gid, changes, mode=0o755):
     if not stat.S_ISDIR(st.st_mode):
         module.fail_json(msg=f"{path} exists and is not a folder")
     if stat.S_IMODE(st.st_mode) != mode or st.st_uid != uid or st.st_gid != gid:
-        changes.append(
-            {
-                "before_header": path,
-                "after_header": path,
-                "before": {"path": path, "mode": oct(stat.S_IMODE(st.st_mode)), "owner": st.st_uid},
-                "after": {"path": path, "mode": oct(mode), "owner": uid},
-                "homelab_change": "attributes",
-            }
-        )
+        before = {"path": path, "mode": oct(stat.S_IMODE(st.st_mode)), "owner": st.st_uid}
+        changes.append(_change(path, before, {"path": path, "mode": oct(mode), "owner": uid}, "attributes"))
         if not module.check_mode:
             os.chown(path, uid, gid)
             os.chmod(path, mode)  # after chown, which clears the setgid bit
@@ -137,16 +146,9 @@ def _write_file(module, path, data, mode, uid, gid, changes):
     same_content = before == data
     if st is not None and same_content and stat.S_IMODE(st.st_mode) == mode and st.st_uid == uid:
         return False
-    changes.append(
-        {
-            "before_header": path,
-            "after_header": path,
-            "before": (before or b"").decode("utf-8", "replace"),
-            "after": data.decode("utf-8", "replace"),
-            # new file, new content, or only its mode or owner differ (then before == after)
-            "homelab_change": "new" if st is None else "content" if not same_content else "attributes",
-        }
-    )
+    # new file, new content, or only its mode or owner differ (then before == after)
+    kind = "new" if st is None else "content" if not same_content else "attributes"
+    changes.append(_change(path, (before or b"").decode("utf-8", "replace"), data.decode("utf-8", "replace"), kind))
     if module.check_mode:
         return True
     if same_content:
@@ -214,15 +216,7 @@ def _remove_stack(module, root, name, lab, changes):
     text = _marker(path)
     if text is None or _owner(text) != (lab, name):
         return False  # not homelab's (any longer): leave it
-    changes.append(
-        {
-            "before_header": path,
-            "after_header": path,
-            "before": {"path": path, "state": "directory"},
-            "after": {"path": path, "state": "absent"},
-            "homelab_change": "removed stack",
-        }
-    )
+    changes.append(_change(path, _folder(path, "directory"), _folder(path, "absent"), "removed stack"))
     if not module.check_mode:
         shutil.rmtree(path)  # never follows a symlink inside (and path itself is a real folder)
     return True
@@ -235,18 +229,19 @@ def _purge_state(module, name, path, changes):
         raise ValueError(f"{path!r} is not the state folder of stack {name}")
     if not os.path.isdir(path) or os.path.islink(path):
         return False
-    changes.append(
-        {
-            "before_header": path,
-            "after_header": path,
-            "before": {"path": path, "state": "directory"},
-            "after": {"path": path, "state": "absent"},
-            "homelab_change": "data deleted (--purge-data)",
-        }
-    )
+    changes.append(_change(path, _folder(path, "directory"), _folder(path, "absent"), "data deleted (--purge-data)"))
     if not module.check_mode:
         shutil.rmtree(path)
     return True
+
+
+def _purge_kept(module, root, name, path, changes):
+    """Delete the data an earlier removal kept (--purge-data): only while the stack has no folder under root."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a folder name")
+    if os.path.lexists(os.path.join(root, name)):
+        return False  # deployed, or a folder homelab did not remove: its data is not left over
+    return _purge_state(module, name, path, changes)
 
 
 def _pending(root, moves):
@@ -275,15 +270,8 @@ def _make_missing(module, path, uid, gid, changes):
 
 
 def _move(module, stack, src, dest, uid, gid, changes):
-    changes.append(
-        {
-            "before_header": src,
-            "after_header": dest,
-            "before": {"path": src, "state": "directory"},
-            "after": {"path": dest, "state": "directory"},
-            "homelab_change": f"state of {stack} moves to {dest}",
-        }
-    )
+    before, after = _folder(src, "directory"), _folder(dest, "directory")
+    changes.append(_change(src, before, after, f"state of {stack} moves to {dest}", after_header=dest))
     if module.check_mode:
         return
     _make_missing(module, os.path.dirname(dest), uid, gid, [])
@@ -317,6 +305,7 @@ def main():
             "lab": {"type": "str", "default": ""},
             "state_dirs": {"type": "list", "elements": "path", "default": []},
             "moves": {"type": "list", "elements": "dict", "default": []},
+            "seeds": {"type": "list", "elements": "dict", "default": []},
             "moves_plan_only": {"type": "bool", "default": False},
             "purge_state": {"type": "dict", "default": {}},
         },
@@ -370,15 +359,33 @@ def main():
                     data = data.replace(b"@RENDER_GID@", str(_render_gid()).encode())
             if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
                 changed_paths.append(path)
-        purge = module.params["purge_state"]
-        for name in module.params["remove"]:
+        for entry in module.params["seeds"]:
+            if _seed(module, entry, uid, gid, changes):
+                changed_paths.append(entry["path"])
+        purge, remove = module.params["purge_state"], module.params["remove"]
+        for name in remove:
             if _remove_stack(module, root, name, module.params["lab"], changes):
                 changed_paths.append(os.path.join(root, name))
                 if name in purge and _purge_state(module, name, purge[name], changes):
                     changed_paths.append(purge[name])
+        for name in sorted(set(purge) - set(remove)):
+            if _purge_kept(module, root, name, purge[name], changes):
+                changed_paths.append(purge[name])
     except (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), changed=bool(changed_paths), paths=changed_paths)
     module.exit_json(changed=bool(changed_paths), paths=changed_paths, diff=changes, stack_markers=_markers(root))
+
+
+def _seed(module, entry, uid, gid, changes):
+    """Write a seed file where nothing is yet; an existing one (the app's or the user's) is left alone."""
+    path = os.path.normpath(str(entry["path"]))
+    if not os.path.isabs(path):
+        raise ValueError(f"{path!r} is not an absolute path")
+    if os.path.lexists(path):
+        return False
+    _make_missing(module, os.path.dirname(path), uid, gid, changes)
+    mode = int(str(entry.get("mode", "0600")), 8)
+    return _write_file(module, path, base64.b64decode(entry["content_b64"]), mode, uid, gid, changes)
 
 
 def _render_gid() -> int:
