@@ -48,7 +48,7 @@ import yaml
 from click.testing import CliRunner
 
 from homelab.demo.launcher import FakeProxmox
-from homelab.stacks import pinned_images
+from homelab.stackimages import pinned_images
 from tests.harness import aptrepo, guest_image, realpve, realvm
 from tests.harness.gitserver import GitServer, make_git_server
 from tests.harness.guest_image import STOCK, GuestImage

@@ -90,6 +90,7 @@ def test_a_host_that_never_answers_fails_after_the_patience_with_the_reason(
     monkeypatch.setattr(ssh, "CONNECT_PATIENCE", 3)
     relay = LateRelay((vm.address, 22), delay=3600)
     host = Host("web", "127.0.0.1", "homelab", port=relay.port, host_key=vm.host_key_pub)
-    with pytest.raises(OperationError, match=rf"web: cannot connect to homelab@127.0.0.1:{relay.port}: .*Unable to connect"):
+    refused = rf"web: cannot connect to homelab@127.0.0.1:{relay.port}: .*Unable to connect"
+    with pytest.raises(OperationError, match=refused):
         ssh.run_script(host, lab.name, "true", as_user="homelab")
     assert relay.accepted == 0
