@@ -35,7 +35,11 @@ NEW_VERSION: dict[str, Any] = {
     "vmid": 9001,
     "name": "debian-docker-202611201200",
     "template": True,
-    "config": {"agent": "1", "scsi0": "local-lvm:base-9001-disk-0,size=8G", "tags": "homelab-template;homelab-bench"},
+    "config": {
+        "agent": "1",
+        "scsi0": "local-lvm:base-9001-disk-0,size=8G",
+        "tags": "guest-agent;homelab-template;homelab-bench",
+    },
 }
 
 
@@ -53,6 +57,7 @@ def replace_once(workdir: Path, time_scale: float, data_disk: bool) -> float:
         if not carry_out(make_plan(lab)).ok:
             raise SystemExit("the first apply failed")
         fake.call("add_vm", **NEW_VERSION)
+        fake.call("agent_disks", add=[NEW_VERSION["vmid"]])  # a version built as homelab builds them: with the agent
         started = time.monotonic()
         planned = make_plan(lab)
         result = carry_out(planned)
