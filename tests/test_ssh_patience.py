@@ -39,16 +39,23 @@ class LateRelay:
             conn, _ = server.accept()
             self.accepted += 1
             with conn, socket.create_connection(self.target) as upstream:
-                ends = {conn: upstream, upstream: conn}
-                while True:
-                    ready, _, _ = select.select(list(ends), [], [], 30)
-                    if not ready:
+                self._relay({conn: upstream, upstream: conn})
+
+    @staticmethod
+    def _relay(ends: dict[socket.socket, socket.socket]) -> None:
+        """Copy both ways until either end closes (or resets: the client is done)."""
+        try:
+            while True:
+                ready, _, _ = select.select(list(ends), [], [], 30)
+                if not ready:
+                    return
+                for end in ready:
+                    data = end.recv(65536)
+                    if not data:
                         return
-                    for end in ready:
-                        data = end.recv(65536)
-                        if not data:
-                            return
-                        ends[end].sendall(data)
+                    ends[end].sendall(data)
+        except OSError:
+            return
 
 
 def _lab(tmp_path: Path, host: SshHost) -> Lab:
