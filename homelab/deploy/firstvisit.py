@@ -40,8 +40,8 @@ def opted_out(lab: Lab, name: str) -> bool:
     return settings is not None and settings.auth == "none"
 
 
-def _labels(compose_texts: Iterable[str]) -> dict[str, dict[str, str]]:
-    """Every service's labels (a mapping) across the compose files, later files winning."""
+def service_labels(compose_texts: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Every service's labels (a mapping) across the compose files, later files winning (as compose merges them)."""
     found: dict[str, dict[str, str]] = {}
     for text in compose_texts:
         doc = yaml.safe_load(text) or {}
@@ -51,6 +51,11 @@ def _labels(compose_texts: Iterable[str]) -> dict[str, dict[str, str]]:
                 labels = dict(str(item).split("=", 1) for item in labels if "=" in str(item))
             found.setdefault(str(service), {}).update({str(k): str(v) for k, v in labels.items()})
     return found
+
+
+def _setup_done(lab: Lab, name: str) -> set[str]:
+    """The UIs stacks.<name>.setup_done names: set up by the user, their guard lifted."""
+    return set(lab.stacks[name].setup_done) if name in lab.stacks else set()
 
 
 def ui_router(info: StackInfo, ui: WebUi, labels: Mapping[str, Mapping[str, str]]) -> tuple[str, str]:
@@ -80,17 +85,18 @@ def path_rule(rule: str, paths: Iterable[str]) -> str:
 def guard_labels(
     lab: Lab,
     info: StackInfo,
-    compose_texts: Iterable[str],
+    compose_labels: Mapping[str, Mapping[str, str]],
     middleware: str,
     overlay: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, dict[str, str]]:
     """Per service, the labels that put ``middleware`` in front of each guarded path of the stack's UIs.
 
-    ``overlay``: the labels homelab already adds per service (stacks.<name>.extend, the forward-auth), which a
-    guard builds on. UIs named in stacks.<name>.setup_done get none.
+    ``compose_labels``: :func:`service_labels` of the stack's compose files. ``overlay``: the labels homelab
+    already adds per service (stacks.<name>.extend, the forward-auth), which a guard builds on. UIs named in
+    stacks.<name>.setup_done get none.
     """
-    labels = _labels(compose_texts)
-    done = set(lab.stacks[info.name].setup_done) if info.name in lab.stacks else set()
+    labels = {service: dict(found) for service, found in compose_labels.items()}
+    done = _setup_done(lab, info.name)
     for service, body in overlay.items():
         labels.setdefault(service, {}).update({k: str(v) for k, v in (body.get("labels") or {}).items()})
     added: dict[str, dict[str, str]] = {}
@@ -122,10 +128,9 @@ def guard_labels(
     return added
 
 
-def own_login_routers(info: StackInfo, compose_texts: Iterable[str]) -> set[str]:
+def own_login_routers(info: StackInfo, labels: Mapping[str, Mapping[str, str]]) -> set[str]:
     """The routers of the UIs guarded only on setup paths: their own apps sign in to them (a browser login page
     in front would lock Jellyfin's TV and phone apps out), so a forward-auth goes only on those paths."""
-    labels = _labels(compose_texts)
     return {ui_router(info, ui, labels)[1] for ui, paths in guarded_uis(info) if "/" not in paths}
 
 
@@ -147,7 +152,7 @@ def describe(lab: Lab, info: StackInfo, forward_auth: str) -> tuple[list[str], l
     credentials are (``forward_auth``: the stack's, authelia or none)."""
     lines: list[str] = []
     warnings: list[str] = []
-    done = set(lab.stacks[info.name].setup_done) if info.name in lab.stacks else set()
+    done = _setup_done(lab, info.name)
     guarded = [
         ui.name + ("" if "/" in paths else " " + ", ".join(paths))
         for ui, paths in guarded_uis(info)

@@ -51,21 +51,17 @@ def guard_middleware(lab: Lab, name: str) -> str | None:
     return AUTH_MIDDLEWARE.get(auth_for(lab, name)) or firstvisit.GUARD_MIDDLEWARE
 
 
-def routers(compose_texts: Iterable[str]) -> dict[str, list[tuple[str, str | None]]]:
-    """Per service, its Traefik routers with their current middlewares label (None when it has none)."""
-    found: dict[str, dict[str, str | None]] = {}
-    for text in compose_texts:
-        doc = yaml.safe_load(text) or {}
-        for service, body in (doc.get("services") or {}).items():
-            labels = (body or {}).get("labels") or {}
-            if isinstance(labels, list):
-                labels = dict(str(item).split("=", 1) for item in labels if "=" in str(item))
-            for key in labels:
-                m = _ROUTER_RULE.match(str(key))
-                if m:
-                    middlewares = labels.get(f"traefik.http.routers.{m.group(1)}.middlewares")
-                    found.setdefault(service, {})[m.group(1)] = None if middlewares is None else str(middlewares)
-    return {service: list(r.items()) for service, r in found.items()}
+def routers(labels: Mapping[str, Mapping[str, str]]) -> dict[str, list[tuple[str, str | None]]]:
+    """Per service, its Traefik routers with their current middlewares label (None when it has none); ``labels``:
+    :func:`firstvisit.service_labels` of the stack's compose files."""
+    found: dict[str, list[tuple[str, str | None]]] = {}
+    for service, own in labels.items():
+        for key in own:
+            m = _ROUTER_RULE.match(key)
+            if m:
+                middlewares = own.get(f"traefik.http.routers.{m.group(1)}.middlewares")
+                found.setdefault(service, []).append((m.group(1), middlewares))
+    return found
 
 
 def overlay(lab: Lab, name: str, compose_texts: Iterable[str]) -> str | None:
@@ -86,9 +82,10 @@ def overlay(lab: Lab, name: str, compose_texts: Iterable[str]) -> str | None:
             services[service] = body
     middleware = AUTH_MIDDLEWARE.get(auth_for(lab, name))
     # a UI its own apps sign in to (Jellyfin's TV and phone apps) gets the forward-auth only on its setup paths
-    own_login = firstvisit.own_login_routers(info, compose_texts) if info is not None else set()
+    labels_now = firstvisit.service_labels(compose_texts)  # parsed once for the three uses below
+    own_login = firstvisit.own_login_routers(info, labels_now) if info is not None else set()
     if middleware:
-        for service, found in routers(compose_texts).items():
+        for service, found in routers(labels_now).items():
             labels = services.setdefault(service, {}).setdefault("labels", {})
             for router, current in found:
                 if router in own_login:
@@ -97,7 +94,7 @@ def overlay(lab: Lab, name: str, compose_texts: Iterable[str]) -> str | None:
                 now = labels.get(key, current)
                 labels[key] = middleware if not now else f"{middleware},{now}"
     if info is not None and (guard := guard_middleware(lab, name)):
-        for service, labels in firstvisit.guard_labels(lab, info, compose_texts, guard, services).items():
+        for service, labels in firstvisit.guard_labels(lab, info, labels_now, guard, services).items():
             services.setdefault(service, {}).setdefault("labels", {}).update(labels)
     if not services:
         return None
