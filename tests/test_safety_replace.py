@@ -151,3 +151,30 @@ def test_a_run_killed_after_the_snapshot_before_the_first_start_is_put_right_by_
     (final,) = named(fake_pve, "db").values()
     assert final["vmid"] not in (old, new) and DATA_KEY in final["config"] and final["mark"]["state"] == "ready"
     assert fake_pve.call("monitor_overlaps") == []
+
+
+def mac_of(vm: dict[str, Any]) -> str:
+    """net0's MAC address (``virtio=BC:24:11:..,bridge=vmbr0``)."""
+    return str(vm["config"]["net0"]).split(",")[0].split("=")[1].lower()
+
+
+def test_a_handover_keeps_the_mac_address_and_no_two_running_vms_ever_share_one(
+    tmp_path: Path, fake_pve: FakeProxmox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOMELAB_PROXMOX_TOKEN", fake_pve.token_secret)
+    vms = [{"name": "web", "ip": "10.10.0.10"}, {"name": "spare", "ip": "dhcp"}]
+    monkeypatch.setenv("HOMELAB_LAB", str(write_lab(tmp_path / "lab.yml", lab_data(fake_pve, vms))))
+    assert run_cli("apply", "--yes").exit_code == 0
+    before = {vm["name"]: (vm["vmid"], mac_of(vm)) for vm in fake_pve.vms() if not vm["template"]}
+    add_template_version(fake_pve)
+    fake_pve.call("monitor_clear")
+    result = run_cli("apply", "--yes")
+    assert result.exit_code == 0, result.output
+    after = {vm["name"]: (vm["vmid"], mac_of(vm)) for vm in fake_pve.vms() if not vm["template"]}
+    # web (static address) hands over: the new VM starts once the old one stopped, with the old one's MAC
+    assert after["web"][0] != before["web"][0] and after["web"][1] == before["web"][1]
+    assert f"giving {after['web'][0]} the MAC address of {before['web'][0]}" in result.output
+    # spare (DHCP, no data disk) is blue/green: both run for a while, so the new one keeps PVE's new MAC
+    assert after["spare"][0] != before["spare"][0] and after["spare"][1] != before["spare"][1]
+    assert fake_pve.call("monitor_overlaps") == []
+    assert run_cli("plan").exit_code == 0

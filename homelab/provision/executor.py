@@ -20,7 +20,7 @@ from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.datadisk import DataDisks
 from homelab.provision.guestagent import GuestAgent
-from homelab.provision.handover import came_up, go_back, replacing, unwind
+from homelab.provision.handover import came_up, go_back, keep_mac, replacing, unwind
 from homelab.provision.outcomes import (
     ApplyResult,
     Reporter,
@@ -320,6 +320,7 @@ class Executor:
         vmid, node = self._create(create, start=not handover)
         try:
             if handover:
+                keep_mac(self.api, self.report.step, action, node, vmid)
                 self._shut_down(*old)
                 with self._slot(node, action.vm):
                     if action.drops_snapshots:

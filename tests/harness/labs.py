@@ -86,6 +86,7 @@ def add_template_version(fake: FakeProxmox, vmid: int = 9001, version: str = "20
             "agent": "1",
             "ostype": "l26",
             "scsi0": f"local-lvm:base-{vmid}-disk-0,size=8G",
+            "net0": f"virtio=BC:24:11:00:{vmid // 100 % 100:02X}:{vmid % 100:02X},bridge=vmbr0",
             "tags": f"guest-agent;homelab-template;homelab-{lab}",
         },
     )

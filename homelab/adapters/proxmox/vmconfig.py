@@ -51,3 +51,15 @@ def encode_config(config: dict[str, str]) -> dict[str, str]:
     if "sshkeys" in out:
         out["sshkeys"] = urllib.parse.quote(out["sshkeys"], safe="")
     return out
+
+
+def with_mac_of(old_net: str, new_net: str) -> str | None:
+    """``new_net`` (a netN value, ``virtio=BC:..,bridge=vmbr0``) with ``old_net``'s MAC address, or None when
+    either has none or the MAC is already the same."""
+    old_head, _, _ = old_net.partition(",")
+    new_head, sep, rest = new_net.partition(",")
+    _, has_old, old_mac = old_head.partition("=")
+    model, has_new, new_mac = new_head.partition("=")
+    if not (has_old and has_new) or old_mac.lower() == new_mac.lower():
+        return None
+    return f"{model}={old_mac}{sep}{rest}"
