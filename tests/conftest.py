@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import beside
 from tests.harness.fixtures_build import build_host  # noqa: F401
 from tests.harness.fixtures_hosts import ssh_host, ssh_hosts  # noqa: F401
 from tests.harness.fixtures_pve import fake_pve, pve_api  # noqa: F401
@@ -28,10 +29,22 @@ def isolated_homelab_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     yield tmp_path
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they deselect
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real-guest tests run in a child process beside the others (tests/harness/beside.py)."""
+    beside.split(config, items)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    beside.finish(session)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The real-guest tests' timings (image build, boot, `homelab up`) at the end of every run that had them."""
+    """The real-guest tests' timings (image build, boot, `homelab up`) at the end of every run that had them, and
+    the result of those that ran beside the others."""
     import sys
 
+    beside.report(terminalreporter)
     module = sys.modules.get("tests.test_e2e_guest")
     timings = getattr(module, "TIMINGS", None)
     if timings:
