@@ -57,15 +57,15 @@ def why_not() -> str | None:
     reason = host_support()
     if reason:
         return reason
-    from tests.test_deploy_docker import why_not as docker_missing
+    from tests.harness.docker import dockerd_support
 
-    return docker_missing()
+    return dockerd_support()
 
 
 @contextlib.contextmanager
 def lab_hosts(count: int, root: Path) -> Iterator[tuple[Lab, list[SshHost]]]:
     """``count`` test hosts, each with the homelab user, dockerd and the pinned images; the lab that uses them."""
-    from tests.test_deploy_docker import BUSYBOX, dockerd
+    from tests.harness.docker import BUSYBOX, dockerd
 
     vms = [{"name": f"web{i}", "ip": f"10.10.0.{10 + i}", "stacks": STACKS} for i in range(1, count + 1)]
     lab = make_lab(vms=vms, domain="lab.example")

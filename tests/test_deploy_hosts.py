@@ -105,7 +105,8 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     result = run_cli("deploy", "--yes", "--no-install-docker", "--no-start", lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
-    assert "  db: ok (ok=5 changed=0 failed=0 unreachable=0)" in result.stdout
+    # the preview is one module run per VM ("Check the VM"), and with nothing to change the deploy ends there
+    assert "  db: ok (ok=1 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The real run (not only check mode) is idempotent too: Ansible's own stats say changed=0.
     deployment = prepare(
@@ -127,7 +128,7 @@ def test_deploy_twice_then_a_host_with_another_key_fails_alone(
     hosts_file(lab).write_text(json.dumps(records))
     result = run_cli("deploy", "--yes", "--no-install-docker", "--no-start", lab=lab_path)
     assert result.exit_code == 1
-    assert "the deploy failed on db (State to move to the data folder); the other VMs are deployed" in result.stderr
+    assert "the deploy failed on db (Check the VM); the other VMs are deployed" in result.stderr
     assert (
         "  ~ web: /home/homelab/stacks/traefik/.env" in result.stdout
         and "      +TRAEFIK_VERSION=v3.6.2" in result.stdout
@@ -259,7 +260,7 @@ def test_a_stack_dropped_from_the_lab_file_leaves_the_vm_and_nothing_else_does(
     result = run_cli("deploy", *FILES_ONLY, lab=lab_path)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "(no file or package would change)" in result.stdout and "Nothing to change." in result.stdout
-    assert "  web: ok (ok=5 changed=0 failed=0 unreachable=0)" in result.stdout
+    assert "  web: ok (ok=1 changed=0 failed=0 unreachable=0)" in result.stdout
 
     # The VM lists no stacks at all: the deploy record says homelab put some there, so it is cleared too.
     lab_path.write_text(ONE_VM.replace("    stacks: [traefik, portainer]\n", ""))

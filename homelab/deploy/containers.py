@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from homelab.deploy.render import RenderedStack, VmRender
+from homelab.stacks import SAFE_LOADER
 
 
 def env_value(env: str, key: str) -> str | None:
@@ -30,7 +31,7 @@ def stack_containers(stack: RenderedStack) -> list[str]:
     project = env_value(env, "COMPOSE_PROJECT_NAME") or stack.name
     services: dict[str, Any] = {}
     for name in (env_value(env, "COMPOSE_FILE") or "compose.yml").split(":"):
-        data = yaml.safe_load(files.get(f"{stack.name}/{name}", "")) or {}
+        data = yaml.load(files.get(f"{stack.name}/{name}", ""), Loader=SAFE_LOADER) or {}  # noqa: S506 (a safe loader)
         for service, spec in (data.get("services") or {}).items():
             merged = services.setdefault(str(service), {})
             merged.update(spec if isinstance(spec, dict) else {})

@@ -27,7 +27,7 @@ import yaml
 
 from homelab.errors import InputError
 from homelab.lab.models import Lab
-from homelab.stacks import Seed, StackInfo, WebUi
+from homelab.stacks import SAFE_LOADER, Seed, StackInfo, WebUi
 
 GUARD_MIDDLEWARE = "homelab-guard@docker"  # defined by the traefik stack (stacks/traefik/compose.yml)
 GUARD_PRIORITY = "10000"  # above any Host() rule's default priority (its length)
@@ -44,7 +44,7 @@ def service_labels(compose_texts: Iterable[str]) -> dict[str, dict[str, str]]:
     """Every service's labels (a mapping) across the compose files, later files winning (as compose merges them)."""
     found: dict[str, dict[str, str]] = {}
     for text in compose_texts:
-        doc = yaml.safe_load(text) or {}
+        doc = yaml.load(text, Loader=SAFE_LOADER) or {}  # noqa: S506 (a safe loader)
         for service, body in (doc.get("services") or {}).items():
             labels = (body or {}).get("labels") or {}
             if isinstance(labels, list):

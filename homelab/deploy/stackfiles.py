@@ -9,6 +9,7 @@ into .env, the compose file or a container's environment (which `docker inspect`
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -105,11 +106,13 @@ def media_compose_files(lab: Lab, vm: Vm) -> str:
     return ":".join(files)
 
 
+@functools.lru_cache(maxsize=16)
 def htpasswd_line(user: str, password: str) -> str:
     """``user:<bcrypt hash>`` for Traefik's basicauth usersfile.
 
     The salt is derived from the password, so the same password gives the same line and a deploy that
     changes nothing writes nothing (the password is random and long; the salt only has to be unique).
+    Remembered: bcrypt takes tens of milliseconds on purpose, and every VM with traefik asks for the same line.
     """
     import bcrypt
 

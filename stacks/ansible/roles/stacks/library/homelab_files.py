@@ -72,11 +72,24 @@ options:
         its data kept), only when no folder of that name is under O(root).
   remove: {type: list, elements: str, default: [], description: Stack folders (names under O(root)) to delete.}
   lab: {type: str, default: "", description: The lab whose marker a folder in O(remove) must carry.}
+  secrets:
+    type: str
+    default: ""
+    no_log: true
+    description:
+      - The stack secrets as JSON (C(dirs), C(files), C(seeds): as O(private_dirs), O(files), O(seeds)), handled
+        after the rest and reported only as C(secrets_changed), never in the diff (the preview's one module run).
+  docker: {type: bool, default: false, description: Look for Docker's engine and compose (C(docker_missing)).}
+  running:
+    type: list
+    elements: str
+    description: project/service of each container the stacks run; C(to_start) says whether any is not running.
 """
 
 import base64
 import errno
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -308,6 +321,9 @@ def main():
             "seeds": {"type": "list", "elements": "dict", "default": []},
             "moves_plan_only": {"type": "bool", "default": False},
             "purge_state": {"type": "dict", "default": {}},
+            "secrets": {"type": "str", "default": "", "no_log": True},
+            "docker": {"type": "bool", "default": False},
+            "running": {"type": "list", "elements": "str"},
         },
         supports_check_mode=True,
     )
@@ -327,53 +343,110 @@ def main():
         except ValueError as exc:
             module.fail_json(msg=str(exc))
         module.exit_json(changed=False, pending_moves=sorted({stack for stack, _, _ in pending}))
-    dirs, files, private = module.params["dirs"], module.params["files"], module.params["private_dirs"]
+    found = {}
     try:
-        for stack, src, dest in _pending(root, module.params["moves"]):
-            _move(module, stack, src, dest, uid, gid, changes)
-            changed_paths.append(dest)
-        for path in module.params["state_dirs"]:
-            if not os.path.isabs(path):
-                raise ValueError(f"{path!r} is not an absolute path")
-            if _make_missing(module, os.path.normpath(path), uid, gid, changes):
-                changed_paths.append(path)
-        for rel in ["", *dirs] if dirs or files or private else []:  # nothing to write: root is not made either
-            path = _inside(root, rel) if rel else root
-            if _ensure_dir(module, path, uid, gid, changes):
-                changed_paths.append(path)
-        for rel in private:
-            path = _inside(root, rel)
-            if _ensure_dir(module, path, uid, gid, changes, mode=0o700):
-                changed_paths.append(path)
-        for path in module.params["data_dirs"]:
-            if not os.path.isabs(path):
-                raise ValueError(f"{path!r} is not an absolute path")
-            if _ensure_dir(module, os.path.normpath(path), uid, gid, changes, mode=0o2775):
-                changed_paths.append(path)
-        for entry in files:
-            path = _inside(root, entry["path"])
-            data = base64.b64decode(entry["content_b64"])
-            if entry.get("host_ids"):
-                data = data.replace(b"@PUID@", str(uid).encode()).replace(b"@PGID@", str(gid).encode())
-                if b"@RENDER_GID@" in data:
-                    data = data.replace(b"@RENDER_GID@", str(_render_gid()).encode())
-            if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
-                changed_paths.append(path)
-        for entry in module.params["seeds"]:
-            if _seed(module, entry, uid, gid, changes):
-                changed_paths.append(entry["path"])
-        purge, remove = module.params["purge_state"], module.params["remove"]
-        for name in remove:
-            if _remove_stack(module, root, name, module.params["lab"], changes):
-                changed_paths.append(os.path.join(root, name))
-                if name in purge and _purge_state(module, name, purge[name], changes):
-                    changed_paths.append(purge[name])
-        for name in sorted(set(purge) - set(remove)):
-            if _purge_kept(module, root, name, purge[name], changes):
-                changed_paths.append(purge[name])
+        _apply(module, root, module.params, uid, gid, changes, changed_paths)
+        if module.params["secrets"]:
+            secrets = json.loads(module.params["secrets"])
+            params = {**EMPTY, "private_dirs": secrets.get("dirs", []), "files": secrets.get("files", [])}
+            secret_paths = []
+            _apply(module, root, {**params, "seeds": secrets.get("seeds", [])}, uid, gid, [], secret_paths)
+            found["secrets_changed"] = bool(secret_paths)
     except (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), changed=bool(changed_paths), paths=changed_paths)
-    module.exit_json(changed=bool(changed_paths), paths=changed_paths, diff=changes, stack_markers=_markers(root))
+    if module.params["docker"]:
+        found["docker_missing"] = _docker_missing(module)
+    if module.params["running"] is not None:
+        found["to_start"] = _to_start(module, module.params["running"])
+    module.exit_json(
+        changed=bool(changed_paths), paths=changed_paths, diff=changes, stack_markers=_markers(root), **found
+    )
+
+
+EMPTY = {
+    "moves": [],
+    "state_dirs": [],
+    "dirs": [],
+    "files": [],
+    "private_dirs": [],
+    "data_dirs": [],
+    "seeds": [],
+    "remove": [],
+    "purge_state": {},
+    "lab": "",
+}
+
+
+def _apply(module, root, params, uid, gid, changes, changed_paths):
+    """Every change ``params`` asks for (or, in check mode, would make), in the playbook's order."""
+    dirs, files, private = params["dirs"], params["files"], params["private_dirs"]
+    for stack, src, dest in _pending(root, params["moves"]):
+        _move(module, stack, src, dest, uid, gid, changes)
+        changed_paths.append(dest)
+    for path in params["state_dirs"]:
+        if not os.path.isabs(path):
+            raise ValueError(f"{path!r} is not an absolute path")
+        if _make_missing(module, os.path.normpath(path), uid, gid, changes):
+            changed_paths.append(path)
+    for rel in ["", *dirs] if dirs or files or private else []:  # nothing to write: root is not made either
+        path = _inside(root, rel) if rel else root
+        if _ensure_dir(module, path, uid, gid, changes):
+            changed_paths.append(path)
+    for rel in private:
+        path = _inside(root, rel)
+        if _ensure_dir(module, path, uid, gid, changes, mode=0o700):
+            changed_paths.append(path)
+    for entry in files:
+        path = _inside(root, entry["path"])
+        data = base64.b64decode(entry["content_b64"])
+        if entry.get("host_ids"):
+            data = data.replace(b"@PUID@", str(uid).encode()).replace(b"@PGID@", str(gid).encode())
+            if b"@RENDER_GID@" in data:
+                data = data.replace(b"@RENDER_GID@", str(_render_gid()).encode())
+        if _write_file(module, path, data, int(str(entry.get("mode", "0644")), 8), uid, gid, changes):
+            changed_paths.append(path)
+    for entry in params["seeds"]:
+        if _seed(module, entry, uid, gid, changes):
+            changed_paths.append(entry["path"])
+    for path in params["data_dirs"]:
+        if not os.path.isabs(path):
+            raise ValueError(f"{path!r} is not an absolute path")
+        if _ensure_dir(module, os.path.normpath(path), uid, gid, changes, mode=0o2775):
+            changed_paths.append(path)
+    purge, remove = params["purge_state"], params["remove"]
+    for name in remove:
+        if _remove_stack(module, root, name, params["lab"], changes):
+            changed_paths.append(os.path.join(root, name))
+            if name in purge and _purge_state(module, name, purge[name], changes):
+                changed_paths.append(purge[name])
+    for name in sorted(set(purge) - set(remove)):
+        if _purge_kept(module, root, name, purge[name], changes):
+            changed_paths.append(purge[name])
+
+
+def _docker_missing(module):
+    """Docker's engine or compose is not there (dockerd is in /usr/sbin, which is not on every PATH)."""
+    engine = any(os.access(p, os.X_OK) for p in ("/usr/sbin/dockerd", "/usr/bin/dockerd")) or shutil.which("dockerd")
+    compose = shutil.which("docker-compose") or _succeeds(module, ["docker", "compose", "version"])
+    return not (engine and compose)
+
+
+def _to_start(module, services):
+    """Any of ``services`` (project/service) is not a running container (no Docker at all: all of them)."""
+    label = '{{.Label "com.docker.compose.%s"}}'
+    argv = ["docker", "ps", "--filter", "status=running", "--format", f"{label % 'project'}/{label % 'service'}"]
+    try:
+        rc, out, _ = module.run_command(argv, handle_exceptions=False)
+    except OSError:
+        return True
+    return rc != 0 or bool(set(services) - set(out.splitlines()))
+
+
+def _succeeds(module, argv):
+    try:
+        return module.run_command(argv, handle_exceptions=False)[0] == 0
+    except OSError:
+        return False
 
 
 def _seed(module, entry, uid, gid, changes):
