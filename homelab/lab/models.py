@@ -6,8 +6,9 @@ that editors use to complete lab.yml.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
@@ -39,6 +40,15 @@ class Strict(BaseModel):
     # defer_build: a model's validator is built when first used, so loading a lab builds Lab's (which holds the
     # others) once instead of one per model at import: `homelab validate` starts faster.
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False, defer_build=True)
+
+
+M = TypeVar("M", bound=Strict)
+
+
+def defaults(model: type[M]) -> Callable[[], M]:
+    """The default_factory of a section the lab file may leave out: ``model`` with every key at its default, made
+    without validation (pydantic never validates defaults), so leaving a section out builds no validator for it."""
+    return lambda: cast(M, model.model_construct())
 
 
 class Proxmox(Strict):
@@ -197,7 +207,7 @@ class Settings(Strict):
         description="let cloud-init upgrade every package on a new VM's first boot (PVE's own default is on); off: "
         "templates are versioned and rebuilt instead, and no upgrade races the deploy's apt",
     )
-    timeouts: Timeouts = Field(default_factory=Timeouts)
+    timeouts: Timeouts = Field(default_factory=defaults(Timeouts))
     auth: AuthName = Field(
         "none",
         description="forward-auth for every stack's web UIs unless the stack says otherwise (stacks.<name>.auth): "
@@ -367,8 +377,8 @@ class Lab(Strict):
     proxmox: Proxmox
     network: Network
     templates: list[Template] = Field(min_length=1, description="the VM templates (at least one)")
-    access: Access = Field(default_factory=Access)
-    settings: Settings = Field(default_factory=Settings)
+    access: Access = Field(default_factory=defaults(Access))
+    settings: Settings = Field(default_factory=defaults(Settings))
     engine: Literal["homelab", "terraform"] = Field(
         "homelab",
         description="who changes the VMs: homelab (apply, up) or terraform (`homelab export terraform DIR` writes "
@@ -377,14 +387,14 @@ class Lab(Strict):
     vms: list[Vm] = Field(default_factory=list)
     repo: Repo | None = None
     stacks: dict[DnsName, StackSettings] = Field(default_factory=dict, description="settings per stack")
-    backup: Backup = Field(default_factory=Backup)
+    backup: Backup = Field(default_factory=defaults(Backup))
     timezone: str = Field(
         "Etc/UTC",
         pattern=r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$",
         description="the stacks' TZ, e.g. Europe/Berlin",
     )
-    https: Https = Field(default_factory=Https)
-    docker: Docker = Field(default_factory=Docker)
+    https: Https = Field(default_factory=defaults(Https))
+    docker: Docker = Field(default_factory=defaults(Docker))
     _folder: Path | None = PrivateAttr(default=None)
 
     @property
