@@ -182,11 +182,12 @@ class Settings(Strict):
         4, ge=1, le=64, description="clones and other disk tasks at once per Proxmox node (fewer while it is busy)"
     )
     api_readers: int = Field(
-        32,
+        64,
         ge=1,
         le=128,
-        description="API reads sent at once while gathering facts (one config read per VM the lab may own); "
-        "reads only, Proxmox's pveproxy serves them in parallel",
+        description="API reads in flight at once, one kept-alive connection each, while gathering facts (a config "
+        "read per VM): they hide the round trip (500 VMs: about 8); pveproxy's 3 workers answer one read at a "
+        "time each, so more readers mean fewer waits, not more load on Proxmox",
     )
     full_clone: bool = Field(False, description="full clones instead of linked clones, lab-wide")
     data_disk: OptionalSize | None = Field(
