@@ -6,13 +6,12 @@ that editors use to complete lab.yml.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar, cast
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
-from homelab.lab.types import IPv4, OptionalSize, Size, Subnet, VmAddress
+from homelab.lab.types import IPv4, OptionalSize, Size, Subnet, VmAddress, defaults, empty_dict, empty_list
 
 DnsName = Annotated[
     str,
@@ -40,15 +39,6 @@ class Strict(BaseModel):
     # defer_build: a model's validator is built when first used, so loading a lab builds Lab's (which holds the
     # others) once instead of one per model at import: `homelab validate` starts faster.
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False, defer_build=True)
-
-
-M = TypeVar("M", bound=Strict)
-
-
-def defaults(model: type[M]) -> Callable[[], M]:
-    """The default_factory of a section the lab file may leave out: ``model`` with every key at its default, made
-    without validation (pydantic never validates defaults), so leaving a section out builds no validator for it."""
-    return lambda: cast(M, model.model_construct())
 
 
 class Proxmox(Strict):
@@ -136,7 +126,7 @@ class Network(Strict):
 
     subnet: Subnet = Field(description="the VM network in CIDR form, e.g. 192.168.1.0/24")
     gateway: IPv4 = Field(description="the default gateway, inside subnet")
-    dns: list[IPv4] = Field(default_factory=list, description="DNS servers")
+    dns: list[IPv4] = Field(default_factory=empty_list, description="DNS servers")
     domain: str | None = Field(
         None,
         pattern=r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
@@ -155,7 +145,7 @@ class Access(Strict):
     user: DnsName = Field("homelab", description="the login user cloud-init creates")
     ssh_keys: list[
         Annotated[str, StringConstraints(pattern=r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+")]
-    ] = Field(default_factory=list, description="public SSH keys (one OpenSSH line each)")
+    ] = Field(default_factory=empty_list, description="public SSH keys (one OpenSSH line each)")
 
 
 class Timeouts(Strict):
@@ -243,8 +233,8 @@ class Vm(Strict):
     ip: VmAddress = "dhcp"
     vmid: VmId | None = None
     node: DnsName | None = Field(None, description="node; default proxmox.node")
-    tags: list[Tag] = Field(default_factory=list)
-    stacks: list[DnsName] = Field(default_factory=list, description="service stacks this VM runs")
+    tags: list[Tag] = Field(default_factory=empty_list)
+    stacks: list[DnsName] = Field(default_factory=empty_list, description="service stacks this VM runs")
     full: bool | None = Field(None, description="full clone for this VM; default settings.full_clone")
     data_disk: OptionalSize | None = Field(
         None,
@@ -278,12 +268,12 @@ AuthName = Literal["authelia", "none"]
 class ServiceExtension(Strict):
     """What the lab adds to one service of a stack (rendered into compose.homelab.yml, an overlay)."""
 
-    environment: dict[EnvName, str] = Field(default_factory=dict, description="extra environment (no secrets)")
+    environment: dict[EnvName, str] = Field(default_factory=empty_dict, description="extra environment (no secrets)")
     labels: dict[Annotated[str, StringConstraints(min_length=1)], str] = Field(
-        default_factory=dict, description="extra labels"
+        default_factory=empty_dict, description="extra labels"
     )
     volumes: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
-        default_factory=list, description="extra volumes, e.g. /mnt/photos:/photos:ro"
+        default_factory=empty_list, description="extra volumes, e.g. /mnt/photos:/photos:ro"
     )
 
 
@@ -291,7 +281,7 @@ class StackExtension(Strict):
     """A built-in stack extended from the lab file without copying it."""
 
     services: dict[Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9._-]+$")], ServiceExtension] = Field(
-        default_factory=dict, description="per service: environment, labels, volumes to add"
+        default_factory=empty_dict, description="per service: environment, labels, volumes to add"
     )
 
 
@@ -301,7 +291,7 @@ class StackSettings(Strict):
     subdomain: DnsName | None = Field(None, description="host name under network.domain for the stack's UI")
     version: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", description="image tag to pin")
     env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")], str] = Field(
-        default_factory=dict,
+        default_factory=empty_dict,
         description="extra non-secret environment for the stack (secrets go in the secrets file: `homelab secrets`)",
     )
     extend: StackExtension | None = Field(
@@ -311,7 +301,7 @@ class StackSettings(Strict):
         None, description="forward-auth in front of the stack's web UIs: authelia, or none (default settings.auth)"
     )
     setup_done: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="web UIs of the stack whose first-visit setup you have done (e.g. Jellyseerr once its admin "
         "exists): the login homelab put in front of their setup is lifted",
     )
@@ -385,9 +375,9 @@ class Lab(Strict):
         description="who changes the VMs: homelab (apply, up) or terraform (`homelab export terraform DIR` writes "
         "its configuration; apply and up then leave the VMs to it and only record their addresses)",
     )
-    vms: list[Vm] = Field(default_factory=list)
+    vms: list[Vm] = Field(default_factory=empty_list)
     repo: Repo | None = None
-    stacks: dict[DnsName, StackSettings] = Field(default_factory=dict, description="settings per stack")
+    stacks: dict[DnsName, StackSettings] = Field(default_factory=empty_dict, description="settings per stack")
     backup: Backup = Field(default_factory=defaults(Backup))
     timezone: str = Field(
         "Etc/UTC",
