@@ -25,6 +25,7 @@ import jsonschema
 import pytest
 import yaml
 
+from homelab import stacks
 from homelab.deploy.render import render_lab, write_tree
 from homelab.deploy.scaffold import new_stack
 from homelab.errors import InputError
@@ -320,3 +321,26 @@ def test_the_scaffold_of_stack_new_passes(tmp_path: Path) -> None:
     new_stack(tmp_path, "my-app")
     assert catalogue(tmp_path)["my-app"].origin == "user"
     assert problems("my-app", tmp_path) == []
+
+
+def test_a_built_in_stack_is_read_when_first_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing the catalogue or asking whether a stack exists reads no stack.yml; looking one up reads it once."""
+    read: list[str] = []
+    real = stacks.read_stack
+
+    def counted(folder: Path, origin: str = stacks.BUILT_IN) -> StackInfo:
+        read.append(folder.name)
+        return real(folder, origin)
+
+    monkeypatch.setattr(stacks, "read_stack", counted)
+    catalogue.cache_clear()
+    try:
+        known = catalogue()
+        assert len(known) == len(ALL) and list(known) == ALL and "traefik" in known and "nope" not in known
+        assert read == []
+        assert known["traefik"] is known["traefik"] and known.get("traefik") is known["traefik"]
+        assert read == ["traefik"] and known.get("nope") is None
+        with pytest.raises(KeyError):
+            known["nope"]
+    finally:
+        catalogue.cache_clear()

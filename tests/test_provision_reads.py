@@ -61,6 +61,6 @@ def test_api_readers_is_a_bounded_setting(tmp_path: Path) -> None:
     from homelab.errors import LabFileError
     from tests.harness.labs import make_lab
 
-    assert make_lab().settings.api_readers == 32  # the documented default
+    assert make_lab().settings.api_readers == 64  # the documented default
     with pytest.raises(LabFileError, match=r"settings\.api_readers"):
         make_lab(settings={"api_readers": 0})

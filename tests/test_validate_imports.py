@@ -8,6 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from homelab.lab.loader import parse_lab
+from homelab.lab.models import Access, Backup, Docker, Https, Settings, Timeouts
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "inventories" / "example" / "lab.yml"
 NOT_NEEDED = (
@@ -20,6 +27,7 @@ NOT_NEEDED = (
     "rich",
     "jinja2",
     "difflib",
+    "importlib.metadata",  # pydantic's search for plugins (the command line loads none)
     "homelab.adapters",
     "homelab.provision",
     "homelab.templates",
@@ -59,3 +67,35 @@ def test_validate_of_a_bad_file_still_says_where(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "settings.concurency" in proc.stderr and "concurrency" in proc.stderr  # the close match (difflib)
+
+
+def test_pydantic_finds_no_plugins_under_the_command_line() -> None:
+    code = "import homelab.cli\nfrom pydantic.plugin._loader import get_plugins\nprint(list(get_plugins()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert proc.stdout.strip() == "[]"
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "access": Access,
+    "settings": Settings,
+    "backup": Backup,
+    "https": Https,
+    "docker": Docker,
+}
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_a_section_left_out_is_its_defaults(section: str) -> None:
+    """A section the file leaves out (made without validation, so no validator is built for it) equals the
+    validated empty section, and is as frozen."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data.pop(section, None)
+    if section != "settings":
+        data["settings"] = {"api_readers": 8}  # settings' own timeouts left out
+    lab = parse_lab(yaml.safe_dump(data))
+    value = getattr(lab, section)
+    assert value == SECTIONS[section]() == SECTIONS[section].model_validate({})
+    assert value.model_dump() == SECTIONS[section]().model_dump() and value.model_fields_set == set()
+    assert lab.settings.timeouts == Timeouts()
+    with pytest.raises(ValidationError, match="frozen"):
+        setattr(value, next(iter(SECTIONS[section].model_fields)), None)

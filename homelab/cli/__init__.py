@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
+import types
 from typing import Any
 
 import click
@@ -18,6 +18,21 @@ from homelab.cli.app import current_app
 # `homelab validate` should cost little more than starting Python. PYDANTIC_DISABLE_PLUGINS is pydantic's own
 # switch; a value set by the user wins.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+
+def _skip_plugin_search() -> None:
+    """With every plugin disabled, pydantic's plugin loader answers "none" without looking; but the module that
+    holds it imports importlib.metadata (email, zipfile, csv: about a sixth of `import click`) when the first
+    validator is built. Its one function, with the answer it would give, stands in for it."""
+    name = "pydantic.plugin._loader"
+    if os.environ.get("PYDANTIC_DISABLE_PLUGINS") not in ("__all__", "1", "true") or name in sys.modules:
+        return
+    loader = types.ModuleType(name, "pydantic's plugin loader while every plugin is disabled (homelab.cli)")
+    loader.get_plugins = lambda: ()  # type: ignore[attr-defined]
+    sys.modules[name] = loader
+
+
+_skip_plugin_search()
 
 # name -> (module, attribute, one-line help). Listing help does not import the modules.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -150,6 +165,7 @@ def run_guarded(invoke: Any) -> Any:
 
 
 def _write_debug_log() -> str:
+    import traceback
     from datetime import UTC, datetime
 
     from homelab.masking import mask

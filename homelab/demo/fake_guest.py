@@ -247,6 +247,15 @@ class GuestSim:
         if vm.agent is not None and not boot.finished and now - started >= agent_after + finished_after:
             self._finish(vm, boot, now - started)
 
+    def settled(self, vm: Any) -> bool:
+        """Nothing is left to advance for this VM until it boots again: its agent is up and cloud-init finished
+        (``tick`` would change nothing)."""
+        boot = self.boots.get(vm.vmid)
+        return (
+            boot is not None and boot.finished and vm.agent is not None and bool(vm.started_at)
+            and boot.started_at == vm.started_at
+        )  # fmt: skip
+
     def _finish(self, vm: Any, boot: Boot, uptime: float) -> None:
         disk = self.disks.setdefault(vm.vmid, GuestDisk())
         if (boot.seeded is not None and boot.seeded != disk.instance) or disk.host_key is None:

@@ -212,6 +212,8 @@ class Server:
         self.pve.start_default(vm)
         if vm.template or vm.vmid in self.no_agent:
             return
+        if vm.status == "running" and self.guest.settled(vm):
+            return  # the common case, checked first: each tick visits every VM, and a lab may have hundreds
         if vm.status == "running" and _agent_enabled(vm.config) and self.pve.has_guest_agent(vm):
             delay = self.agent_delay * self.pve.time_scale
             finish = self.cloud_init_secs * self.pve.time_scale

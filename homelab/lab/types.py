@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar, cast
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, PlainSerializer, WithJsonSchema
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])$")
 _UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -128,3 +129,23 @@ Subnet = Annotated[
     BeforeValidator(parse_subnet),
     WithJsonSchema({"type": "string", "pattern": r"^\d+\.\d+\.\d+\.\d+/\d+$"}),
 ]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def defaults(model: type[M]) -> Callable[[], M]:
+    """The default_factory of a section the lab file may leave out: ``model`` with every key at its default, made
+    without validation (pydantic never validates defaults), so leaving a section out builds no validator for it."""
+    return lambda: cast(M, model.model_construct())
+
+
+# The default_factory of an empty list or mapping: Python functions, not ``list`` and ``dict``. pydantic reads the
+# signature of every factory, and a builtin's is parsed from text with the tokenizer, whose patterns then compile
+# (a few ms of every `homelab validate`).
+def empty_list() -> list[Any]:
+    return []
+
+
+def empty_dict() -> dict[Any, Any]:
+    return {}

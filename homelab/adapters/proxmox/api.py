@@ -8,7 +8,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -30,9 +31,14 @@ def with_port(address: str) -> str:
 
 
 class Transport(Protocol):
-    """The one call an SDK adapter provides: method, path, params -> data, or ProxmoxError."""
+    """The one call an SDK adapter provides: method, path, params -> data, or ProxmoxError. An adapter may also
+    provide ``request_many(paths, connections) -> list`` (GETs at once: each answer's data, or NOT_ANSWERED)."""
 
     def request(self, method: str, path: str, params: dict[str, Any]) -> Any: ...
+
+
+# A read request_many did not answer (an error, a lost connection): PveApi reads it again the ordinary way.
+NOT_ANSWERED: Any = type("NotAnswered", (), {"__repr__": lambda self: "NOT_ANSWERED"})()
 
 
 @dataclass
@@ -103,6 +109,28 @@ class PveApi:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, **params)
+
+    def get_many(self, paths: Sequence[str], readers: int, pool: Executor | None = None) -> list[Any]:
+        """GET every path (no parameters), ``readers`` at once; the answers in the order of ``paths``. Through the
+        transport's own many-at-once reads when it has them; what those leave (and everything otherwise) goes one
+        call each, with retries, in ``pool`` or ``readers`` threads: errors are those of ``get``."""
+        answers = [NOT_ANSWERED] * len(paths)
+        many = getattr(self.transport, "request_many", None)
+        if many is not None and paths:
+            with self._lock:
+                self.calls["GET"] += len(paths)
+            answers = many(paths, readers)
+            self._answered = self._answered or any(a is not NOT_ANSWERED for a in answers)
+        left = [i for i, answer in enumerate(answers) if answer is NOT_ANSWERED]
+        if left:
+            own = None if pool is not None else ThreadPoolExecutor(readers, thread_name_prefix="homelab-read")
+            try:
+                for i, answer in zip(left, (pool or own).map(lambda i: self.get(paths[i]), left), strict=True):  # type: ignore[union-attr]
+                    answers[i] = answer
+            finally:
+                if own is not None:
+                    own.shutdown(cancel_futures=True)
+        return answers
 
     def get_once(self, path: str, **params: Any) -> Any:
         """A GET without retries, for callers that poll on their own."""

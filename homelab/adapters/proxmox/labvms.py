@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Iterable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,8 +102,7 @@ def read_lab_vms(
     names = {vm.name for vm in lab.vms}
     candidates = [g for g in guests if g.is_vm and (lab.tag in g.tags or g.name in names)]
 
-    def read(guest: Guest) -> LiveVm:
-        config = api.get(f"/nodes/{guest.node}/qemu/{guest.vmid}/config")
+    def live(guest: Guest, config: dict[str, Any]) -> LiveVm:
         return LiveVm(
             vmid=guest.vmid,
             name=guest.name,
@@ -115,13 +114,11 @@ def read_lab_vms(
             lock=config.get("lock") or guest.lock,
         )
 
-    if isinstance(readers, Executor):
-        live = list(readers.map(read, candidates))
-    else:
-        with ThreadPoolExecutor(readers or lab.settings.api_readers, thread_name_prefix="homelab-read") as pool:
-            live = list(pool.map(read, candidates))
+    pool = readers if isinstance(readers, Executor) else None
+    count = readers if isinstance(readers, int) else lab.settings.api_readers
+    configs = api.get_many([f"/nodes/{g.node}/qemu/{g.vmid}/config" for g in candidates], count, pool)
     managed, namesakes = [], []
-    for vm in live:
+    for vm in map(live, candidates, configs):
         # The description mark decides (the clone call writes it, so even a half-made VM has it). A tag
         # alone is not enough: tags are free-form, and another lab or a person may have set this one.
         if (vm.meta or {}).get("lab") == lab.name:
