@@ -480,7 +480,10 @@ class Guest:
             "-initrd",
             str(self.initrd),
             "-append",
-            f"root={root} rw console=ttyS0 net.ifnames=1",
+            # mitigations=off: on TCG's default CPU the guest kernel turns page-table isolation on, and every
+            # kernel entry then flushes the emulated TLB (boot to cloud-init done: 138-145 s with it off,
+            # 152-173 s with it on, quiet machine). Guests under KVM on PVE pay little for them.
+            f"root={root} rw console=ttyS0 net.ifnames=1 mitigations=off",
             "-drive",
             f"file={self.disk},format=qcow2,if=none,id=drive0,cache=unsafe,discard=unmap",
             "-device",
