@@ -125,6 +125,7 @@ def server(tmp_path: Path) -> Iterator[tuple[ThreadingHTTPServer, ssl.SSLContext
         httpd.server_close()
 
 
+@pytest.mark.integration  # a real HTTPS server, its certificate made by fakepve (not in the unit extra)
 @pytest.mark.parametrize(("mode", "answered"), [("close", True), ("chunked", False)])
 def test_closed_connections_are_reopened_and_unknown_answers_left(
     server: tuple[ThreadingHTTPServer, ssl.SSLContext], mode: str, answered: bool
