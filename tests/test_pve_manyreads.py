@@ -5,7 +5,6 @@ the ordinary way, with the ordinary errors."""
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from homelab.adapters.proxmox.manyreads import read_many
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import ConnectionLost, ProxmoxError
 from homelab.state.secrets import ProxmoxAuth
+from tests.harness.fixtures_pve import refused_transport
 
 CONFIGS = [f"/nodes/pve1/qemu/{vmid}/config" for vmid in (9000, 100, 101, 9000)]
 
@@ -68,11 +68,7 @@ def test_a_certificate_from_another_ca_is_refused(fake_pve: FakeProxmox, monkeyp
 
 
 def test_no_server_is_a_lost_connection() -> None:
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    auth = ProxmoxAuth(token_id="root@pam!homelab", token_secret="x")
-    transport = ProxmoxerTransport.connect(f"https://127.0.0.1:{port}", auth)
+    transport = refused_transport()
     assert transport.request_many(["/version", "/version"], 2) == [NOT_ANSWERED] * 2
     with pytest.raises(ConnectionLost, match="connection refused"):
         api_of(transport).get_many(["/version", "/version"], readers=2)

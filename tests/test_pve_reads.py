@@ -3,14 +3,13 @@ errors as through proxmoxer, TLS verified, against the fake Proxmox."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from homelab.adapters.proxmox.client import ProxmoxerTransport
 from homelab.demo.launcher import FakeProxmox
 from homelab.errors import ConnectionLost, ProxmoxError
 from homelab.state.secrets import ProxmoxAuth
+from tests.harness.fixtures_pve import refused_transport
 
 
 def transports(fake: FakeProxmox) -> tuple[ProxmoxerTransport, ProxmoxerTransport]:
@@ -61,11 +60,7 @@ def test_a_certificate_from_another_ca_is_refused(fake_pve: FakeProxmox, monkeyp
 
 
 def test_no_server_is_a_lost_connection() -> None:
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    auth = ProxmoxAuth(token_id="root@pam!homelab", token_secret="x")
-    transport = ProxmoxerTransport.connect(f"https://127.0.0.1:{port}", auth)
+    transport = refused_transport()
     assert transport._reads is not None
     with pytest.raises(ConnectionLost, match="connection refused"):
         transport.request("GET", "/version", {})

@@ -42,3 +42,17 @@ def pve_api(fake_pve: FakeProxmox) -> Any:
         token_value=fake_pve.token_secret,
         verify_ssl=fake_pve.cafile,
     )
+
+
+def refused_transport() -> Any:
+    """A token transport (ProxmoxerTransport) to a loopback port nothing listens on."""
+    import socket
+
+    from homelab.adapters.proxmox.client import ProxmoxerTransport
+    from homelab.state.secrets import ProxmoxAuth
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    auth = ProxmoxAuth(token_id="root@pam!homelab", token_secret="x")
+    return ProxmoxerTransport.connect(f"https://127.0.0.1:{port}", auth)
