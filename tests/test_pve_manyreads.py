@@ -8,6 +8,7 @@ import json
 import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -102,23 +103,45 @@ class _Server(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[ThreadingHTTPServer, ssl.SSLContext]]:
+@contextmanager
+def _serving(tmp_path: Path, bind: str) -> Iterator[tuple[ThreadingHTTPServer, str]]:
+    """_Server over HTTPS on ``bind``, its certificate (self-signed, for localhost and 127.0.0.1) in the file
+    it yields beside the server."""
     from fakepve.certs import make_cert
 
     cafile, keyfile, _ = make_cert(str(tmp_path), hosts=("127.0.0.1",))
     serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     serving.load_cert_chain(cafile, keyfile)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    httpd = ThreadingHTTPServer((bind, 0), _Server)
     httpd.socket = serving.wrap_socket(httpd.socket, server_side=True)
     _Server.seen = []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield httpd, ssl.create_default_context(cafile=cafile)
+        yield httpd, cafile
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[ThreadingHTTPServer, ssl.SSLContext]]:
+    with _serving(tmp_path, "127.0.0.1") as (httpd, cafile):
+        yield httpd, ssl.create_default_context(cafile=cafile)
+
+
+@pytest.mark.integration  # a real HTTPS server, its certificate made by fakepve (not in the unit extra)
+def test_a_certificate_for_another_host_name_is_refused_by_both_ways_of_reading(tmp_path: Path) -> None:
+    # the certificate's CA is trusted, but it names 127.0.0.1 and the server is reached as 127.0.0.2
+    with _serving(tmp_path, "127.0.0.2") as (httpd, cafile):
+        auth = ProxmoxAuth(token_id="root@pam!t", token_secret="s3cret")
+        transport = ProxmoxerTransport.connect(f"https://127.0.0.2:{httpd.server_address[1]}", auth, True, cafile)
+        assert transport.request_many(["/1", "/2"], 2) == [NOT_ANSWERED] * 2
+        with pytest.raises(ProxmoxError, match="TLS certificate not trusted"):
+            transport.request("GET", "/1", {})
+        with pytest.raises(ProxmoxError, match="TLS certificate not trusted"):
+            api_of(transport).get_many(["/1", "/2"], readers=2)
+        assert _Server.seen == []  # no request went out over an unverified connection
 
 
 @pytest.mark.integration  # a real HTTPS server, its certificate made by fakepve (not in the unit extra)

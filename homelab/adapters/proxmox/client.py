@@ -184,21 +184,18 @@ class _Reads:
         headers.update({"Accept": str(session.headers.get("accept", "application/json")), "Connection": "keep-alive"})
         if "Authorization" not in headers:
             return None
-        tls: dict[str, Any] = {"cert_reqs": "CERT_NONE"} if verify is False else {"cert_reqs": "CERT_REQUIRED"}
-        if verify is not False:
-            bundle = requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
-            tls["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
+        # One trust for both ways of reading: the pool's single reads and the many-at-once reads (manyreads.py)
+        context = _trust(verify)
         pool = urllib3.HTTPSConnectionPool(
-            host, port, maxsize=max(connections, POOL_SIZE), block=False, timeout=timeout, retries=False, **tls
+            host,
+            port,
+            maxsize=max(connections, POOL_SIZE),
+            block=False,
+            timeout=timeout,
+            retries=False,
+            ssl_context=context,
+            cert_reqs=context.verify_mode,
         )
-        # the same trust for the many-at-once reads (manyreads.py): the bundle, or none when verify_tls is off
-        if verify is False:
-            context = ssl.create_default_context()
-            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        else:
-            context = ssl.create_default_context(
-                **{"capath" if "ca_cert_dir" in tls else "cafile": tls.get("ca_cert_dir") or tls["ca_certs"]}
-            )
         return cls(pool, "/api2/json/", headers, context)
 
     def _url(self, path: str, params: dict[str, Any] | None = None) -> str:
@@ -239,6 +236,17 @@ def _keep_connections(api: Any) -> None:
     if isinstance(session, requests.Session):
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
         session.mount("https://", adapter)
+
+
+def _trust(verify: bool | str) -> ssl.SSLContext:
+    """What requests trusts for ``verify``: its CA bundle (True), a bundle file or directory, or nothing (False,
+    where the certificate and its host name go unchecked)."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+    bundle = requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
+    return ssl.create_default_context(**{"capath" if os.path.isdir(bundle) else "cafile": bundle})
 
 
 def _short(exc: Exception) -> str:
