@@ -246,7 +246,9 @@ def _trust(verify: bool | str) -> ssl.SSLContext:
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         return context
     bundle = requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
-    return ssl.create_default_context(**{"capath" if os.path.isdir(bundle) else "cafile": bundle})
+    if os.path.isdir(bundle):
+        return ssl.create_default_context(capath=bundle)
+    return ssl.create_default_context(cafile=bundle)
 
 
 def _short(exc: Exception) -> str:
