@@ -40,6 +40,7 @@ CLONE_LOCK_SECS = 0.3
 # (Until 2026-11-30 this was 20 s of start task and 30 s of boot: the same chain, but a playbook that starts
 # VMs one after another waited 20 s per VM, which real PVE does not make it wait.)
 START_SECS = 3.0  # a cloned VM's start task (PVE seconds)
+CLOUD_INIT_SECS = 3.0  # from the agent answering until cloud-init has finished (the fake's default)
 AGENT_DELAY = 47.0  # from the VM running until qemu-guest-agent answers (kernel, systemd, the agent)
 LATENCY = 0.05  # added to every API response (PVE seconds, i.e. 50 ms on a real LAN)
 
@@ -215,6 +216,10 @@ def ansible_apply(fake: FakeProxmox, count: int) -> Run:
         match = re.match(r"^(\S.*?) -{3,} (\d+\.\d+)s$", line.strip())
         if match:
             run.tasks[match.group(1)] = float(match.group(2))
+    if proc.returncode != 0 and "community.proxmox" in proc.stderr and "Could not resolve" in proc.stderr:
+        run.ok = False
+        run.error = "community.proxmox is missing: pip install '.[bench]' (or set ANSIBLE_COLLECTIONS_PATH)"
+        return run
     if proc.returncode != 0:
         run.ok = False
         failed = [line for line in proc.stdout.splitlines() if "FAILED" in line or "fatal:" in line]
