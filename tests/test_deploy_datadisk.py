@@ -61,7 +61,10 @@ def test_the_data_disk_is_formatted_once_mounted_and_kept(
     lines: list[str] = []
     first = deploy_stacks(lab, lines.append, lambda question: None, options)
     assert first.ok, "\n".join(lines)
-    assert any("media: Format the blank data disk (the preview" in line for line in lines), lines
+    # the preview: one module run says what the data disk tasks will do
+    assert f"  + media: {loop_device} (blank data disk: formatted, ext4)" in lines, lines
+    assert "  ~ media: /home/homelab/data (the data disk mounted here)" in lines, lines
+    assert any(line.startswith("      +LABEL=homelab-data /home/homelab/data ext4") for line in lines), lines
     assert any("media: changed Format the blank data disk (never" in line for line in lines), lines
     mounted = vm.exec(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "/home/homelab/data"]).stdout.split()
     assert mounted == [loop_device, "ext4"]
@@ -76,7 +79,15 @@ def test_the_data_disk_is_formatted_once_mounted_and_kept(
     lines.clear()
     again = deploy_stacks(lab, lines.append, lambda question: None, options)
     assert again.ok, "\n".join(lines)
+    assert "  ~ media: /home/homelab/data (the data disk mounted here)" in lines, lines
+    assert not any("formatted" in line or "/etc/fstab" in line for line in lines), lines
     assert any("media: changed Mount it now" in line for line in lines), lines
     assert not any("Format the blank data disk" in line for line in lines), lines
     assert vm.exec(["cat", "/home/homelab/data/library.db"]).stdout == "kept\n"
     assert vm.exec(["cat", "/etc/fstab"]).stdout.count("LABEL=homelab-data") == 1
+
+    lines.clear()  # mounted, in fstab, the user's: the preview finds nothing to do, so nothing runs
+    third = deploy_stacks(lab, lines.append, lambda question: None, options)
+    assert third.ok, "\n".join(lines)
+    assert any("Nothing to change" in line for line in lines), lines
+    assert not any("Mount it now" in line for line in lines), lines

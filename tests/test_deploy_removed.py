@@ -284,8 +284,22 @@ def test_the_runner_reports_the_markers_homelab_files_found() -> None:
     assert other is not None and other.markers is None
 
 
+ROLE = Path(__file__).parent.parent / "stacks/ansible/roles/stacks"
+
+
+def with_role_module_utils() -> None:
+    """Let ``ansible.module_utils.homelab_*`` resolve to the stacks role's module_utils, as Ansible ships them
+    with the role's modules."""
+    import ansible.module_utils
+
+    if str(ROLE / "module_utils") not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(str(ROLE / "module_utils"))
+
+
 def homelab_files() -> ModuleType:
-    path = Path(__file__).parent.parent / "stacks/ansible/roles/stacks/library/homelab_files.py"
+    pytest.importorskip("ansible")
+    with_role_module_utils()
+    path = ROLE / "library/homelab_files.py"
     spec = importlib.util.spec_from_file_location("homelab_files_module", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

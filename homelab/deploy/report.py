@@ -23,7 +23,7 @@ class HostChange:
 
     host: str
     what: str  # a file or folder on the host, or a task (and its loop item)
-    kind: str = ""  # new, new folder, content, attributes; empty for other tasks
+    kind: str = ""  # new, new folder, content, attributes, format, mount; empty for other tasks
     before: str = ""
     after: str = ""
 
@@ -34,6 +34,10 @@ class HostChange:
             return f"+ {self.host}: {self.what}/ (new folder)"
         if self.kind == "attributes":
             return f"~ {self.host}: {self.what} (mode or owner)"
+        if self.kind == "format":
+            return f"+ {self.host}: {self.what} (blank data disk: formatted, ext4)"
+        if self.kind == "mount":
+            return f"~ {self.host}: {self.what} (the data disk mounted here)"
         if self.kind == "removed stack":
             return f"- {self.host}: {self.what}/ (stack folder removed)"
         if self.kind == PURGED:

@@ -80,6 +80,11 @@ options:
       - The stack secrets as JSON (C(dirs), C(files), C(seeds): as O(private_dirs), O(files), O(seeds)), handled
         after the rest and reported only as C(secrets_changed), never in the diff (the preview's one module run).
   docker: {type: bool, default: false, description: Look for Docker's engine and compose (C(docker_missing)).}
+  data_disk:
+    type: dict
+    description:
+      - The VM's data disk, C(device), C(label) and C(dir) (check mode only): what the datadisk role would change
+        (format a blank disk, the mount point, the fstab line, the mount, the owner) joins the diff.
   running:
     type: list
     elements: str
@@ -97,6 +102,7 @@ import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.homelab_host import data_disk_changes, docker_missing, to_start
 
 MARKER = ".homelab-stack"
 MARKER_LIMIT = 4096
@@ -324,6 +330,7 @@ def main():
             "secrets": {"type": "str", "default": "", "no_log": True},
             "docker": {"type": "bool", "default": False},
             "running": {"type": "list", "elements": "str"},
+            "data_disk": {"type": "dict"},
         },
         supports_check_mode=True,
     )
@@ -344,6 +351,13 @@ def main():
             module.fail_json(msg=str(exc))
         module.exit_json(changed=False, pending_moves=sorted({stack for stack, _, _ in pending}))
     found = {}
+    disk = module.params["data_disk"]
+    if disk and not module.check_mode:
+        module.fail_json(msg="data_disk is only looked at in check mode (the datadisk role makes the changes)")
+    if disk:
+        for entry in data_disk_changes(module, disk, uid, _change):
+            changes.append(entry)
+            changed_paths.append(entry["after_header"])
     try:
         _apply(module, root, module.params, uid, gid, changes, changed_paths)
         if module.params["secrets"]:
@@ -355,9 +369,9 @@ def main():
     except (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), changed=bool(changed_paths), paths=changed_paths)
     if module.params["docker"]:
-        found["docker_missing"] = _docker_missing(module)
+        found["docker_missing"] = docker_missing(module)
     if module.params["running"] is not None:
-        found["to_start"] = _to_start(module, module.params["running"])
+        found["to_start"] = to_start(module, module.params["running"])
     module.exit_json(
         changed=bool(changed_paths), paths=changed_paths, diff=changes, stack_markers=_markers(root), **found
     )
@@ -422,31 +436,6 @@ def _apply(module, root, params, uid, gid, changes, changed_paths):
     for name in sorted(set(purge) - set(remove)):
         if _purge_kept(module, root, name, purge[name], changes):
             changed_paths.append(purge[name])
-
-
-def _docker_missing(module):
-    """Docker's engine or compose is not there (dockerd is in /usr/sbin, which is not on every PATH)."""
-    engine = any(os.access(p, os.X_OK) for p in ("/usr/sbin/dockerd", "/usr/bin/dockerd")) or shutil.which("dockerd")
-    compose = shutil.which("docker-compose") or _succeeds(module, ["docker", "compose", "version"])
-    return not (engine and compose)
-
-
-def _to_start(module, services):
-    """Any of ``services`` (project/service) is not a running container (no Docker at all: all of them)."""
-    label = '{{.Label "com.docker.compose.%s"}}'
-    argv = ["docker", "ps", "--filter", "status=running", "--format", f"{label % 'project'}/{label % 'service'}"]
-    try:
-        rc, out, _ = module.run_command(argv, handle_exceptions=False)
-    except OSError:
-        return True
-    return rc != 0 or bool(set(services) - set(out.splitlines()))
-
-
-def _succeeds(module, argv):
-    try:
-        return module.run_command(argv, handle_exceptions=False)[0] == 0
-    except OSError:
-        return False
 
 
 def _seed(module, entry, uid, gid, changes):
