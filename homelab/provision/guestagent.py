@@ -46,6 +46,7 @@ MISSING_FILE = re.compile(r"guest-file-open' failed|failed to open file|No such 
 NO_AGENT = re.compile(r"No QEMU guest agent configured")
 DRIVE = re.compile(r"^(ide|sata|scsi|virtio)\d+$")
 NOTE_EVERY = 30.0  # seconds between "still waiting" lines
+POLL_BOOTING = 2.0  # seconds between agent polls at most while a VM boots (an answer is late by half of it)
 
 Step = Callable[[str, str], None]  # (lab VM name, what is happening)
 
@@ -214,7 +215,9 @@ class GuestAgent:
                 self.step(vm, f"waiting for cloud-init{waiting}: {state} after {now - started:.0f}s")
                 note = now + NOTE_EVERY
             time.sleep(delay)
-            delay = min(delay * 1.5, 3.0)
+            # Until the agent answers the guest is booting (tens of seconds); after, cloud-init is seconds from
+            # done, and each second of lateness is the user's wait.
+            delay = min(delay * 1.5, 1.0 if answered else POLL_BOOTING)
 
     def _read(self, node: str, vmid: int, path: str) -> str | None:
         """A file's content through the agent; None when the guest has no such file."""
@@ -258,7 +261,7 @@ class GuestAgent:
                     "(is qemu-guest-agent installed in the template?)"
                 )
             time.sleep(delay)
-            delay = min(delay * 1.5, 3.0)
+            delay = min(delay * 1.5, POLL_BOOTING)
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
