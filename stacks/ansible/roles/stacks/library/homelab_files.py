@@ -83,7 +83,7 @@ options:
   data_disk:
     type: dict
     description:
-      - The VM's data disk, C(device), C(label) and C(dir) (check mode only): what the datadisk role would change
+      - The VM's data disk, C(device), C(label) and C(dir) (check mode only): what tasks/datadisk.yml would change
         (format a blank disk, the mount point, the fstab line, the mount, the owner) joins the diff.
   running:
     type: list
@@ -353,7 +353,7 @@ def main():
     found = {}
     disk = module.params["data_disk"]
     if disk and not module.check_mode:
-        module.fail_json(msg="data_disk is only looked at in check mode (the datadisk role makes the changes)")
+        module.fail_json(msg="data_disk is only looked at in check mode (tasks/datadisk.yml makes the changes)")
     if disk:
         for entry in data_disk_changes(module, disk, uid, _change):
             changes.append(entry)

@@ -1,5 +1,5 @@
 # Part of homelab (MIT). What the preview's one module run (homelab_files, "Check the VM") asks of the host besides
-# the files: is Docker there, do the stacks' containers run, and what the datadisk role would change. Ansible
+# the files: is Docker there, do the stacks' containers run, and what the data disk tasks would change. Ansible
 # ships this file with the module (the role's module_utils).
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ def _succeeds(module, argv):
 
 
 def fstab_line(label, folder):
-    """The line the datadisk role keeps in /etc/fstab: the disk by label, nofail (a VM without it still boots)."""
+    """The line the data disk tasks keep in /etc/fstab: the disk by label, nofail (a VM without it still boots)."""
     return f"LABEL={label} {folder} ext4 defaults,nofail 0 2"
 
 
 def with_fstab_line(text, label, folder):
-    """/etc/fstab's text after the datadisk role's lineinfile: its last line for the label replaced, else added."""
+    """/etc/fstab's text after the data disk tasks' lineinfile: its last line for the label replaced, else added."""
     lines = text.splitlines()
     wanted = fstab_line(label, folder)
     pattern = re.compile(rf"^LABEL={re.escape(label)}\s")
@@ -55,7 +55,7 @@ def with_fstab_line(text, label, folder):
 
 
 def data_disk_changes(module, disk, uid, change, fstab="/etc/fstab"):
-    """What the datadisk role (stacks/ansible/roles/datadisk) would change, as diff entries made by ``change``:
+    """What the data disk tasks (the stacks role's tasks/datadisk.yml) would change, as diff entries made by ``change``:
     a blank disk formatted, the mount point made, the fstab line, the mount, the owner. No disk: nothing."""
     device, label, folder = disk["device"], disk["label"], os.path.normpath(disk["dir"])
     if not os.path.lexists(device):
