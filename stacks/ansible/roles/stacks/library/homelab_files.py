@@ -354,11 +354,11 @@ def main():
     disk = module.params["data_disk"]
     if disk and not module.check_mode:
         module.fail_json(msg="data_disk is only looked at in check mode (tasks/datadisk.yml makes the changes)")
-    if disk:
-        for entry in data_disk_changes(module, disk, uid, _change):
-            changes.append(entry)
-            changed_paths.append(entry["after_header"])
     try:
+        if disk:  # first, as the real run formats and mounts the disk before the files
+            disk_changes = data_disk_changes(module, disk, uid, _change)
+            changes.extend(disk_changes)
+            changed_paths.extend(entry["after_header"] for entry in disk_changes)
         _apply(module, root, module.params, uid, gid, changes, changed_paths)
         if module.params["secrets"]:
             secrets = json.loads(module.params["secrets"])
