@@ -57,7 +57,7 @@ from tests.harness.guest_image import STOCK, GuestImage
 from tests.harness.hosts import host_support
 from tests.harness.labs import write_lab
 
-pytestmark = [pytest.mark.e2e, pytest.mark.realvm]
+pytestmark = [pytest.mark.e2e, pytest.mark.realvm, pytest.mark.timeout(3600)]
 
 full_run = pytest.mark.skipif(
     bool(os.environ.get("HOMELAB_E2E_QUICK")),

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import re
 import signal
 import subprocess
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,8 @@ SEED = int(os.environ.get("HOMELAB_CHAOS_SEED") or random.SystemRandom().randran
 # An agent that answers 20 PVE seconds after the start (0.4 s here): kills land in every wait, and a run takes
 # about a second plus the interpreter's start.
 FAST = {"time_scale": 0.02, "agent_delay": 20, "cloud_init_secs": 3}
+# The most a killed run may take from its release to its end (about a second plus the interpreter's start).
+RUN_LIMIT = 90.0
 
 
 @dataclass
@@ -68,6 +73,7 @@ class HeldRuns:
 
     def __init__(self, folder: Path, env: dict[str, str], args: list[str]):
         self.folder, self.env, self.args, self.count = folder, env, args, 0
+        self.hung: list[str] = []  # the ends of the logs of runs that did not end on their own
         self.next = self._spawn()
 
     def _spawn(self) -> tuple[Path, subprocess.Popen[str]]:
@@ -81,28 +87,48 @@ class HeldRuns:
         (barrier, process), self.next = self.next, self._spawn()
         wait_ready(barrier, 1)
         barrier.touch()
-        assert process.stdout is not None
+        lines = read_lines(process)
         sent, seen = False, []
-        for text in process.stdout:
+        deadline = time.monotonic() + RUN_LIMIT
+        while True:
+            try:
+                text = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if text is None:
+                break
             seen.append(text)
             if len(seen) == line and process.poll() is None:
                 process.send_signal(sig)
                 sent = True
-                if sig == signal.SIGKILL:
-                    break
+        # A run that does not end is a finding (a hang after Ctrl-C once kept CI waiting until it was killed).
         try:
-            process.wait(60)
+            process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-            seen.append("!! the interrupted run did not end within 60 s: killed\n")
-        seen += process.stdout.readlines()
+            seen.append(f"!! the run did not end within {RUN_LIMIT} s: killed\n")
+            self.hung.append(f"{log.name}:\n" + "".join(seen[-15:]))
         log.write_text("".join(seen))
         return sent
 
     def close(self) -> None:
         self.next[1].kill()
         self.next[1].wait()
+
+
+def read_lines(process: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """``process``'s output lines as they come, then None at its end (or at the reader's deadline: Empty)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for text in process.stdout:
+            lines.put(text)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
 
 
 def lab_vms(fake: FakeProxmox, lab: str) -> list[dict[str, Any]]:
@@ -192,6 +218,7 @@ def test_interrupted_applies_converge_on_the_next_run(
         check(tally, fake_pve, "chaos", set(names), None, log.read_text())
     runs.close()
     report(tally, capsys)
+    assert not runs.hung, tally.line() + "\nruns that did not end:\n" + "\n".join(runs.hung)
     assert not tally.problems, tally.line() + "\n" + "\n".join(tally.problems)
     assert tally.converged == tally.trials >= 20 and sum(tally.killed.values()) >= 15, tally.line()
 
@@ -239,6 +266,7 @@ def test_interrupted_replacements_never_run_two_vms_on_one_static_address(
             tally.problems.append(f"trial {trial}: data disks {disks}, not db's one")
     runs.close()
     report(tally, capsys)
+    assert not runs.hung, tally.line() + "\nruns that did not end:\n" + "\n".join(runs.hung)
     assert not tally.problems, tally.line() + "\n" + "\n".join(tally.problems)
     assert tally.overlaps == 0 and tally.converged == tally.trials, tally.line()
     assert sum(tally.killed.values()) >= 15, tally.line()

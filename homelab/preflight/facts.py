@@ -13,6 +13,7 @@ from homelab.adapters.proxmox.marks import split_tags
 from homelab.adapters.proxmox.privileges import Version, parse_version
 from homelab.adapters.proxmox.versions import find_versions
 from homelab.errors import ProxmoxError
+from homelab.interrupts import deferring_interrupts
 from homelab.lab.models import Lab
 
 # Storage types that keep files (and so can take the ``import`` content type).
@@ -82,7 +83,7 @@ def gather(api: PveApi, lab: Lab, guests: bool = False) -> AccessFacts:
         except ProxmoxError as exc:
             return name, None, str(exc)
 
-    with ThreadPoolExecutor(max_workers=len(reads)) as pool:
+    with ThreadPoolExecutor(max_workers=len(reads)) as pool, deferring_interrupts(api.cancel):
         answers = list(pool.map(read, reads.items()))
     got = {name: data for name, data, error in answers if error is None}
     failed = {name: error for name, _, error in answers if error is not None}

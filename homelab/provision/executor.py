@@ -16,6 +16,7 @@ from homelab.adapters.proxmox.placement import migrate_offline
 from homelab.adapters.proxmox.vmconfig import encode_config
 from homelab.adapters.proxmox.vms import delete_vm, shutdown_vm, start_vm, stop_vm
 from homelab.errors import HomelabError, Interrupted, OperationError, OperationTimeout, ProxmoxError
+from homelab.interrupts import deferring_interrupts
 from homelab.lab.models import Lab
 from homelab.lab.types import drive_size, format_size
 from homelab.provision.datadisk import DataDisks
@@ -364,18 +365,18 @@ def apply_plan(
     workers = max(1, min(len(chains), MAX_THREADS))
     outcomes: dict[str, VmOutcome] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="homelab-vm")
-    futures: dict[Future[VmOutcome], str] = {pool.submit(executor.run_chain, vm, acts): vm for vm, acts in chains}
     try:
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for fut in done:
-                outcomes[futures[fut]] = fut.result()
-    except KeyboardInterrupt:
-        cancel.set()
-        api.cancel.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
+        # Ctrl-C sets the chains' events, and the KeyboardInterrupt comes once every chain has stopped: never in
+        # the middle of handing chains to the pool or of waiting for them (homelab.interrupts says why).
+        with deferring_interrupts(cancel, api.cancel):
+            futures: dict[Future[VmOutcome], str] = {
+                pool.submit(executor.run_chain, vm, acts): vm for vm, acts in chains
+            }
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    outcomes[futures[fut]] = fut.result()
     finally:
         pool.shutdown(wait=True)
     ordered = [outcomes[vm] for vm, _ in chains if vm in outcomes]

@@ -12,6 +12,7 @@ from homelab.adapters.proxmox.datadisks import kept_disks
 from homelab.adapters.proxmox.labvms import LiveVm, boot_disk, read_lab_vms
 from homelab.adapters.proxmox.placement import read_release, shared_templates
 from homelab.adapters.proxmox.versions import TemplateVersion, usable_version
+from homelab.interrupts import deferring_interrupts
 from homelab.lab.models import Lab
 from homelab.state.adminkey import read_admin_public
 
@@ -47,7 +48,10 @@ def gather(
     The release (and ``check``, a read-only check of the caller's that raises to stop) go out beside the cluster's
     guests in a pool of ``settings.api_readers`` threads; the config reads right after, ``api_readers`` at once
     (PveApi.get_many), so a lab of N VMs takes about 2 + N / api_readers round trips, whatever the latency."""
-    with ThreadPoolExecutor(lab.settings.api_readers, thread_name_prefix="homelab-read") as pool:
+    with (
+        ThreadPoolExecutor(lab.settings.api_readers, thread_name_prefix="homelab-read") as pool,
+        deferring_interrupts(api.cancel),  # inside: the pool's shutdown waits only after the handler is back
+    ):
         listed = pool.submit(gather_cluster, api) if cluster is None else None
         checked = pool.submit(check) if check is not None else None
         release = pool.submit(read_release, api)

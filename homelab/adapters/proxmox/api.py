@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from homelab.errors import ConnectionLost, Interrupted, OperationTimeout, ProxmoxError, TaskFailed
+from homelab.interrupts import deferring_interrupts
 
 # Where pveproxy listens when the lab's URL names no port: the API client assumes it, and so must every tool
 # homelab hands the URL to (Packer would otherwise try 443).
@@ -124,9 +125,16 @@ class PveApi:
         left = [i for i, answer in enumerate(answers) if answer is NOT_ANSWERED]
         if left:
             own = None if pool is not None else ThreadPoolExecutor(readers, thread_name_prefix="homelab-read")
+
+            def read(i: int) -> Any:
+                if self.cancel.is_set():  # Ctrl-C: the reads not yet sent are not sent
+                    raise Interrupted(f"interrupted before GET {paths[i]}")
+                return self.get(paths[i])
+
             try:
-                for i, answer in zip(left, (pool or own).map(lambda i: self.get(paths[i]), left), strict=True):  # type: ignore[union-attr]
-                    answers[i] = answer
+                with deferring_interrupts(self.cancel):
+                    for i, answer in zip(left, (pool or own).map(read, left), strict=True):  # type: ignore[union-attr]
+                        answers[i] = answer
             finally:
                 if own is not None:
                     own.shutdown(cancel_futures=True)
