@@ -14,44 +14,56 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
+
+# The signals a Python handler may turn into an exception (SIGINT always: its default handler raises
+# KeyboardInterrupt; SIGTERM and SIGHUP where a handler was installed, as `homelab demo` does).
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @contextmanager
 def deferring_interrupts(*events: threading.Event) -> Iterator[None]:
-    """Within the block, SIGINT sets ``events`` (the workers stop at their next step) instead of raising; on
-    leaving it, KeyboardInterrupt is raised if one came (from whatever the block raised, if it raised).
+    """Within the block, SIGINT (and SIGTERM, SIGHUP where a Python handler takes them) sets ``events``, so the
+    workers stop at their next step, instead of raising; on leaving the block, the first such signal goes to the
+    handler it was meant for (Ctrl-C: KeyboardInterrupt), from whatever the block raised, if it raised.
 
     A second Ctrl-C changes nothing: what the workers still do after the first (a replacement going back to
-    the old VM) is bounded by its own timeouts. Outside the main thread, or where SIGINT is ignored, the block
-    runs as it is: signals reach only the main thread's handlers.
+    the old VM) is bounded by its own timeouts. Outside the main thread the block runs as it is: signals reach
+    only the main thread's handlers. An ignored signal (SIG_IGN) or one left to the system (SIG_DFL) is left so.
     """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
-        signal.SIG_IGN,
-        None,
-    ):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    came = threading.Event()
+    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    meant: dict[int, Callable[[int, FrameType | None], Any]] = {
+        sig: handler for sig, handler in handlers.items() if callable(handler)
+    }
+    came: list[int] = []
 
     def defer(signum: int, frame: FrameType | None) -> None:
-        came.set()
+        came.append(signum)
         for event in events:
             event.set()
 
-    previous = signal.signal(signal.SIGINT, defer)
+    for sig in meant:
+        signal.signal(sig, defer)
     try:
         yield
     except BaseException as exc:
-        if came.is_set() and not isinstance(exc, KeyboardInterrupt):
-            raise KeyboardInterrupt from exc
+        if came and not isinstance(exc, KeyboardInterrupt):
+            try:
+                meant[came[0]](came[0], None)
+            except BaseException as delivered:
+                raise delivered from exc
         raise
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if came.is_set():
-        raise KeyboardInterrupt
+        for sig, handler in meant.items():
+            signal.signal(sig, handler)
+    if came:
+        meant[came[0]](came[0], None)
 
 
-__all__ = ["deferring_interrupts"]
+__all__ = ["SIGNALS", "deferring_interrupts"]

@@ -126,3 +126,22 @@ def test_ctrl_c_at_any_moment_of_an_apply_ends_it_and_never_hangs() -> None:
     )
     assert run.returncode == 0, f"an apply did not end after Ctrl-C:\n{run.stdout}\n{run.stderr[-6000:]}"
     assert "'interrupted': " in run.stdout and "'interrupted': 0," not in run.stdout, run.stdout
+
+
+def test_a_signal_with_a_python_handler_of_its_own_reaches_that_handler_when_the_block_is_left() -> None:
+    """`homelab demo` turns SIGTERM into KeyboardInterrupt: within the block it is deferred like Ctrl-C, and its
+    own handler gets it, once, on the way out."""
+    stop, delivered = threading.Event(), []
+
+    def own(signum: int, frame: object) -> None:
+        delivered.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        with pytest.raises(KeyboardInterrupt), deferring_interrupts(stop):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.wait(5) and delivered == []
+        assert delivered == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
