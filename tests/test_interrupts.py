@@ -16,9 +16,11 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from homelab.adapters.proxmox.api import PveApi, RetryPolicy
 from homelab.interrupts import deferring_interrupts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +147,19 @@ def test_a_signal_with_a_python_handler_of_its_own_reaches_that_handler_when_the
         assert delivered == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is own
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_ctrl_c_during_many_reads_sends_none_of_those_not_yet_sent_and_ends_in_keyboard_interrupt() -> None:
+    sent: list[str] = []
+
+    class Transport:
+        def request(self, method: str, path: str, params: dict[str, Any]) -> Any:
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first read is out
+            assert api.cancel.wait(5)  # the main thread's handler has seen it
+            return {"path": path}
+
+    api = PveApi(Transport(), RetryPolicy(attempts=1, sleep=lambda _: None))
+    with pytest.raises(KeyboardInterrupt):
+        api.get_many(["/a", "/b", "/c"], readers=1)
+    assert sent == ["/a"]
