@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def isolated_homelab_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they deselect
+@pytest.fixture(autouse=True)
+def signal_handlers_as_found() -> Iterator[None]:
+    """A test leaves the handlers of SIGINT, SIGTERM and SIGHUP as it found them: one left behind changes what
+    Ctrl-C does in every later test (a leaked one made three of test_interrupts fail in CI)."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.getsignal(sig) for sig in signals}
+    yield
+    changed = {sig: handler for sig in signals if (handler := signal.getsignal(sig)) != before[sig]}
+    for sig in changed:
+        signal.signal(sig, before[sig])  # type: ignore[arg-type]
+    assert not changed, f"the test left signal handlers changed: {changed} (they were {before})"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The real-guest tests run in a child process beside the others (tests/harness/beside.py)."""
     beside.split(config, items)

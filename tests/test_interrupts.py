@@ -16,10 +16,12 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from homelab.adapters.ansible import AnsibleRunner, RunRequest
 from homelab.adapters.proxmox.api import PveApi, RetryPolicy
 from homelab.interrupts import deferring_interrupts
 
@@ -163,3 +165,27 @@ def test_ctrl_c_during_many_reads_sends_none_of_those_not_yet_sent_and_ends_in_k
     with pytest.raises(KeyboardInterrupt):
         api.get_many(["/a", "/b", "/c"], readers=1)
     assert sent == ["/a"]
+
+
+def test_ctrl_c_during_an_ansible_run_cancels_it_through_its_callback_then_interrupts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ansible-runner, given no cancel callback, installs SIGINT and SIGTERM handlers that only set a flag and
+    leaves them, so a later Ctrl-C (at the next question) did nothing. homelab passes its own: Ctrl-C ends the
+    playbook through it, and comes out as KeyboardInterrupt once ansible-runner has returned."""
+    ansible_runner = pytest.importorskip("ansible_runner")
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    seen: dict[str, Any] = {}
+
+    def run(**kwargs: Any) -> Any:
+        cancelled = kwargs["cancel_callback"]
+        os.kill(os.getpid(), signal.SIGINT)
+        seen["cancelled"] = any(cancelled() or threading.Event().wait(0.01) for _ in range(500))
+        return SimpleNamespace(status="canceled", rc=254, stats={}, stdout=None)
+
+    monkeypatch.setattr(ansible_runner, "run", run)
+    request = RunRequest(playbook=tmp_path / "site.yml", inventory=tmp_path / "hosts.yml", workdir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        AnsibleRunner._run(request, {}, lambda event: True)
+    assert seen == {"cancelled": True}
+    assert {sig: signal.getsignal(sig) for sig in before} == before

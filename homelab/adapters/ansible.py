@@ -12,12 +12,14 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from homelab.errors import OperationError
+from homelab.interrupts import deferring_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -294,20 +296,27 @@ class AnsibleRunner:
 
     @staticmethod
     def _run(request: RunRequest, envvars: dict[str, str], handler: Callable[[dict[str, Any]], bool]) -> Any:
+        """One ansible-runner run. Ctrl-C stops the playbook through ansible-runner's cancel callback (it ends
+        ansible-playbook), then comes out as KeyboardInterrupt. Given no callback, ansible-runner would install
+        SIGINT and SIGTERM handlers of its own that only set a flag, and leave them: every later Ctrl-C in the
+        process, at the next question too, would be swallowed."""
         import ansible_runner
 
-        return ansible_runner.run(
-            private_data_dir=str(request.workdir),
-            playbook=str(request.playbook),
-            inventory=str(request.inventory),
-            extravars=dict(request.extravars),
-            envvars=envvars,
-            cmdline="--check --diff" if request.check else "--diff",
-            event_handler=handler,
-            quiet=True,
-            rotate_artifacts=4,
-            suppress_env_files=True,
-        )
+        stop = threading.Event()
+        with deferring_interrupts(stop):
+            return ansible_runner.run(
+                private_data_dir=str(request.workdir),
+                playbook=str(request.playbook),
+                inventory=str(request.inventory),
+                extravars=dict(request.extravars),
+                envvars=envvars,
+                cmdline="--check --diff" if request.check else "--diff",
+                event_handler=handler,
+                cancel_callback=stop.is_set,
+                quiet=True,
+                rotate_artifacts=4,
+                suppress_env_files=True,
+            )
 
 
 @contextlib.contextmanager
