@@ -30,7 +30,6 @@ def isolated_homelab_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     yield tmp_path
 
 
-@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they deselect
 @pytest.fixture(autouse=True)
 def signal_handlers_as_found() -> Iterator[None]:
     """A test leaves the handlers of SIGINT, SIGTERM and SIGHUP as it found them: one left behind changes what
@@ -44,6 +43,7 @@ def signal_handlers_as_found() -> Iterator[None]:
     assert not changed, f"the test left signal handlers changed: {changed} (they were {before})"
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they deselect
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The real-guest tests run in a child process beside the others (tests/harness/beside.py)."""
     beside.split(config, items)
